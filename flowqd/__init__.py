@@ -1,0 +1,4 @@
+"""flowqd: queue-mode flow execution daemon."""
+
+from flowqd._version import __version__ as __version__
+

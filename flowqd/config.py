@@ -1,0 +1,449 @@
+"""Configuration: TOML file, environment and flags, turned into frozen attrs records.
+
+Precedence is flag > environment > file > default. Every problem names where
+the value came from (file or variable), the key path and what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import attrs
+import cattrs
+
+from flowqd.errors import ConfigError
+
+Role = Literal["main", "worker", "all"]
+ROLES: tuple[Role, ...] = ("main", "worker", "all")
+
+def _check(test: Any, wanted: str) -> Any:
+    def validator(_instance: object, _attribute: object, value: Any) -> None:
+        if value is not None and not test(value):
+            raise ValueError(f"expected {wanted}, got {_show(value)}")
+
+    return validator
+
+
+_positive = _check(lambda x: x > 0, "a value greater than 0")
+_non_negative = _check(lambda x: x >= 0, "a value of 0 or more")
+_port = _check(lambda x: 0 <= x <= 65535, "a port number from 0 to 65535")
+_queue_name = _check(
+    lambda x: bool(re.fullmatch(r"[A-Za-z0-9_.:-]+", x)),
+    "letters, digits and _ . : - only (it becomes part of Redis key names)",
+)
+
+
+@attrs.frozen
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = attrs.field(default=3000, validator=_port)
+
+
+@attrs.frozen
+class WorkerConfig:
+    concurrency: int = attrs.field(default=10000, validator=_positive)
+    health_host: str = "127.0.0.1"
+    health_port: int = attrs.field(default=5566, validator=_port)
+    lock_ttl_s: float = attrs.field(default=30.0, validator=_positive)
+    stalled_interval_s: float = attrs.field(default=30.0, validator=_positive)
+    shutdown_grace_s: float = attrs.field(default=30.0, validator=_non_negative)
+    job_timeout_s: float = attrs.field(default=300.0, validator=_positive)
+
+
+@attrs.frozen
+class QueueConfig:
+    broker: Literal["auto", "memory", "redis"] = "auto"
+    name: str = attrs.field(default="flowqd-queue", validator=_queue_name)
+    event_stream_max_len: int = attrs.field(default=10000, validator=_positive)
+    remove_on_age_s: float = attrs.field(default=86400.0, validator=_positive)
+    remove_on_count: int = attrs.field(default=10000, validator=_non_negative)
+    max_stalled: int = attrs.field(default=1, validator=_non_negative)
+    max_attempts: int = attrs.field(default=1, validator=_positive)
+    backoff_s: float = attrs.field(default=1.0, validator=_non_negative)
+
+
+@attrs.frozen
+class RedisConfig:
+    url: str | None = None
+    host: str = "localhost"
+    port: int = attrs.field(default=6379, validator=_port)
+    username: str | None = None
+    password: str | None = attrs.field(default=None, repr=False)
+    db: int = attrs.field(default=0, validator=_non_negative)
+    tls: bool = False
+    tls_cert: str | None = None
+    tls_key: str | None = attrs.field(default=None, repr=False)
+    tls_ca: str | None = None
+    keep_alive_ms: int | None = None
+    connect_timeout_s: float = attrs.field(default=5.0, validator=_positive)
+    command_timeout_s: float = attrs.field(default=5.0, validator=_positive)
+    max_connections: int = attrs.field(default=32, validator=_positive)
+
+
+@attrs.frozen
+class LogConfig:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+
+
+@attrs.frozen
+class DashboardConfig:
+    enabled: bool = False
+
+
+@attrs.frozen
+class PluginsConfig:
+    modules: list[str] = attrs.Factory(list)
+    paths: list[str] = attrs.Factory(list)
+    disable: list[str] = attrs.Factory(list)
+
+
+@attrs.frozen
+class FlowsConfig:
+    paths: list[str] = attrs.Factory(list)
+
+
+@attrs.frozen
+class Config:
+    role: Role = "all"
+    server: ServerConfig = attrs.Factory(ServerConfig)
+    worker: WorkerConfig = attrs.Factory(WorkerConfig)
+    queue: QueueConfig = attrs.Factory(QueueConfig)
+    redis: RedisConfig = attrs.Factory(RedisConfig)
+    log: LogConfig = attrs.Factory(LogConfig)
+    dashboard: DashboardConfig = attrs.Factory(DashboardConfig)
+    plugins: PluginsConfig = attrs.Factory(PluginsConfig)
+    flows: FlowsConfig = attrs.Factory(FlowsConfig)
+    # Where the values came from; not configuration itself.
+    source: str = attrs.field(default="defaults", eq=False)
+    redis_configured: bool = attrs.field(default=False, eq=False)
+
+    @property
+    def broker(self) -> Literal["memory", "redis"]:
+        """The broker this process uses, with ``auto`` resolved."""
+        if self.queue.broker != "auto":
+            return self.queue.broker
+        if self.role == "all" and not self.redis_configured:
+            return "memory"
+        return "redis"
+
+
+SECTIONS: dict[str, type[Any]] = {
+    name: tp for name, tp in typing.get_type_hints(Config).items() if attrs.has(tp)
+}
+SECRET_KEYS = {("redis", "password"), ("redis", "tls_key")}
+# Flowise's queue-mode variables, honoured unchanged.
+FLOWISE_ENV: dict[str, tuple[str, str]] = {
+    "WORKER_CONCURRENCY": ("worker", "concurrency"),
+    "QUEUE_NAME": ("queue", "name"),
+    "QUEUE_REDIS_EVENT_STREAM_MAX_LEN": ("queue", "event_stream_max_len"),
+    "REMOVE_ON_AGE": ("queue", "remove_on_age_s"),
+    "REMOVE_ON_COUNT": ("queue", "remove_on_count"),
+    "REDIS_URL": ("redis", "url"),
+    "REDIS_HOST": ("redis", "host"),
+    "REDIS_PORT": ("redis", "port"),
+    "REDIS_USERNAME": ("redis", "username"),
+    "REDIS_PASSWORD": ("redis", "password"),
+    "REDIS_TLS": ("redis", "tls"),
+    "REDIS_CERT": ("redis", "tls_cert"),
+    "REDIS_KEY": ("redis", "tls_key"),
+    "REDIS_CA": ("redis", "tls_ca"),
+    "REDIS_KEEP_ALIVE": ("redis", "keep_alive_ms"),
+    "ENABLE_BULLMQ_DASHBOARD": ("dashboard", "enabled"),
+    "PORT": ("server", "port"),
+    "WORKER_PORT": ("worker", "health_port"),
+}
+_MODE_TO_BROKER = {"main": "memory", "queue": "redis"}
+SEARCH_PATH = ("./flowqd.toml", "/etc/flowqd/flowqd.toml")
+
+_converter = cattrs.Converter(forbid_extra_keys=True)
+
+
+def _strict_scalar(value: Any, cls: type[Any]) -> Any:
+    # cattrs would happily turn "5" into 5 or 1 into True; a TOML file that
+    # says a string where a number belongs is a mistake worth reporting.
+    if cls is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, cls) or (cls is int and isinstance(value, bool)):
+        raise TypeError(f"expected {_describe(cls)}, got {_show(value)}")
+    return value
+
+
+for _scalar in (str, int, float, bool):
+    _converter.register_structure_hook(_scalar, _strict_scalar)
+
+
+def _describe(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in get_args(tp) if a is not type(None))
+    if origin is list:
+        item = _describe(get_args(tp)[0]).removeprefix("a ").removeprefix("an ")
+        return f"a list of {item}s"
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _field_types(section: str) -> dict[str, Any]:
+    hints = typing.get_type_hints(SECTIONS[section])
+    return {f.name: hints[f.name] for f in attrs.fields(SECTIONS[section])}
+
+
+def _parse_env_value(raw: str, tp: Any) -> Any:
+    """Turn an environment string into the value the field's type wants."""
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        inner = [a for a in get_args(tp) if a is not type(None)]
+        if raw == "":
+            return None
+        return _parse_env_value(raw, inner[0])
+    if origin is list:
+        item = get_args(tp)[0]
+        return [_parse_env_value(part.strip(), item) for part in raw.split(",") if part.strip()]
+    if tp is bool:
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"expected true or false, got {raw!r}")
+    if tp is int:
+        try:
+            return int(raw)
+        except ValueError:
+            raise ValueError(f"expected an integer, got {raw!r}") from None
+    if tp is float:
+        try:
+            return float(raw)
+        except ValueError:
+            raise ValueError(f"expected a number, got {raw!r}") from None
+    return raw
+
+
+class _Layers:
+    """Raw values per key path, each remembering where it came from."""
+
+    def __init__(self) -> None:
+        self.values: dict[tuple[str, ...], Any] = {}
+        self.sources: dict[tuple[str, ...], str] = {}
+        self.problems: list[str] = []
+
+    def set(self, path: tuple[str, ...], value: Any, source: str) -> None:
+        self.values[path] = value
+        self.sources[path] = source
+
+    def add_file(self, path: Path) -> None:
+        try:
+            with path.open("rb") as f:
+                data = tomllib.load(f)
+        except OSError as exc:
+            self.problems.append(f"{path}: cannot read the config file: {exc.strerror}")
+            return
+        except tomllib.TOMLDecodeError as exc:
+            self.problems.append(f"{path}: not valid TOML: {exc}")
+            return
+        for key, value in data.items():
+            if key == "role":
+                self.set(("role",), value, str(path))
+            elif key in SECTIONS:
+                if not isinstance(value, dict):
+                    self.problems.append(f"{path}: {key}: expected a table [{key}], got {_show(value)}")
+                    continue
+                known = _field_types(key)
+                for sub, subvalue in value.items():
+                    if sub not in known:
+                        self.problems.append(
+                            f"{path}: {key}.{sub}: unknown key; known keys in [{key}]: "
+                            + ", ".join(sorted(known))
+                        )
+                    else:
+                        self.set((key, sub), subvalue, str(path))
+            else:
+                self.problems.append(
+                    f"{path}: {key}: unknown key; known top-level keys: role, "
+                    + ", ".join(f"[{s}]" for s in SECTIONS)
+                )
+
+    def add_env_value(self, name: str, path: tuple[str, ...], raw: str) -> None:
+        if path == ("role",):
+            tp: Any = Role
+        else:
+            tp = _field_types(path[0])[path[1]]
+        try:
+            value = _parse_env_value(raw, tp)
+        except ValueError as exc:
+            self.problems.append(f"environment variable {name}: {'.'.join(path)}: {exc}")
+            return
+        self.set(path, value, f"environment variable {name}")
+
+    def add_env(self, environ: Mapping[str, str]) -> None:
+        # Flowise's names first, so the FLOWQD_ spelling of a key wins over them.
+        mode = environ.get("MODE")
+        if mode is not None:
+            broker = _MODE_TO_BROKER.get(mode.strip().lower())
+            if broker is None:
+                self.problems.append(
+                    f"environment variable MODE: queue.broker: expected 'main' or 'queue', "
+                    f"got {mode!r}"
+                )
+            else:
+                self.set(("queue", "broker"), broker, "environment variable MODE")
+        for name, path in FLOWISE_ENV.items():
+            if name in environ:
+                self.add_env_value(name, path, environ[name])
+        for name, raw in sorted(environ.items()):
+            if not name.startswith("FLOWQD_") or name in ("FLOWQD_CONFIG",):
+                continue
+            rest = name[len("FLOWQD_") :].lower()
+            if rest == "role":
+                self.add_env_value(name, ("role",), raw)
+                continue
+            section, sep, key = rest.partition("__")
+            if not sep or section not in SECTIONS or key not in _field_types(section):
+                self.problems.append(
+                    f"environment variable {name}: unknown setting; use FLOWQD_ROLE or "
+                    "FLOWQD_<SECTION>__<KEY> naming a key of flowqd.toml"
+                )
+                continue
+            self.add_env_value(name, (section, key), raw)
+
+    def add_overrides(self, overrides: Sequence[str]) -> None:
+        for item in overrides:
+            dotted, sep, raw = item.partition("=")
+            path = tuple(dotted.strip().split("."))
+            if not sep or not (
+                path == ("role",)
+                or (len(path) == 2 and path[0] in SECTIONS and path[1] in _field_types(path[0]))
+            ):
+                self.problems.append(
+                    f"--set {item}: expected KEY=VALUE with KEY a key of flowqd.toml, "
+                    "such as worker.concurrency=100"
+                )
+                continue
+            self.add_env_value(f"--set {dotted}", path, raw)  # same string parsing as env
+            if path in self.sources:
+                self.sources[path] = f"--set {dotted}"
+
+    def build(self) -> Config:
+        tree: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
+        role: Any = "all"
+        for path, raw in self.values.items():
+            try:
+                if path == ("role",):
+                    role = _converter.structure(raw, Role)
+                    continue
+                section, key = path
+                field = attrs.fields_dict(SECTIONS[section])[key]
+                value = _converter.structure(raw, _field_types(section)[key])
+                if field.validator is not None:
+                    field.validator(None, field, value)
+                tree[section][key] = value
+            except Exception as exc:
+                self.problems.append(f"{self.sources[path]}: {'.'.join(path)}: {_explain(exc, path, raw)}")
+        if self.problems:
+            raise ConfigError(self.problems)
+        return Config(role=role, **{s: SECTIONS[s](**values) for s, values in tree.items()})
+
+
+def _explain(exc: Exception, path: tuple[str, ...], raw: Any) -> str:
+    if isinstance(exc, (TypeError, ValueError)) and str(exc).startswith("expected "):
+        return str(exc)
+    tp = Role if path == ("role",) else _field_types(path[0])[path[1]]
+    return f"expected {_describe(tp)}, got {_show(raw)}"
+
+
+def find_config_file(explicit: str | None, environ: Mapping[str, str]) -> Path | None:
+    """The file to read: ``--config``, ``$FLOWQD_CONFIG``, ``./flowqd.toml``, ``/etc/flowqd``."""
+    if explicit:
+        return Path(explicit)
+    if environ.get("FLOWQD_CONFIG"):
+        return Path(environ["FLOWQD_CONFIG"])
+    for candidate in SEARCH_PATH:
+        if Path(candidate).is_file():
+            return Path(candidate)
+    return None
+
+
+def load_config(
+    *,
+    config_file: str | None = None,
+    role: str | None = None,
+    overrides: Sequence[str] = (),
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Build the effective configuration, or raise ConfigError listing every problem."""
+    environ = os.environ if environ is None else environ
+    layers = _Layers()
+    path = find_config_file(config_file, environ)
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError([f"{path}: config file not found; fix --config or FLOWQD_CONFIG"])
+        layers.add_file(path)
+    layers.add_env(environ)
+    layers.add_overrides(overrides)
+    if role is not None:
+        layers.set(("role",), role, "--role")
+    if layers.problems:
+        raise ConfigError(layers.problems)
+    config = layers.build()
+    redis_configured = any(p[0] == "redis" for p in layers.values)
+    config = attrs.evolve(
+        config,
+        source=str(path) if path else "defaults and environment",
+        redis_configured=redis_configured,
+    )
+    _check_role(config)
+    return config
+
+
+def _check_role(config: Config) -> None:
+    if config.role != "all" and (config.broker == "memory" or not config.redis_configured):
+        how = (
+            "set REDIS_URL (or redis.url in flowqd.toml)"
+            if config.queue.broker == "auto"
+            else "set queue.broker = 'redis' (MODE=queue) and REDIS_URL or redis.url"
+        )
+        raise ConfigError(
+            [
+                f"role {config.role!r} needs Redis, but no Redis is configured: {how}; "
+                "only --role all can run with the embedded broker"
+            ]
+        )
+
+
+def as_toml_dict(config: Config, *, mask_secrets: bool = True) -> dict[str, Any]:
+    """The effective configuration as plain data, secrets replaced by ``***``."""
+    out: dict[str, Any] = {"role": config.role}
+    for section in SECTIONS:
+        values = attrs.asdict(getattr(config, section))
+        for key in values:
+            if mask_secrets and (section, key) in SECRET_KEYS and values[key] is not None:
+                values[key] = "***"
+        if section == "redis" and mask_secrets and values.get("url"):
+            values["url"] = mask_url(values["url"])
+        out[section] = values
+    return out
+
+
+def mask_url(url: str) -> str:
+    """``redis://user:secret@host`` -> ``redis://user:***@host``."""
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in creds:
+        return url
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"

@@ -1,0 +1,70 @@
+"""The one exception hierarchy of flowqd.
+
+Every error says what went wrong and what to do about it. Executor failures
+are not exceptions that escape the daemon: they are recorded on the job.
+"""
+
+from __future__ import annotations
+
+
+class FlowqdError(Exception):
+    """Base of every error flowqd raises on purpose."""
+
+
+class ConfigError(FlowqdError):
+    """Raised when configuration is unusable.
+
+    ``problems`` holds one line per problem, each naming the source (file or
+    environment variable), the key path and what was expected. Fix the named
+    settings and start again.
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class BrokerUnavailable(FlowqdError):
+    """Raised when the broker (Redis) cannot be reached or did not answer in time.
+
+    Check that Redis runs at the configured ``redis.url`` (or ``REDIS_URL``)
+    and is reachable from this host; flowqd retries by itself once it is back.
+    """
+
+
+class RedisReplyError(FlowqdError):
+    """Raised when Redis answers a command with an error reply.
+
+    The message is Redis's own; it usually means a key holds the wrong type or
+    a script failed, which points at a bug or a foreign writer in flowqd's keys.
+    """
+
+
+class PluginError(FlowqdError):
+    """Raised at start-up when a plugin cannot be loaded or conflicts with another.
+
+    The message names the plugin; fix it, or turn it off with ``plugins.disable``.
+    """
+
+
+class FlowValidationError(FlowqdError):
+    """Raised when a flow document is invalid.
+
+    ``problems`` lists every problem found, each as ``(json_path, message)``.
+    """
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{path}: {message}" for path, message in problems))
+
+
+class JobNotFound(FlowqdError):
+    """Raised when a job id is unknown (never existed, or removed by retention)."""
+
+
+class CredentialError(FlowqdError):
+    """Raised when a credential is missing or cannot be decrypted.
+
+    A decryption failure means main and workers do not share
+    ``security.secret_key``: give every process the same key.
+    """

@@ -1,0 +1,126 @@
+"""Job and event records: plain frozen values shared by brokers, worker and API."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from typing import Any
+
+import attrs
+
+
+class JobStatus(enum.StrEnum):
+    WAITING = "waiting"
+    DELAYED = "delayed"
+    ACTIVE = "active"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+# Every job's event stream ends with exactly one of these.
+END = "end"  # data: the flow's result
+ERROR = "error"  # data: {"message": str, "node": str | None}
+CANCELLED = "cancelled"  # data: {"reason": str}
+TERMINAL_EVENTS = frozenset({END, ERROR, CANCELLED})
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+@attrs.frozen
+class JobSpec:
+    """What a producer asks for. ``job_id`` given twice makes one job."""
+
+    flow_id: str
+    flow_version: int
+    inputs: dict[str, Any] = attrs.Factory(dict)
+    job_id: str | None = None
+    delay_s: float = 0.0
+    max_attempts: int | None = None  # None: queue.max_attempts
+    timeout_s: float | None = None  # None: worker.job_timeout_s
+    owner: str | None = None  # API key name that created the job
+
+
+@attrs.frozen
+class Job:
+    """A job as recorded by the broker."""
+
+    id: str
+    flow_id: str
+    flow_version: int
+    inputs: dict[str, Any]
+    status: JobStatus
+    attempts: int  # executions started (claims), including the current one
+    max_attempts: int
+    timeout_s: float | None
+    owner: str | None
+    created_at: float  # unix seconds
+    started_at: float | None = None
+    finished_at: float | None = None
+    result: Any = None
+    error: dict[str, Any] | None = None  # {"message", "node", "traceback"?, "reason"?}
+    nodes: list[dict[str, Any]] = attrs.Factory(list)  # per-node data, in finish order
+    worker: str | None = None
+    cancel_requested: bool = False
+
+
+@attrs.frozen
+class Claimed:
+    """A job a worker holds, with the lock token that proves it."""
+
+    job: Job
+    token: str
+
+
+@attrs.frozen
+class Event:
+    """One entry of a job's event stream. ``id`` orders events within the job."""
+
+    id: str
+    name: str
+    data: Any
+
+
+class OutcomeKind(enum.StrEnum):
+    COMPLETED = "completed"
+    FAILED = "failed"  # retried with backoff while attempts remain, unless ``retry`` is False
+    CANCELLED = "cancelled"
+    REQUEUE = "requeue"  # back to wait, the attempt not counted (shutdown drain)
+
+
+@attrs.frozen
+class Outcome:
+    """What a worker reports for a job it holds."""
+
+    job_id: str
+    token: str
+    kind: OutcomeKind
+    result: Any = None
+    error: dict[str, Any] | None = None
+    nodes: list[dict[str, Any]] = attrs.Factory(list)
+    retry: bool = True
+
+
+@attrs.frozen
+class EmittedEvent:
+    """An event a worker appends to a job's stream (not terminal: outcomes write those)."""
+
+    job_id: str
+    name: str
+    data: Any
+
+
+@attrs.frozen
+class WorkerInfo:
+    id: str
+    host: str
+    pid: int
+    started_at: float
+    last_seen: float
+    jobs_held: int
+    concurrency: int
+    ready: bool

@@ -1,0 +1,211 @@
+"""The broker contract: what the API and the worker need from a queue backend.
+
+Two implementations keep it: the Redis broker (``queue/redis_broker.py``) and
+the embedded in-process broker (``queue/memory.py``). One contract test suite
+runs against both. Semantics (both brokers):
+
+- At-least-once execution, exactly one recorded outcome per job: ``flush``
+  refuses an outcome whose lock token is not the job's current one.
+- A job claimed by a worker that stops renewing is back in ``waiting`` after
+  its lock expires (found by ``run_maintenance`` of any live worker), its
+  attempt counted; past ``queue.max_stalled`` stalls it fails with reason
+  ``stalled``.
+- Every job's event stream ends with exactly one terminal event (``end``,
+  ``error`` or ``cancelled``), written together with the outcome.
+- A cancelled job never runs again: a queued one is cancelled at once, a
+  running one is flagged and its worker told (``watch_cancels``); ``renew``
+  also reports it, so a lost notice costs at most one renewal interval.
+- Every method that talks to the backend raises ``BrokerUnavailable`` when
+  it cannot, within the configured command timeout; none blocks forever.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any
+
+import trio
+
+from flowqd.jobs import (
+    Claimed,
+    EmittedEvent,
+    Event,
+    Job,
+    JobSpec,
+    JobStatus,
+    Outcome,
+    WorkerInfo,
+)
+
+
+class Broker(abc.ABC):
+    # ---- lifecycle -------------------------------------------------------
+
+    @abc.abstractmethod
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Background work every process needs (event reader, subscriptions).
+
+        Runs until cancelled; calls ``task_status.started()`` once usable.
+        Survives backend outages by reconnecting with backoff.
+        """
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Return when the backend answers; raise BrokerUnavailable otherwise."""
+
+    # ---- producers -------------------------------------------------------
+
+    @abc.abstractmethod
+    async def enqueue(self, specs: Sequence[JobSpec]) -> list[str]:
+        """Add jobs (one round trip for the batch); return their ids in order.
+
+        A spec whose ``job_id`` already exists adds nothing and returns that id.
+        """
+
+    @abc.abstractmethod
+    async def get_job(self, job_id: str) -> Job | None:
+        """The job's record, or None if unknown or removed by retention."""
+
+    @abc.abstractmethod
+    async def list_jobs(
+        self, status: JobStatus, *, offset: int = 0, limit: int = 50
+    ) -> list[Job]:
+        """Jobs in one state, newest first."""
+
+    @abc.abstractmethod
+    async def cancel(self, job_id: str, *, reason: str = "cancelled") -> Job | None:
+        """Cancel a job. Waiting/delayed: cancelled now, terminal event written.
+
+        Active: flagged and its worker notified; the worker records the outcome.
+        Terminal: unchanged. Returns the job as it now stands, None if unknown.
+        """
+
+    @abc.abstractmethod
+    async def retry(self, job_id: str) -> Job | None:
+        """Put a failed or cancelled job back in ``waiting`` with a fresh stream."""
+
+    @abc.abstractmethod
+    async def read_events(self, job_id: str, *, after: str = "0", count: int = 1000) -> list[Event]:
+        """Up to ``count`` events after event id ``after`` ("0": from the start)."""
+
+    @abc.abstractmethod
+    def watch_events(self, job_id: str, *, after: str = "0") -> AsyncIterator[Event]:
+        """Yield the job's events after ``after`` as they arrive, ending after the terminal one.
+
+        Many concurrent watchers share the broker's reader (no connection each).
+        The caller bounds the wait with its own cancel scope.
+        """
+
+    # ---- queue control and introspection ---------------------------------
+
+    @abc.abstractmethod
+    async def pause(self) -> None:
+        """Stop workers from claiming new jobs (running ones go on)."""
+
+    @abc.abstractmethod
+    async def resume(self) -> None: ...
+
+    @abc.abstractmethod
+    async def is_paused(self) -> bool: ...
+
+    @abc.abstractmethod
+    async def counts(self) -> dict[JobStatus, int]:
+        """Number of jobs per state."""
+
+    @abc.abstractmethod
+    async def workers(self) -> list[WorkerInfo]:
+        """Workers whose heartbeat is recent."""
+
+    # ---- workers ---------------------------------------------------------
+
+    @abc.abstractmethod
+    async def claim(
+        self, worker_id: str, max_jobs: int, *, lock_ttl_s: float, block_s: float
+    ) -> list[Claimed]:
+        """Claim up to ``max_jobs`` waiting jobs, waiting up to ``block_s`` for the first.
+
+        Returns [] on timeout or while paused. Cancellation-safe: a cancelled
+        claim leaves no job claimed-but-unreported (or the stalled check
+        recovers it). Jobs already flagged cancelled are finished as cancelled
+        instead of being returned.
+        """
+
+    @abc.abstractmethod
+    async def renew(
+        self, worker_id: str, held: Mapping[str, str], *, lock_ttl_s: float
+    ) -> tuple[set[str], set[str]]:
+        """Extend the locks of ``held`` (job id -> token) in one call.
+
+        Returns ``(lost, cancelled)``: jobs whose lock this worker no longer
+        holds (stop them, report nothing) and jobs flagged for cancellation.
+        """
+
+    @abc.abstractmethod
+    async def flush(
+        self, events: Sequence[EmittedEvent], outcomes: Sequence[Outcome]
+    ) -> list[bool]:
+        """Append ``events`` in order, then record ``outcomes``: one round trip.
+
+        Returns, per outcome, whether it was recorded (False: the token is no
+        longer the job's lock, the outcome is refused).
+        """
+
+    @abc.abstractmethod
+    async def watch_cancels(
+        self,
+        on_cancel: Callable[[str], None],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Call ``on_cancel(job_id)`` for each cancel notice; runs until cancelled."""
+
+    @abc.abstractmethod
+    async def run_maintenance(
+        self,
+        *,
+        stalled_interval_s: float,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Stalled check (one winner per interval), delayed promotion, retention."""
+
+    @abc.abstractmethod
+    async def heartbeat(self, info: WorkerInfo, *, ttl_s: float) -> None:
+        """Record a live worker; it disappears from ``workers()`` after ``ttl_s``."""
+
+    # ---- flows and credentials (small documents shared by main and workers) ----
+
+    @abc.abstractmethod
+    async def put_flow(self, flow_id: str, document: bytes) -> int:
+        """Store a new version of a flow; return its version number (1, 2, ...)."""
+
+    @abc.abstractmethod
+    async def get_flow(self, flow_id: str, version: int | None = None) -> tuple[int, bytes] | None:
+        """A flow's document at ``version`` (None: current), or None."""
+
+    @abc.abstractmethod
+    async def list_flows(self) -> dict[str, int]:
+        """Flow id -> current version."""
+
+    @abc.abstractmethod
+    async def delete_flow(self, flow_id: str) -> bool:
+        """Forget a flow's current pointer (old versions stay for queued jobs)."""
+
+    @abc.abstractmethod
+    async def put_secret(self, name: str, sealed: bytes) -> None:
+        """Store an encrypted credential (the broker never sees plaintext)."""
+
+    @abc.abstractmethod
+    async def get_secret(self, name: str) -> bytes | None: ...
+
+    @abc.abstractmethod
+    async def list_secrets(self) -> list[str]: ...
+
+    @abc.abstractmethod
+    async def delete_secret(self, name: str) -> bool: ...
+
+    # ---- small shared state -------------------------------------------------
+
+    async def statistics(self) -> dict[str, Any]:
+        """Backend figures for metrics (connections held, and the like)."""
+        return {}
