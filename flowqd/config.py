@@ -111,6 +111,12 @@ class FlowsConfig:
 
 
 @attrs.frozen
+class SecurityConfig:
+    secret_key: str | None = attrs.field(default=None, repr=False)
+    secret_key_file: str | None = None
+
+
+@attrs.frozen
 class Config:
     role: Role = "all"
     server: ServerConfig = attrs.Factory(ServerConfig)
@@ -121,6 +127,7 @@ class Config:
     dashboard: DashboardConfig = attrs.Factory(DashboardConfig)
     plugins: PluginsConfig = attrs.Factory(PluginsConfig)
     flows: FlowsConfig = attrs.Factory(FlowsConfig)
+    security: SecurityConfig = attrs.Factory(SecurityConfig)
     # Where the values came from; not configuration itself.
     source: str = attrs.field(default="defaults", eq=False)
     redis_configured: bool = attrs.field(default=False, eq=False)
@@ -138,7 +145,7 @@ class Config:
 SECTIONS: dict[str, type[Any]] = {
     name: tp for name, tp in typing.get_type_hints(Config).items() if attrs.has(tp)
 }
-SECRET_KEYS = {("redis", "password"), ("redis", "tls_key")}
+SECRET_KEYS = {("redis", "password"), ("redis", "tls_key"), ("security", "secret_key")}
 # Flowise's queue-mode variables, honoured unchanged.
 FLOWISE_ENV: dict[str, tuple[str, str]] = {
     "WORKER_CONCURRENCY": ("worker", "concurrency"),
@@ -159,6 +166,8 @@ FLOWISE_ENV: dict[str, tuple[str, str]] = {
     "ENABLE_BULLMQ_DASHBOARD": ("dashboard", "enabled"),
     "PORT": ("server", "port"),
     "WORKER_PORT": ("worker", "health_port"),
+    # Named in the design; shorter than FLOWQD_SECURITY__SECRET_KEY, which also works.
+    "FLOWQD_SECRET_KEY": ("security", "secret_key"),
 }
 _MODE_TO_BROKER = {"main": "memory", "queue": "redis"}
 SEARCH_PATH = ("./flowqd.toml", "/etc/flowqd/flowqd.toml")
@@ -306,7 +315,7 @@ class _Layers:
             if name in environ:
                 self.add_env_value(name, path, environ[name])
         for name, raw in sorted(environ.items()):
-            if not name.startswith("FLOWQD_") or name in ("FLOWQD_CONFIG",):
+            if not name.startswith("FLOWQD_") or name in ("FLOWQD_CONFIG", "FLOWQD_SECRET_KEY"):
                 continue
             rest = name[len("FLOWQD_") :].lower()
             if rest == "role":

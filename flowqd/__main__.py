@@ -1,0 +1,3 @@
+from flowqd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,177 @@
+"""Wires the roles into one nursery per process: the only role-aware module.
+
+Two nested nurseries: ``infra`` holds what every role leans on (the broker's
+background work, the health server, the signal watcher); ``roles`` holds the
+API server and the worker. A first SIGTERM/SIGINT sets ``shutdown`` and puts
+a deadline on ``roles``; when the roles have drained, ``infra`` is cancelled.
+A second signal cancels everything at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import attrs
+import trio
+
+from flowqd.api.app import ApiState, create_app
+from flowqd.config import Config
+from flowqd.credentials import CredentialStore, Sealer, load_secret
+from flowqd.errors import BrokerUnavailable, ConfigError, FlowValidationError, PluginError
+from flowqd.flows import FlowStore
+from flowqd.health import HealthApp
+from flowqd.logs import setup_logging
+from flowqd.metrics import Registry
+from flowqd.plugins import collect_executors, load_plugins
+from flowqd.queue import open_broker
+from flowqd.queue.base import Broker
+from flowqd.redis import Backoff
+from flowqd.serve import serve_asgi
+from flowqd.worker import Worker, WorkerMetrics
+
+log = logging.getLogger("flowqd")
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# Beyond the drain grace, how long the HTTP server and final writes may take.
+TEARDOWN_MARGIN_S = 5.0
+STARTUP_ERRORS = (ConfigError, PluginError, FlowValidationError)
+
+
+@attrs.define(eq=False)
+class Lifecycle:
+    """What the signal watcher needs to stop the daemon."""
+
+    grace_s: float
+    shutdown: trio.Event = attrs.Factory(trio.Event)
+    roles_scope: trio.CancelScope | None = None
+    forced_by: int | None = None  # the signal that forced an immediate exit
+
+    def begin_shutdown(self) -> None:
+        if self.shutdown.is_set():
+            return
+        self.shutdown.set()
+        if self.roles_scope is not None:
+            self.roles_scope.deadline = trio.current_time() + self.grace_s + TEARDOWN_MARGIN_S
+
+
+def run(config: Config, *, on_ready: Callable[[dict[str, str]], None] | None = None) -> int:
+    """Run the daemon until stopped; return the process exit code."""
+    setup_logging(config.log)
+    try:
+        return trio.run(_main, config, on_ready)
+    except* STARTUP_ERRORS as group:
+        for exc in _leaves(group):
+            for line in str(exc).splitlines():
+                log.error("cannot start: %s", line)
+        return 2
+    except* OSError as group:
+        for exc in _leaves(group):
+            log.error("cannot start: %s", exc)
+        return 1
+    finally:
+        # A signal arriving during interpreter teardown would kill us with
+        # 143 after a clean stop; from here on signals have nothing to stop.
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
+
+
+async def _main(config: Config, on_ready: Callable[[dict[str, str]], None] | None) -> int:
+    life = Lifecycle(grace_s=config.worker.shutdown_grace_s)
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        async with trio.open_nursery() as root:
+            root.start_soon(_watch_signals, signals, life, root.cancel_scope)
+            await _serve(config, life, on_ready)
+            root.cancel_scope.cancel()
+    if life.forced_by is not None:
+        log.warning("stopped at once by a second signal")
+        return 128 + life.forced_by
+    log.info("stopped cleanly")
+    return 0
+
+
+async def _watch_signals(
+    signals: AsyncIterator[int], life: Lifecycle, root: trio.CancelScope
+) -> None:
+    async for signum in signals:
+        if not life.shutdown.is_set():
+            log.info("%s: draining (grace %.1fs); send it again to stop at once",
+                     signal.Signals(signum).name, life.grace_s)
+            life.begin_shutdown()
+        else:
+            life.forced_by = signum
+            root.cancel()
+            return
+
+
+@asynccontextmanager
+async def _open_components(config: Config) -> AsyncIterator[tuple[Broker, FlowStore, Registry]]:
+    pm = load_plugins(config.plugins)
+    executors = collect_executors(pm)
+    async with open_broker(config) as broker:
+        yield broker, FlowStore(broker, executors), Registry()
+
+
+async def _serve(
+    config: Config, life: Lifecycle, on_ready: Callable[[dict[str, str]], None] | None
+) -> None:
+    async with _open_components(config) as (broker, flows, registry):
+        secret = load_secret(config.security)
+        sealer = Sealer(secret) if secret else (Sealer.ephemeral() if config.broker == "memory"
+                                                else None)
+        credentials = CredentialStore(broker, sealer)
+        endpoints: dict[str, str] = {"role": config.role, "broker": config.broker}
+        async with trio.open_nursery() as infra:
+            await infra.start(broker.run)
+            await _load_flows(flows, config, life)
+            async with trio.open_nursery() as roles:
+                life.roles_scope = roles.cancel_scope
+                if life.shutdown.is_set():
+                    life.begin_shutdown()
+                if config.role in ("worker", "all"):
+                    worker = Worker(broker, flows, config, WorkerMetrics(registry),
+                                    credential=credentials.get)
+                    binds = await infra.start(
+                        serve_asgi, HealthApp(worker, registry),
+                        config.worker.health_host, config.worker.health_port,
+                        shutdown_trigger=trio.sleep_forever, graceful_timeout_s=1.0,
+                    )
+                    endpoints["health"] = binds[0]
+                    await roles.start(worker.run, life.shutdown)
+                if config.role in ("main", "all"):
+                    app = create_app(ApiState(config, broker, flows, credentials, registry))
+                    binds = await roles.start(
+                        serve_asgi, app, config.server.host, config.server.port,
+                        shutdown_trigger=life.shutdown.wait,
+                        graceful_timeout_s=config.worker.shutdown_grace_s,
+                    )
+                    endpoints["api"] = binds[0]
+                log.info("ready: %s", " ".join(f"{k}={v}" for k, v in endpoints.items()))
+                if on_ready is not None:
+                    on_ready(endpoints)
+            infra.cancel_scope.cancel()
+
+
+async def _load_flows(flows: FlowStore, config: Config, life: Lifecycle) -> None:
+    """Register the flow files of ``flows.paths``, waiting for the broker if it is down."""
+    if not config.flows.paths:
+        return
+    backoff = Backoff(maximum=5.0)
+    while not life.shutdown.is_set():
+        try:
+            loaded = await flows.load_paths(config.flows.paths)
+        except BrokerUnavailable as exc:
+            log.warning("cannot load flows yet, broker unreachable: %s", exc)
+            await backoff.wait()
+        else:
+            for flow_id, version in loaded:
+                log.info("flow %s version %d loaded", flow_id, version)
+            return
