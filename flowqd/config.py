@@ -288,6 +288,9 @@ class _Layers:
                 )
 
     def add_env_value(self, name: str, path: tuple[str, ...], raw: str) -> None:
+        self.add_string(f"environment variable {name}", path, raw)
+
+    def add_string(self, source: str, path: tuple[str, ...], raw: str) -> None:
         if path == ("role",):
             tp: Any = Role
         else:
@@ -295,9 +298,9 @@ class _Layers:
         try:
             value = _parse_env_value(raw, tp)
         except ValueError as exc:
-            self.problems.append(f"environment variable {name}: {'.'.join(path)}: {exc}")
+            self.problems.append(f"{source}: {'.'.join(path)}: {exc}")
             return
-        self.set(path, value, f"environment variable {name}")
+        self.set(path, value, source)
 
     def add_env(self, environ: Mapping[str, str]) -> None:
         # Flowise's names first, so the FLOWQD_ spelling of a key wins over them.
@@ -343,9 +346,7 @@ class _Layers:
                     "such as worker.concurrency=100"
                 )
                 continue
-            self.add_env_value(f"--set {dotted}", path, raw)  # same string parsing as env
-            if path in self.sources:
-                self.sources[path] = f"--set {dotted}"
+            self.add_string(f"--set {dotted}", path, raw)
 
     def build(self) -> Config:
         tree: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
@@ -406,9 +407,7 @@ def load_config(
     layers.add_overrides(overrides)
     if role is not None:
         layers.set(("role",), role, "--role")
-    if layers.problems:
-        raise ConfigError(layers.problems)
-    config = layers.build()
+    config = layers.build()  # raises with every problem found on the way
     redis_configured = any(p[0] == "redis" for p in layers.values)
     config = attrs.evolve(
         config,
