@@ -1,0 +1,32 @@
+"""The trio Redis client: the only code in flowqd that talks to Redis.
+
+Built on trio streams and hiredis (its reply parser and ``pack_command``).
+``open_redis`` owns a pool of connections; blocking commands and pub/sub get
+connections of their own (``Redis.dedicated``, ``Redis.subscribe``).
+"""
+
+from flowqd.redis._backoff import Backoff as Backoff
+from flowqd.redis._client import Redis as Redis
+from flowqd.redis._client import RedisStatistics as RedisStatistics
+from flowqd.redis._client import open_redis as open_redis
+from flowqd.redis._connection import Connection as Connection
+from flowqd.redis._pubsub import Subscription as Subscription
+from flowqd.redis._script import Arg as Arg
+from flowqd.redis._script import Script as Script
+from flowqd.redis._script import ScriptCall as ScriptCall
+from flowqd.redis._url import Target as Target
+from flowqd.redis._url import parse_target as parse_target
+
+__all__ = [
+    "Arg",
+    "Backoff",
+    "Connection",
+    "Redis",
+    "RedisStatistics",
+    "Script",
+    "ScriptCall",
+    "Subscription",
+    "Target",
+    "open_redis",
+    "parse_target",
+]

@@ -1,0 +1,235 @@
+"""The client: ``open_redis`` and the pooled ``Redis`` object."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import attrs
+import trio
+
+from flowqd.config import RedisConfig
+from flowqd.errors import BrokerUnavailable, RedisReplyError
+from flowqd.redis._connection import Connection, Connector, command_name
+from flowqd.redis._pool import Pool
+from flowqd.redis._pubsub import Subscription
+from flowqd.redis._script import Arg, Script, ScriptCall, pack_command
+from flowqd.redis._tls import build_ssl_context
+from flowqd.redis._url import parse_target
+
+T = TypeVar("T")
+U = TypeVar("U")
+
+
+@attrs.frozen
+class RedisStatistics:
+    """A snapshot of a client's connections."""
+
+    open_connections: int  # every open socket: pool (idle and lent out) and dedicated
+    idle_connections: int  # open pool connections no task holds
+    dedicated_connections: int  # open sockets of dedicated() and subscribe()
+    in_use_connections: int  # pool slots held by a running command
+    waiting_tasks: int  # commands waiting for a free pool slot
+
+
+class Redis:
+    """A pool of connections to one Redis; every call runs under a deadline.
+
+    ``timeout=None`` means ``redis.command_timeout_s``, covering the wait for
+    a free connection, connecting, and the reply. Unreachable Redis, a lost
+    connection or the deadline raise BrokerUnavailable; error replies raise
+    RedisReplyError (in pipelines they are returned in the list instead).
+    Replies are hiredis's: bytes, int, list, None; nothing is decoded.
+    """
+
+    def __init__(self, connector: Connector, pool: Pool, name: str) -> None:
+        self._connector = connector
+        self._pool = pool
+        self._name = name
+        self._timeout = connector.command_timeout
+
+    async def execute(self, *args: Arg, timeout: float | None = None) -> Any:  # noqa: ASYNC109
+        """Run one command on a pooled connection and return its reply."""
+        data = pack_command(args)
+        pool = self._pool
+        if timeout is None:
+            timeout = self._timeout
+        slot = pool.try_slot()
+        connection: Connection | None = None
+        with trio.move_on_after(timeout):
+            if not slot:
+                await pool.wait_slot()
+                slot = True
+            try:
+                connection = pool.take_idle()
+                if connection is None:
+                    connection = await pool.connect()
+                reply = await connection._one(data)
+            finally:
+                pool.release(connection)
+            if reply.__class__ is RedisReplyError:
+                raise reply
+            return reply
+        raise self._timed_out(timeout, slot, connection, command_name(args))
+
+    async def pipeline(
+        self,
+        commands: Sequence[Sequence[Arg] | ScriptCall],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> list[Any]:
+        """Run many commands in one write and one read pass, in order.
+
+        Error replies come back as RedisReplyError instances in the list, so
+        the caller decides. Script calls that meet NOSCRIPT are loaded and
+        run again (after the rest of the pipeline; a pipeline is not a
+        transaction).
+        """
+        if not commands:
+            return []
+        return await self._on_pool(Connection._pipeline, commands, timeout, "pipeline")
+
+    def script(self, source: str | bytes) -> Script:
+        """A script object; cheap to keep at module or broker level and reuse."""
+        return Script.from_source(source)
+
+    async def run_script(
+        self,
+        script: Script,
+        keys: Sequence[Arg],
+        args: Sequence[Arg],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> Any:
+        """Run ``script`` by EVALSHA, loading it first if Redis does not know it."""
+        return await self._on_pool(Connection._script, script.call(keys, args), timeout, "script")
+
+    @asynccontextmanager
+    async def dedicated(self, *, name: str | None = None) -> AsyncIterator[Connection]:
+        """A connection of the caller's own, outside the pool, closed on exit.
+
+        For blocking commands (BLMOVE, BZPOPMIN, XREAD BLOCK): pass
+        ``timeout=block_seconds + margin``. It connects on first use and
+        again after a failure, so a loop around a blocking command just
+        keeps calling it (with a Backoff after BrokerUnavailable).
+        """
+        self._check_open()
+        connection = Connection(self._connector, name or self._name, dedicated=True)
+        try:
+            yield connection
+        finally:
+            connection.close()
+
+    @asynccontextmanager
+    async def subscribe(
+        self, *channels: str | bytes, name: str | None = None, ping_interval: float = 30.0
+    ) -> AsyncIterator[Subscription]:
+        """Subscribe on a connection of its own; enters once Redis confirmed.
+
+        Raises BrokerUnavailable on entry when Redis cannot be reached in the
+        command deadline, and from the iterator when the connection is lost.
+        """
+        if not channels:
+            raise ValueError("subscribe needs at least one channel")
+        self._check_open()
+        connector = self._connector
+        connection = Connection(connector, name or self._name, dedicated=True)
+        try:
+            subscription = None
+            with trio.move_on_after(connector.command_timeout):
+                await connection.connect()
+                replies = await connection._many(
+                    pack_command((b"SUBSCRIBE", *channels)), len(channels)
+                )
+                for reply in replies:
+                    if reply.__class__ is RedisReplyError:
+                        raise reply
+                subscription = Subscription(connection, connector, ping_interval)
+            if subscription is None:
+                raise connector.timed_out(connector.command_timeout, "SUBSCRIBE")
+            yield subscription
+        finally:
+            connection.close()
+
+    def statistics(self) -> RedisStatistics:
+        live = self._connector.live
+        dedicated = sum(1 for c in live if c.dedicated)
+        pool = self._pool
+        return RedisStatistics(
+            open_connections=len(live),
+            idle_connections=pool.idle,
+            dedicated_connections=dedicated,
+            in_use_connections=pool.max_connections - pool.free_slots,
+            waiting_tasks=pool.waiting,
+        )
+
+    # ---- internals ------------------------------------------------------------
+
+    async def _on_pool(
+        self,
+        operation: Callable[[Connection, T], Coroutine[Any, Any, U]],
+        argument: T,
+        timeout: float | None,  # noqa: ASYNC109
+        what: str,
+    ) -> U:
+        pool = self._pool
+        if timeout is None:
+            timeout = self._timeout
+        slot = pool.try_slot()
+        connection: Connection | None = None
+        with trio.move_on_after(timeout):
+            if not slot:
+                await pool.wait_slot()
+                slot = True
+            try:
+                connection = pool.take_idle()
+                if connection is None:
+                    connection = await pool.connect()
+                return await operation(connection, argument)
+            finally:
+                pool.release(connection)
+        raise self._timed_out(timeout, slot, connection, what)
+
+    def _timed_out(
+        self, timeout: float, slot: bool, connection: Connection | None, what: str
+    ) -> BrokerUnavailable:
+        if not slot:
+            pool = self._pool
+            return BrokerUnavailable(
+                f"no free connection to Redis at {self._connector.target.address} within "
+                f"{timeout:g}s: all {pool.max_connections} were busy; raise "
+                "redis.max_connections, or look for slow or blocking commands on the pool"
+            )
+        return self._connector.timed_out(timeout, "connecting" if connection is None else what)
+
+    def _check_open(self) -> None:
+        if self._pool.closed:
+            raise trio.ClosedResourceError("this Redis client is closed (open_redis has exited)")
+
+
+@asynccontextmanager
+async def open_redis(config: RedisConfig, *, name: str = "flowqd") -> AsyncIterator[Redis]:
+    """A Redis client for ``config``; every connection is closed on exit.
+
+    Needs no running Redis to enter: connections open on first use. Raises
+    ConfigError at once for a malformed URL or unusable TLS files. ``name``
+    is set on every connection (CLIENT SETNAME), which shows in CLIENT LIST.
+    """
+    if not name or any(ch.isspace() for ch in name):
+        raise ValueError(f"the client name must be non-empty and without spaces, got {name!r}")
+    target = parse_target(config)
+    ssl_context = await trio.to_thread.run_sync(build_ssl_context, config) if target.tls else None
+    connector = Connector(
+        target=target,
+        ssl_context=ssl_context,
+        connect_timeout=config.connect_timeout_s,
+        command_timeout=config.command_timeout_s,
+        keep_alive_ms=config.keep_alive_ms,
+    )
+    pool = Pool(connector, name, config.max_connections)
+    try:
+        yield Redis(connector, pool, name)
+    finally:
+        pool.close()
+        connector.close_all()

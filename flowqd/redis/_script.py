@@ -1,0 +1,89 @@
+"""Lua scripts run by EVALSHA, with the sha computed here, and pipeline packing."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+import attrs
+import hiredis
+
+from flowqd.errors import RedisReplyError
+
+Arg = bytes | str | int | float
+
+# hiredis's stub types the argument as a 1-tuple; it takes a tuple of any length.
+pack_command = cast(Callable[[tuple[Arg, ...]], bytes], hiredis.pack_command)
+
+
+@attrs.frozen(eq=False)
+class ScriptCall:
+    """One run of a script with its keys and arguments, packed as EVALSHA once."""
+
+    script: Script
+    packed: bytes = attrs.field(repr=False)
+
+
+@attrs.frozen(eq=False)
+class Script:
+    """A Lua script known by its SHA1; Redis loads it on first NOSCRIPT."""
+
+    source: bytes = attrs.field(repr=False)
+    sha: str
+    load_packed: bytes = attrs.field(repr=False)
+
+    @classmethod
+    def from_source(cls, source: str | bytes) -> Script:
+        body = source.encode() if isinstance(source, str) else source
+        return cls(
+            source=body,
+            sha=hashlib.sha1(body, usedforsecurity=False).hexdigest(),
+            load_packed=pack_command((b"SCRIPT", b"LOAD", body)),
+        )
+
+    def call(self, keys: Sequence[Arg], args: Sequence[Arg]) -> ScriptCall:
+        return ScriptCall(self, pack_command((b"EVALSHA", self.sha, len(keys), *keys, *args)))
+
+
+def pack_pipeline(commands: Sequence[Sequence[Arg] | ScriptCall]) -> tuple[bytes, bool]:
+    """All commands as one buffer, and whether any of them is a script call."""
+    parts: list[bytes] = []
+    has_scripts = False
+    for command in commands:
+        if isinstance(command, ScriptCall):
+            parts.append(command.packed)
+            has_scripts = True
+        elif isinstance(command, tuple):
+            parts.append(pack_command(command))
+        else:
+            parts.append(pack_command(tuple(command)))
+    return b"".join(parts), has_scripts
+
+
+def is_noscript(reply: Any) -> bool:
+    return reply.__class__ is RedisReplyError and str(reply).startswith("NOSCRIPT")
+
+
+def reload_request(
+    commands: Sequence[Sequence[Arg] | ScriptCall], replies: list[Any]
+) -> tuple[list[int], list[Script], bytes] | None:
+    """What to send again after NOSCRIPT replies: None if there were none.
+
+    Returns the indices of the failed script calls, the scripts to load, and
+    the buffer: SCRIPT LOAD for each script, then the failed calls in order.
+    A call that hit NOSCRIPT did not run, so running it again is safe; it
+    runs after the rest of the pipeline, which is fine because a pipeline is
+    not a transaction.
+    """
+    failed = [
+        i
+        for i, reply in enumerate(replies)
+        if is_noscript(reply) and commands[i].__class__ is ScriptCall
+    ]
+    if not failed:
+        return None
+    calls: list[ScriptCall] = [commands[i] for i in failed]  # type: ignore[misc]
+    scripts = list({id(call.script): call.script for call in calls}.values())
+    data = b"".join([s.load_packed for s in scripts] + [call.packed for call in calls])
+    return failed, scripts, data
