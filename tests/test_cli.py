@@ -1,0 +1,75 @@
+"""The command line as a user meets it: real processes, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from flowqd import __version__
+from tests.daemonproc import base_env
+
+
+def flowqd(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+           ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "flowqd", *args], capture_output=True, text=True,
+        env=base_env(env), cwd=cwd, timeout=60,
+    )
+
+
+def test_version() -> None:
+    result = flowqd("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"flowqd {__version__}"
+
+
+def test_unknown_key_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[worker]\nconcurency = 4\n")
+    result = flowqd("--config", str(config), "check-config")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"flowqd: error: {config}: worker.concurency: unknown key")
+    assert "Traceback" not in result.stderr
+
+
+def test_wrong_type_is_one_line_and_exit_2_when_running(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[server]\nport = "http"\n')
+    result = flowqd("--config", str(config), "--role", "all")
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"flowqd: error: {config}: server.port: expected an integer, got 'http'\n"
+    )
+
+
+def test_worker_without_redis_names_the_setting(tmp_path: Path) -> None:
+    result = flowqd("--role", "worker", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "REDIS_URL" in result.stderr and "redis.url" in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_check_config_prints_effective_config_with_secrets_masked(tmp_path: Path) -> None:
+    env = {"REDIS_URL": "redis://flow:hunter2@10.0.0.5:6380/1", "WORKER_CONCURRENCY": "64",
+           "FLOWQD_SECRET_KEY": "do-not-print"}
+    result = flowqd("check-config", "--role", "worker", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "hunter2" not in out and "do-not-print" not in out
+    assert 'url = "redis://flow:***@10.0.0.5:6380/1"' in out
+    assert "concurrency = 64" in out
+    assert 'role = "worker"' in out
+    assert "broker in use: redis" in out
+
+
+def test_check_config_lists_every_problem(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[worker]\nconcurrency = -1\nhealth_port = 1e9\n")
+    result = flowqd("check-config", "--config", str(config), env={"PORT": "x"})
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 3
+    assert all(line.startswith("flowqd: error: ") for line in lines)
