@@ -68,3 +68,13 @@ class CredentialError(FlowqdError):
     A decryption failure means main and workers do not share
     ``security.secret_key``: give every process the same key.
     """
+
+
+class NodeError(FlowqdError):
+    """Raised by an executor to fail its node with a message meant for people.
+
+    The runner records the message on the job (and its traceback in the log
+    and the job record only). Say what the remote side or the input did, and
+    what to change: ``"LLM server answered HTTP 401: check the credential"``.
+    Any other exception also fails the node, with its type name in the message.
+    """

@@ -1,0 +1,82 @@
+"""Compiled flows: what validation produces and the runner executes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from flowqd.errors import FlowqdError
+from flowqd.executors.base import Executor
+
+
+@attrs.frozen
+class NodeSource:
+    """Where one input of a node comes from: ``"node_id"`` or ``"$name.key..."``."""
+
+    node: str | None = None  # an upstream node's output
+    flow_path: tuple[str, ...] = ()  # a job input: ("question",), ("overrideConfig", "k")
+
+    @property
+    def text(self) -> str:
+        return self.node if self.node is not None else "$" + ".".join(self.flow_path)
+
+
+@attrs.frozen(eq=False)
+class CompiledNode:
+    id: str
+    type: str
+    label: str
+    executor: Executor
+    params: Any
+    inputs: tuple[tuple[str, NodeSource], ...]
+    timeout_s: float | None
+
+    @property
+    def upstream(self) -> tuple[str, ...]:
+        """Upstream node ids, in input order, without repeats."""
+        seen: dict[str, None] = {}
+        for _name, source in self.inputs:
+            if source.node is not None:
+                seen[source.node] = None
+        return tuple(seen)
+
+
+@attrs.frozen(eq=False)
+class CompiledFlow:
+    """A validated flow. ``nodes`` are in a topological order (document order among peers)."""
+
+    id: str
+    nodes: tuple[CompiledNode, ...]
+    output: str
+    document: dict[str, Any]  # as registered, for GET /flows/{id}
+    # Top-level job inputs the nodes read through ``$name`` sources
+    # (e.g. {"question"}); executors may also read ``ctx.flow_inputs`` directly.
+    flow_inputs: frozenset[str]
+    version: int | None = None
+
+
+@attrs.frozen
+class FlowResult:
+    """A finished run: the output node's value and per-node records in finish order."""
+
+    output: Any
+    nodes: list[dict[str, Any]]
+
+
+class NodeFailed(FlowqdError):
+    """Raised by ``run_flow`` when a node raised or exceeded its ``timeout_s``.
+
+    ``message`` is for people (job error, HTTP answers); ``traceback`` is for
+    the job record and the log only; ``nodes`` holds the per-node records so
+    far, the failed node's last. Fix the node's params or the service it calls.
+    """
+
+    def __init__(
+        self, node_id: str, message: str, traceback: str, nodes: list[dict[str, Any]]
+    ) -> None:
+        self.node_id = node_id
+        self.message = message
+        self.traceback = traceback
+        self.nodes = nodes
+        super().__init__(f"node {node_id!r} failed: {message}")

@@ -1,0 +1,357 @@
+"""Flow documents -> CompiledFlow, reporting every problem with its JSON path.
+
+Document shape::
+
+    {"id": "greet",
+     "nodes": [{"id": "prompt", "type": "template", "label": "Prompt",
+                "params": {...}, "inputs": {"name": "<source>"}, "timeout_s": 10}],
+     "output": "prompt"}
+
+An input source is an upstream node id (``"prompt"``) or a job input written
+``$name``, with dots reaching into objects: ``$question``,
+``$overrideConfig.temperature``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from flowqd.errors import FlowValidationError
+from flowqd.executors.base import Executor
+from flowqd.flows.model import CompiledFlow, CompiledNode, NodeSource
+from flowqd.flows.params import Problem, key_path, show, structure_params
+
+TOP_KEYS = ("id", "nodes", "output", "description")
+NODE_KEYS = ("id", "type", "label", "params", "inputs", "timeout_s")
+FLOW_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}")
+NODE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,127}")
+INPUT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+FLOW_INPUT = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)((?:\.[^.]+)*)")
+
+
+def parse_source(text: str) -> NodeSource | None:
+    """``"node"`` or ``"$a.b"`` -> NodeSource; None when the syntax is wrong."""
+    if text.startswith("$"):
+        match = FLOW_INPUT.fullmatch(text)
+        if match is None:
+            return None
+        rest = match.group(2)
+        return NodeSource(flow_path=(match.group(1), *(rest[1:].split(".") if rest else ())))
+    return NodeSource(node=text) if NODE_ID.fullmatch(text) else None
+
+
+class _Draft:
+    """One node as far as it could be read; None fields were invalid."""
+
+    def __init__(self, index: int, raw: Mapping[str, Any]) -> None:
+        self.index = index
+        self.path = f"$.nodes[{index}]"
+        self.raw = raw
+        self.id: str | None = None
+        self.type: str | None = None
+        self.executor: Executor | None = None
+        self.label: str | None = None
+        self.params: Any = None
+        self.params_ok = False
+        self.inputs: dict[str, tuple[str, NodeSource]] = {}  # name -> (path, source)
+        self.timeout_s: float | None = None
+
+
+def compile_flow(document: Mapping[str, Any], executors: Mapping[str, Executor]) -> CompiledFlow:
+    """Validate a flow document against the known executors.
+
+    Raises FlowValidationError listing every problem as ``(json_path, message)``;
+    never raises anything else.
+    """
+    problems: list[Problem] = []
+    if not isinstance(document, Mapping):
+        raise FlowValidationError(
+            [("$", f"expected a flow object with id, nodes and output, got {show(document)}")]
+        )
+    for key in document:
+        if key not in TOP_KEYS:
+            problems.append((key_path("$", key), f"unknown key; known keys: {', '.join(TOP_KEYS)}"))
+    flow_id = _flow_id(document, problems)
+    drafts = _nodes(document, executors, problems)
+    by_id: dict[str, _Draft] = {}
+    for draft in drafts:
+        if draft.id is None:
+            continue
+        if draft.id in by_id:
+            problems.append(
+                (f"{draft.path}.id", f"duplicate node id {draft.id!r} (first at {by_id[draft.id].path})")
+            )
+        else:
+            by_id[draft.id] = draft
+    for draft in drafts:
+        for name, (path, source) in list(draft.inputs.items()):
+            if source.node is not None and source.node not in by_id:
+                problems.append((path, _unknown_node(source.node, by_id)))
+                del draft.inputs[name]
+    problems.extend(_cycles(drafts, by_id))
+    output = _output(document, by_id, problems)
+    for draft in drafts:
+        problems.extend(_executor_check(draft))
+    if problems:
+        raise FlowValidationError(problems)
+    assert flow_id is not None and output is not None
+    return _compiled(flow_id, drafts, output, document)
+
+
+def _flow_id(document: Mapping[str, Any], problems: list[Problem]) -> str | None:
+    if "id" not in document:
+        problems.append(("$.id", "missing; give the flow an id such as \"greet\""))
+        return None
+    flow_id = document["id"]
+    if not isinstance(flow_id, str) or not FLOW_ID.fullmatch(flow_id):
+        problems.append(
+            ("$.id", f"expected 1-128 letters, digits and _ . : - (not starting with . : -), "
+             f"got {show(flow_id)}")
+        )
+        return None
+    return flow_id
+
+
+def _nodes(
+    document: Mapping[str, Any], executors: Mapping[str, Executor], problems: list[Problem]
+) -> list[_Draft]:
+    raw_nodes = document.get("nodes")
+    if "nodes" not in document:
+        problems.append(("$.nodes", "missing; a flow needs at least one node"))
+        return []
+    if not isinstance(raw_nodes, list) or not raw_nodes:
+        problems.append(("$.nodes", f"expected a non-empty list of nodes, got {show(raw_nodes)}"))
+        return []
+    drafts = []
+    for index, raw in enumerate(raw_nodes):
+        if not isinstance(raw, Mapping):
+            problems.append((f"$.nodes[{index}]", f"expected a node object, got {show(raw)}"))
+            continue
+        draft = _Draft(index, raw)
+        _read_node(draft, executors, problems)
+        drafts.append(draft)
+    return drafts
+
+
+def _read_node(draft: _Draft, executors: Mapping[str, Executor], problems: list[Problem]) -> None:
+    raw, path = draft.raw, draft.path
+    for key in raw:
+        if key not in NODE_KEYS:
+            problems.append((key_path(path, key), f"unknown key; known keys: {', '.join(NODE_KEYS)}"))
+    node_id = raw.get("id")
+    if "id" not in raw:
+        problems.append((f"{path}.id", "missing"))
+    elif not isinstance(node_id, str) or not NODE_ID.fullmatch(node_id):
+        problems.append(
+            (f"{path}.id", f"expected 1-128 letters, digits, _ and - (not starting with -), "
+             f"got {show(node_id)}")
+        )
+    else:
+        draft.id = node_id
+    node_type = raw.get("type")
+    if "type" not in raw:
+        problems.append((f"{path}.type", "missing; known types: " + _known(executors)))
+    elif not isinstance(node_type, str) or node_type not in executors:
+        problems.append(
+            (f"{path}.type", f"unknown node type {show(node_type)}; known types: {_known(executors)}")
+        )
+    else:
+        draft.type = node_type
+        draft.executor = executors[node_type]
+    label = raw.get("label", draft.id)
+    if label is not None and not isinstance(label, str):
+        problems.append((f"{path}.label", f"expected a string, got {show(label)}"))
+    else:
+        draft.label = label
+    timeout = raw.get("timeout_s")
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+            problems.append((f"{path}.timeout_s", f"expected a number of seconds > 0, got {show(timeout)}"))
+        else:
+            draft.timeout_s = float(timeout)
+    if draft.executor is not None:
+        params, params_problems = structure_params(
+            draft.executor.params, raw.get("params", {}), f"{path}.params"
+        )
+        problems.extend(params_problems)
+        draft.params, draft.params_ok = params, not params_problems
+    elif "params" in raw and not isinstance(raw["params"], Mapping):
+        problems.append((f"{path}.params", f"expected an object, got {show(raw['params'])}"))
+    _read_inputs(draft, problems)
+
+
+def _read_inputs(draft: _Draft, problems: list[Problem]) -> None:
+    inputs = draft.raw.get("inputs", {})
+    path = f"{draft.path}.inputs"
+    if not isinstance(inputs, Mapping):
+        problems.append((path, f"expected an object of input name -> source, got {show(inputs)}"))
+        return
+    for name, text in inputs.items():
+        item_path = key_path(path, name)
+        if not isinstance(name, str) or not INPUT_NAME.fullmatch(name):
+            problems.append(
+                (item_path, "input names are letters, digits and _ (not starting with a digit)")
+            )
+            continue
+        source = parse_source(text) if isinstance(text, str) else None
+        if source is None:
+            problems.append(
+                (item_path, "expected a node id, or a job input as $name or $name.key "
+                 f"(e.g. $question, $overrideConfig.temperature), got {show(text)}")
+            )
+            continue
+        draft.inputs[name] = (item_path, source)
+
+
+def _unknown_node(node: str, by_id: Mapping[str, _Draft]) -> str:
+    return f"unknown node {node!r}; nodes: {', '.join(by_id) or 'none'} (job inputs start with $)"
+
+
+def _cycles(drafts: list[_Draft], by_id: Mapping[str, _Draft]) -> list[Problem]:
+    """One problem per cycle (strongly connected component), at its first node."""
+    edges = {
+        d.id: [s.node for _p, s in d.inputs.values() if s.node is not None]
+        for d in drafts
+        if d.id is not None and by_id[d.id] is d
+    }
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[list[str]] = []
+
+    # Iterative Tarjan: flows come from users, recursion depth must not.
+    for root in edges:
+        if root in index:
+            continue
+        work = [(root, iter(edges[root]))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(edges[child])))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1 or node in edges[node]:
+                    components.append(component)
+    problems = []
+    for component in components:
+        members = sorted(component, key=lambda n: by_id[n].index)
+        first = by_id[members[0]]
+        problems.append((f"{first.path}.inputs", "cycle: " + _cycle_text(members[0], set(members), edges)))
+    problems.sort(key=lambda p: p[0])
+    return problems
+
+
+def _cycle_text(start: str, members: set[str], edges: Mapping[str, list[str]]) -> str:
+    """``a -> b -> a``, following input edges backwards (b is an input of a...)."""
+    # Walk data flow direction: from a producer to its consumer.
+    consumers: dict[str, list[str]] = {m: [] for m in members}
+    for node in members:
+        for upstream in edges[node]:
+            if upstream in members:
+                consumers[upstream].append(node)
+    path = [start]
+    seen = {start}
+    while True:
+        nxt = consumers[path[-1]][0]
+        if nxt in seen:
+            path.append(nxt)
+            return " -> ".join(path[path.index(nxt):])
+        path.append(nxt)
+        seen.add(nxt)
+
+
+def _output(
+    document: Mapping[str, Any], by_id: Mapping[str, _Draft], problems: list[Problem]
+) -> str | None:
+    if "output" not in document:
+        problems.append(("$.output", "missing; name the node whose output is the flow's result"))
+        return None
+    output = document["output"]
+    if not isinstance(output, str):
+        problems.append(("$.output", f"expected a node id, got {show(output)}"))
+        return None
+    if output not in by_id:
+        problems.append(("$.output", _unknown_node(output, by_id)))
+        return None
+    return output
+
+
+def _executor_check(draft: _Draft) -> list[Problem]:
+    executor = draft.executor
+    if executor is None or executor.check is None or not draft.params_ok:
+        return []
+    try:
+        return [
+            (f"{draft.path}.{relative}" if relative else draft.path, message)
+            for relative, message in executor.check(draft.params, frozenset(draft.inputs))
+        ]
+    except Exception as exc:
+        return [(draft.path, f"the {executor.type!r} executor's check failed: {exc!r}")]
+
+
+def _known(executors: Mapping[str, Executor]) -> str:
+    return ", ".join(sorted(executors)) or "none (no executor plugins loaded)"
+
+
+def _compiled(
+    flow_id: str, drafts: list[_Draft], output: str, document: Mapping[str, Any]
+) -> CompiledFlow:
+    nodes = {}
+    flow_inputs: set[str] = set()
+    for draft in drafts:
+        assert draft.id is not None and draft.type is not None and draft.executor is not None
+        inputs = tuple((name, source) for name, (_p, source) in draft.inputs.items())
+        flow_inputs.update(s.flow_path[0] for _n, s in inputs if s.node is None)
+        nodes[draft.id] = CompiledNode(
+            id=draft.id,
+            type=draft.type,
+            label=draft.label if draft.label is not None else draft.id,
+            executor=draft.executor,
+            params=draft.params,
+            inputs=inputs,
+            timeout_s=draft.timeout_s,
+        )
+    return CompiledFlow(
+        id=flow_id,
+        nodes=_topological(list(nodes.values())),
+        output=output,
+        document=dict(document),
+        flow_inputs=frozenset(flow_inputs),
+    )
+
+
+def _topological(nodes: list[CompiledNode]) -> tuple[CompiledNode, ...]:
+    done: set[str] = set()
+    order: list[CompiledNode] = []
+    pending = list(nodes)
+    while pending:  # validation ruled out cycles, so every pass places a node
+        ready = [n for n in pending if all(u in done for u in n.upstream)]
+        for node in ready:
+            done.add(node.id)
+            order.append(node)
+        pending = [n for n in pending if n.id not in done]
+    return tuple(order)
