@@ -270,7 +270,9 @@ class _Layers:
                 self.set(("role",), value, str(path))
             elif key in SECTIONS:
                 if not isinstance(value, dict):
-                    self.problems.append(f"{path}: {key}: expected a table [{key}], got {_show(value)}")
+                    self.problems.append(
+                        f"{path}: {key}: expected a table [{key}], got {_show(value)}"
+                    )
                     continue
                 known = _field_types(key)
                 for sub, subvalue in value.items():
@@ -354,7 +356,9 @@ class _Layers:
         for path, raw in self.values.items():
             try:
                 if path == ("role",):
-                    role = _converter.structure(raw, Role)
+                    if raw not in ROLES:
+                        raise ValueError(f"expected {_describe(Role)}, got {_show(raw)}")
+                    role = raw
                     continue
                 section, key = path
                 field = attrs.fields_dict(SECTIONS[section])[key]
@@ -363,7 +367,8 @@ class _Layers:
                     field.validator(None, field, value)
                 tree[section][key] = value
             except Exception as exc:
-                self.problems.append(f"{self.sources[path]}: {'.'.join(path)}: {_explain(exc, path, raw)}")
+                where = f"{self.sources[path]}: {'.'.join(path)}"
+                self.problems.append(f"{where}: {_explain(exc, path, raw)}")
         if self.problems:
             raise ConfigError(self.problems)
         return Config(role=role, **{s: SECTIONS[s](**values) for s, values in tree.items()})

@@ -13,6 +13,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 
 import attrs
 import trio
@@ -60,21 +61,23 @@ class Lifecycle:
 def run(config: Config, *, on_ready: Callable[[dict[str, str]], None] | None = None) -> int:
     """Run the daemon until stopped; return the process exit code."""
     setup_logging(config.log)
+    code = 1
     try:
-        return trio.run(_main, config, on_ready)
+        code = trio.run(_main, config, on_ready)
     except* STARTUP_ERRORS as group:
         for exc in _leaves(group):
             for line in str(exc).splitlines():
                 log.error("cannot start: %s", line)
-        return 2
+        code = 2
     except* OSError as group:
         for exc in _leaves(group):
             log.error("cannot start: %s", exc)
-        return 1
+        code = 1
     finally:
         # A signal arriving during interpreter teardown would kill us with
         # 143 after a clean stop; from here on signals have nothing to stop.
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    return code
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
@@ -139,20 +142,20 @@ async def _serve(
                 if config.role in ("worker", "all"):
                     worker = Worker(broker, flows, config, WorkerMetrics(registry),
                                     credential=credentials.get)
-                    binds = await infra.start(
+                    binds = await infra.start(partial(
                         serve_asgi, HealthApp(worker, registry),
                         config.worker.health_host, config.worker.health_port,
                         shutdown_trigger=trio.sleep_forever, graceful_timeout_s=1.0,
-                    )
+                    ))
                     endpoints["health"] = binds[0]
                     await roles.start(worker.run, life.shutdown)
                 if config.role in ("main", "all"):
                     app = create_app(ApiState(config, broker, flows, credentials, registry))
-                    binds = await roles.start(
+                    binds = await roles.start(partial(
                         serve_asgi, app, config.server.host, config.server.port,
                         shutdown_trigger=life.shutdown.wait,
                         graceful_timeout_s=config.worker.shutdown_grace_s,
-                    )
+                    ))
                     endpoints["api"] = binds[0]
                 log.info("ready: %s", " ".join(f"{k}={v}" for k, v in endpoints.items()))
                 if on_ready is not None:

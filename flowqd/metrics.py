@@ -81,7 +81,7 @@ class Histogram:
             running = 0.0
             for bound, count in zip(self.BUCKETS, series, strict=False):
                 running += count
-                le = 'le="%g"' % bound
+                le = f'le="{bound:g}"'
                 yield f"{self.name}_bucket{_labels(key, le)} {running:g}"
             inf = 'le="+Inf"'
             yield f"{self.name}_bucket{_labels(key, inf)} {series[-1]:g}"

@@ -13,6 +13,8 @@ covers every held lock.
 
 from __future__ import annotations
 
+import contextlib
+from functools import partial
 import logging
 import os
 import socket
@@ -109,8 +111,9 @@ class Worker:
         wc = self.config.worker
         async with trio.open_nursery() as nursery:
             await nursery.start(self.broker.watch_cancels, self._on_cancel_notice)
-            await nursery.start(self.broker.run_maintenance,
-                                stalled_interval_s=wc.stalled_interval_s)
+            await nursery.start(
+                partial(self.broker.run_maintenance, stalled_interval_s=wc.stalled_interval_s)
+            )
             nursery.start_soon(self._run_flusher, name="flowqd.worker.flusher")
             nursery.start_soon(self._run_renewals, name="flowqd.worker.renewals")
             nursery.start_soon(self._run_heartbeats, name="flowqd.worker.heartbeats")
@@ -238,7 +241,7 @@ class Worker:
                 return self._outcome(
                     held, OutcomeKind.FAILED,
                     error={"message": exc.message, "node": exc.node_id,
-                           "traceback": exc.traceback_text},
+                           "traceback": exc.traceback},
                     nodes=exc.nodes,
                 )
             except CredentialError as exc:
@@ -359,8 +362,7 @@ class Worker:
                 concurrency=self.config.worker.concurrency,
                 ready=self._broker_ok and not self._draining,
             )
-            try:
+            # An outage is reported by the claim loop; a missed beat is harmless.
+            with contextlib.suppress(BrokerUnavailable):
                 await self.broker.heartbeat(info, ttl_s=HEARTBEAT_S * 3)
-            except BrokerUnavailable:
-                pass  # the claim loop reports the outage
             await trio.sleep(HEARTBEAT_S)

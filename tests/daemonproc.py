@@ -34,8 +34,8 @@ class Daemon:
     def signal(self, signum: int = signal.SIGTERM) -> None:
         self.process.send_signal(signum)
 
-    async def wait(self, timeout: float) -> int:
-        with trio.fail_after(timeout):
+    async def wait(self, seconds: float) -> int:
+        with trio.fail_after(seconds):
             return await self.process.wait()
 
     def text(self) -> str:

@@ -56,7 +56,8 @@ class RedisServer:
         # Readiness is Redis answering PING; it needs a moment after exec.
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited: {log.read_text(errors='replace')[-2000:]}")
+                tail = log.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"redis-server exited: {tail}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
                     s.sendall(b"PING\r\n")

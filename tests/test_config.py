@@ -193,7 +193,8 @@ def test_file_search_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert load_config(environ={"FLOWQD_CONFIG": str(other)}).server.port == 4002
     explicit = tmp_path / "explicit.toml"
     explicit.write_text("[server]\nport = 4003\n")
-    assert load_config(config_file=str(explicit), environ={"FLOWQD_CONFIG": str(other)}).server.port == 4003
+    config = load_config(config_file=str(explicit), environ={"FLOWQD_CONFIG": str(other)})
+    assert config.server.port == 4003
 
 
 def test_missing_explicit_file() -> None:

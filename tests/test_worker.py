@@ -1,0 +1,229 @@
+"""The worker loop against both brokers: outcomes, drain, cancel, timeouts, failures."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+from flowqd import Executor
+from flowqd.config import Config, PluginsConfig, load_config
+from flowqd.errors import CredentialError
+from flowqd.flows import FlowStore
+from flowqd.jobs import END, ERROR, Job, JobSpec, JobStatus
+from flowqd.metrics import Registry
+from flowqd.plugins import collect_executors, load_plugins
+from flowqd.queue import open_broker
+from flowqd.queue.base import Broker
+from flowqd.worker import Worker, WorkerMetrics
+
+
+@attrs.frozen
+class BoomParams:
+    message: str = "boom"
+
+
+async def _boom(ctx: Any) -> Any:
+    raise RuntimeError(ctx.params.message)
+
+
+BOOM = Executor(type="boom", params=BoomParams, run=_boom, description="always fails")
+
+
+@attrs.define(eq=False)
+class Harness:
+    broker: Broker
+    flows: FlowStore
+    worker: Worker
+    shutdown: trio.Event
+    done: trio.Event
+
+    async def enqueue(self, flow_id: str, n: int = 1, **spec: Any) -> list[str]:
+        version = await self.flows.current_version(flow_id)
+        assert version is not None
+        return await self.broker.enqueue(
+            [JobSpec(flow_id=flow_id, flow_version=version, inputs={"question": f"q{i}"}, **spec)
+             for i in range(n)]
+        )
+
+    async def wait_terminal(self, job_id: str) -> Job:
+        async for event in self.broker.watch_events(job_id):
+            if event.name in (END, ERROR, "cancelled"):
+                break
+        job = await self.broker.get_job(job_id)
+        assert job is not None
+        return job
+
+    async def stop(self) -> None:
+        self.shutdown.set()
+        await self.done.wait()
+
+
+def make_config(kind: str, redis_url: str, queue_name: str, **worker: Any) -> Config:
+    overrides = [f"worker.{k}={v}" for k, v in worker.items()]
+    overrides += [f"queue.name={queue_name}", "worker.stalled_interval_s=1"]
+    env = {"REDIS_URL": redis_url} if kind == "redis" else {}
+    return load_config(environ=env, overrides=overrides)
+
+
+@pytest.fixture(params=["memory", "redis"])
+def broker_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def harness_factory(
+    broker_kind: str, redis_url: str, queue_name: str
+) -> Callable[..., Any]:
+    @asynccontextmanager
+    async def factory(**worker: Any) -> AsyncIterator[Harness]:
+        config = make_config(broker_kind, redis_url, queue_name, **worker)
+        executors = collect_executors(load_plugins(PluginsConfig()))
+        executors["boom"] = BOOM
+
+        async def no_credentials(name: str) -> str:
+            raise CredentialError(f"credential {name!r} does not exist")
+
+        async with open_broker(config) as broker, trio.open_nursery() as nursery:
+            await nursery.start(broker.run)
+            flows = FlowStore(broker, executors)
+            for doc in FLOWS:
+                await flows.put(doc)
+            w = Worker(broker, flows, config, WorkerMetrics(Registry()), credential=no_credentials)
+            shutdown, done = trio.Event(), trio.Event()
+
+            async def run_worker(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                                 ) -> None:
+                try:
+                    await w.run(shutdown, task_status=task_status)
+                finally:
+                    done.set()
+
+            await nursery.start(run_worker)
+            h = Harness(broker, flows, w, shutdown, done)
+            yield h
+            if not shutdown.is_set():
+                await h.stop()
+            nursery.cancel_scope.cancel()
+
+    return factory
+
+
+FLOWS = [
+    {"id": "echo", "nodes": [{"id": "e", "type": "echo"}], "output": "e"},
+    {"id": "slow", "nodes": [{"id": "d", "type": "delay", "params": {"ms": 60_000}}],
+     "output": "d"},
+    {"id": "short", "nodes": [{"id": "d", "type": "delay", "params": {"ms": 50}}],
+     "output": "d"},
+    {"id": "boom", "nodes": [{"id": "b", "type": "boom", "params": {"message": "kaput"}}],
+     "output": "b"},
+]
+
+
+async def test_jobs_complete_with_results_and_events(harness_factory: Any) -> None:
+    with trio.fail_after(20):
+        async with harness_factory() as h:
+            ids = await h.enqueue("echo", 50)
+            jobs = [await h.wait_terminal(job_id) for job_id in ids]
+            assert [j.status for j in jobs] == [JobStatus.COMPLETED] * 50
+            assert [j.result for j in jobs] == [f"q{i}" for i in range(50)]
+            events = await h.broker.read_events(ids[0])
+            names = [e.name for e in events]
+            assert names[0] == "started" and names[-1] == END
+            assert names.count(END) == 1
+            assert jobs[0].nodes and jobs[0].nodes[0]["nodeId"] == "e"
+
+
+async def test_failing_node_fails_job_with_node_and_message(harness_factory: Any) -> None:
+    with trio.fail_after(20):
+        async with harness_factory() as h:
+            [job_id] = await h.enqueue("boom")
+            job = await h.wait_terminal(job_id)
+            assert job.status == JobStatus.FAILED
+            assert job.error is not None
+            assert job.error["node"] == "b"
+            assert "kaput" in job.error["message"]
+            events = await h.broker.read_events(job_id)
+            assert events[-1].name == ERROR
+            assert "kaput" in events[-1].data["message"]
+
+
+async def test_job_timeout_fails_with_reason(harness_factory: Any) -> None:
+    with trio.fail_after(20):
+        async with harness_factory() as h:
+            [job_id] = await h.enqueue("slow", timeout_s=0.2)
+            job = await h.wait_terminal(job_id)
+            assert job.status == JobStatus.FAILED
+            assert job.error is not None and job.error["reason"] == "timeout"
+
+
+async def test_cancel_running_job(harness_factory: Any) -> None:
+    with trio.fail_after(20):
+        async with harness_factory() as h:
+            [job_id] = await h.enqueue("slow")
+            async for event in h.broker.watch_events(job_id):
+                if event.name == "node_start":
+                    break
+            await h.broker.cancel(job_id)
+            job = await h.wait_terminal(job_id)
+            assert job.status == JobStatus.CANCELLED
+            assert [e.name for e in await h.broker.read_events(job_id)].count("cancelled") == 1
+
+
+async def test_drain_requeues_unfinished_jobs_without_counting_the_attempt(
+    harness_factory: Any,
+) -> None:
+    with trio.fail_after(30):
+        async with harness_factory(shutdown_grace_s=0.3) as h:
+            ids = await h.enqueue("slow", 5)
+            for job_id in ids:
+                async for event in h.broker.watch_events(job_id):
+                    if event.name == "node_start":
+                        break
+            await h.stop()
+            jobs = [await h.broker.get_job(job_id) for job_id in ids]
+            assert all(j is not None and j.status == JobStatus.WAITING for j in jobs), jobs
+            assert all(j is not None and j.attempts == 0 for j in jobs)
+
+
+async def test_drain_lets_short_jobs_finish(harness_factory: Any) -> None:
+    with trio.fail_after(30):
+        async with harness_factory(shutdown_grace_s=10) as h:
+            ids = await h.enqueue("short", 5)
+            for job_id in ids:
+                async for event in h.broker.watch_events(job_id):
+                    if event.name == "node_start":
+                        break
+            await h.stop()
+            jobs = [await h.broker.get_job(job_id) for job_id in ids]
+            assert all(j is not None and j.status == JobStatus.COMPLETED for j in jobs), jobs
+
+
+async def test_unknown_flow_version_fails_without_retry(harness_factory: Any) -> None:
+    with trio.fail_after(20):
+        async with harness_factory() as h:
+            [job_id] = await h.broker.enqueue(
+                [JobSpec(flow_id="echo", flow_version=99, max_attempts=3)]
+            )
+            job = await h.wait_terminal(job_id)
+            assert job.status == JobStatus.FAILED
+            assert job.attempts == 1
+            assert job.error is not None and "version 99 does not exist" in job.error["message"]
+
+
+async def test_concurrency_limit_is_respected(harness_factory: Any) -> None:
+    with trio.fail_after(20):
+        async with harness_factory(concurrency=3) as h:
+            ids = await h.enqueue("slow", 5)
+            for job_id in ids[:3]:
+                async for event in h.broker.watch_events(job_id):
+                    if event.name == "node_start":
+                        break
+            counts = await h.broker.counts()
+            assert counts[JobStatus.ACTIVE] == 3
+            assert counts[JobStatus.WAITING] == 2
+            assert len(h.worker._held) == 3
