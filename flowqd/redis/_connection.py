@@ -179,6 +179,7 @@ class Connection:
                 f"could not connect to Redis at {target.address} within "
                 f"{connector.connect_timeout:g}s (redis.connect_timeout_s); check that it runs "
                 "and is reachable from this host"
+                + ("; TLS is on: check that this port speaks TLS" if connector.ssl_context else "")
             ) from None
         except BrokerUnavailable:
             raise

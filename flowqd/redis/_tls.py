@@ -26,7 +26,7 @@ def load_pem(value: str, setting: str) -> bytes:
     if _PEM_MARK.decode() in value:
         return value.encode()
     path = Path(value).expanduser()
-    if path.is_file():
+    if _is_file(path):
         try:
             data = path.read_bytes()
         except OSError as exc:
@@ -48,6 +48,13 @@ def load_pem(value: str, setting: str) -> bytes:
     return data
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # base64 of a certificate is longer than a file name may be
+        return False
+
+
 @contextlib.contextmanager
 def _as_file(pem: bytes) -> Iterator[str]:
     # ssl can load a certificate chain and key only from files.
@@ -61,12 +68,18 @@ def _as_file(pem: bytes) -> Iterator[str]:
 
 
 def build_ssl_context(config: RedisConfig) -> ssl.SSLContext:
-    """A client context that verifies the server (hostname and chain).
+    """A client context that verifies the server (chain and host name).
+
+    With ``tls_ca`` only that CA is trusted, else the system's CAs.
 
     Blocking (reads files): call it from a thread.
     """
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    if config.tls_ca is not None:
+    if config.tls_ca is None:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    else:
+        # A CA given trusts that CA only, as Flowise's ioredis does; the
+        # system's CAs are for servers without a private CA.
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies chain and host name
         try:
             context.load_verify_locations(cadata=load_pem(config.tls_ca, "tls_ca").decode())
         except ssl.SSLError as exc:
