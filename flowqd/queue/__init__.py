@@ -1,0 +1,31 @@
+"""Queue backends behind one contract (``base.Broker``) and the factory the daemon calls."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from flowqd.config import Config
+from flowqd.queue.base import Broker
+
+__all__ = ["Broker", "open_broker"]
+
+
+@asynccontextmanager
+async def open_broker(config: Config) -> AsyncIterator[Broker]:
+    """The broker ``config.broker`` names, open for the block.
+
+    Entering needs no Redis: connections are made on first use, and every
+    call raises ``BrokerUnavailable`` while Redis cannot be reached. Run
+    ``broker.run()`` in the process nursery (event delivery and the like).
+    """
+    if config.broker == "memory":
+        from flowqd.queue.memory import MemoryBroker
+
+        yield MemoryBroker(config.queue)
+        return
+    from flowqd.queue.redis_broker import RedisBroker
+    from flowqd.redis import open_redis
+
+    async with open_redis(config.redis, name=f"flowqd-{config.role}") as redis:
+        yield RedisBroker(redis, config.queue)

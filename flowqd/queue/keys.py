@@ -1,0 +1,136 @@
+"""Every Redis key and channel name of a queue, and nothing else.
+
+All names of queue ``q`` start with ``flowqd:{q}:`` so that one queue lives in
+one Redis Cluster slot. Python code asks a :class:`QueueKeys`; Lua scripts get
+the same names from :func:`lua_prelude`, generated from the tables below, with
+the prefix passed as ``KEYS[1]`` (so one script SHA serves every queue).
+"""
+
+from __future__ import annotations
+
+import attrs
+
+# Fixed keys: (Lua constant, suffix, what it holds).
+FIXED: tuple[tuple[str, str, str], ...] = (
+    ("K_WAIT", "wait", "list of waiting job ids: LPUSH new, RPOP oldest"),
+    ("K_ACTIVE", "active", "zset job id -> lock deadline (ms, Redis clock)"),
+    ("K_DELAYED", "delayed", "zset job id -> due time (ms)"),
+    ("K_COMPLETED", "completed", "zset job id -> finish time (ms)"),
+    ("K_FAILED", "failed", "zset job id -> finish time (ms)"),
+    ("K_CANCELLED", "cancelled", "zset job id -> finish time (ms)"),
+    ("K_PAUSED", "paused", "string, present while the queue is paused"),
+    ("K_MARKER", "marker", "zset with one member: the idle workers' doorbell (BZPOPMIN)"),
+    ("K_STALLED_CHECK", "stalled-check", "string SET NX PX: who runs this stalled check"),
+    ("K_WORKERS", "workers", "zset worker id -> last heartbeat (ms)"),
+    ("K_FLOWS", "flows", "hash flow id -> current version"),
+    ("K_FLOW_SEQ", "flow-seq", "hash flow id -> highest version ever stored"),
+    ("K_SECRETS", "secrets", "hash credential name -> sealed bytes"),
+    ("CH_EVENTS", "ch:events", "channel: JSON list of job ids whose streams grew"),
+    ("CH_CANCEL", "ch:cancel", "channel: id of an active job to cancel"),
+)
+# Per-object keys: suffix + id (+ tail).
+JOB = "job:"  # hash, fields in JOB_FIELDS plus "tok" (lock token) and "stl" (stall count)
+EVENTS = "events:"  # stream, entries {n: name, d: orjson data}
+WORKER = "worker:"  # string, orjson WorkerInfo, PX heartbeat ttl
+FLOW = "flow:"  # flow:<id>:v<n> string, the flow document of version n
+# Job hash fields returned (in this order) wherever a job record is read.
+JOB_FIELDS: tuple[str, ...] = (
+    "flow", "ver", "in", "st", "att", "max", "to", "own",
+    "ct", "sat", "ft", "res", "err", "nodes", "wk", "cx",
+)
+MARKER_MEMBER = "m"
+
+
+def prefix_of(queue: str) -> str:
+    return f"flowqd:{{{queue}}}:"
+
+
+@attrs.frozen
+class QueueKeys:
+    """The key names of one queue."""
+
+    queue: str
+    prefix: str = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "prefix", prefix_of(self.queue))
+
+    def fixed(self, name: str) -> str:
+        """The key behind a Lua constant such as ``K_WAIT``."""
+        return self.prefix + _SUFFIX[name]
+
+    @property
+    def wait(self) -> str:
+        return self.fixed("K_WAIT")
+
+    @property
+    def active(self) -> str:
+        return self.fixed("K_ACTIVE")
+
+    @property
+    def delayed(self) -> str:
+        return self.fixed("K_DELAYED")
+
+    @property
+    def paused(self) -> str:
+        return self.fixed("K_PAUSED")
+
+    @property
+    def marker(self) -> str:
+        return self.fixed("K_MARKER")
+
+    @property
+    def workers(self) -> str:
+        return self.fixed("K_WORKERS")
+
+    @property
+    def flows(self) -> str:
+        return self.fixed("K_FLOWS")
+
+    @property
+    def secrets(self) -> str:
+        return self.fixed("K_SECRETS")
+
+    @property
+    def events_channel(self) -> str:
+        return self.fixed("CH_EVENTS")
+
+    @property
+    def cancel_channel(self) -> str:
+        return self.fixed("CH_CANCEL")
+
+    def finished(self, status: str) -> str:
+        """The zset of jobs that ended in ``status`` (completed, failed, cancelled)."""
+        return self.prefix + status
+
+    def job(self, job_id: str) -> str:
+        return self.prefix + JOB + job_id
+
+    def events(self, job_id: str) -> str:
+        return self.prefix + EVENTS + job_id
+
+    def worker(self, worker_id: str) -> str:
+        return self.prefix + WORKER + worker_id
+
+    def flow(self, flow_id: str, version: int) -> str:
+        return f"{self.prefix}{FLOW}{flow_id}:v{version}"
+
+
+_SUFFIX = {const: suffix for const, suffix, _ in FIXED}
+assert all(_SUFFIX[f"K_{s.upper()}"] == s for s in ("completed", "failed", "cancelled"))
+
+
+def lua_prelude() -> str:
+    """Lua locals naming every key, for the top of each script (prefix in KEYS[1])."""
+    lines = ["local P = KEYS[1]"]
+    lines += [f"local {const} = P .. '{suffix}'" for const, suffix, _ in FIXED]
+    lines += [
+        f"local function job_key(id) return P .. '{JOB}' .. id end",
+        f"local function events_key(id) return P .. '{EVENTS}' .. id end",
+        f"local function worker_key(id) return P .. '{WORKER}' .. id end",
+        f"local function flow_key(id, v) return P .. '{FLOW}' .. id .. ':v' .. v end",
+        "local function finished_key(status) return P .. status end",
+        "local JOB_FIELDS = {" + ", ".join(f"'{f}'" for f in JOB_FIELDS) + "}",
+        f"local MARKER_MEMBER = '{MARKER_MEMBER}'",
+    ]
+    return "\n".join(lines) + "\n"

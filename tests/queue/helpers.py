@@ -1,0 +1,43 @@
+"""Small helpers shared by the broker tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flowqd.jobs import TERMINAL_EVENTS, Claimed, Event, JobSpec, Outcome, OutcomeKind
+from flowqd.queue.base import Broker
+
+
+def spec(n: int = 0, **kw: Any) -> JobSpec:
+    return JobSpec(flow_id="f", flow_version=1, inputs={"n": n}, **kw)
+
+
+async def claim_one(broker: Broker, worker: str = "w1", *, lock_ttl_s: float = 30.0) -> Claimed:
+    """Block until one job is claimed (the test's fail_after bounds it)."""
+    while True:
+        got = await broker.claim(worker, 1, lock_ttl_s=lock_ttl_s, block_s=1.0)
+        if got:
+            return got[0]
+
+
+def done(claimed: Claimed, result: Any = None) -> Outcome:
+    return Outcome(claimed.job.id, claimed.token, OutcomeKind.COMPLETED, result=result)
+
+
+def failed(claimed: Claimed, message: str = "boom", *, retry: bool = True) -> Outcome:
+    return Outcome(
+        claimed.job.id,
+        claimed.token,
+        OutcomeKind.FAILED,
+        error={"message": message, "node": "n1", "traceback": "tb"},
+        retry=retry,
+    )
+
+
+def terminal(events: list[Event]) -> list[Event]:
+    return [e for e in events if e.name in TERMINAL_EVENTS]
+
+
+async def wait_terminal(broker: Broker, job_id: str) -> list[Event]:
+    """Every event of the job up to and including its terminal one."""
+    return [e async for e in broker.watch_events(job_id)]
