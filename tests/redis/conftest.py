@@ -20,3 +20,10 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
 def key(queue_name: str) -> str:
     """A key prefix no other test uses."""
     return f"flowqd-test:{queue_name}"
+
+
+@pytest.fixture
+async def observer(redis_url: str) -> AsyncIterator[Redis]:
+    """A second client, to watch and poke Redis without touching the tested pool."""
+    async with open_redis(RedisConfig(url=redis_url), name="flowqd-observer") as client:
+        yield client

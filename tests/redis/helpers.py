@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import trio
+
 from flowqd.redis import Redis
 
 
@@ -22,3 +26,22 @@ async def kill_clients(observer: Redis, name: str) -> int:
     for client in clients:
         await observer.execute("CLIENT", "KILL", "ID", client["id"])
     return len(clients)
+
+
+async def wait_until_clients(
+    observer: Redis, name: str, predicate: Callable[[list[dict[str, str]]], bool]
+) -> list[dict[str, str]]:
+    """Poll CLIENT LIST until ``predicate`` holds for the clients named ``name``.
+
+    Redis notices a closed socket on its next event-loop pass; this waits for
+    that (callers bound it with ``trio.fail_after``).
+    """
+    while True:
+        clients = await clients_named(observer, name)
+        if predicate(clients):
+            return clients
+        await trio.sleep(0.002)
+
+
+def blocked(clients: list[dict[str, str]]) -> bool:
+    return any("b" in client["flags"] for client in clients)

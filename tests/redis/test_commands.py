@@ -165,9 +165,7 @@ async def test_acl_user_login_and_wrong_password(own_redis_server: RedisServer, 
     port = own_redis_server.port
     with trio.fail_after(10):
         async with open_redis(RedisConfig(url=own_redis_server.url)) as admin:
-            await admin.execute(
-                "ACL", "SETUSER", "worker", "on", ">s3cr3t", "~*", "&*", "+@all"
-            )
+            await admin.execute("ACL", "SETUSER", "worker", "on", ">s3cr3t", "~*", "&*", "+@all")
             await admin.execute("CONFIG", "SET", "requirepass", "defaultpw")
         async with open_redis(RedisConfig(url=f"redis://worker:s3cr3t@127.0.0.1:{port}/2")) as r:
             assert await r.execute("ACL", "WHOAMI") == b"worker"
@@ -175,9 +173,7 @@ async def test_acl_user_login_and_wrong_password(own_redis_server: RedisServer, 
             assert b" db=2 " in info
             assert b" name=flowqd " in info
         # Password only: the default user.
-        async with open_redis(
-            RedisConfig(host="127.0.0.1", port=port, password="defaultpw")
-        ) as r:
+        async with open_redis(RedisConfig(host="127.0.0.1", port=port, password="defaultpw")) as r:
             assert await r.execute("ACL", "WHOAMI") == b"default"
         async with open_redis(
             RedisConfig(host="127.0.0.1", port=port, username="worker", password="wrong")
