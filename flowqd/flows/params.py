@@ -14,6 +14,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import attrs
 import cattrs
+import orjson
 from cattrs.cols import list_structure_factory
 from cattrs.errors import (
     ClassValidationError,
@@ -99,6 +100,8 @@ def key_path(path: str, key: Any) -> str:
     """Append an object key to a JSON path: ``$.a`` + ``b`` -> ``$.a.b``."""
     if isinstance(key, str) and _IDENTIFIER.fullmatch(key):
         return f"{path}.{key}"
+    if isinstance(key, str):
+        return f"{path}[{orjson.dumps(key).decode()}]"
     return f"{path}[{show(key)}]"
 
 

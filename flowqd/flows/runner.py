@@ -129,10 +129,13 @@ class _Run:
         value: Any = self.inputs
         for depth, key in enumerate(source.flow_path):
             if not isinstance(value, Mapping) or key not in value:
-                where = "the job's inputs" if depth == 0 else "$" + ".".join(source.flow_path[:depth])
+                if depth == 0:
+                    where = "the job's inputs have"
+                else:
+                    where = "$" + ".".join(source.flow_path[:depth]) + " has"
                 have = ", ".join(map(str, value)) if isinstance(value, Mapping) else "not an object"
                 raise FlowqdError(
-                    f"job input {source.text} was not given ({where} has: {have or 'nothing'})"
+                    f"job input {source.text} was not given ({where}: {have or 'nothing'})"
                 )
             value = value[key]
         return value
