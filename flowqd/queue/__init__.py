@@ -24,8 +24,8 @@ async def open_broker(config: Config) -> AsyncIterator[Broker]:
 
         yield MemoryBroker(config.queue)
         return
-    from flowqd.queue.redis_broker import RedisBroker
-    from flowqd.redis import open_redis
+    from flowqd.queue.redis_broker import open_redis_broker
 
-    async with open_redis(config.redis, name=f"flowqd-{config.role}") as redis:
-        yield RedisBroker(redis, config.queue)
+    name = f"flowqd-{config.role}"
+    async with open_redis_broker(config.redis, config.queue, name=name) as broker:
+        yield broker

@@ -1,0 +1,19 @@
+-- Cancel a job. Args: id, reason. Waiting/delayed: ended now. Active: flagged
+-- and its worker told. Returns the job's fields, nil if unknown.
+local id, reason = ARGV[A], ARGV[A + 1]
+local jk = job_key(id)
+local status = redis.call('HGET', jk, 'st')
+if not status then return false end
+if status == 'waiting' or status == 'delayed' then
+  if status == 'waiting' then
+    redis.call('LREM', K_WAIT, 0, id)
+  else
+    redis.call('ZREM', K_DELAYED, id)
+  end
+  finish_cancelled(id, reason, now_ms())
+elseif status == 'active' then
+  redis.call('HSETNX', jk, 'cx', reason)
+  redis.call('PUBLISH', CH_CANCEL, id)
+end
+announce()
+return redis.call('HMGET', jk, unpack(JOB_FIELDS))

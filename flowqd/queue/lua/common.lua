@@ -1,0 +1,68 @@
+-- Shared by every script (after the generated key names). ARGV[1..5] are
+-- the queue settings, the same for every call; script arguments start at 6.
+local CFG = {
+  maxlen = ARGV[1],                -- queue.event_stream_max_len
+  age_ms = tonumber(ARGV[2]),      -- queue.remove_on_age_s in ms
+  keep = tonumber(ARGV[3]),        -- queue.remove_on_count (0: no limit)
+  max_stalled = tonumber(ARGV[4]), -- queue.max_stalled
+  backoff_ms = tonumber(ARGV[5]),  -- queue.backoff_s in ms
+}
+local A = 6
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Job ids whose streams grew in this call; announced once at the end.
+local touched = {}
+local touched_list = {}
+local function touch(id)
+  if not touched[id] then
+    touched[id] = true
+    touched_list[#touched_list + 1] = id
+  end
+end
+
+local function add_event(id, name, data)
+  redis.call('XADD', events_key(id), 'MAXLEN', '~', CFG.maxlen, '*', 'n', name, 'd', data)
+  touch(id)
+end
+
+local function ring_workers()
+  redis.call('ZADD', K_MARKER, 0, MARKER_MEMBER)
+end
+
+-- End a job: status, finish time, the one terminal event, retention.
+local function terminal(id, status, event, data, now)
+  local jk = job_key(id)
+  local ek = events_key(id)
+  redis.call('HSET', jk, 'st', status, 'ft', now)
+  redis.call('HDEL', jk, 'tok')
+  add_event(id, event, data)
+  local set = finished_key(status)
+  redis.call('ZADD', set, now, id)
+  redis.call('PEXPIRE', jk, CFG.age_ms)
+  redis.call('PEXPIRE', ek, CFG.age_ms)
+  if CFG.keep > 0 then
+    local excess = redis.call('ZCARD', set) - CFG.keep
+    if excess > 0 then
+      local old = redis.call('ZPOPMIN', set, excess)
+      for i = 1, #old, 2 do
+        redis.call('DEL', job_key(old[i]), events_key(old[i]))
+      end
+    end
+  end
+end
+
+local function finish_cancelled(id, reason, now)
+  redis.call('HSET', job_key(id), 'cx', reason,
+    'err', cjson.encode({message = 'job cancelled: ' .. reason, reason = reason}))
+  terminal(id, 'cancelled', 'cancelled', cjson.encode({reason = reason}), now)
+end
+
+local function announce()
+  if #touched_list > 0 then
+    redis.call('PUBLISH', CH_EVENTS, cjson.encode(touched_list))
+  end
+end

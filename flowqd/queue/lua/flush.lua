@@ -1,0 +1,75 @@
+-- Append events, then record outcomes. Args: E (event count), E triples
+-- (id, name, data), then per outcome (8): id, token, kind (c f x r),
+-- stored (result JSON / error JSON / cancel reason), event data (error event
+-- JSON), nodes JSON or '', retry '1'/'0', jitter in [0, 1).
+-- Returns 1/0 per outcome (0: token is not the job's current one: refused).
+local now = now_ms()
+local n_events = tonumber(ARGV[A])
+local live = {}
+local i = A + 1
+local last_event = A + 3 * n_events
+while i <= last_event do
+  local id = ARGV[i]
+  local ok = live[id]
+  if ok == nil then
+    -- Never after the terminal event.
+    ok = redis.call('HGET', job_key(id), 'st') == 'active'
+    live[id] = ok
+  end
+  if ok then add_event(id, ARGV[i + 1], ARGV[i + 2]) end
+  i = i + 3
+end
+
+local cap_ms = 86400000
+local results = {}
+local rang = false
+while i <= #ARGV do
+  local id, token, kind = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local stored, event_data, nodes = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
+  local jk = job_key(id)
+  local f = redis.call('HMGET', jk, 'st', 'tok', 'att', 'max', 'cx')
+  if f[1] ~= 'active' or f[2] ~= token then
+    results[#results + 1] = 0
+  else
+    results[#results + 1] = 1
+    live[id] = nil
+    redis.call('ZREM', K_ACTIVE, id)
+    redis.call('HDEL', jk, 'tok')
+    if nodes ~= '' then redis.call('HSET', jk, 'nodes', nodes) end
+    local cx = f[5]
+    if kind == 'c' then
+      redis.call('HSET', jk, 'res', stored)
+      terminal(id, 'completed', 'end', stored, now)
+    elseif kind == 'f' then
+      redis.call('HSET', jk, 'err', stored)
+      local att = tonumber(f[3])
+      if ARGV[i + 6] == '1' and not cx and att < tonumber(f[4]) then
+        local delay = math.min(CFG.backoff_ms * 2 ^ math.min(att - 1, 40), cap_ms)
+        delay = math.floor(delay * (1 + 0.25 * tonumber(ARGV[i + 7])))
+        redis.call('HSET', jk, 'st', 'delayed')
+        redis.call('ZADD', K_DELAYED, now + delay, id)
+      else
+        terminal(id, 'failed', 'error', event_data, now)
+      end
+    elseif kind == 'x' then
+      local reason = cx
+      if not reason then
+        reason = stored
+        if reason == '' then reason = 'cancelled' end
+      end
+      finish_cancelled(id, reason, now)
+    elseif cx then
+      finish_cancelled(id, cx, now)
+    else
+      -- Requeue (shutdown drain): next in line, the attempt not counted.
+      redis.call('HINCRBY', jk, 'att', -1)
+      redis.call('HSET', jk, 'st', 'waiting')
+      redis.call('RPUSH', K_WAIT, id)
+      rang = true
+    end
+  end
+  i = i + 8
+end
+if rang then ring_workers() end
+announce()
+return results

@@ -1,0 +1,37 @@
+-- Stalled check: jobs whose lock deadline passed go back to wait (attempt
+-- counted) or, past max_stalled, fail. Also trims finished sets by age.
+-- Args: check key ttl ms (0: this caller already won this round), limit,
+-- error record JSON, error event JSON. Returns -1 if another process runs
+-- this round, else the number of stalled jobs handled.
+if ARGV[A] ~= '0' then
+  if not redis.call('SET', K_STALLED_CHECK, '1', 'NX', 'PX', ARGV[A]) then return -1 end
+end
+local now = now_ms()
+local ids = redis.call('ZRANGEBYSCORE', K_ACTIVE, '-inf', now, 'LIMIT', 0, tonumber(ARGV[A + 1]))
+local rang = false
+for _, id in ipairs(ids) do
+  redis.call('ZREM', K_ACTIVE, id)
+  local jk = job_key(id)
+  local f = redis.call('HMGET', jk, 'st', 'cx')
+  if f[1] == 'active' then
+    redis.call('HDEL', jk, 'tok')
+    local stalls = redis.call('HINCRBY', jk, 'stl', 1)
+    if f[2] then
+      finish_cancelled(id, f[2], now)
+    elseif stalls > CFG.max_stalled then
+      redis.call('HSET', jk, 'err', ARGV[A + 2])
+      terminal(id, 'failed', 'error', ARGV[A + 3], now)
+    else
+      redis.call('HSET', jk, 'st', 'waiting')
+      redis.call('RPUSH', K_WAIT, id)
+      rang = true
+    end
+  end
+end
+if rang then ring_workers() end
+local cutoff = now - CFG.age_ms
+for _, status in ipairs({'completed', 'failed', 'cancelled'}) do
+  redis.call('ZREMRANGEBYSCORE', finished_key(status), '-inf', cutoff)
+end
+announce()
+return #ids

@@ -1,0 +1,219 @@
+"""Event delivery for the Redis broker: one subscription and one reader for all watchers.
+
+Streams are the record, pub/sub only a doorbell. Every script that appends
+to job streams publishes the job ids on the queue's events channel. The hub
+holds one subscription to it and one reader task; a ring marks the rung jobs
+"dirty", and the reader reads every dirty stream that has watchers with one
+non-blocking ``XREAD`` (per batch of streams, all in one pipeline), from the
+oldest cursor among the job's watchers, and hands each watcher the entries
+past its own cursor. A lost ring costs nothing: after every (re)subscription
+and once a second anyway, every watched stream is re-read from its cursors.
+
+Slow watchers cannot stall others. Each watcher has a bounded buffer; when
+the reader finds it full, it marks the watcher *lagging* and skips it from
+then on. A lagging watcher, once it has drained its buffer, reads its own
+backlog with ``XRANGE`` from its cursor (one pooled command per page) until
+it has caught up, then rejoins the shared feed (and marks its job dirty, so
+whatever arrived during the switch is read). Every watcher starts lagging:
+its replay is its own reading. Each watcher's cursor is the id of the last
+entry put in its buffer; entries at or before it are never delivered again,
+so an XREAD that raced a watcher's own XRANGE delivers nothing twice.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import orjson
+import trio
+
+from flowqd.errors import BrokerUnavailable
+from flowqd.jobs import TERMINAL_EVENTS, Event
+from flowqd.queue.codec import decode_entry
+from flowqd.queue.keys import QueueKeys
+from flowqd.queue.policy import parse_event_id
+from flowqd.redis import Arg, Backoff, Redis
+
+BUFFER = 256  # events a watcher may have waiting before it reads for itself
+BATCH = 256  # entries per stream per XREAD / XRANGE page
+STREAMS_PER_XREAD = 256
+SAFETY_INTERVAL_S = 1.0
+
+
+class _Watcher:
+    __slots__ = ("buffer", "cursor", "job_id", "lagging", "woken")
+
+    def __init__(self, job_id: str, cursor: tuple[int, int]) -> None:
+        self.job_id = job_id
+        self.cursor = cursor
+        self.buffer: deque[tuple[tuple[int, int], Event]] = deque()
+        self.lagging = True
+        self.woken = trio.Event()
+
+    def wake(self) -> None:
+        self.woken.set()
+
+    def offer(self, entries: list[tuple[tuple[int, int], Event]]) -> None:
+        for key, event in entries:
+            if key <= self.cursor:
+                continue
+            if len(self.buffer) >= BUFFER:
+                self.lagging = True
+                break
+            self.buffer.append((key, event))
+            self.cursor = key
+        self.wake()
+
+
+class EventHub:
+    """Shares one subscription and one reader among every ``watch`` of this process."""
+
+    def __init__(self, redis: Redis, keys: QueueKeys) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._watchers: dict[str, set[_Watcher]] = {}
+        self._dirty: set[str] = set()
+        self._kick = trio.Event()
+        self.rings = 0  # doorbell messages received (for statistics)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The subscriber and the reader; ``started()`` after the first subscription attempt."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._read_loop, name="flowqd-event-reader")
+            await nursery.start(self._subscribe_loop, name="flowqd-event-doorbell")
+            task_status.started()
+
+    async def watch(self, job_id: str, after: str) -> AsyncIterator[Event]:
+        watcher = _Watcher(job_id, parse_event_id(after))
+        self._watchers.setdefault(job_id, set()).add(watcher)
+        try:
+            while True:
+                while watcher.buffer:
+                    _, event = watcher.buffer.popleft()
+                    yield event
+                    if event.name in TERMINAL_EVENTS:
+                        return
+                if watcher.lagging:
+                    await self._catch_up(watcher)
+                    continue
+                await watcher.woken.wait()
+                watcher.woken = trio.Event()
+        finally:
+            watchers = self._watchers.get(job_id)
+            if watchers is not None:
+                watchers.discard(watcher)
+                if not watchers:
+                    del self._watchers[job_id]
+
+    async def read(self, job_id: str, after: tuple[int, int], count: int) -> list[Event]:
+        return [event for _, event in await self._range(job_id, after, count)]
+
+    # ---- internals ------------------------------------------------------------
+
+    async def _catch_up(self, watcher: _Watcher) -> None:
+        page = await self._range(watcher.job_id, watcher.cursor, BATCH)
+        # Called with an empty buffer and BATCH <= BUFFER: the page always fits.
+        watcher.offer(page)
+        if len(page) < BATCH:
+            watcher.lagging = False
+            self._mark([watcher.job_id])
+
+    async def _range(
+        self, job_id: str, after: tuple[int, int], count: int
+    ) -> list[tuple[tuple[int, int], Event]]:
+        reply = await self._redis.execute(
+            b"XRANGE", self._keys.events(job_id), f"({after[0]}-{after[1]}", b"+",
+            b"COUNT", count,
+        )
+        return _decode_entries(reply)
+
+    def _mark(self, job_ids: Iterable[str]) -> None:
+        watched = self._watchers
+        added = False
+        for job_id in job_ids:
+            if job_id in watched:
+                self._dirty.add(job_id)
+                added = True
+        if added:
+            self._kick.set()
+
+    async def _subscribe_loop(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        backoff = Backoff(initial=0.05, maximum=2.0)
+        channel = self._keys.events_channel
+        while True:
+            try:
+                async with self._redis.subscribe(channel) as subscription:
+                    backoff.reset()
+                    # Rings sent while unsubscribed are gone: re-read everything.
+                    self._mark(list(self._watchers))
+                    task_status.started()
+                    async for _, message in subscription:
+                        self.rings += 1
+                        self._mark(orjson.loads(message))
+            except BrokerUnavailable:
+                task_status.started()  # usable all the same; calls raise meanwhile
+            await backoff.wait()
+
+    async def _read_loop(self) -> None:
+        backoff = Backoff(initial=0.05, maximum=2.0)
+        while True:
+            if not self._dirty:
+                with trio.move_on_after(SAFETY_INTERVAL_S):
+                    await self._kick.wait()
+                self._kick = trio.Event()
+                if not self._dirty:
+                    self._mark(list(self._watchers))
+                    if not self._dirty:
+                        continue
+            dirty, self._dirty = self._dirty, set()
+            try:
+                await self._read_dirty(dirty)
+                backoff.reset()
+            except BrokerUnavailable:
+                self._dirty |= dirty
+                await backoff.wait()
+
+    async def _read_dirty(self, dirty: set[str]) -> None:
+        requests: list[tuple[str, tuple[int, int]]] = []
+        for job_id in dirty:
+            feeding = [w.cursor for w in self._watchers.get(job_id, ()) if not w.lagging]
+            if feeding:
+                requests.append((job_id, min(feeding)))
+        if not requests:
+            return
+        commands: list[tuple[Arg, ...]] = []
+        for start in range(0, len(requests), STREAMS_PER_XREAD):
+            chunk = requests[start : start + STREAMS_PER_XREAD]
+            commands.append(
+                (
+                    b"XREAD", b"COUNT", BATCH, b"STREAMS",
+                    *(self._keys.events(job_id) for job_id, _ in chunk),
+                    *(f"{c[0]}-{c[1]}" for _, c in chunk),
+                )
+            )
+        prefix_len = len(self._keys.events(""))
+        for reply in await self._redis.pipeline(commands):
+            if isinstance(reply, Exception):
+                raise reply
+            for key, entries in reply or ():
+                job_id = key[prefix_len:].decode()
+                decoded = _decode_entries(entries)
+                if len(decoded) >= BATCH:
+                    self._dirty.add(job_id)  # more to read: next pass
+                for watcher in list(self._watchers.get(job_id, ())):
+                    if not watcher.lagging:
+                        watcher.offer(decoded)
+        if self._dirty:
+            self._kick.set()
+
+
+def _decode_entries(reply: Any) -> list[tuple[tuple[int, int], Event]]:
+    out = []
+    for entry in reply or ():
+        event = decode_entry(entry)
+        out.append((parse_event_id(event.id), event))
+    return out
