@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import functools
 import ssl
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, TypeVar
 
 import httpx
 import orjson
+import trio
+
+T = TypeVar("T")
 
 
 @functools.cache
@@ -60,13 +63,36 @@ def error_text(body: bytes, limit: int = 300) -> str:
     return text[:limit] + ("..." if len(text) > limit else "")
 
 
+async def consume_until(items: AsyncIterator[T], consume: Callable[[T], bool]) -> None:
+    """Feed ``items`` to ``consume`` until it returns True or raises, then stop reading.
+
+    httpx's body iterators are chains of async generators: breaking out of a
+    loop leaves the inner ones suspended, and trio warns when they are
+    collected (httpx issue 3686). Stopping by cancelling instead ends every
+    layer from the inside, at its next read.
+    """
+    failure: Exception | None = None
+    with trio.CancelScope() as stop:
+        async for item in items:
+            if stop.cancel_called:
+                continue  # lines already buffered: the next read raises Cancelled
+            try:
+                if consume(item):
+                    stop.cancel()
+            except Exception as exc:
+                failure = exc
+                stop.cancel()
+    if failure is not None:
+        raise failure
+
+
 async def read_some(response: httpx.Response, limit: int = 4096) -> bytes:
     """Up to ``limit`` bytes of a streamed body (an error page can be huge)."""
-    chunks = []
-    size = 0
-    async for chunk in response.aiter_bytes():
+    chunks: list[bytes] = []
+
+    def add(chunk: bytes) -> bool:
         chunks.append(chunk)
-        size += len(chunk)
-        if size >= limit:
-            break
+        return sum(map(len, chunks)) >= limit
+
+    await consume_until(response.aiter_bytes(), add)
     return b"".join(chunks)[:limit]

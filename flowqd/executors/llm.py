@@ -16,7 +16,14 @@ import orjson
 import trio
 
 from flowqd import Executor, NodeContext, NodeError, hookimpl
-from flowqd.executors._http import check_url, error_text, open_client, read_some, shown_url
+from flowqd.executors._http import (
+    check_url,
+    consume_until,
+    error_text,
+    open_client,
+    read_some,
+    shown_url,
+)
 
 _optional = attrs.validators.optional
 _ge, _gt = attrs.validators.ge, attrs.validators.gt
@@ -113,25 +120,43 @@ async def _read_answer(
         answer.parts.append(_whole_completion(await response.aread(), server))
         ctx.emit("token", answer.parts[-1])
         return
-    data: list[str] = []
-    async for line in response.aiter_lines():
+    stream = _Stream(ctx, answer, server)
+    await consume_until(response.aiter_lines(), stream.line)
+    stream.end()
+
+
+class _Stream:
+    """Server-sent events: ``data:`` lines gathered until a blank line, then handled."""
+
+    def __init__(self, ctx: NodeContext, answer: _Answer, server: str) -> None:
+        self.ctx = ctx
+        self.answer = answer
+        self.server = server
+        self.data: list[str] = []
+
+    def line(self, line: str) -> bool:
+        """Handle one line; True once the answer is complete."""
         if line == "":
-            if data:
-                _event(ctx, "\n".join(data), answer, server)
-                data = []
-            if answer.done:
-                return
-        elif line.startswith("data:"):
-            data.append(line[5:].removeprefix(" "))
+            if self.data:
+                _event(self.ctx, "\n".join(self.data), self.answer, self.server)
+                self.data = []
+            return self.answer.done
+        if line.startswith("data:"):
+            self.data.append(line[5:].removeprefix(" "))
         elif not line.startswith((":", "event:", "id:", "retry:")):
-            raise NodeError(f"{server} sent a malformed stream: unexpected line {line[:100]!r}")
-    if data:
-        _event(ctx, "\n".join(data), answer, server)
-    if not answer.done and answer.finish_reason is None:
-        raise NodeError(
-            f"{server} ended the stream before [DONE] or a finish_reason, after "
-            f"{len(answer.parts)} tokens: the answer is cut short"
-        )
+            raise NodeError(
+                f"{self.server} sent a malformed stream: unexpected line {line[:100]!r}"
+            )
+        return False
+
+    def end(self) -> None:
+        if self.data and not self.answer.done:
+            _event(self.ctx, "\n".join(self.data), self.answer, self.server)
+        if not self.answer.done and self.answer.finish_reason is None:
+            raise NodeError(
+                f"{self.server} ended the stream before [DONE] or a finish_reason, after "
+                f"{len(self.answer.parts)} tokens: the answer is cut short"
+            )
 
 
 def _event(ctx: NodeContext, data: str, answer: _Answer, server: str) -> None:
