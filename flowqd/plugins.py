@@ -57,10 +57,13 @@ def load_plugins(config: PluginsConfig) -> pluggy.PluginManager:
     pm = FlowqdPluginManager()
     for name in config.disable:
         pm.set_blocked(name)
+    found: list[str] = []  # every plugin name seen, loaded or disabled
     for module in BUILTINS:
+        found.append(module.__name__)
         register_plugin(pm, module, module.__name__, "built-in")
-    _load_entry_points(pm)
+    found += _load_entry_points(pm)
     for module_name in config.modules:
+        found.append(module_name)
         if pm.is_blocked(module_name):
             continue
         try:
@@ -72,15 +75,15 @@ def load_plugins(config: PluginsConfig) -> pluggy.PluginManager:
             ) from exc
         register_plugin(pm, module, module_name, "module")
     for file in _plugin_files(config.paths):
+        found.append(file.stem)
         if not pm.is_blocked(file.stem):
             register_plugin(pm, _load_file(file), file.stem, f"file {file}")
-    known = {name for name, _plugin in pm.list_name_plugin()}
     for name in config.disable:
-        if name not in known:
+        if name not in found:
             log.warning(
                 "plugins.disable names %r, but no plugin has that name; plugins: %s",
                 name,
-                ", ".join(sorted(known)),
+                ", ".join(found),
             )
     collect_executors(pm)
     return pm
@@ -109,8 +112,10 @@ def register_plugin(pm: pluggy.PluginManager, plugin: object, name: str, origin:
         pm.origins[name] = origin
 
 
-def _load_entry_points(pm: pluggy.PluginManager) -> None:
+def _load_entry_points(pm: pluggy.PluginManager) -> list[str]:
+    names = []
     for ep in entry_points(group=ENTRY_POINT_GROUP):
+        names.append(ep.name)
         if pm.is_blocked(ep.name):
             continue
         dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else "unknown package"
@@ -123,6 +128,7 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
                 f"fix or uninstall it, or add {ep.name!r} to plugins.disable"
             ) from exc
         register_plugin(pm, plugin, ep.name, origin)
+    return names
 
 
 def _plugin_files(paths: list[str]) -> Iterator[Path]:
@@ -196,13 +202,27 @@ def _collect(pm: pluggy.PluginManager) -> dict[str, tuple[Executor, str]]:
 
 def _check_params_class(executor: Executor, plugin: str) -> None:
     try:
-        attrs.resolve_types(executor.params)
-        converter.get_structure_hook(executor.params)
+        _check_structurable(executor.params, set())
     except Exception as exc:
         raise PluginError(
             f"plugin {plugin!r}: node type {executor.type!r}: params class "
             f"{executor.params.__qualname__} cannot be used: {type(exc).__name__}: {exc}"
         ) from exc
+
+
+def _check_structurable(tp: Any, seen: set[Any]) -> None:
+    """Find unsupported field types now, not when a flow is first registered."""
+    if tp in seen or tp is type(None):
+        return
+    seen.add(tp)
+    converter.get_structure_hook(tp)
+    if typing.get_origin(tp) is typing.Literal:
+        return
+    if isinstance(tp, type) and attrs.has(tp):
+        for field in attrs.fields(attrs.resolve_types(tp)):
+            _check_structurable(field.type, seen)
+    for arg in typing.get_args(tp):
+        _check_structurable(arg, seen)
 
 
 def describe_plugins(pm: pluggy.PluginManager) -> str:
