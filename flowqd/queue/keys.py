@@ -21,6 +21,7 @@ FIXED: tuple[tuple[str, str, str], ...] = (
     ("K_PAUSED", "paused", "string, present while the queue is paused"),
     ("K_MARKER", "marker", "zset with one member: the idle workers' doorbell (BZPOPMIN)"),
     ("K_STALLED_CHECK", "stalled-check", "string SET NX PX: who runs this stalled check"),
+    ("K_FINISH_CLOCK", "finish-clock", "string: last finish score, to keep finish order strict"),
     ("K_WORKERS", "workers", "zset worker id -> last heartbeat (ms)"),
     ("K_FLOWS", "flows", "hash flow id -> current version"),
     ("K_FLOW_SEQ", "flow-seq", "hash flow id -> highest version ever stored"),

@@ -144,18 +144,23 @@ class EventHub:
     ) -> None:
         backoff = Backoff(initial=0.05, maximum=2.0)
         channel = self._keys.events_channel
+        started = False
         while True:
             try:
                 async with self._redis.subscribe(channel) as subscription:
                     backoff.reset()
                     # Rings sent while unsubscribed are gone: re-read everything.
                     self._mark(list(self._watchers))
-                    task_status.started()
+                    if not started:
+                        task_status.started()
+                        started = True
                     async for _, message in subscription:
                         self.rings += 1
                         self._mark(orjson.loads(message))
             except BrokerUnavailable:
-                task_status.started()  # usable all the same; calls raise meanwhile
+                if not started:  # usable all the same: calls raise until Redis is back
+                    task_status.started()
+                    started = True
             await backoff.wait()
 
     async def _read_loop(self) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+import trio
 
 from flowqd.jobs import TERMINAL_EVENTS, Claimed, Event, JobSpec, Outcome, OutcomeKind
 from flowqd.queue.base import Broker
@@ -41,3 +44,12 @@ def terminal(events: list[Event]) -> list[Event]:
 async def wait_terminal(broker: Broker, job_id: str) -> list[Event]:
     """Every event of the job up to and including its terminal one."""
     return [e async for e in broker.watch_events(job_id)]
+
+
+async def wait_until(check: Callable[[], Awaitable[bool]], interval: float = 0.01) -> None:
+    """Poll state that no trio.Event can signal (Redis, time-based expiry).
+
+    The caller's fail_after bounds it.
+    """
+    while not await check():  # noqa: ASYNC110
+        await trio.sleep(interval)

@@ -18,7 +18,15 @@ from flowqd.jobs import (
 )
 from flowqd.queue.base import Broker
 from tests.queue.conftest import BrokerFactory
-from tests.queue.helpers import claim_one, done, failed, spec, terminal, wait_terminal
+from tests.queue.helpers import (
+    claim_one,
+    done,
+    failed,
+    spec,
+    terminal,
+    wait_terminal,
+    wait_until,
+)
 
 
 async def test_enqueue_claim_complete(broker: Broker) -> None:
@@ -392,6 +400,25 @@ async def test_retention_by_count(open_test_broker: BrokerFactory) -> None:
                 assert await broker.get_job(kept) is not None
                 assert len(await broker.read_events(kept)) == 2
             assert [j.id for j in await broker.list_jobs(JobStatus.COMPLETED)] == ids[:1:-1]
+
+
+async def test_retention_by_age(
+    open_test_broker: BrokerFactory, clock: trio.testing.MockClock | None
+) -> None:
+    with trio.fail_after(20):
+        async with open_test_broker(remove_on_age_s=0.3, stalled_interval_s=0.1) as broker:
+            [job_id, kept] = await broker.enqueue([spec(1), spec(2)])
+            claimed = await claim_one(broker)
+            await broker.flush([EmittedEvent(job_id, "x", 1)], [done(claimed)])
+
+            async def gone() -> bool:
+                counts = await broker.counts()
+                return await broker.get_job(job_id) is None and not counts[JobStatus.COMPLETED]
+
+            await wait_until(gone, 0.05)
+            assert await broker.read_events(job_id) == []
+            assert await broker.list_jobs(JobStatus.COMPLETED) == []
+            assert await broker.get_job(kept) is not None  # unfinished jobs never expire
 
 
 async def test_watch_events_live(broker: Broker) -> None:

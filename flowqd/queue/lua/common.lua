@@ -33,6 +33,20 @@ local function ring_workers()
   redis.call('ZADD', K_MARKER, 0, MARKER_MEMBER)
 end
 
+-- Scores of the finished sets: the finish time in ms, made strictly
+-- increasing (in 1/1024 ms steps) so that jobs ending in the same
+-- millisecond keep their order and retention by count drops the oldest.
+local finish_clock = nil
+local function finish_score(now)
+  if not finish_clock then
+    finish_clock = tonumber(redis.call('GET', K_FINISH_CLOCK) or '0')
+  end
+  local score = now
+  if score <= finish_clock then score = finish_clock + 1 / 1024 end
+  finish_clock = score
+  return score
+end
+
 -- End a job: status, finish time, the one terminal event, retention.
 local function terminal(id, status, event, data, now)
   local jk = job_key(id)
@@ -41,7 +55,7 @@ local function terminal(id, status, event, data, now)
   redis.call('HDEL', jk, 'tok')
   add_event(id, event, data)
   local set = finished_key(status)
-  redis.call('ZADD', set, now, id)
+  redis.call('ZADD', set, finish_score(now), id)
   redis.call('PEXPIRE', jk, CFG.age_ms)
   redis.call('PEXPIRE', ek, CFG.age_ms)
   if CFG.keep > 0 then
@@ -61,7 +75,9 @@ local function finish_cancelled(id, reason, now)
   terminal(id, 'cancelled', 'cancelled', cjson.encode({reason = reason}), now)
 end
 
+-- Every script that may end jobs ends with this.
 local function announce()
+  if finish_clock then redis.call('SET', K_FINISH_CLOCK, finish_clock) end
   if #touched_list > 0 then
     redis.call('PUBLISH', CH_EVENTS, cjson.encode(touched_list))
   end

@@ -1,0 +1,290 @@
+"""Redis-only broker properties: concurrency, cancellation, shared event reader, outages."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from flowqd.config import Config, QueueConfig, RedisConfig
+from flowqd.errors import BrokerUnavailable
+from flowqd.jobs import Claimed, EmittedEvent, Event, JobStatus
+from flowqd.queue import open_broker
+from flowqd.queue.base import Broker
+from flowqd.queue.keys import prefix_of
+from flowqd.redis import Redis, open_redis
+from tests.queue.helpers import claim_one, done, spec, terminal, wait_until
+from tests.redisproc import RedisServer, free_port
+
+
+@pytest.fixture
+def config(redis_server: RedisServer, queue_name: str) -> Config:
+    return Config(
+        role="all",
+        queue=QueueConfig(broker="redis", name=queue_name, backoff_s=0.05),
+        redis=RedisConfig(url=redis_server.url),
+    )
+
+
+@pytest.fixture
+def open_running(config: Config) -> Callable[[], AsyncIterator[Broker]]:
+    @asynccontextmanager
+    async def factory() -> AsyncIterator[Broker]:
+        async with open_broker(config) as broker, trio.open_nursery() as nursery:
+            await nursery.start(broker.run)
+            yield broker
+            nursery.cancel_scope.cancel()
+
+    return factory  # type: ignore[return-value]
+
+
+@pytest.fixture
+async def raw(config: Config) -> AsyncIterator[Redis]:
+    async with open_redis(config.redis, name="test-raw") as redis:
+        yield redis
+
+
+async def test_concurrent_claimers_never_share_a_job(open_running: Callable[..., Any]) -> None:
+    """1,000 jobs, 4 claimer tasks on 2 clients: 1,000 outcomes, none doubled."""
+    total = 1000
+    with trio.fail_after(30):
+        async with open_running() as b1, open_running() as b2:
+            ids = await b1.enqueue([spec(i) for i in range(total)])
+            claimed: list[str] = []
+            recorded: list[bool] = []
+            finished = trio.Event()
+
+            async def claimer(broker: Broker, name: str) -> None:
+                while len(recorded) < total:
+                    n = random.randint(1, 40)
+                    got = await broker.claim(name, n, lock_ttl_s=30, block_s=0.2)
+                    claimed.extend(c.job.id for c in got)
+                    recorded.extend(await broker.flush([], [done(c, name) for c in got]))
+                finished.set()
+
+            async with trio.open_nursery() as nursery:
+                for n, broker in enumerate((b1, b2, b1, b2)):
+                    nursery.start_soon(claimer, broker, f"w{n}")
+                await finished.wait()
+                nursery.cancel_scope.cancel()
+            assert sorted(claimed) == sorted(ids)
+            assert recorded == [True] * total
+            counts = await b1.counts()
+            assert counts[JobStatus.COMPLETED] == total
+            assert counts[JobStatus.ACTIVE] == counts[JobStatus.WAITING] == 0
+            for job_id in ids[::50]:
+                assert [e.name for e in await b1.read_events(job_id)] == ["end"]
+
+
+async def _is_blocked(raw: Redis) -> bool:
+    """Whether some client waits in a blocking command (our claim's BZPOPMIN)."""
+    info = (await raw.execute(b"INFO", b"clients")).decode()
+    return int(info.split("blocked_clients:")[1].split()[0]) > 0
+
+
+async def test_blocked_claim_cancelled_leaves_queue_intact(
+    open_running: Callable[..., Any], raw: Redis
+) -> None:
+    with trio.fail_after(10):
+        async with open_running() as broker:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(
+                    lambda: broker.claim("w1", 10, lock_ttl_s=30, block_s=30)
+                )
+                await wait_until(lambda: _is_blocked(raw))
+                nursery.cancel_scope.cancel()
+            [job_id] = await broker.enqueue([spec()])
+            assert (await broker.counts())[JobStatus.WAITING] == 1
+            claimed = await claim_one(broker)
+            assert claimed.job.id == job_id and claimed.job.attempts == 1
+
+
+async def test_cancelled_claims_lose_nothing(open_running: Callable[..., Any]) -> None:
+    """Claims cancelled at random moments: every job still runs once, attempt uncounted."""
+    rounds = 150
+    with trio.fail_after(30):
+        async with open_running() as broker:
+            ids = await broker.enqueue([spec(i) for i in range(rounds)])
+            outcomes = Counter[str]()
+            for _ in range(rounds):
+                got: list[Claimed] = []
+                with trio.move_on_after(random.random() * 0.002):
+                    got = await broker.claim("w1", 2, lock_ttl_s=30, block_s=0)
+                counts = await broker.counts()
+                assert counts[JobStatus.ACTIVE] == len(got)
+                for c in got:
+                    assert c.job.attempts == 1
+                    outcomes[c.job.id] += 1
+                await broker.flush([], [done(c) for c in got])
+            while True:
+                got = await broker.claim("w1", 50, lock_ttl_s=30, block_s=0)
+                if not got:
+                    break
+                assert all(c.job.attempts == 1 for c in got)
+                outcomes.update(c.job.id for c in got)
+                await broker.flush([], [done(c) for c in got])
+            assert outcomes == Counter({job_id: 1 for job_id in ids})
+
+
+async def test_idle_claim_wakes_on_enqueue(open_running: Callable[..., Any], raw: Redis) -> None:
+    with trio.fail_after(5):  # far below block_s: woken by the doorbell, not a timeout
+        async with open_running() as broker:
+            got: list[Claimed] = []
+            async with trio.open_nursery() as nursery:
+
+                async def claimer() -> None:
+                    got.extend(await broker.claim("w1", 5, lock_ttl_s=30, block_s=60))
+
+                nursery.start_soon(claimer)
+                await wait_until(lambda: _is_blocked(raw))
+                [job_id] = await broker.enqueue([spec()])
+            assert [c.job.id for c in got] == [job_id]
+
+
+async def test_many_watchers_share_one_subscription(open_running: Callable[..., Any]) -> None:
+    with trio.fail_after(20):
+        async with open_running() as broker:
+            ids = await broker.enqueue([spec(i) for i in range(300)])
+            claimed = await broker.claim("w1", 300, lock_ttl_s=30, block_s=1)
+            received: dict[str, list[str]] = {}
+            async with trio.open_nursery() as nursery:
+                for job_id in ids:
+
+                    async def watcher(job_id: str = job_id) -> None:
+                        received[job_id] = [e.name async for e in broker.watch_events(job_id)]
+
+                    nursery.start_soon(watcher)
+                await broker.flush([EmittedEvent(j, "t", 1) for j in ids], [])
+                stats = await broker.statistics()
+                assert stats["dedicated_connections"] == 1  # the doorbell subscription
+                await broker.flush([], [done(c) for c in claimed])
+            assert received == {j: ["t", "end"] for j in ids}
+
+
+async def test_slow_watcher_does_not_stall_others(open_running: Callable[..., Any]) -> None:
+    with trio.fail_after(20):
+        async with open_running() as broker:
+            [job_id] = await broker.enqueue([spec()])
+            claimed = await claim_one(broker)
+            release = trio.Event()
+            slow: list[Event] = []
+            fast: list[Event] = []
+            async with trio.open_nursery() as nursery:
+
+                async def slow_watcher() -> None:
+                    async for event in broker.watch_events(job_id):
+                        slow.append(event)
+                        if len(slow) == 3:
+                            await release.wait()
+
+                async def fast_watcher() -> None:
+                    fast.extend([e async for e in broker.watch_events(job_id)])
+                    release.set()
+
+                nursery.start_soon(slow_watcher)
+                for start in range(0, 2000, 100):
+                    await broker.flush(
+                        [EmittedEvent(job_id, "t", i) for i in range(start, start + 100)], []
+                    )
+                nursery.start_soon(fast_watcher)
+                await broker.flush([], [done(claimed)])
+            expected = await broker.read_events(job_id, count=5000)
+            assert len(expected) == 2001
+            assert fast == expected and slow == expected
+
+
+async def test_events_survive_lost_subscription(
+    open_running: Callable[..., Any], raw: Redis
+) -> None:
+    with trio.fail_after(20):
+        async with open_running() as broker:
+            [job_id] = await broker.enqueue([spec()])
+            claimed = await claim_one(broker)
+            seen: list[object] = []
+            async with trio.open_nursery() as nursery:
+
+                async def watcher() -> None:
+                    seen.extend([e.data async for e in broker.watch_events(job_id)])
+
+                nursery.start_soon(watcher)
+                await broker.flush([EmittedEvent(job_id, "t", 0)], [])
+                await raw.execute(b"CLIENT", b"KILL", b"TYPE", b"pubsub")
+                for i in range(1, 4):
+                    await broker.flush([EmittedEvent(job_id, "t", i)], [])
+                await broker.flush([], [done(claimed, "r")])
+            assert seen == [0, 1, 2, 3, "r"]
+
+
+async def test_unreachable_redis(queue_name: str) -> None:
+    config = Config(
+        role="all",
+        queue=QueueConfig(broker="redis", name=queue_name),
+        redis=RedisConfig(
+            url=f"redis://127.0.0.1:{free_port()}/0", connect_timeout_s=0.5, command_timeout_s=0.5
+        ),
+    )
+    with trio.fail_after(10):
+        async with open_broker(config) as broker:  # entering needs no Redis
+            with pytest.raises(BrokerUnavailable):
+                await broker.enqueue([spec()])
+            with pytest.raises(BrokerUnavailable):
+                await broker.claim("w1", 1, lock_ttl_s=1, block_s=0.1)
+            with pytest.raises(BrokerUnavailable):
+                await broker.ping()
+
+
+async def test_every_key_has_the_queue_hash_tag(
+    open_running: Callable[..., Any], raw: Redis, queue_name: str
+) -> None:
+    with trio.fail_after(10):
+        async with open_running() as broker:
+            ids = await broker.enqueue([spec(i) for i in range(3)])
+            await broker.enqueue([spec(delay_s=30)])
+            await broker.put_flow("f", b"{}")
+            await broker.put_secret("s", b"x")
+            await broker.pause()
+            c = await claim_one_unpaused(broker)
+            await broker.flush([EmittedEvent(c.job.id, "t", 1)], [done(c)])
+            await broker.cancel(ids[1])
+            keys = await raw.execute(b"KEYS", f"*{queue_name}*")
+            assert len(keys) >= 10
+            assert all(k.decode().startswith(prefix_of(queue_name)) for k in keys)
+
+
+async def claim_one_unpaused(broker: Broker) -> Claimed:
+    await broker.resume()
+    return await claim_one(broker)
+
+
+async def test_job_record_is_small(open_running: Callable[..., Any], raw: Redis) -> None:
+    """Jobs reference their flow by id and version; no graph is copied into them."""
+    with trio.fail_after(10):
+        async with open_running() as broker:
+            await broker.put_flow("f", b'{"nodes": "' + b"x" * 5000 + b'"}')
+            [job_id] = await broker.enqueue([spec()])
+            job_key = prefix_of(broker._keys.queue) + "job:" + job_id  # type: ignore[attr-defined]
+            fields = await raw.execute(b"HGETALL", job_key)
+            assert sum(len(v) for v in fields) < 300
+
+
+async def test_finished_job_expires_by_age(
+    open_running: Callable[..., Any], config: Config, raw: Redis
+) -> None:
+    with trio.fail_after(10):
+        async with open_running() as broker:
+            [job_id] = await broker.enqueue([spec()])
+            claimed = await claim_one(broker)
+            await broker.flush([EmittedEvent(job_id, "t", 1)], [done(claimed)])
+            events = await broker.read_events(job_id)
+            assert len(terminal(events)) == 1
+            prefix = prefix_of(config.queue.name)
+            ttl = await raw.execute(b"PTTL", f"{prefix}job:{job_id}")
+            stream_ttl = await raw.execute(b"PTTL", f"{prefix}events:{job_id}")
+            expected = config.queue.remove_on_age_s * 1000
+            assert expected - 5000 < ttl <= expected and expected - 5000 < stream_ttl <= expected
