@@ -269,6 +269,8 @@ def _type_text(tp: Any) -> str:
 
 
 def _origin(pm: pluggy.PluginManager, name: str) -> str:
-    return pm.origins.get(name, "already registered") if isinstance(
-        pm, FlowqdPluginManager
-    ) else "already registered"
+    return (
+        pm.origins.get(name, "already registered")
+        if isinstance(pm, FlowqdPluginManager)
+        else "already registered"
+    )

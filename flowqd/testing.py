@@ -93,9 +93,7 @@ async def run_executor(
     return await executor.run(ctx), events
 
 
-def load_executors(
-    *plugins: object, config: PluginsConfig | None = None
-) -> dict[str, Executor]:
+def load_executors(*plugins: object, config: PluginsConfig | None = None) -> dict[str, Executor]:
     """The executors flowqd would load (built-ins, entry points, ``config``), plus ``plugins``.
 
     ``plugins`` are modules or objects with ``@flowqd.hookimpl`` functions;
@@ -140,5 +138,3 @@ async def run_flow_document(
         credential=_credentials(credentials),
     )
     return result, events
-
-

@@ -138,7 +138,9 @@ class FlowStore:
                 )
                 continue
             if flow.id in seen:
-                problems.append((f"{file}: $.id", f"flow id {flow.id!r} also defined in {seen[flow.id]}"))
+                problems.append(
+                    (f"{file}: $.id", f"flow id {flow.id!r} also defined in {seen[flow.id]}")
+                )
                 continue
             seen[flow.id] = file
             documents.append(document)

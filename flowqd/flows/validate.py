@@ -81,7 +81,10 @@ def compile_flow(document: Mapping[str, Any], executors: Mapping[str, Executor])
             continue
         if draft.id in by_id:
             problems.append(
-                (f"{draft.path}.id", f"duplicate node id {draft.id!r} (first at {by_id[draft.id].path})")
+                (
+                    f"{draft.path}.id",
+                    f"duplicate node id {draft.id!r} (first at {by_id[draft.id].path})",
+                )
             )
         else:
             by_id[draft.id] = draft
@@ -102,13 +105,16 @@ def compile_flow(document: Mapping[str, Any], executors: Mapping[str, Executor])
 
 def _flow_id(document: Mapping[str, Any], problems: list[Problem]) -> str | None:
     if "id" not in document:
-        problems.append(("$.id", "missing; give the flow an id such as \"greet\""))
+        problems.append(("$.id", 'missing; give the flow an id such as "greet"'))
         return None
     flow_id = document["id"]
     if not isinstance(flow_id, str) or not FLOW_ID.fullmatch(flow_id):
         problems.append(
-            ("$.id", f"expected 1-128 letters, digits and _ . : - (not starting with . : -), "
-             f"got {show(flow_id)}")
+            (
+                "$.id",
+                f"expected 1-128 letters, digits and _ . : - (not starting with . : -), "
+                f"got {show(flow_id)}",
+            )
         )
         return None
     return flow_id
@@ -139,14 +145,19 @@ def _read_node(draft: _Draft, executors: Mapping[str, Executor], problems: list[
     raw, path = draft.raw, draft.path
     for key in raw:
         if key not in NODE_KEYS:
-            problems.append((key_path(path, key), f"unknown key; known keys: {', '.join(NODE_KEYS)}"))
+            problems.append(
+                (key_path(path, key), f"unknown key; known keys: {', '.join(NODE_KEYS)}")
+            )
     node_id = raw.get("id")
     if "id" not in raw:
         problems.append((f"{path}.id", "missing"))
     elif not isinstance(node_id, str) or not NODE_ID.fullmatch(node_id):
         problems.append(
-            (f"{path}.id", f"expected 1-128 letters, digits, _ and - (not starting with -), "
-             f"got {show(node_id)}")
+            (
+                f"{path}.id",
+                f"expected 1-128 letters, digits, _ and - (not starting with -), "
+                f"got {show(node_id)}",
+            )
         )
     else:
         draft.id = node_id
@@ -155,7 +166,10 @@ def _read_node(draft: _Draft, executors: Mapping[str, Executor], problems: list[
         problems.append((f"{path}.type", "missing; known types: " + _known(executors)))
     elif not isinstance(node_type, str) or node_type not in executors:
         problems.append(
-            (f"{path}.type", f"unknown node type {show(node_type)}; known types: {_known(executors)}")
+            (
+                f"{path}.type",
+                f"unknown node type {show(node_type)}; known types: {_known(executors)}",
+            )
         )
     else:
         draft.type = node_type
@@ -168,7 +182,9 @@ def _read_node(draft: _Draft, executors: Mapping[str, Executor], problems: list[
     timeout = raw.get("timeout_s")
     if timeout is not None:
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
-            problems.append((f"{path}.timeout_s", f"expected a number of seconds > 0, got {show(timeout)}"))
+            problems.append(
+                (f"{path}.timeout_s", f"expected a number of seconds > 0, got {show(timeout)}")
+            )
         else:
             draft.timeout_s = float(timeout)
     if draft.executor is not None:
@@ -198,8 +214,11 @@ def _read_inputs(draft: _Draft, problems: list[Problem]) -> None:
         source = parse_source(text) if isinstance(text, str) else None
         if source is None:
             problems.append(
-                (item_path, "expected a node id, or a job input as $name or $name.key "
-                 f"(e.g. $question, $overrideConfig.temperature), got {show(text)}")
+                (
+                    item_path,
+                    "expected a node id, or a job input as $name or $name.key "
+                    f"(e.g. $question, $overrideConfig.temperature), got {show(text)}",
+                )
             )
             continue
         draft.inputs[name] = (item_path, source)
@@ -260,7 +279,9 @@ def _cycles(drafts: list[_Draft], by_id: Mapping[str, _Draft]) -> list[Problem]:
     for component in components:
         members = sorted(component, key=lambda n: by_id[n].index)
         first = by_id[members[0]]
-        problems.append((f"{first.path}.inputs", "cycle: " + _cycle_text(members[0], set(members), edges)))
+        problems.append(
+            (f"{first.path}.inputs", "cycle: " + _cycle_text(members[0], set(members), edges))
+        )
     problems.sort(key=lambda p: p[0])
     return problems
 
@@ -279,7 +300,7 @@ def _cycle_text(start: str, members: set[str], edges: Mapping[str, list[str]]) -
         nxt = consumers[path[-1]][0]
         if nxt in seen:
             path.append(nxt)
-            return " -> ".join(path[path.index(nxt):])
+            return " -> ".join(path[path.index(nxt) :])
         path.append(nxt)
         seen.add(nxt)
 

@@ -40,8 +40,9 @@ async def test_template(executors: dict[str, Executor]) -> None:
     )
     assert output == 'Hello, Ann! {"a":[1]} {literal} 007'
     # Node inputs win over job inputs of the same name.
-    assert (await run_executor(template, {"template": "{question}"}, {"question": "in"},
-                               question="job"))[0] == "in"
+    assert (
+        await run_executor(template, {"template": "{question}"}, {"question": "in"}, question="job")
+    )[0] == "in"
 
 
 async def test_template_placeholder_without_value(executors: dict[str, Executor]) -> None:
@@ -54,16 +55,26 @@ async def test_template_placeholder_without_value(executors: dict[str, Executor]
     with pytest.raises(FlowValidationError) as bad:
         await run_executor(executors["template"], {"template": "Hi {0}"})
     assert bad.value.problems == [
-        ("params.template", "placeholder {0} needs a name: use {question} or an input's name "
-         "(write {{ and }} for literal braces)")
+        (
+            "params.template",
+            "placeholder {0} needs a name: use {question} or an input's name "
+            "(write {{ and }} for literal braces)",
+        )
     ]
 
 
 async def _api(request: Request, stream: trio.SocketStream) -> None:
     if request.path == "/json":
-        await send_json(stream, 200, {"method": request.method, "body": request.body.decode(),
-                                      "auth": request.headers.get("authorization"),
-                                      "x": request.headers.get("x-test")})
+        await send_json(
+            stream,
+            200,
+            {
+                "method": request.method,
+                "body": request.body.decode(),
+                "auth": request.headers.get("authorization"),
+                "x": request.headers.get("x-test"),
+            },
+        )
     elif request.path == "/text":
         await send_head(stream, 200, [("Content-Type", "text/plain")])
         await stream.send_all(b"plain words")
@@ -101,7 +112,7 @@ async def test_http_get_post_and_statuses(executors: dict[str, Executor]) -> Non
                 await run_executor(http, {"url": f"{server.url}/missing?token=abc"})
             assert str(info.value) == (
                 f"GET {server.url}/missing answered HTTP 404 Not Found: "
-                "'{\"error\":\"no such thing\"}'; add the status to params.allow_status if "
+                '\'{"error":"no such thing"}\'; add the status to params.allow_status if '
                 "it is expected"
             )
             output, _ = await run_executor(
@@ -124,5 +135,8 @@ async def test_http_unreachable(executors: dict[str, Executor]) -> None:
     await listener.bind(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     listener.close()  # a port nobody listens on
-    with trio.fail_after(10), pytest.raises(NodeError, match=r"GET http://127\.0\.0\.1:\d+/ failed: ConnectError"):
+    with (
+        trio.fail_after(10),
+        pytest.raises(NodeError, match=r"GET http://127\.0\.0\.1:\d+/ failed: ConnectError"),
+    ):
         await run_executor(executors["http"], {"url": f"http://127.0.0.1:{port}/"})

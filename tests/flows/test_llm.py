@@ -44,11 +44,23 @@ async def test_flow_streams_tokens_in_order(executors: dict[str, Executor]) -> N
             document = {
                 "id": "greet",
                 "nodes": [
-                    {"id": "prompt", "type": "template",
-                     "params": {"template": "Say hello to {question}"}},
-                    {"id": "answer", "type": "llm", "inputs": {"prompt": "prompt"},
-                     "params": params(server.url, credential="openai", system="Be brief.",
-                                      temperature=0.5, max_tokens=20)},
+                    {
+                        "id": "prompt",
+                        "type": "template",
+                        "params": {"template": "Say hello to {question}"},
+                    },
+                    {
+                        "id": "answer",
+                        "type": "llm",
+                        "inputs": {"prompt": "prompt"},
+                        "params": params(
+                            server.url,
+                            credential="openai",
+                            system="Be brief.",
+                            temperature=0.5,
+                            max_tokens=20,
+                        ),
+                    },
                 ],
                 "output": "answer",
             }
@@ -58,7 +70,9 @@ async def test_flow_streams_tokens_in_order(executors: dict[str, Executor]) -> N
     assert result.output == "Hello, Ann!"
     answer_events = [(n, d if n == "token" else d["node"]) for n, d in events[2:]]
     assert answer_events == [
-        ("node_start", "answer"), *[("token", t) for t in tokens], ("node_end", "answer")
+        ("node_start", "answer"),
+        *[("token", t) for t in tokens],
+        ("node_end", "answer"),
     ]
     [request] = server.requests
     assert request.method == "POST" and request.path == "/v1/chat/completions"
@@ -96,32 +110,44 @@ async def test_server_error_is_a_clear_job_error(executors: dict[str, Executor])
         async with open_http_server(overloaded) as server:
             document = {
                 "id": "f",
-                "nodes": [{"id": "answer", "type": "llm", "params": params(server.url),
-                           "inputs": {"prompt": "$question"}}],
+                "nodes": [
+                    {
+                        "id": "answer",
+                        "type": "llm",
+                        "params": params(server.url),
+                        "inputs": {"prompt": "$question"},
+                    }
+                ],
                 "output": "answer",
             }
             with pytest.raises(NodeFailed) as info:
                 await run_flow_document(document, "hi", executors=executors)
     assert info.value.node_id == "answer"
-    assert info.value.message == (
-        f"LLM server {server.url}/v1 answered HTTP 500: model overloaded"
-    )
+    assert info.value.message == (f"LLM server {server.url}/v1 answered HTTP 500: model overloaded")
 
 
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        (chunk("a") + b"data: {not json\n\n",
-         "sent a malformed stream: not JSON: '{not json'"),
-        (chunk("a") + b"data: [1, 2]\n\n",
-         "sent a malformed stream: expected objects, got '[1, 2]'"),
-        (b'data: {"object": "chunk"}\n\n',
-         "sent a malformed stream: no choices in '{\"object\": \"chunk\"}'"),
+        (chunk("a") + b"data: {not json\n\n", "sent a malformed stream: not JSON: '{not json'"),
+        (
+            chunk("a") + b"data: [1, 2]\n\n",
+            "sent a malformed stream: expected objects, got '[1, 2]'",
+        ),
+        (
+            b'data: {"object": "chunk"}\n\n',
+            'sent a malformed stream: no choices in \'{"object": "chunk"}\'',
+        ),
         (b"<html>oops</html>\n\n", "sent a malformed stream: unexpected line '<html>oops</html>'"),
-        (b'data: {"error": {"message": "context too long"}}\n\n',
-         "reported an error mid-stream: context too long"),
-        (chunk("a") + chunk("b"),
-         "ended the stream before [DONE] or a finish_reason, after 2 tokens: the answer is cut short"),
+        (
+            b'data: {"error": {"message": "context too long"}}\n\n',
+            "reported an error mid-stream: context too long",
+        ),
+        (
+            chunk("a") + chunk("b"),
+            "ended the stream before [DONE] or a finish_reason, after 2 tokens: "
+            "the answer is cut short",
+        ),
     ],
     ids=["not-json", "not-object", "no-choices", "junk-line", "error-event", "cut-short"],
 )
@@ -139,9 +165,7 @@ async def test_timeout_mid_stream(
     async with open_http_server(stream_of(chunk("first"), stall=True)) as server:
         start = trio.current_time()
         with pytest.raises(NodeError) as info:
-            await run_executor(
-                executors["llm"], params(server.url, timeout_s=30), {"prompt": "hi"}
-            )
+            await run_executor(executors["llm"], params(server.url, timeout_s=30), {"prompt": "hi"})
         assert trio.current_time() - start == pytest.approx(30)
     assert str(info.value) == (
         f"LLM server {server.url}/v1 did not finish within 30 s (params.timeout_s, model "
@@ -151,12 +175,15 @@ async def test_timeout_mid_stream(
 
 async def test_server_that_ignores_stream_true(executors: dict[str, Executor]) -> None:
     async def whole(request: Request, stream: trio.SocketStream) -> None:
-        await send_json(stream, 200, {"choices": [{"message": {"role": "assistant",
-                                                               "content": "all at once"}}]})
+        await send_json(
+            stream, 200, {"choices": [{"message": {"role": "assistant", "content": "all at once"}}]}
+        )
 
     with trio.fail_after(10):
         async with open_http_server(whole) as server:
-            output, events = await run_executor(executors["llm"], params(server.url), {"prompt": "x"})
+            output, events = await run_executor(
+                executors["llm"], params(server.url), {"prompt": "x"}
+            )
     assert output == "all at once" and events == [("token", "all at once")]
 
 

@@ -31,8 +31,10 @@ class Recorder:
         self.events.append((trio.current_time(), name, data))
 
     def names(self) -> list[tuple[str, Any]]:
-        return [(name, data.get("node") if isinstance(data, dict) else data)
-                for _t, name, data in self.events]
+        return [
+            (name, data.get("node") if isinstance(data, dict) else data)
+            for _t, name, data in self.events
+        ]
 
     def at(self, name: str, node: str) -> float:
         return next(t for t, n, d in self.events if n == name and d["node"] == node)
@@ -62,8 +64,12 @@ async def test_chain_events_and_records(executors: dict[str, Executor]) -> None:
         {
             "id": "f",
             "nodes": [
-                {"id": "prompt", "type": "template", "label": "Prompt",
-                 "params": {"template": "Hi {question} ({overrideConfig[lang]})"}},
+                {
+                    "id": "prompt",
+                    "type": "template",
+                    "label": "Prompt",
+                    "params": {"template": "Hi {question} ({overrideConfig[lang]})"},
+                },
                 {"id": "out", "type": "echo", "inputs": {"text": "prompt"}},
             ],
             "output": "out",
@@ -75,16 +81,37 @@ async def test_chain_events_and_records(executors: dict[str, Executor]) -> None:
     assert result.output == "Hi Ann (fr)"
     assert [(n, d) for _t, n, d in recorder.events] == [
         ("node_start", {"node": "prompt", "type": "template", "label": "Prompt"}),
-        ("node_end", {"node": "prompt", "type": "template", "label": "Prompt",
-                      "status": "FINISHED", "output": "Hi Ann (fr)"}),
+        (
+            "node_end",
+            {
+                "node": "prompt",
+                "type": "template",
+                "label": "Prompt",
+                "status": "FINISHED",
+                "output": "Hi Ann (fr)",
+            },
+        ),
         ("node_start", {"node": "out", "type": "echo", "label": "out"}),
-        ("node_end", {"node": "out", "type": "echo", "label": "out",
-                      "status": "FINISHED", "output": "Hi Ann (fr)"}),
+        (
+            "node_end",
+            {
+                "node": "out",
+                "type": "echo",
+                "label": "out",
+                "status": "FINISHED",
+                "output": "Hi Ann (fr)",
+            },
+        ),
     ]
     first, second = result.nodes
     assert {k: v for k, v in second.items() if k not in ("startedAt", "finishedAt")} == {
-        "nodeId": "out", "nodeLabel": "out", "type": "echo", "status": "FINISHED",
-        "input": {"text": "Hi Ann (fr)"}, "output": "Hi Ann (fr)", "previousNodeIds": ["prompt"],
+        "nodeId": "out",
+        "nodeLabel": "out",
+        "type": "echo",
+        "status": "FINISHED",
+        "input": {"text": "Hi Ann (fr)"},
+        "output": "Hi Ann (fr)",
+        "previousNodeIds": ["prompt"],
     }
     assert first["previousNodeIds"] == [] and first["input"] == {}
     assert first["startedAt"] <= first["finishedAt"] <= second["startedAt"]
@@ -99,8 +126,12 @@ async def test_branches_run_concurrently(
             "nodes": [
                 delay("a", 1000, inputs={"x": "$question"}),
                 delay("b", 1000, inputs={"x": "$question"}),
-                {"id": "c", "type": "template", "params": {"template": "{x}+{y}"},
-                 "inputs": {"x": "a", "y": "b"}},
+                {
+                    "id": "c",
+                    "type": "template",
+                    "params": {"template": "{x}+{y}"},
+                    "inputs": {"x": "a", "y": "b"},
+                },
             ],
             "output": "c",
         },
@@ -124,8 +155,12 @@ async def test_node_starts_when_its_own_inputs_are_ready(
                 delay("slow", 5000),
                 delay("fast", 100),
                 delay("after_fast", 100, inputs={"x": "fast"}),
-                {"id": "join", "type": "template", "params": {"template": "{a}{b}"},
-                 "inputs": {"a": "slow", "b": "after_fast"}},
+                {
+                    "id": "join",
+                    "type": "template",
+                    "params": {"template": "{a}{b}"},
+                    "inputs": {"a": "slow", "b": "after_fast"},
+                },
             ],
             "output": "join",
         },
@@ -162,8 +197,8 @@ async def test_node_timeout_fails_the_flow_and_stops_siblings(
         ("a", "ERROR", failure.message)
     ]
     assert recorder.events[-1][1:] == (
-        "node_end", {"node": "a", "type": "delay", "label": "a", "status": "ERROR",
-                     "error": failure.message},
+        "node_end",
+        {"node": "a", "type": "delay", "label": "a", "status": "ERROR", "error": failure.message},
     )
 
 
@@ -223,7 +258,11 @@ async def test_failing_node_reports_message_traceback_and_stops_others(
     async def polite(ctx: NodeContext) -> None:
         raise NodeError("the service said no")
 
-    all_executors = {**executors, "boom": executor("boom", boom), "polite": executor("polite", polite)}
+    all_executors = {
+        **executors,
+        "boom": executor("boom", boom),
+        "polite": executor("polite", polite),
+    }
     flow = compile_flow(
         {"id": "f", "nodes": [{"id": "x", "type": "boom"}, delay("slow", 60_000)], "output": "x"},
         all_executors,
@@ -236,8 +275,9 @@ async def test_failing_node_reports_message_traceback_and_stops_others(
     assert info.value.message == "ValueError: boom"
     assert 'raise ValueError("boom")' in info.value.traceback
 
-    flow = compile_flow({"id": "f", "nodes": [{"id": "p", "type": "polite"}], "output": "p"},
-                        all_executors)
+    flow = compile_flow(
+        {"id": "f", "nodes": [{"id": "p", "type": "polite"}], "output": "p"}, all_executors
+    )
     with pytest.raises(NodeFailed) as info:
         await run(flow, Recorder())
     assert info.value.message == "the service said no"
@@ -245,8 +285,11 @@ async def test_failing_node_reports_message_traceback_and_stops_others(
 
 async def test_missing_job_input_fails_the_node(executors: dict[str, Executor]) -> None:
     flow = compile_flow(
-        {"id": "f", "nodes": [{"id": "a", "type": "echo", "inputs": {"x": "$overrideConfig.lang"}}],
-         "output": "a"},
+        {
+            "id": "f",
+            "nodes": [{"id": "a", "type": "echo", "inputs": {"x": "$overrideConfig.lang"}}],
+            "output": "a",
+        },
         executors,
     )
     with pytest.raises(NodeFailed) as info:
@@ -277,7 +320,10 @@ async def test_executor_events_between_node_events_and_reserved_names() -> None:
     recorder = Recorder()
     await run(flow, recorder)
     assert recorder.names() == [
-        ("node_start", "c"), ("progress", 1), ("token", "a"), ("my_event", None),
+        ("node_start", "c"),
+        ("progress", 1),
+        ("token", "a"),
+        ("my_event", None),
         ("node_end", "c"),
     ]
     assert recorder.events[3][2] == {"k": "j1"}
@@ -296,7 +342,8 @@ async def test_credentials_reach_the_executor() -> None:
         raise CredentialError("no")
 
     flow = compile_flow(
-        {"id": "f", "nodes": [{"id": "s", "type": "s"}], "output": "s"}, {"s": executor("s", uses_secret)}
+        {"id": "f", "nodes": [{"id": "s", "type": "s"}], "output": "s"},
+        {"s": executor("s", uses_secret)},
     )
     result = await run_flow(flow, job_id="j", inputs={}, emit=Recorder(), credential=store)
     assert result.output == "secret"

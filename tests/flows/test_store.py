@@ -102,7 +102,9 @@ async def test_load_paths(tmp_path: Path, executors: dict[str, Executor]) -> Non
     assert await store.load_paths([str(tmp_path)]) == [("one", 2), ("two", 1)]
 
 
-async def test_load_paths_names_every_bad_file(tmp_path: Path, executors: dict[str, Executor]) -> None:
+async def test_load_paths_names_every_bad_file(
+    tmp_path: Path, executors: dict[str, Executor]
+) -> None:
     (tmp_path / "a_good.json").write_bytes(orjson.dumps(echo_flow("good")))
     (tmp_path / "b_bad.json").write_bytes(
         orjson.dumps({"id": "bad", "nodes": [{"id": "a", "type": "nope"}], "output": "a"})

@@ -46,13 +46,22 @@ BAD_FLOWS: list[tuple[str, Any, list[tuple[str, str]]]] = [
             ),
         ],
     ),
-    ("empty nodes", flow(), [("$.nodes", "expected a non-empty list of nodes, got []"),
-                             ("$.output", "unknown node 'a'; nodes: none (job inputs start with $)")]),
+    (
+        "empty nodes",
+        flow(),
+        [
+            ("$.nodes", "expected a non-empty list of nodes, got []"),
+            ("$.output", "unknown node 'a'; nodes: none (job inputs start with $)"),
+        ],
+    ),
     (
         "unknown node type and node key",
         flow({"id": "a", "type": "nope", "color": "red"}),
         [
-            ("$.nodes[0].color", "unknown key; known keys: id, type, label, params, inputs, timeout_s"),
+            (
+                "$.nodes[0].color",
+                "unknown key; known keys: id, type, label, params, inputs, timeout_s",
+            ),
             ("$.nodes[0].type", f"unknown node type 'nope'; known types: {TYPES}"),
         ],
     ),
@@ -82,18 +91,33 @@ BAD_FLOWS: list[tuple[str, Any, list[tuple[str, str]]]] = [
     (
         "unknown input node, bad source syntax, bad input name",
         flow(
-            {"id": "a", "type": "template", "params": {"template": "x"},
-             "inputs": {"x": "zzz", "y": "$", "z": "$overrideConfig.", "1a": "a", "w": 5}},
+            {
+                "id": "a",
+                "type": "template",
+                "params": {"template": "x"},
+                "inputs": {"x": "zzz", "y": "$", "z": "$overrideConfig.", "1a": "a", "w": 5},
+            },
         ),
         [
-            ("$.nodes[0].inputs.y", "expected a node id, or a job input as $name or $name.key "
-             "(e.g. $question, $overrideConfig.temperature), got '$'"),
-            ("$.nodes[0].inputs.z", "expected a node id, or a job input as $name or $name.key "
-             "(e.g. $question, $overrideConfig.temperature), got '$overrideConfig.'"),
-            ('$.nodes[0].inputs["1a"]', "input names are letters, digits and _ "
-             "(not starting with a digit)"),
-            ("$.nodes[0].inputs.w", "expected a node id, or a job input as $name or $name.key "
-             "(e.g. $question, $overrideConfig.temperature), got 5"),
+            (
+                "$.nodes[0].inputs.y",
+                "expected a node id, or a job input as $name or $name.key "
+                "(e.g. $question, $overrideConfig.temperature), got '$'",
+            ),
+            (
+                "$.nodes[0].inputs.z",
+                "expected a node id, or a job input as $name or $name.key "
+                "(e.g. $question, $overrideConfig.temperature), got '$overrideConfig.'",
+            ),
+            (
+                '$.nodes[0].inputs["1a"]',
+                "input names are letters, digits and _ (not starting with a digit)",
+            ),
+            (
+                "$.nodes[0].inputs.w",
+                "expected a node id, or a job input as $name or $name.key "
+                "(e.g. $question, $overrideConfig.temperature), got 5",
+            ),
             ("$.nodes[0].inputs.x", "unknown node 'zzz'; nodes: a (job inputs start with $)"),
         ],
     ),
@@ -135,20 +159,34 @@ BAD_FLOWS: list[tuple[str, Any, list[tuple[str, str]]]] = [
             {"id": "b", "type": "llm", "params": LLM},
             {"id": "c", "type": "template", "params": {"template": "{} and {x}"}},
             {"id": "d", "type": "http", "params": {"url": "ftp://x"}},
-            {"id": "e", "type": "llm", "params": {**LLM, "base_url": "nope"},
-             "inputs": {"prompt": "a", "other": "a"}},
+            {
+                "id": "e",
+                "type": "llm",
+                "params": {**LLM, "base_url": "nope"},
+                "inputs": {"prompt": "a", "other": "a"},
+            },
             {"id": "f", "type": "template", "params": {"template": "a {"}},
         ),
         [
             ("$.nodes[0].inputs", "echo takes at most one input, got 2"),
             ("$.nodes[1].inputs", "llm needs an input named 'prompt' or params.messages"),
-            ("$.nodes[2].params.template", "placeholder {} needs a name: use {question} or an "
-             "input's name (write {{ and }} for literal braces)"),
-            ("$.nodes[5].params.template",
-             "Single '{' encountered in format string (write {{ and }} for literal braces)"),
-            ("$.nodes[3].params.url", "expected an http:// or https:// URL with a host, got 'ftp://x'"),
-            ("$.nodes[4].params.base_url",
-             "expected an http:// or https:// URL with a host, got 'nope'"),
+            (
+                "$.nodes[2].params.template",
+                "placeholder {} needs a name: use {question} or an "
+                "input's name (write {{ and }} for literal braces)",
+            ),
+            (
+                "$.nodes[5].params.template",
+                "Single '{' encountered in format string (write {{ and }} for literal braces)",
+            ),
+            (
+                "$.nodes[3].params.url",
+                "expected an http:// or https:// URL with a host, got 'ftp://x'",
+            ),
+            (
+                "$.nodes[4].params.base_url",
+                "expected an http:// or https:// URL with a host, got 'nope'",
+            ),
             ("$.nodes[4].inputs.other", "llm takes only an input named 'prompt'"),
         ],
     ),
@@ -180,10 +218,19 @@ def test_good_flow_compiles_in_topological_order(executors: dict[str, Executor])
         "id": "greet",
         "description": "say hello",
         "nodes": [
-            {"id": "answer", "type": "llm", "params": LLM, "inputs": {"prompt": "prompt"},
-             "timeout_s": 30},
-            {"id": "prompt", "type": "template", "label": "Prompt",
-             "params": {"template": "Say hello to {question} in {overrideConfig[lang]}"}},
+            {
+                "id": "answer",
+                "type": "llm",
+                "params": LLM,
+                "inputs": {"prompt": "prompt"},
+                "timeout_s": 30,
+            },
+            {
+                "id": "prompt",
+                "type": "template",
+                "label": "Prompt",
+                "params": {"template": "Say hello to {question} in {overrideConfig[lang]}"},
+            },
             {"id": "lang", "type": "echo", "inputs": {"x": "$overrideConfig.lang"}},
         ],
         "output": "answer",
@@ -203,10 +250,15 @@ def test_parse_json_and_toml(tmp_path: Path, executors: dict[str, Executor]) -> 
     (tmp_path / "a.toml").write_text(
         'id = "t"\noutput = "a"\n[[nodes]]\nid = "a"\ntype = "delay"\n[nodes.params]\nms = 5\n'
     )
-    (tmp_path / "a.json").write_text('{"id": "t", "nodes": [{"id": "a", "type": "echo"}], "output": "a"}')
+    (tmp_path / "a.json").write_text(
+        '{"id": "t", "nodes": [{"id": "a", "type": "echo"}], "output": "a"}'
+    )
     toml_doc = parse_flow_file(tmp_path / "a.toml")
-    assert toml_doc == {"id": "t", "output": "a",
-                        "nodes": [{"id": "a", "type": "delay", "params": {"ms": 5}}]}
+    assert toml_doc == {
+        "id": "t",
+        "output": "a",
+        "nodes": [{"id": "a", "type": "delay", "params": {"ms": 5}}],
+    }
     assert compile_flow(toml_doc, executors).nodes[0].params.ms == 5
     assert parse_flow_file(tmp_path / "a.json")["nodes"] == [{"id": "a", "type": "echo"}]
 
@@ -231,17 +283,34 @@ def test_parse_errors_name_the_file(tmp_path: Path, name: str, content: str, mes
 
 # ---- validation never raises anything but FlowValidationError ---------------
 
-_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=6)
+_scalars = (
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=6)
+)
 _json = st.recursive(
     _scalars,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
     max_leaves=8,
 )
 _ids = st.sampled_from(["a", "b", "c", "$question", "$overrideConfig.x", "", "a b", "-x", "$"])
 _text = st.sampled_from(["{question}", "{", "{}", "{x.y}", "{0}", "hi", "http://127.0.0.1:1/v1"])
 _param_keys = st.sampled_from(
-    ["ms", "template", "url", "model", "base_url", "messages", "method", "headers", "json",
-     "timeout_s", "allow_status", "temperature", "x"]
+    [
+        "ms",
+        "template",
+        "url",
+        "model",
+        "base_url",
+        "messages",
+        "method",
+        "headers",
+        "json",
+        "timeout_s",
+        "allow_status",
+        "temperature",
+        "x",
+    ]
 )
 _params = st.dictionaries(_param_keys, _json | _text | _ids, max_size=4) | _json
 _node = st.fixed_dictionaries(
@@ -250,21 +319,28 @@ _node = st.fixed_dictionaries(
         "id": _ids | _json,
         "type": st.sampled_from(["echo", "delay", "template", "http", "llm", "nope"]) | _json,
         "params": _params,
-        "inputs": st.dictionaries(st.sampled_from(["prompt", "x", "1", "url"]) | st.text(max_size=3),
-                                  _ids | _json, max_size=3) | _json,
+        "inputs": st.dictionaries(
+            st.sampled_from(["prompt", "x", "1", "url"]) | st.text(max_size=3),
+            _ids | _json,
+            max_size=3,
+        )
+        | _json,
         "timeout_s": _json,
         "label": _json,
     },
 )
-_documents = st.fixed_dictionaries(
-    {},
-    optional={
-        "id": _ids | _json,
-        "nodes": st.lists(_node | _json, max_size=5) | _json,
-        "output": _ids | _json,
-        "extra": _json,
-    },
-) | _json
+_documents = (
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "id": _ids | _json,
+            "nodes": st.lists(_node | _json, max_size=5) | _json,
+            "output": _ids | _json,
+            "extra": _json,
+        },
+    )
+    | _json
+)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])

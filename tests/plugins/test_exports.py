@@ -18,8 +18,14 @@ FLOWQD = {
     "__version__",
     "hookimpl",
 }
-TESTING = {"Events", "FlowResult", "NodeFailed", "load_executors", "run_executor",
-           "run_flow_document"}
+TESTING = {
+    "Events",
+    "FlowResult",
+    "NodeFailed",
+    "load_executors",
+    "run_executor",
+    "run_flow_document",
+}
 
 
 def test_flowqd_surface() -> None:
@@ -28,7 +34,9 @@ def test_flowqd_surface() -> None:
         assert getattr(flowqd, name) is not None
     # Submodules become attributes once imported; every other public name is in __all__.
     public = {
-        n for n, v in vars(flowqd).items() if not n.startswith("_") and not isinstance(v, ModuleType)
+        name
+        for name, value in vars(flowqd).items()
+        if not name.startswith("_") and not isinstance(value, ModuleType)
     }
     assert public == FLOWQD - {"__version__"}
 

@@ -29,8 +29,9 @@ REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "plugins" / "flowqd-example"
 REVERSE_FLOW = {
     "id": "rev",
-    "nodes": [{"id": "r", "type": "reverse", "params": {"upper": True},
-               "inputs": {"text": "$question"}}],
+    "nodes": [
+        {"id": "r", "type": "reverse", "params": {"upper": True}, "inputs": {"text": "$question"}}
+    ],
     "output": "r",
 }
 
@@ -102,11 +103,16 @@ def test_same_type_from_two_plugins_names_both(example_installed: None) -> None:
 
 
 def test_plugin_overriding_a_builtin_type_names_both(tmp_path: Path) -> None:
-    write_plugin(tmp_path, "myecho", PLUGIN_HEADER + """
+    write_plugin(
+        tmp_path,
+        "myecho",
+        PLUGIN_HEADER
+        + """
     @hookimpl
     def flowqd_executors():
         return [Executor(type="echo", params=P, run=run, description="mine")]
-    """)
+    """,
+    )
     with pytest.raises(PluginError, match=r"'flowqd\.executors\.echo' and 'myecho'"):
         load_plugins(PluginsConfig(paths=[str(tmp_path)], disable=["example"]))
 
@@ -137,11 +143,16 @@ def test_broken_module_and_missing_folder() -> None:
 
 
 def test_plugin_by_module_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    write_plugin(tmp_path, "flowqd_test_modplugin", PLUGIN_HEADER + """
+    write_plugin(
+        tmp_path,
+        "flowqd_test_modplugin",
+        PLUGIN_HEADER
+        + """
     @hookimpl
     def flowqd_executors():
         return [Executor(type="modtype", params=P, run=run, description="by module name")]
-    """)
+    """,
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     pm = load_plugins(PluginsConfig(modules=["flowqd_test_modplugin"], disable=["example"]))
     assert "modtype" in collect_executors(pm)
@@ -152,25 +163,43 @@ def test_plugin_by_module_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ("@hookimpl\ndef flowqd_executor():\n    return []\n",
-         "plugin 'bad' (file {path}) has a bad hook: unknown hook 'flowqd_executor'"),
-        ("@hookimpl\ndef flowqd_executors():\n    return 'echo'\n",
-         "plugin 'bad': flowqd_executors() must return a list of flowqd.Executor, got str"),
-        ("@hookimpl\ndef flowqd_executors():\n    return [1]\n",
-         "plugin 'bad': flowqd_executors() returned 1, not a flowqd.Executor"),
-        ("@hookimpl\ndef flowqd_executors():\n    raise KeyError('x')\n",
-         "plugin 'bad': flowqd_executors() raised KeyError: 'x'"),
-        ("@hookimpl\ndef flowqd_executors():\n"
-         "    return [Executor(type='bad type', params=P, run=run, description='')]\n",
-         "plugin 'bad': flowqd_executors() raised ValueError: executor type must be a name"),
-        ("@attrs.frozen\nclass U:\n    x: int | str\n"
-         "@hookimpl\ndef flowqd_executors():\n"
-         "    return [Executor(type='u', params=U, run=run, description='')]\n",
-         "plugin 'bad': node type 'u': params class U cannot be used: "
-         "StructureHandlerNotFoundError: Unsupported type: int | str"),
+        (
+            "@hookimpl\ndef flowqd_executor():\n    return []\n",
+            "plugin 'bad' (file {path}) has a bad hook: unknown hook 'flowqd_executor'",
+        ),
+        (
+            "@hookimpl\ndef flowqd_executors():\n    return 'echo'\n",
+            "plugin 'bad': flowqd_executors() must return a list of flowqd.Executor, got str",
+        ),
+        (
+            "@hookimpl\ndef flowqd_executors():\n    return [1]\n",
+            "plugin 'bad': flowqd_executors() returned 1, not a flowqd.Executor",
+        ),
+        (
+            "@hookimpl\ndef flowqd_executors():\n    raise KeyError('x')\n",
+            "plugin 'bad': flowqd_executors() raised KeyError: 'x'",
+        ),
+        (
+            "@hookimpl\ndef flowqd_executors():\n"
+            "    return [Executor(type='bad type', params=P, run=run, description='')]\n",
+            "plugin 'bad': flowqd_executors() raised ValueError: executor type must be a name",
+        ),
+        (
+            "@attrs.frozen\nclass U:\n    x: int | str\n"
+            "@hookimpl\ndef flowqd_executors():\n"
+            "    return [Executor(type='u', params=U, run=run, description='')]\n",
+            "plugin 'bad': node type 'u': params class U cannot be used: "
+            "StructureHandlerNotFoundError: Unsupported type: int | str",
+        ),
     ],
-    ids=["typo-in-hook-name", "not-a-list", "not-an-executor", "hook-raises", "bad-type-name",
-         "unusable-params"],
+    ids=[
+        "typo-in-hook-name",
+        "not-a-list",
+        "not-an-executor",
+        "hook-raises",
+        "bad-type-name",
+        "unusable-params",
+    ],
 )
 def test_bad_plugins_are_named(tmp_path: Path, body: str, message: str) -> None:
     path = write_plugin(tmp_path, "bad", textwrap.dedent(PLUGIN_HEADER) + body)
@@ -221,8 +250,13 @@ async def test_hook_flowqd_executors() -> None:
     register_plugin(pm, Plugin(), "repeat-plugin", "test")
     executors = collect_executors(pm)
     assert executors["repeat"].description == "Repeat."
-    document = {"id": "f", "nodes": [{"id": "r", "type": "repeat", "params": {"times": 3},
-                                      "inputs": {"text": "$question"}}], "output": "r"}
+    document = {
+        "id": "f",
+        "nodes": [
+            {"id": "r", "type": "repeat", "params": {"times": 3}, "inputs": {"text": "$question"}}
+        ],
+        "output": "r",
+    }
     result, _ = await run_flow_document(document, "ab", executors=executors)
     assert result.output == "ababab"
     # Results of all plugins are merged; pluggy calls each implementation.
@@ -237,7 +271,10 @@ def test_plugin_manager_type_and_hook_markers() -> None:
 def test_example_plugins_own_tests_pass(example_installed: None) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLE / "tests")],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "3 passed" in done.stdout
