@@ -35,10 +35,19 @@ async def run_flow(
     scope: cancellation stops every running node at once.
     """
     run = _Run(flow, job_id, inputs, emit, credential)
-    async with trio.open_nursery() as nursery:
-        run.nursery = nursery
-        for node in flow.nodes:
-            nursery.start_soon(run.node, node, name=f"flow {flow.id} node {node.id}")
+    try:
+        async with trio.open_nursery() as nursery:
+            run.nursery = nursery
+            for node in flow.nodes:
+                nursery.start_soon(run.node, node, name=f"flow {flow.id} node {node.id}")
+    except BaseExceptionGroup as group:
+        # Node tasks turn every Exception into NodeFailed, so a group here is
+        # normally the caller's cancellation arriving in several nodes: hand
+        # the caller one Cancelled, as a plain ``await`` would.
+        cancelled, rest = group.split(trio.Cancelled)
+        if rest is not None or cancelled is None:
+            raise
+        raise _first_leaf(cancelled) from None
     # A failure racing the caller's cancellation: the cancellation wins, so
     # a job timeout is reported as a timeout.
     await trio.lowlevel.checkpoint_if_cancelled()
@@ -139,6 +148,11 @@ class _Run:
                 )
             value = value[key]
         return value
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def describe_exception(exc: BaseException) -> str:

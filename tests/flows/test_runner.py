@@ -11,6 +11,8 @@ import attrs
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from flowqd import Executor, NodeContext, NodeError
 from flowqd.errors import CredentialError
@@ -210,9 +212,16 @@ async def test_job_timeout_is_the_callers_cancel_scope(
     )
     start = trio.current_time()
     recorder = Recorder()
+    raised: list[BaseException] = []
     with trio.move_on_after(2) as scope:
-        await run(flow, recorder, question="q")
+        try:
+            await run(flow, recorder, question="q")
+        except BaseException as exc:
+            raised.append(exc)
+            raise
     assert scope.cancelled_caught
+    # One Cancelled, as from a plain await, not a group of one per running node.
+    assert [type(exc) for exc in raised] == [trio.Cancelled]
     assert trio.current_time() - start == pytest.approx(2.0)
     assert [n for _t, n, _d in recorder.events] == ["node_start", "node_start"]
 
@@ -349,3 +358,58 @@ async def test_credentials_reach_the_executor() -> None:
     assert result.output == "secret"
     with pytest.raises(NodeFailed, match="credential 'key' is not stored"):
         await run(flow, Recorder())
+
+
+@attrs.frozen
+class JoinParams:
+    ms: int = 0
+    name: str = ""
+
+
+async def join(ctx: NodeContext) -> str:
+    await trio.sleep(ctx.params.ms / 1000)
+    return "(" + "".join(ctx.inputs[k] for k in sorted(ctx.inputs)) + ")" + ctx.params.name
+
+
+JOIN = Executor(type="join", params=JoinParams, run=join, description="test")
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_random_dags_start_each_node_when_its_inputs_are_done(data: st.DataObject) -> None:
+    size = data.draw(st.integers(1, 8), label="size")
+    deps = [
+        data.draw(st.sets(st.integers(0, i - 1), max_size=3)) if i else set() for i in range(size)
+    ]
+    delays = data.draw(st.lists(st.integers(0, 50), min_size=size, max_size=size))
+    order = data.draw(st.permutations(range(size)), label="document order")
+    document = {
+        "id": "dag",
+        "nodes": [
+            {
+                "id": f"n{i}",
+                "type": "join",
+                "params": {"ms": delays[i], "name": str(i)},
+                "inputs": {f"i{j}": f"n{j}" for j in deps[i]},
+            }
+            for i in order
+        ],
+        "output": f"n{size - 1}",
+    }
+    flow = compile_flow(document, {"join": JOIN})
+
+    def expected(i: int) -> str:
+        return "(" + "".join(expected(j) for j in sorted(deps[i], key=lambda j: f"i{j}")) + f"){i}"
+
+    recorder = Recorder()
+
+    async def main() -> Any:
+        return await run(flow, recorder)
+
+    result = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert result.output == expected(size - 1)
+    assert sorted(r["nodeId"] for r in result.nodes) == sorted(f"n{i}" for i in range(size))
+    for i in range(size):
+        ready = max((recorder.at("node_end", f"n{j}") for j in deps[i]), default=0.0)
+        assert recorder.at("node_start", f"n{i}") == pytest.approx(ready)
+        assert recorder.at("node_end", f"n{i}") == pytest.approx(ready + delays[i] / 1000)
