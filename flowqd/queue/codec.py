@@ -16,12 +16,16 @@ def _text(value: bytes | None) -> str | None:
     return value.decode() if value else None
 
 
-def _ms(value: bytes | None) -> float | None:
+def _ms(value: bytes | int | None) -> float | None:
     return int(value) / 1000.0 if value else None
 
 
 def decode_job(job_id: str, fields: list[Any]) -> Job | None:
-    """A job from its ``HMGET JOB_FIELDS`` reply; None if the hash is gone."""
+    """A job from its ``HMGET JOB_FIELDS`` reply; None if the hash is gone.
+
+    Fields the claim script has just set come back as Lua values (integers
+    for numbers); ``int()`` takes both.
+    """
     flow, ver, inputs, st, att, mx, timeout, owner, ct, sat, ft, res, err, nodes, wk, cx = fields
     if st is None:
         return None

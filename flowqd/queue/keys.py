@@ -132,6 +132,7 @@ def lua_prelude() -> str:
         f"local function flow_key(id, v) return P .. '{FLOW}' .. id .. ':v' .. v end",
         "local function finished_key(status) return P .. status end",
         "local JOB_FIELDS = {" + ", ".join(f"'{f}'" for f in JOB_FIELDS) + "}",
+        *(f"local F_{f.upper()} = {i}" for i, f in enumerate(JOB_FIELDS, 1)),
         f"local MARKER_MEMBER = '{MARKER_MEMBER}'",
     ]
     return "\n".join(lines) + "\n"

@@ -11,21 +11,26 @@ while got < want do
   if not ids then break end
   for _, id in ipairs(ids) do
     local jk = job_key(id)
-    local f = redis.call('HMGET', jk, 'st', 'cx')
+    local f = redis.call('HMGET', jk, unpack(JOB_FIELDS))
     -- Anything but a waiting job is a stale entry: dropped.
-    if f[1] == 'waiting' then
-      if f[2] then
+    if f[F_ST] == 'waiting' then
+      if f[F_CX] then
         -- Cancelled while it was being put back: it never runs again.
-        finish_cancelled(id, f[2], now)
+        finish_cancelled(id, f[F_CX], now)
       else
         got = got + 1
         local token = base .. ':' .. got
-        redis.call('HINCRBY', jk, 'att', 1)
-        redis.call('HSET', jk, 'st', 'active', 'sat', now, 'wk', worker, 'tok', token)
+        local attempts = tonumber(f[F_ATT]) + 1
+        redis.call('HSET', jk, 'st', 'active', 'att', attempts, 'sat', now, 'wk', worker,
+          'tok', token)
         redis.call('ZADD', K_ACTIVE, now + ttl, id)
+        f[F_ST] = 'active'
+        f[F_ATT] = attempts
+        f[F_SAT] = now
+        f[F_WK] = worker
         out[#out + 1] = id
         out[#out + 1] = token
-        out[#out + 1] = redis.call('HMGET', jk, unpack(JOB_FIELDS))
+        out[#out + 1] = f
       end
     end
   end

@@ -47,36 +47,52 @@ local function finish_score(now)
   return score
 end
 
--- End a job: status, finish time, the one terminal event, retention.
-local function terminal(id, status, event, data, now)
+-- Finished sets that may hold more than CFG.keep jobs; trimmed once, at the end.
+local to_trim = {}
+
+-- End a job: status, finish time (plus the caller's ``fields``), the one
+-- terminal event, finished set, expiry. Retention by count runs in announce().
+local function terminal(id, status, event, data, now, fields)
   local jk = job_key(id)
-  local ek = events_key(id)
-  redis.call('HSET', jk, 'st', status, 'ft', now)
+  redis.call('HSET', jk, 'st', status, 'ft', now, unpack(fields or {}))
   redis.call('HDEL', jk, 'tok')
   add_event(id, event, data)
-  local set = finished_key(status)
-  redis.call('ZADD', set, finish_score(now), id)
+  redis.call('ZADD', finished_key(status), finish_score(now), id)
   redis.call('PEXPIRE', jk, CFG.age_ms)
-  redis.call('PEXPIRE', ek, CFG.age_ms)
-  if CFG.keep > 0 then
+  redis.call('PEXPIRE', events_key(id), CFG.age_ms)
+  to_trim[status] = true
+end
+
+local function trim_finished()
+  if CFG.keep <= 0 then return end
+  for status, _ in pairs(to_trim) do
+    local set = finished_key(status)
     local excess = redis.call('ZCARD', set) - CFG.keep
     if excess > 0 then
       local old = redis.call('ZPOPMIN', set, excess)
+      local doomed = {}
       for i = 1, #old, 2 do
-        redis.call('DEL', job_key(old[i]), events_key(old[i]))
+        doomed[#doomed + 1] = job_key(old[i])
+        doomed[#doomed + 1] = events_key(old[i])
+        if #doomed >= 500 then
+          redis.call('DEL', unpack(doomed))
+          doomed = {}
+        end
       end
+      if #doomed > 0 then redis.call('DEL', unpack(doomed)) end
     end
   end
 end
 
 local function finish_cancelled(id, reason, now)
-  redis.call('HSET', job_key(id), 'cx', reason,
-    'err', cjson.encode({message = 'job cancelled: ' .. reason, reason = reason}))
-  terminal(id, 'cancelled', 'cancelled', cjson.encode({reason = reason}), now)
+  local err = cjson.encode({message = 'job cancelled: ' .. reason, reason = reason})
+  terminal(id, 'cancelled', 'cancelled', cjson.encode({reason = reason}), now,
+    {'cx', reason, 'err', err})
 end
 
 -- Every script that may end jobs ends with this.
 local function announce()
+  trim_finished()
   if finish_clock then redis.call('SET', K_FINISH_CLOCK, finish_clock) end
   if #touched_list > 0 then
     redis.call('PUBLISH', CH_EVENTS, cjson.encode(touched_list))

@@ -34,24 +34,28 @@ while i <= #ARGV do
     results[#results + 1] = 1
     live[id] = nil
     redis.call('ZREM', K_ACTIVE, id)
-    redis.call('HDEL', jk, 'tok')
-    if nodes ~= '' then redis.call('HSET', jk, 'nodes', nodes) end
+    local extra = {}
+    if nodes ~= '' then extra = {'nodes', nodes} end
     local cx = f[5]
     if kind == 'c' then
-      redis.call('HSET', jk, 'res', stored)
-      terminal(id, 'completed', 'end', stored, now)
+      extra[#extra + 1] = 'res'
+      extra[#extra + 1] = stored
+      terminal(id, 'completed', 'end', stored, now, extra)
     elseif kind == 'f' then
-      redis.call('HSET', jk, 'err', stored)
+      extra[#extra + 1] = 'err'
+      extra[#extra + 1] = stored
       local att = tonumber(f[3])
       if ARGV[i + 6] == '1' and not cx and att < tonumber(f[4]) then
         local delay = math.min(CFG.backoff_ms * 2 ^ math.min(att - 1, 40), cap_ms)
         delay = math.floor(delay * (1 + 0.25 * tonumber(ARGV[i + 7])))
-        redis.call('HSET', jk, 'st', 'delayed')
+        redis.call('HSET', jk, 'st', 'delayed', unpack(extra))
+        redis.call('HDEL', jk, 'tok')
         redis.call('ZADD', K_DELAYED, now + delay, id)
       else
-        terminal(id, 'failed', 'error', event_data, now)
+        terminal(id, 'failed', 'error', event_data, now, extra)
       end
     elseif kind == 'x' then
+      if #extra > 0 then redis.call('HSET', jk, unpack(extra)) end
       local reason = cx
       if not reason then
         reason = stored
@@ -59,11 +63,12 @@ while i <= #ARGV do
       end
       finish_cancelled(id, reason, now)
     elseif cx then
+      if #extra > 0 then redis.call('HSET', jk, unpack(extra)) end
       finish_cancelled(id, cx, now)
     else
       -- Requeue (shutdown drain): next in line, the attempt not counted.
-      redis.call('HINCRBY', jk, 'att', -1)
-      redis.call('HSET', jk, 'st', 'waiting')
+      redis.call('HDEL', jk, 'tok')
+      redis.call('HSET', jk, 'st', 'waiting', 'att', tonumber(f[3]) - 1, unpack(extra))
       redis.call('RPUSH', K_WAIT, id)
       rang = true
     end

@@ -19,8 +19,7 @@ for _, id in ipairs(ids) do
     if f[2] then
       finish_cancelled(id, f[2], now)
     elseif stalls > CFG.max_stalled then
-      redis.call('HSET', jk, 'err', ARGV[A + 2])
-      terminal(id, 'failed', 'error', ARGV[A + 3], now)
+      terminal(id, 'failed', 'error', ARGV[A + 3], now, {'err', ARGV[A + 2]})
     else
       redis.call('HSET', jk, 'st', 'waiting')
       redis.call('RPUSH', K_WAIT, id)
