@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from flowqd._version import __version__
+from flowqd.auth import add_keys_parser, run_keys_command
 from flowqd.config import ROLES, Config, as_toml_dict, load_config
 from flowqd.errors import ConfigError, PluginError
 
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(check, suppress=True)
     plugins = commands.add_parser("plugins", help="list plugins and the node types they add")
     _common(plugins, suppress=True)
+    _common(add_keys_parser(commands), suppress=True)
     return parser
 
 
@@ -74,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except PluginError as exc:
             return _fail([str(exc)])
         return 0
+    if args.command == "keys":
+        return run_keys_command(args, config)
     from flowqd import daemon
 
     return daemon.run(config)

@@ -40,10 +40,28 @@ _queue_name = _check(
 )
 
 
+_key_entry = _check(
+    lambda x: all(re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}:[0-9a-f]{64}(:admin)?", k) for k in x),
+    "entries NAME:SHA256HEX or NAME:SHA256HEX:admin, as printed by `flowqd keys add NAME`",
+)
+
+
 @attrs.frozen
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = attrs.field(default=3000, validator=_port)
+    prediction_timeout_s: float = attrs.field(default=60.0, validator=_positive)
+    max_body_bytes: int = attrs.field(default=10 * 1024 * 1024, validator=_positive)
+    cancel_on_disconnect: bool = False
+    heartbeat_s: float = attrs.field(default=30.0, validator=_positive)
+    broker_timeout_s: float = attrs.field(default=1.0, validator=_positive)
+
+
+@attrs.frozen
+class AuthConfig:
+    keys: list[str] = attrs.field(factory=list, validator=_key_entry)
+    keys_file: str | None = None
+    allow_anonymous: bool = False
 
 
 @attrs.frozen
@@ -128,6 +146,7 @@ class Config:
     plugins: PluginsConfig = attrs.Factory(PluginsConfig)
     flows: FlowsConfig = attrs.Factory(FlowsConfig)
     security: SecurityConfig = attrs.Factory(SecurityConfig)
+    auth: AuthConfig = attrs.Factory(AuthConfig)
     # Where the values came from; not configuration itself.
     source: str = attrs.field(default="defaults", eq=False)
     redis_configured: bool = attrs.field(default=False, eq=False)

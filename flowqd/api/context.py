@@ -1,0 +1,79 @@
+"""What every route needs: the daemon's components, the caller, deadlines on the broker."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import TYPE_CHECKING, cast
+
+import attrs
+import trio
+from quart import g
+
+from flowqd.api.http import ApiError, broker_deadline
+from flowqd.api.metrics import ApiMetrics
+from flowqd.auth import KeyRing, Principal
+from flowqd.config import ServerConfig
+from flowqd.jobs import Event, Job
+from flowqd.queue.base import Broker
+
+if TYPE_CHECKING:
+    from flowqd.api.app import ApiState
+
+
+@attrs.define(eq=False)
+class ApiContext:
+    state: ApiState
+    keys: KeyRing
+    metrics: ApiMetrics
+    nursery: trio.Nursery | None = None  # the app's, set at start-up
+
+    @property
+    def server(self) -> ServerConfig:
+        return self.state.config.server
+
+    @contextmanager
+    def broker(self, what: str) -> Iterator[None]:
+        """One bounded exchange with the broker (503 past ``server.broker_timeout_s``)."""
+        with broker_deadline(self.state.config.server.broker_timeout_s, what):
+            yield
+
+    def background(self) -> trio.Nursery:
+        if self.nursery is None:
+            raise ApiError(503, "the server is starting or stopping; try again",
+                           headers={"Retry-After": "1"})
+        return self.nursery
+
+    async def visible_job(self, job_id: str) -> Job:
+        """The job if it exists and the caller may see it; 404 otherwise (never 403:
+        another key's jobs are not even confirmed to exist)."""
+        with self.broker("reading the job"):
+            job = await self.state.broker.get_job(job_id)
+        if job is None or not principal().may_see(job.owner):
+            raise ApiError(404, f"job {job_id} not found (unknown, removed by retention after "
+                                "queue.remove_on_age_s, or created with another API key)")
+        return job
+
+
+def principal() -> Principal:
+    """The caller of the current request, set by the app's authentication hook."""
+    return cast(Principal, g.principal)
+
+
+def require_admin(what: str) -> None:
+    if not principal().admin:
+        raise ApiError(403, f"{what} needs an admin API key (one added with "
+                            "`flowqd keys add NAME --admin`)")
+
+
+@asynccontextmanager
+async def watching(broker: Broker, job_id: str, after: str = "0"
+                   ) -> AsyncIterator[AsyncIterator[Event]]:
+    """``broker.watch_events`` closed on the way out, whatever ended the wait."""
+    events = broker.watch_events(job_id, after=after)
+    try:
+        yield events
+    finally:
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            await aclose()

@@ -1,0 +1,139 @@
+"""Request and response helpers: JSON bodies, errors people can act on, broker deadlines.
+
+Every error body has the keys Flowise clients read (``statusCode``,
+``success``, ``message``) plus whatever helps (``problems``, ``jobId``).
+Messages never quote request values: a credential sent with the wrong type
+must not come back in an answer or a log line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import orjson
+import trio
+from quart import Request, Response
+
+from flowqd.errors import BrokerUnavailable
+
+
+class ApiError(Exception):
+    """An answer other than success; the app's error handler renders it as JSON."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = dict(headers or {})
+        self.extra = extra
+
+
+def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | None = None
+                  ) -> Response:
+    return Response(orjson.dumps(body), status=status, headers=dict(headers or {}),
+                    content_type="application/json")
+
+
+def error_response(status: int, message: str, headers: Mapping[str, str] | None = None,
+                   **extra: Any) -> Response:
+    return json_response({"statusCode": status, "success": False, "message": message, **extra},
+                         status, headers)
+
+
+def unavailable(detail: str) -> ApiError:
+    return ApiError(
+        503,
+        f"{detail}: the broker (Redis) is unreachable or too slow; check that Redis runs "
+        "at redis.url (REDIS_URL) and try again",
+        headers={"Retry-After": "1"},
+    )
+
+
+@contextmanager
+def broker_deadline(seconds: float, what: str) -> Iterator[None]:
+    """Bound one exchange with the broker; past the deadline the client gets 503, not a hang."""
+    try:
+        with trio.fail_after(seconds):
+            yield
+    except trio.TooSlowError:
+        raise unavailable(f"{what}: no answer within {seconds:g}s") from None
+    except BrokerUnavailable as exc:
+        raise unavailable(f"{what}: {exc}") from None
+
+
+async def read_json(request: Request) -> Any:
+    """The request body as JSON; 400 naming the position when it is malformed.
+
+    The size limit is the app's ``MAX_CONTENT_LENGTH`` (``server.max_body_bytes``):
+    a larger body raises RequestEntityTooLarge, answered with 413.
+    """
+    data = await request.get_data(cache=False, as_text=False)
+    if not data.strip():
+        raise ApiError(400, "the request body is empty: send a JSON document "
+                            "(Content-Type: application/json)")
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(
+            400,
+            f"malformed JSON at line {exc.lineno}, column {exc.colno} (byte {exc.pos}): "
+            f"{exc.msg}; fix the request body",
+        ) from None
+
+
+def type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+class Problems:
+    """Every problem of a request body, each with its JSON path, reported in one 422."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str]] = []
+
+    def add(self, path: str, message: str) -> None:
+        self.items.append((path, message))
+
+    def expect(self, value: Any, kinds: tuple[type, ...], path: str, wanted: str) -> bool:
+        """True when ``value`` is one of ``kinds`` (bools are not numbers); else a problem."""
+        ok = isinstance(value, kinds) and not (
+            isinstance(value, bool) and bool not in kinds)
+        if not ok:
+            self.add(path, f"expected {wanted}, got {type_name(value)}")
+        return ok
+
+    def raise_if_any(self, what: str = "invalid request body") -> None:
+        if self.items:
+            summary = "; ".join(f"{path}: {message}" for path, message in self.items[:5])
+            more = f" (and {len(self.items) - 5} more)" if len(self.items) > 5 else ""
+            raise ApiError(422, f"{what}: {summary}{more}",
+                           problems=[{"path": p, "message": m} for p, m in self.items])
+
+
+def require_object(body: Any, what: str = "the request body") -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise ApiError(422, f"{what} must be a JSON object, got {type_name(body)}",
+                       problems=[{"path": "$", "message": f"expected an object, got "
+                                                          f"{type_name(body)}"}])
+    return body

@@ -1,0 +1,271 @@
+"""Jobs: enqueue (one or many), read, list, cancel, and their event streams (SSE)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import trio
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from flowqd.api import sse
+from flowqd.api.context import ApiContext, principal, watching
+from flowqd.api.http import ApiError, Problems, json_response, read_json, require_object
+from flowqd.api.predictions import load_flow
+from flowqd.errors import BrokerUnavailable
+from flowqd.flows import CompiledFlow
+from flowqd.jobs import TERMINAL_EVENTS, TERMINAL_STATUSES, Job, JobSpec, JobStatus
+from flowqd.queue.policy import parse_event_id
+
+BULK_MAX = 1000
+JOB_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+SPEC_KEYS = ("flow", "inputs", "job_id", "delay_s", "max_attempts", "timeout_s")
+KEEP_ALIVE = sse.sse_comment("keep-alive")
+# Sent first: EventSource clients reconnect after this many ms, and the
+# response headers leave at once instead of with the first event.
+RETRY = b"retry: 2000\n\n"
+REPLAY_PAGE = 1000
+
+
+def job_json(job: Job) -> dict[str, Any]:
+    error = None
+    if job.error is not None:
+        # Tracebacks stay in the job record and the worker's log.
+        error = {k: v for k, v in job.error.items() if k != "traceback"}
+    duration = (job.finished_at - job.started_at
+                if job.finished_at is not None and job.started_at is not None else None)
+    base = f"/api/v1/jobs/{job.id}"
+    return {
+        "id": job.id, "flow_id": job.flow_id, "flow_version": job.flow_version,
+        "status": job.status.value, "attempts": job.attempts, "max_attempts": job.max_attempts,
+        "timeout_s": job.timeout_s, "owner": job.owner, "inputs": job.inputs,
+        "created_at": job.created_at, "started_at": job.started_at,
+        "finished_at": job.finished_at, "duration_s": duration,
+        "result": job.result, "error": error, "nodes": job.nodes, "worker": job.worker,
+        "cancel_requested": job.cancel_requested,
+        "links": {"self": base, "events": f"{base}/events", "cancel": f"{base}/cancel"},
+    }
+
+
+def _number(problems: Problems, raw: dict[str, Any], key: str, path: str, *, integer: bool,
+            minimum: float, strict: bool) -> Any:
+    value = raw.get(key)
+    if value is None:
+        return None
+    kinds: tuple[type, ...] = (int,) if integer else (int, float)
+    if not problems.expect(value, kinds, f"{path}.{key}", "an integer" if integer else "a number"):
+        return None
+    if value < minimum or (strict and value == minimum):
+        problems.add(f"{path}.{key}", f"must be {'greater than' if strict else 'at least'} "
+                                      f"{minimum:g}")
+        return None
+    return value
+
+
+def parse_spec(raw: Any, path: str, problems: Problems) -> dict[str, Any] | None:
+    if not problems.expect(raw, (dict,), path, "a job object with \"flow\" and \"inputs\""):
+        return None
+    for key in raw:
+        if key not in SPEC_KEYS:
+            problems.add(f"{path}.{key}", f"unknown key; known keys: {', '.join(SPEC_KEYS)}")
+    flow = raw.get("flow")
+    if flow is None:
+        problems.add(f"{path}.flow", "missing: name the flow to run")
+    else:
+        problems.expect(flow, (str,), f"{path}.flow", "a flow id")
+    inputs = raw.get("inputs", {})
+    problems.expect(inputs, (dict,), f"{path}.inputs", "an object")
+    job_id = raw.get("job_id")
+    if job_id is not None and problems.expect(job_id, (str,), f"{path}.job_id", "a string") \
+            and not JOB_ID.fullmatch(job_id):
+        problems.add(f"{path}.job_id", "use 1-128 letters, digits and _ . : -")
+    return {
+        "flow": flow, "inputs": inputs, "job_id": job_id,
+        "delay_s": _number(problems, raw, "delay_s", path, integer=False, minimum=0,
+                           strict=False) or 0.0,
+        "max_attempts": _number(problems, raw, "max_attempts", path, integer=True, minimum=1,
+                                strict=False),
+        "timeout_s": _number(problems, raw, "timeout_s", path, integer=False, minimum=0,
+                             strict=True),
+    }
+
+
+async def build_specs(ctx: ApiContext, body: Any) -> tuple[list[JobSpec], bool]:
+    """The body's jobs, all checked before any is enqueued; bulk form is ``{"jobs": [...]}``."""
+    body = require_object(body)
+    problems = Problems()
+    bulk = "jobs" in body
+    if bulk:
+        if set(body) != {"jobs"}:
+            problems.add("$", "the bulk form has one key, \"jobs\"")
+        raw_jobs = body["jobs"]
+        if not problems.expect(raw_jobs, (list,), "$.jobs", "an array of job objects"):
+            raw_jobs = []
+        elif not raw_jobs:
+            problems.add("$.jobs", "is empty: send at least one job")
+        elif len(raw_jobs) > BULK_MAX:
+            problems.add("$.jobs", f"has {len(raw_jobs)} jobs; send at most {BULK_MAX} a request")
+        drafts = [(parse_spec(raw, f"$.jobs[{i}]", problems), f"$.jobs[{i}]")
+                  for i, raw in enumerate(raw_jobs[:BULK_MAX])]
+    else:
+        drafts = [(parse_spec(body, "$", problems), "$")]
+    problems.raise_if_any()
+    flows: dict[str, CompiledFlow | None] = {}
+    missing = Problems()
+    for draft, path in drafts:
+        assert draft is not None
+        flow_id = draft["flow"]
+        if flow_id not in flows:
+            try:
+                flows[flow_id] = await load_flow(ctx, flow_id)
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+                flows[flow_id] = None
+        flow = flows[flow_id]
+        if flow is None:
+            missing.add(f"{path}.flow", f"flow {flow_id!r} not found: register it with "
+                                        f"PUT /api/v1/flows/{flow_id}")
+            continue
+        for name in sorted(flow.flow_inputs - draft["inputs"].keys()):
+            problems.add(f"{path}.inputs.{name}", f"flow {flow_id!r} reads ${name}: "
+                                                  "add it to inputs")
+    if missing.items:
+        raise ApiError(404, "; ".join(f"{p}: {m}" for p, m in missing.items),
+                       problems=[{"path": p, "message": m} for p, m in missing.items])
+    problems.raise_if_any("the jobs cannot run with these inputs")
+    owner = principal().name
+    specs = []
+    for draft, _path in drafts:
+        assert draft is not None
+        flow = flows[draft["flow"]]
+        assert flow is not None
+        specs.append(JobSpec(flow_id=flow.id, flow_version=flow.version or 0,
+                             inputs=draft["inputs"], job_id=draft["job_id"],
+                             delay_s=float(draft["delay_s"]), max_attempts=draft["max_attempts"],
+                             timeout_s=draft["timeout_s"], owner=owner))
+    return specs, bulk
+
+
+def _query_int(name: str, default: int, maximum: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or int(raw) > maximum:
+        raise ApiError(400, f"query parameter {name} must be a whole number from 0 to {maximum}")
+    return int(raw)
+
+
+def register(app: QuartTrio, ctx: ApiContext) -> None:
+    broker = ctx.state.broker
+
+    @app.post("/api/v1/jobs")
+    async def enqueue() -> Response:
+        specs, bulk = await build_specs(ctx, await read_json(request))
+        with ctx.broker("enqueueing"):
+            ids = await broker.enqueue(specs)
+        ctx.metrics.enqueued.inc(len(ids))
+        if bulk:
+            return json_response({"jobs": [{"id": i, "location": f"/api/v1/jobs/{i}"}
+                                            for i in ids]}, 202)
+        location = f"/api/v1/jobs/{ids[0]}"
+        status = JobStatus.DELAYED if specs[0].delay_s > 0 else JobStatus.WAITING
+        return json_response({"id": ids[0], "status": status.value, "location": location,
+                              "events": f"{location}/events"}, 202, {"Location": location})
+
+    @app.get("/api/v1/jobs")
+    async def list_jobs() -> Response:
+        raw = request.args.get("status")
+        try:
+            states = [JobStatus(raw)] if raw else list(JobStatus)
+        except ValueError:
+            raise ApiError(400, f"status must be one of {', '.join(s.value for s in JobStatus)}"
+                           ) from None
+        limit = _query_int("limit", 50, 1000)
+        offset = _query_int("offset", 0, 1_000_000)
+        found: list[Job] = []
+        with ctx.broker("listing jobs"):
+            for state in states:
+                found += await broker.list_jobs(state, offset=offset, limit=limit)
+        who = principal()
+        found = sorted((j for j in found if who.may_see(j.owner)),
+                       key=lambda j: j.created_at, reverse=True)[:limit]
+        return json_response({"jobs": [job_json(j) for j in found]})
+
+    @app.get("/api/v1/jobs/<job_id>")
+    async def get_job(job_id: str) -> Response:
+        return json_response(job_json(await ctx.visible_job(job_id)))
+
+    @app.post("/api/v1/jobs/<job_id>/cancel")
+    async def cancel(job_id: str) -> Response:
+        job = await ctx.visible_job(job_id)
+        if job.status in (JobStatus.COMPLETED, JobStatus.FAILED):
+            raise ApiError(409, f"job {job_id} already {job.status.value}; nothing to cancel")
+        who = principal().name
+        with ctx.broker("cancelling the job"):
+            now = await broker.cancel(job_id, reason=f"cancelled by {who or 'an API call'}")
+        if now is None:
+            raise ApiError(404, f"job {job_id} not found (removed by retention)")
+        # 202: a running job stops when its worker hears of it.
+        return json_response(job_json(now), 200 if now.status in TERMINAL_STATUSES else 202)
+
+    @app.get("/api/v1/jobs/<job_id>/events")
+    async def events(job_id: str) -> Response:
+        after = request.headers.get("Last-Event-ID") or request.args.get("after") or "0"
+        try:
+            parse_event_id(after)
+        except ValueError:
+            raise ApiError(400, "Last-Event-ID (or ?after=) must be an event id such as "
+                                "'1712345678901-0' from this stream's id: lines, or '0'"
+                           ) from None
+        job = await ctx.visible_job(job_id)
+        return event_stream(ctx, job, after)
+
+
+def event_stream(ctx: ApiContext, job: Job, after: str) -> Response:
+    broker = ctx.state.broker
+    server = ctx.state.config.server
+
+    async def replay(send: sse.Send) -> None:
+        # The job ended before we looked: its stream is complete, read it in pages.
+        cursor = after
+        while True:
+            with trio.fail_after(server.broker_timeout_s * 5):
+                page = await broker.read_events(job.id, after=cursor, count=REPLAY_PAGE)
+            for event in page:
+                await send.send(sse.sse_event(event.id, event.name, event.data))
+                if event.name in TERMINAL_EVENTS:
+                    return
+            if len(page) < REPLAY_PAGE:
+                return
+            cursor = page[-1].id
+
+    async def live(send: sse.Send) -> None:
+        async with watching(broker, job.id, after) as events:
+            async for event in events:
+                await send.send(sse.sse_event(event.id, event.name, event.data))
+
+    async def produce(send: sse.Send, stream: sse.Stream) -> None:
+        await send.send(RETRY)
+        pump = replay if job.status in TERMINAL_STATUSES else live
+
+        async def run_pump() -> None:
+            try:
+                await pump(send)
+            except (BrokerUnavailable, trio.TooSlowError):
+                # The client reconnects with Last-Event-ID and loses nothing.
+                await send.send(sse.sse_comment("broker unreachable; reconnect with "
+                                                "Last-Event-ID to resume"))
+
+        await sse.drive(send, run_pump, heartbeat=KEEP_ALIVE, heartbeat_s=server.heartbeat_s,
+                        shutdown=ctx.state.shutdown)
+
+    def opened() -> None:
+        ctx.metrics.open_streams += 1
+
+    def closed() -> None:
+        ctx.metrics.open_streams -= 1
+
+    return sse.stream_response(ctx.background(), produce, name=f"events of job {job.id}",
+                               on_open=opened, on_close=closed)

@@ -1,0 +1,223 @@
+"""``GET /api/v1/openapi.json``: every route, its body and its errors (OpenAPI 3.1).
+
+Written by hand next to the routes; a test checks that every route of the
+app appears here with its methods.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flowqd._version import __version__
+
+Schema = dict[str, Any]
+
+ERROR: Schema = {
+    "type": "object",
+    "required": ["statusCode", "success", "message"],
+    "properties": {
+        "statusCode": {"type": "integer"},
+        "success": {"const": False},
+        "message": {"type": "string", "description": "what went wrong and what to do"},
+        "problems": {"type": "array", "items": {
+            "type": "object", "properties": {"path": {"type": "string"},
+                                             "message": {"type": "string"}}}},
+        "jobId": {"type": "string"},
+    },
+}
+ERRORS = {
+    "400": "malformed JSON (the message names line, column and byte) or a bad query parameter",
+    "401": "missing or unknown API key (Authorization: Bearer <key>)",
+    "403": "the route needs an admin key",
+    "404": "unknown flow, job or credential (another key's jobs are 404 too)",
+    "409": "the request conflicts with the current state (say, cancelling a finished job)",
+    "413": "body larger than server.max_body_bytes",
+    "422": "well-formed JSON that is not a valid request; problems lists each with its path",
+    "503": "the broker (Redis) is unreachable or slow, or the server is stopping",
+}
+JSON_ANY: Schema = {"type": "object", "additionalProperties": True}
+
+
+def _errors(*codes: str) -> dict[str, Any]:
+    return {code: {"description": ERRORS[code], "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        for code in codes}
+
+
+def _json(description: str, schema: Schema | None = None) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": schema or JSON_ANY}}}
+
+
+def _body(schema: Schema, description: str = "") -> dict[str, Any]:
+    return {"required": True, "description": description,
+            "content": {"application/json": {"schema": schema}}}
+
+
+def _param(name: str, where: str = "path", description: str = "") -> dict[str, Any]:
+    return {"name": name, "in": where, "required": where == "path",
+            "schema": {"type": "string"}, "description": description}
+
+
+def _op(summary: str, responses: dict[str, Any], *, params: list[dict[str, Any]] | None = None,
+        body: dict[str, Any] | None = None, errors: tuple[str, ...] = (),
+        open_route: bool = False) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary,
+                          "responses": {**responses, **_errors(*errors)}}
+    if params:
+        op["parameters"] = params
+    if body:
+        op["requestBody"] = body
+    if open_route:
+        op["security"] = []
+    return op
+
+
+PREDICTION_BODY: Schema = {
+    "type": "object",
+    "properties": {
+        "question": {"type": ["string", "null"]},
+        "streaming": {"type": ["boolean", "string", "null"],
+                      "description": "true: answer as server-sent events in Flowise's format"},
+        "chatId": {"type": ["string", "null"]},
+        "overrideConfig": {"type": ["object", "null"],
+                           "description": "sessionId and values flows read as $overrideConfig.x"},
+        "history": {"type": ["array", "null"]},
+        "uploads": {"type": ["array", "null"]},
+        "form": {"type": ["object", "null"]},
+    },
+}
+PREDICTION_ANSWER: Schema = {
+    "type": "object",
+    "properties": {k: {"type": "string"} for k in (
+        "text", "question", "chatId", "chatMessageId", "executionId", "sessionId")}
+    | {"agentFlowExecutedData": {"type": "array", "items": JSON_ANY}, "json": {}},
+}
+JOB_SPEC: Schema = {
+    "type": "object",
+    "required": ["flow"],
+    "properties": {
+        "flow": {"type": "string"},
+        "inputs": {"type": "object"},
+        "job_id": {"type": "string", "description": "idempotency: the same id makes one job"},
+        "delay_s": {"type": "number", "minimum": 0},
+        "max_attempts": {"type": "integer", "minimum": 1},
+        "timeout_s": {"type": "number", "exclusiveMinimum": 0},
+    },
+}
+JOB: Schema = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"}, "flow_id": {"type": "string"},
+        "flow_version": {"type": "integer"},
+        "status": {"enum": ["waiting", "delayed", "active", "completed", "failed", "cancelled"]},
+        "attempts": {"type": "integer"}, "result": {}, "error": {"type": ["object", "null"]},
+        "nodes": {"type": "array", "items": JSON_ANY},
+        "created_at": {"type": "number"}, "started_at": {"type": ["number", "null"]},
+        "finished_at": {"type": ["number", "null"]},
+    },
+}
+SSE = {"text/event-stream": {"schema": {"type": "string"}}}
+
+
+def spec() -> dict[str, Any]:
+    job_id = [_param("job_id")]
+    flow_id = [_param("flow_id")]
+    paths: dict[str, Any] = {
+        "/api/v1/ping": {"get": _op("Liveness: answers pong", {
+            "200": {"description": "pong", "content": {"text/plain": {}}}}, open_route=True)},
+        "/metrics": {"get": _op("Prometheus metrics: requests, latencies, jobs by outcome, "
+                                "queue depth", {"200": {"description": "text format"}},
+                                open_route=True)},
+        "/api/v1/openapi.json": {"get": _op("This document", {"200": _json("OpenAPI 3.1")},
+                                            open_route=True)},
+        "/api/v1/prediction/{flow_id}": {"post": _op(
+            "Run a flow and wait for its answer (Flowise-compatible)",
+            {"200": {"description": "the answer; with streaming, server-sent events framed "
+                                    "message:\\ndata:{\"event\",\"data\"}, ending with end",
+                     "content": {"application/json": {"schema": PREDICTION_ANSWER}, **SSE}},
+             "500": _json("the job failed: message says which node and why", ERROR),
+             "504": _json("no result within server.prediction_timeout_s; jobId names the job, "
+                          "which goes on", ERROR)},
+            params=flow_id, body=_body(PREDICTION_BODY),
+            errors=("400", "401", "404", "409", "413", "422", "503"))},
+        "/api/v1/chatflows-streaming/{flow_id}": {"get": _op(
+            "Whether the flow can stream (always true; the Flowise SDKs ask first)",
+            {"200": _json("{\"isStreaming\": true}")}, params=flow_id, open_route=True)},
+        "/api/v1/jobs": {
+            "post": _op("Enqueue a job, or many with {\"jobs\": [...]}",
+                        {"202": _json("the job's id and location (Location header too); bulk: "
+                                      "{\"jobs\": [{id, location}]}")},
+                        body=_body({"oneOf": [JOB_SPEC, {"type": "object", "properties": {
+                            "jobs": {"type": "array", "items": JOB_SPEC}}}]}),
+                        errors=("400", "401", "404", "413", "422", "503")),
+            "get": _op("List the caller's jobs, newest first",
+                       {"200": _json("{\"jobs\": [...]}")},
+                       params=[_param("status", "query"), _param("limit", "query"),
+                               _param("offset", "query")],
+                       errors=("400", "401", "503")),
+        },
+        "/api/v1/jobs/{job_id}": {"get": _op(
+            "A job: status, attempts, timings, result or error, per-node data",
+            {"200": _json("the job", JOB)}, params=job_id, errors=("401", "404", "503"))},
+        "/api/v1/jobs/{job_id}/cancel": {"post": _op(
+            "Cancel a job (queued: at once; running: its worker stops it)",
+            {"200": _json("cancelled", JOB), "202": _json("running: cancel requested", JOB)},
+            params=job_id, errors=("401", "404", "409", "503"))},
+        "/api/v1/jobs/{job_id}/events": {"get": _op(
+            "The job's events as server-sent events (id:, event:, data: JSON); resumes after "
+            "Last-Event-ID (or ?after=); a finished job's stream is replayed; ends after the "
+            "terminal event (end, error or cancelled)",
+            {"200": {"description": "event stream", "content": SSE}},
+            params=[*job_id, _param("Last-Event-ID", "header"), _param("after", "query")],
+            errors=("400", "401", "404", "503"))},
+        "/api/v1/flows": {"get": _op("Flow ids and current versions",
+                                     {"200": _json("{\"flows\": [{id, version}]}")},
+                                     errors=("401", "503"))},
+        "/api/v1/flows/{flow_id}": {
+            "get": _op("A flow document", {"200": _json("{id, version, flow}")},
+                       params=[*flow_id, _param("version", "query")],
+                       errors=("400", "401", "404", "409", "503")),
+            "put": _op("Register a new version of a flow (admin)",
+                       {"200": _json("{id, version}")}, params=flow_id,
+                       body=_body(JSON_ANY, "{id?, nodes, output}"),
+                       errors=("400", "401", "403", "413", "422", "503")),
+            "delete": _op("Forget a flow (queued jobs still run their version) (admin)",
+                          {"204": {"description": "deleted"}}, params=flow_id,
+                          errors=("401", "403", "404", "503")),
+        },
+        "/api/v1/credentials": {"get": _op("Credential names, never values (admin)",
+                                           {"200": _json("{\"credentials\": [names]}")},
+                                           errors=("401", "403", "503"))},
+        "/api/v1/credentials/{name}": {
+            "put": _op("Store a credential, sealed with security.secret_key (admin)",
+                       {"204": {"description": "stored"}}, params=[_param("name")],
+                       body=_body({"type": "object", "required": ["value"],
+                                   "properties": {"value": {"type": "string"}}}),
+                       errors=("400", "401", "403", "413", "422", "503")),
+            "delete": _op("Delete a credential (admin)", {"204": {"description": "deleted"}},
+                          params=[_param("name")], errors=("401", "403", "404", "503")),
+        },
+        "/api/v1/queue": {"get": _op("Jobs per state, paused or not, live workers",
+                                     {"200": _json("{name, paused, counts, workers}")},
+                                     errors=("401", "503"))},
+        "/api/v1/queue/pause": {"post": _op("Stop workers claiming jobs (admin)",
+                                            {"200": _json("{\"paused\": true}")},
+                                            errors=("401", "403", "503"))},
+        "/api/v1/queue/resume": {"post": _op("Let workers claim jobs again (admin)",
+                                             {"200": _json("{\"paused\": false}")},
+                                             errors=("401", "403", "503"))},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "flowqd", "version": __version__,
+                 "description": "Queue-mode flow execution daemon, main role API. Every error "
+                                "body is JSON with statusCode, success and message."},
+        "paths": paths,
+        "components": {
+            "schemas": {"Error": ERROR},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "description": "a key from `flowqd keys add NAME`"}},
+        },
+        "security": [{"bearer": []}],
+    }

@@ -1,0 +1,270 @@
+"""``POST /api/v1/prediction/{flow_id}``: Flowise-compatible, JSON or streamed.
+
+Everything that can fail because of the request (body, flow, inputs, the
+broker) is answered before a stream starts, so a bad request is a plain
+JSON error even with ``"streaming": true``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import trio
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from flowqd.api import flowise, sse
+from flowqd.api.context import ApiContext, principal, watching
+from flowqd.api.http import ApiError, Problems, error_response, json_response, read_json
+from flowqd.errors import FlowValidationError
+from flowqd.flows import CompiledFlow
+from flowqd.jobs import CANCELLED, END, ERROR, TERMINAL_EVENTS, Event, JobSpec, new_job_id
+
+# Flowise body keys carried into the job's inputs when present.
+PASSED_THROUGH = ("uploads", "form")
+
+
+@attrs.frozen
+class PredictionRequest:
+    question: str | None
+    streaming: bool
+    chat_id: str | None
+    override: dict[str, Any]
+    history: list[Any]
+    extra: dict[str, Any]
+
+
+def parse_request(body: dict[str, Any]) -> PredictionRequest:
+    """The Flowise body: unknown keys are ignored (SDKs send ``chatflowId``, ``leadEmail``...),
+    ``null`` is accepted wherever a key is optional (the Python SDK sends it)."""
+    problems = Problems()
+    question = body.get("question")
+    if question is not None:
+        problems.expect(question, (str,), "$.question", "a string")
+    streaming = body.get("streaming", False)
+    if isinstance(streaming, str) and streaming.lower() in ("true", "false"):
+        streaming = streaming.lower() == "true"  # Flowise accepts the strings too
+    elif streaming is None:
+        streaming = False
+    else:
+        problems.expect(streaming, (bool,), "$.streaming", "true or false")
+    chat_id = body.get("chatId")
+    if chat_id is not None and problems.expect(chat_id, (str,), "$.chatId", "a string") \
+            and not chat_id.strip():
+        problems.add("$.chatId", "must not be empty (leave it out for a new chat)")
+    override = body.get("overrideConfig")
+    override = {} if override is None else override
+    problems.expect(override, (dict,), "$.overrideConfig", "an object")
+    history = body.get("history")
+    history = [] if history is None else history
+    problems.expect(history, (list,), "$.history", "an array")
+    session = override.get("sessionId") if isinstance(override, dict) else None
+    if session is not None:
+        problems.expect(session, (str,), "$.overrideConfig.sessionId", "a string")
+    extra = {k: body[k] for k in PASSED_THROUGH if body.get(k) is not None}
+    problems.raise_if_any()
+    return PredictionRequest(question, bool(streaming), chat_id, override, history, extra)
+
+
+def job_inputs(req: PredictionRequest, chat: flowise.Chat) -> dict[str, Any]:
+    inputs: dict[str, Any] = {
+        "chatId": chat.chat_id,
+        "sessionId": chat.session_id,
+        "overrideConfig": req.override,
+        "history": req.history,
+        **req.extra,
+    }
+    if req.question is not None:
+        inputs["question"] = req.question
+    return inputs
+
+
+def check_inputs(flow: CompiledFlow, req: PredictionRequest, inputs: dict[str, Any]) -> None:
+    """422 for a request the flow cannot run with (Flowise would run it with "undefined")."""
+    problems = Problems()
+    # A flow that names no inputs may still read the question directly (echo does).
+    wants_question = "question" in flow.flow_inputs or not flow.flow_inputs
+    if wants_question and "form" not in inputs and not (req.question or "").strip():
+        problems.add("$.question", f"flow {flow.id!r} needs a question: send a non-empty "
+                                   "\"question\"")
+    for name in sorted(flow.flow_inputs - {"question"} - inputs.keys()):
+        problems.add(f"$.{name}", f"flow {flow.id!r} reads ${name}, which this request "
+                                  "does not send")
+    problems.raise_if_any("the flow cannot run with this request")
+
+
+async def load_flow(ctx: ApiContext, flow_id: str) -> CompiledFlow:
+    try:
+        with ctx.broker("looking up the flow"):
+            flow = await ctx.state.flows.get(flow_id)
+    except FlowValidationError as exc:
+        raise ApiError(409, f"flow {flow_id!r} is stored but no longer valid (a node type's "
+                            f"plugin removed?): {exc}; register it again with PUT",
+                       problems=[{"path": p, "message": m} for p, m in exc.problems]) from None
+    if flow is None:
+        raise ApiError(404, f"Chatflow {flow_id} not found: register it with "
+                            f"PUT /api/v1/flows/{flow_id} (GET /api/v1/flows lists flows)")
+    return flow
+
+
+def register(app: QuartTrio, ctx: ApiContext) -> None:
+    @app.post("/api/v1/prediction/<flow_id>")
+    async def prediction(flow_id: str) -> Response:
+        body = await read_json(request)
+        if not isinstance(body, dict):
+            raise ApiError(422, "the request body must be a JSON object such as "
+                                "{\"question\": \"hi\"}")
+        req = parse_request(body)
+        flow = await load_flow(ctx, flow_id)
+        job_id = new_job_id()
+        chat = flowise.Chat.new(req.question, req.chat_id, req.override.get("sessionId"), job_id)
+        inputs = job_inputs(req, chat)
+        check_inputs(flow, req, inputs)
+        spec = JobSpec(flow_id=flow.id, flow_version=flow.version or 0, inputs=inputs,
+                       job_id=job_id, owner=principal().name)
+        with ctx.broker("enqueueing the job"):
+            await ctx.state.broker.enqueue([spec])
+        ctx.metrics.enqueued.inc()
+        if req.streaming:
+            return stream(ctx, flow, chat)
+        return await wait(ctx, chat)
+
+    @app.get("/api/v1/chatflows-streaming/<flow_id>")
+    async def chatflow_streaming(flow_id: str) -> Response:
+        # The Flowise SDKs ask this (without credentials) before every
+        # prediction; every flowqd flow can stream, so the answer reveals nothing.
+        return json_response({"isStreaming": True})
+
+
+async def _cancel_job(ctx: ApiContext, job_id: str) -> None:
+    with trio.move_on_after(ctx.state.config.server.broker_timeout_s * 5):
+        await ctx.state.broker.cancel(job_id, reason="client disconnected")
+
+
+def _only_cancelled(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(trio.Cancelled)[1] is None
+    return isinstance(exc, trio.Cancelled)
+
+
+async def wait(ctx: ApiContext, chat: flowise.Chat) -> Response:
+    """Wait for the job's terminal event under the deadline; answer as Flowise does."""
+    server = ctx.state.config.server
+    job_id = chat.execution_id
+    terminal: Event | None = None
+    shortened = False
+    ctx.metrics.open_waits += 1
+    try:
+        async with trio.open_nursery() as nursery:
+            scope = trio.CancelScope(deadline=trio.current_time() + server.prediction_timeout_s)
+
+            async def shorten_on_shutdown() -> None:
+                # The result may still come while the server drains; answer
+                # before hypercorn's graceful stop would cut the connection.
+                nonlocal shortened
+                await ctx.state.shutdown.wait()
+                drain = ctx.state.config.worker.shutdown_grace_s / 2
+                if trio.current_time() + drain < scope.deadline:
+                    shortened = True
+                    scope.deadline = trio.current_time() + drain
+
+            nursery.start_soon(shorten_on_shutdown)
+            with scope:
+                async with watching(ctx.state.broker, job_id) as events:
+                    async for event in events:
+                        if event.name in TERMINAL_EVENTS:
+                            terminal = event
+            nursery.cancel_scope.cancel()
+    except BaseException as exc:
+        # Cancelled: the client went away (or hypercorn gave up on us at shutdown).
+        if _only_cancelled(exc) and server.cancel_on_disconnect \
+                and not ctx.state.shutdown.is_set():
+            with trio.CancelScope(shield=True):
+                await _cancel_job(ctx, job_id)
+        raise
+    finally:
+        ctx.metrics.open_waits -= 1
+    where = {"jobId": job_id, "executionId": job_id, "chatId": chat.chat_id}
+    location = {"Location": f"/api/v1/jobs/{job_id}"}
+
+    def failed(status: int, message: str, headers: dict[str, str] | None = None,
+               node: str | None = None) -> Response:
+        extra: dict[str, Any] = dict(where)
+        if node is not None:
+            extra["node"] = node
+        return error_response(status, message, headers, **extra)
+
+    if terminal is None:
+        ctx.metrics.jobs.inc(outcome="timeout")
+        if shortened:
+            return failed(503, f"the server is shutting down; job {job_id} goes on: "
+                               f"read its result at GET /api/v1/jobs/{job_id}",
+                          {**location, "Retry-After": "1"})
+        return failed(504, f"no result within {server.prediction_timeout_s:g}s "
+                           f"(server.prediction_timeout_s); job {job_id} goes on: read its "
+                           f"result at GET /api/v1/jobs/{job_id}", location)
+    if terminal.name == END:
+        ctx.metrics.jobs.inc(outcome="completed")
+        job = None
+        with trio.move_on_after(server.broker_timeout_s):
+            # Per-node data only; the result itself came with the event.
+            job = await ctx.state.broker.get_job(job_id)
+        return json_response(flowise.answer(chat, terminal.data, job))
+    if terminal.name == ERROR:
+        ctx.metrics.jobs.inc(outcome="failed")
+        node = terminal.data.get("node") if isinstance(terminal.data, dict) else None
+        return failed(500, flowise.failure_message(terminal.data), node=node)
+    assert terminal.name == CANCELLED
+    ctx.metrics.jobs.inc(outcome="cancelled")
+    reason = terminal.data.get("reason") if isinstance(terminal.data, dict) else None
+    return failed(409, f"job {job_id} was cancelled" + (f" ({reason})" if reason else "")
+                  + "; send the prediction again to run it")
+
+
+def stream(ctx: ApiContext, flow: CompiledFlow, chat: flowise.Chat) -> Response:
+    server = ctx.state.config.server
+    job_id = chat.execution_id
+
+    async def produce(send: sse.Send, stream: sse.Stream) -> None:
+        translator = flowise.StreamTranslator(flow, chat)
+        if server.cancel_on_disconnect:
+            async def cancel_unfinished() -> None:
+                if not translator.finished:
+                    await _cancel_job(ctx, job_id)
+
+            stream.on_client_gone = cancel_unfinished
+        for chunk in translator.start():
+            await send.send(chunk)
+
+        async def pump() -> None:
+            async with watching(ctx.state.broker, job_id) as events:
+                async for event in events:
+                    for chunk in translator.translate(event):
+                        await send.send(chunk)
+
+        outcome = await sse.drive(send, pump, heartbeat=flowise.HEARTBEAT,
+                                  heartbeat_s=server.heartbeat_s, shutdown=ctx.state.shutdown,
+                                  deadline_s=server.prediction_timeout_s)
+        if translator.outcome is not None:
+            ctx.metrics.jobs.inc(outcome=translator.outcome)
+            return
+        ctx.metrics.jobs.inc(outcome="timeout")
+        if outcome == "shutdown":
+            message = (f"the server is shutting down; job {job_id} goes on: read its result "
+                       f"at GET /api/v1/jobs/{job_id}")
+        else:
+            message = (f"no result within {server.prediction_timeout_s:g}s "
+                       f"(server.prediction_timeout_s); job {job_id} goes on: read its result "
+                       f"at GET /api/v1/jobs/{job_id}")
+        for chunk in translator.fail(message):
+            await send.send(chunk)
+
+    def opened() -> None:
+        ctx.metrics.open_streams += 1
+
+    def closed() -> None:
+        ctx.metrics.open_streams -= 1
+
+    return sse.stream_response(ctx.background(), produce, name=f"prediction {job_id}",
+                               on_open=opened, on_close=closed)
