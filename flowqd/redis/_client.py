@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -11,7 +11,7 @@ import trio
 
 from flowqd.config import RedisConfig
 from flowqd.errors import BrokerUnavailable, RedisReplyError
-from flowqd.redis._connection import Connection, Connector, command_name
+from flowqd.redis._connection import Connection, Connector, DeadlinePassed, command_name
 from flowqd.redis._pool import Pool
 from flowqd.redis._pubsub import Subscription
 from flowqd.redis._script import Arg, Script, ScriptCall, pack_command
@@ -38,8 +38,9 @@ class Redis:
 
     ``timeout=None`` means ``redis.command_timeout_s``, covering the wait for
     a free connection, connecting, and the reply. Unreachable Redis, a lost
-    connection or the deadline raise BrokerUnavailable; error replies raise
-    RedisReplyError (in pipelines they are returned in the list instead).
+    connection, the deadline, or Redis refusing because it is not ready
+    (LOADING, BUSY, MASTERDOWN) raise BrokerUnavailable; other error replies
+    raise RedisReplyError (in pipelines they are returned in the list instead).
     Replies are hiredis's: bytes, int, list, None; nothing is decoded.
     """
 
@@ -55,23 +56,23 @@ class Redis:
         pool = self._pool
         if timeout is None:
             timeout = self._timeout
-        slot = pool.try_slot()
+        deadline = trio.current_time() + timeout
+        if not pool.try_slot():
+            await self._wait_slot(deadline, timeout)
         connection: Connection | None = None
-        with trio.move_on_after(timeout):
-            if not slot:
-                await pool.wait_slot()
-                slot = True
-            try:
-                connection = pool.take_idle()
-                if connection is None:
-                    connection = await pool.connect()
-                reply = await connection._one(data)
-            finally:
-                pool.release(connection)
-            if reply.__class__ is RedisReplyError:
-                raise reply
-            return reply
-        raise self._timed_out(timeout, slot, connection, command_name(args))
+        try:
+            connection = pool.take_idle()
+            if connection is None:
+                connection = await pool.connect(deadline)
+            [reply] = await connection._request(data, 1, deadline)
+        except DeadlinePassed:
+            stage = "connecting" if connection is None else command_name(args)
+            raise self._connector.timed_out(timeout, stage) from None
+        finally:
+            pool.release(connection)
+        if reply.__class__ is RedisReplyError:
+            raise self._connector.error(reply)
+        return reply
 
     async def pipeline(
         self,
@@ -135,20 +136,20 @@ class Redis:
         self._check_open()
         connector = self._connector
         connection = Connection(connector, name or self._name, dedicated=True)
+        timeout = connector.command_timeout
+        deadline = trio.current_time() + timeout
         try:
-            subscription = None
-            with trio.move_on_after(connector.command_timeout):
-                await connection.connect()
-                replies = await connection._many(
-                    pack_command((b"SUBSCRIBE", *channels)), len(channels)
+            try:
+                await connection.connect(deadline)
+                replies = await connection._request(
+                    pack_command((b"SUBSCRIBE", *channels)), len(channels), deadline
                 )
-                for reply in replies:
-                    if reply.__class__ is RedisReplyError:
-                        raise reply
-                subscription = Subscription(connection, connector, ping_interval)
-            if subscription is None:
-                raise connector.timed_out(connector.command_timeout, "SUBSCRIBE")
-            yield subscription
+            except DeadlinePassed:
+                raise connector.timed_out(timeout, "SUBSCRIBE") from None
+            for reply in replies:
+                if reply.__class__ is RedisReplyError:
+                    raise connector.error(reply)
+            yield Subscription(connection, connector, ping_interval)
         finally:
             connection.close()
 
@@ -168,40 +169,38 @@ class Redis:
 
     async def _on_pool(
         self,
-        operation: Callable[[Connection, T], Coroutine[Any, Any, U]],
+        operation: Callable[[Connection, T, float], Awaitable[U]],
         argument: T,
-        timeout: float | None,  # noqa: ASYNC109
+        limit: float | None,
         what: str,
     ) -> U:
         pool = self._pool
-        if timeout is None:
-            timeout = self._timeout
-        slot = pool.try_slot()
+        timeout = self._timeout if limit is None else limit
+        deadline = trio.current_time() + timeout
+        if not pool.try_slot():
+            await self._wait_slot(deadline, timeout)
         connection: Connection | None = None
-        with trio.move_on_after(timeout):
-            if not slot:
-                await pool.wait_slot()
-                slot = True
-            try:
-                connection = pool.take_idle()
-                if connection is None:
-                    connection = await pool.connect()
-                return await operation(connection, argument)
-            finally:
-                pool.release(connection)
-        raise self._timed_out(timeout, slot, connection, what)
+        try:
+            connection = pool.take_idle()
+            if connection is None:
+                connection = await pool.connect(deadline)
+            return await operation(connection, argument, deadline)
+        except DeadlinePassed:
+            stage = "connecting" if connection is None else what
+            raise self._connector.timed_out(timeout, stage) from None
+        finally:
+            pool.release(connection)
 
-    def _timed_out(
-        self, timeout: float, slot: bool, connection: Connection | None, what: str
-    ) -> BrokerUnavailable:
-        if not slot:
-            pool = self._pool
-            return BrokerUnavailable(
-                f"no free connection to Redis at {self._connector.target.address} within "
-                f"{timeout:g}s: all {pool.max_connections} were busy; raise "
-                "redis.max_connections, or look for slow or blocking commands on the pool"
-            )
-        return self._connector.timed_out(timeout, "connecting" if connection is None else what)
+    async def _wait_slot(self, deadline: float, limit: float) -> None:
+        pool = self._pool
+        with trio.move_on_at(deadline):
+            await pool.wait_slot()
+            return
+        raise BrokerUnavailable(
+            f"no free connection to Redis at {self._connector.target.address} within "
+            f"{limit:g}s: all {pool.max_connections} were busy; raise "
+            "redis.max_connections, or look for slow or blocking commands on the pool"
+        )
 
     def _check_open(self) -> None:
         if self._pool.closed:

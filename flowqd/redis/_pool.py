@@ -57,10 +57,10 @@ class Pool:
                 return connection
         return None
 
-    async def connect(self) -> Connection:
+    async def connect(self, deadline: float) -> Connection:
         """A new connection, for the slot the caller holds."""
         connection = Connection(self._connector, self._name, dedicated=False)
-        await connection.connect()
+        await connection.connect(deadline)
         return connection
 
     def release(self, connection: Connection | None) -> None:

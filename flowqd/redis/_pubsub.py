@@ -7,7 +7,7 @@ from typing import Any
 import trio
 
 from flowqd.errors import BrokerUnavailable
-from flowqd.redis._connection import Connection, Connector
+from flowqd.redis._connection import Connection, Connector, DeadlinePassed
 from flowqd.redis._script import pack_command
 
 _PING = pack_command((b"PING",))
@@ -45,9 +45,12 @@ class Subscription:
         with trio.move_on_after(self._ping_interval):
             return await connection._read_reply()
         timeout = self._connector.command_timeout
-        with trio.move_on_after(timeout):
-            await connection._send(_PING)
-            return await connection._read_reply()
+        try:
+            await connection._send(_PING, trio.current_time() + timeout)
+            with trio.move_on_after(timeout):
+                return await connection._read_reply()
+        except DeadlinePassed:
+            pass
         connection.close()
         raise BrokerUnavailable(
             f"Redis at {self._connector.target.address} did not answer a PING on the "

@@ -196,7 +196,7 @@ async def test_keep_alive_is_set_on_the_socket(redis_server: RedisServer) -> Non
     with trio.fail_after(5):
         async with open_redis(config) as redis, redis.dedicated() as connection:
             await connection.execute("PING")
-            sock = connection._sock
+            sock = connection._raw
             assert sock is not None
             assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 7

@@ -318,3 +318,32 @@ async def test_full_pool_waits_then_raises_at_the_deadline(
             stats = redis.statistics()
             assert stats.open_connections <= 2
             assert stats.in_use_connections == 0
+
+
+# ---- Redis refusing for now ----------------------------------------------------------
+
+
+async def test_busy_redis_is_unavailable_not_a_reply_error(own_redis_server: RedisServer) -> None:
+    # LOADING after a restart and BUSY during a long script both mean "not
+    # now": the command did not run, and callers retry as for an outage.
+    slow = (
+        "local t = redis.call('TIME'); while true do local n = redis.call('TIME'); "
+        "if (n[1] - t[1]) * 1000000 + (n[2] - t[2]) > 1000000 then return 1 end end"
+    )
+    config = RedisConfig(url=own_redis_server.url)
+    with trio.fail_after(10):
+        async with open_redis(config) as redis, open_redis(config) as other:
+            await redis.execute("CONFIG", "SET", "busy-reply-threshold", 50)
+            await redis.execute("SET", "k", "v")
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(functools.partial(other.execute, "EVAL", slow, 0, timeout=5))
+                await trio.testing.wait_all_tasks_blocked()
+                while True:  # a command that slipped in before the script simply ran
+                    try:
+                        await redis.execute("GET", "k")
+                    except BrokerUnavailable as exc:
+                        assert "is not ready (BUSY" in str(exc)
+                        break
+                with pytest.raises(BrokerUnavailable, match="not ready"):
+                    await redis.pipeline([("GET", "k"), ("SET", "k", "w")])
+            assert await redis.execute("GET", "k") == b"v"

@@ -161,6 +161,18 @@ async def test_tls_round_trip_with_client_certificate(
             replies = await redis.pipeline([("GET", "tls-key"), ("CLIENT", "INFO")])
             assert replies[0] == b"over tls"
             assert b" db=1 " in replies[1]
+            # Cancelled mid-command: closed, replaced; pub/sub over TLS.
+            with trio.move_on_after(0.2):
+                await redis.execute("BLPOP", "tls-list", 10, timeout=11)
+            assert redis.statistics().open_connections == 0
+            async with redis.subscribe("tls-ring") as subscription:
+                assert await redis.execute("PUBLISH", "tls-ring", "hello") == 1
+                assert await subscription.__anext__() == (b"tls-ring", b"hello")
+            async with redis.dedicated() as connection:
+                assert await connection.pipeline([("PING",), ("ECHO", b"x" * 300_000)]) == [
+                    b"PONG",
+                    b"x" * 300_000,
+                ]
 
 
 async def test_tls_with_unknown_ca_fails_verification(
