@@ -7,7 +7,7 @@ around I/O, no sleeps standing in for synchronisation.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
 from typing import Any
 
@@ -125,6 +125,7 @@ async def open_api(
     environ: dict[str, str] | None = None,
     worker_secret: str = "shared-test-secret",
     flows: Sequence[dict[str, Any]] = FLOWS,
+    graceful_s: float = 2.0,
 ) -> AsyncIterator[Api]:
     """Broker, worker and API server in one nursery; yields once all are ready."""
     config = make_config(*overrides, environ=environ)
@@ -150,7 +151,7 @@ async def open_api(
                 await roles.start(w.run, shutdown)
             binds = await roles.start(partial(
                 serve_asgi, app, "127.0.0.1", 0, shutdown_trigger=shutdown.wait,
-                graceful_timeout_s=2.0))
+                graceful_timeout_s=graceful_s))
             async with httpx.AsyncClient(base_url=binds[0], timeout=10) as client:
                 yield Api(binds[0], client, broker, state, config, shutdown, w)
             shutdown.set()
@@ -158,18 +159,25 @@ async def open_api(
 
 
 @asynccontextmanager
-async def raw_post(base_url: str, path: str, body: dict[str, Any],
-                   headers: dict[str, str] | None = None) -> AsyncIterator[trio.SocketStream]:
-    """POST over a raw socket; leaving the block drops the connection (a client that goes away)."""
+async def raw_request(base_url: str, method: str, path: str, body: bytes = b"",
+                      headers: dict[str, str] | None = None) -> AsyncIterator[trio.SocketStream]:
+    """A request over a raw socket; leaving the block drops the connection (a client that
+    goes away mid-answer, which httpx cannot do without leaking its generators)."""
     host, port = base_url.removeprefix("http://").rsplit(":", 1)
-    payload = orjson.dumps(body)
     extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
     stream = await trio.open_tcp_stream(host, int(port))
     async with stream:
         await stream.send_all(
-            f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-            f"{extra}Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+            f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n{extra}"
+            f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
         yield stream
+
+
+def raw_post(base_url: str, path: str, body: dict[str, Any],
+             headers: dict[str, str] | None = None
+             ) -> AbstractAsyncContextManager[trio.SocketStream]:
+    return raw_request(base_url, "POST", path, orjson.dumps(body),
+                       {"Content-Type": "application/json", **(headers or {})})
 
 
 async def post_and_leave(base_url: str, path: str, body: dict[str, Any]) -> bytes:
