@@ -92,8 +92,9 @@ class Worker:
     _events: list[EmittedEvent] = attrs.field(init=False, factory=list)
     _outcomes: list[Outcome] = attrs.field(init=False, factory=list)
     _flush_wanted: trio.Event = attrs.field(init=False, factory=trio.Event)
-    _flush_idle: trio.Event = attrs.field(init=False, factory=trio.Event)
     _limiter: trio.CapacityLimiter = attrs.field(init=False)
+    _flushed_all: trio.Event = attrs.field(init=False, factory=trio.Event)
+    _closing: bool = attrs.field(init=False, default=False)
     _draining: bool = attrs.field(init=False, default=False)
     _broker_ok: bool = attrs.field(init=False, default=True)
     _started_at: float = attrs.field(init=False, factory=time.time)
@@ -128,7 +129,7 @@ class Worker:
                 # Shutdown is a deadline on the jobs' scope: what has not
                 # finished by then is cancelled and requeued by _run_job.
                 jobs.cancel_scope.deadline = trio.current_time() + wc.shutdown_grace_s
-            await self._final_flush()
+            await self._flush_before_exit()
             nursery.cancel_scope.cancel()
         log.info("worker %s stopped", self.id)
 
@@ -289,6 +290,8 @@ class Worker:
     # ---- background loops -----------------------------------------------------------
 
     async def _run_flusher(self) -> None:
+        # The only task that calls broker.flush, so a batch is never written
+        # twice or left behind by a second writer racing this one.
         backoff = Backoff()
         while True:
             await self._flush_wanted.wait()
@@ -299,8 +302,11 @@ class Worker:
                 log.warning("cannot write job events/outcomes, will retry: %s", exc)
                 self._flush_wanted.set()
                 await backoff.wait()
-            else:
-                backoff.reset()
+                continue
+            backoff.reset()
+            if self._closing and not (self._events or self._outcomes):
+                self._flushed_all.set()
+                return
 
     async def _flush_once(self) -> None:
         events, outcomes = self._events, self._outcomes
@@ -321,16 +327,14 @@ class Worker:
                 log.warning("outcome of job %s refused: this worker no longer holds its lock",
                             outcome.job_id)
 
-    async def _final_flush(self) -> None:
+    async def _flush_before_exit(self) -> None:
+        self._closing = True
+        self._flush_wanted.set()
         # Bounded: if the broker is gone, the requeued jobs come back through
         # the stalled check instead (their locks expire).
-        with trio.move_on_after(self.config.redis.command_timeout_s * 2) as scope:
-            while self._events or self._outcomes:
-                try:
-                    await self._flush_once()
-                except BrokerUnavailable:
-                    await trio.sleep(0.1)
-        if scope.cancelled_caught:
+        with trio.move_on_after(self.config.redis.command_timeout_s * 2):
+            await self._flushed_all.wait()
+        if not self._flushed_all.is_set():
             log.error("could not record %d outcomes before exit; their jobs return to the "
                       "queue when their locks expire", len(self._outcomes))
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
 import attrs
@@ -50,10 +50,17 @@ class Harness:
              for i in range(n)]
         )
 
+    async def wait_event(self, job_id: str, name: str) -> None:
+        async with aclosing(self.broker.watch_events(job_id)) as events:
+            async for event in events:
+                if event.name == name:
+                    return
+        raise AssertionError(f"job {job_id} ended without a {name!r} event")
+
     async def wait_terminal(self, job_id: str) -> Job:
-        async for event in self.broker.watch_events(job_id):
-            if event.name in (END, ERROR, "cancelled"):
-                break
+        async with aclosing(self.broker.watch_events(job_id)) as events:
+            async for _ in events:
+                pass  # the stream ends after the terminal event
         job = await self.broker.get_job(job_id)
         assert job is not None
         return job
@@ -64,6 +71,7 @@ class Harness:
 
 
 def make_config(kind: str, redis_url: str, queue_name: str, **worker: Any) -> Config:
+    worker.setdefault("shutdown_grace_s", 0.5)
     overrides = [f"worker.{k}={v}" for k, v in worker.items()]
     overrides += [f"queue.name={queue_name}", "worker.stalled_interval_s=1"]
     env = {"REDIS_URL": redis_url} if kind == "redis" else {}
@@ -165,9 +173,7 @@ async def test_cancel_running_job(harness_factory: Any) -> None:
     with trio.fail_after(20):
         async with harness_factory() as h:
             [job_id] = await h.enqueue("slow")
-            async for event in h.broker.watch_events(job_id):
-                if event.name == "node_start":
-                    break
+            await h.wait_event(job_id, "node_start")
             await h.broker.cancel(job_id)
             job = await h.wait_terminal(job_id)
             assert job.status == JobStatus.CANCELLED
@@ -181,12 +187,11 @@ async def test_drain_requeues_unfinished_jobs_without_counting_the_attempt(
         async with harness_factory(shutdown_grace_s=0.3) as h:
             ids = await h.enqueue("slow", 5)
             for job_id in ids:
-                async for event in h.broker.watch_events(job_id):
-                    if event.name == "node_start":
-                        break
+                await h.wait_event(job_id, "node_start")
             await h.stop()
             jobs = [await h.broker.get_job(job_id) for job_id in ids]
-            assert all(j is not None and j.status == JobStatus.WAITING for j in jobs), jobs
+            assert all(j is not None and j.status == JobStatus.WAITING for j in jobs), [
+                (j.status, j.attempts) for j in jobs if j]
             assert all(j is not None and j.attempts == 0 for j in jobs)
 
 
@@ -195,9 +200,7 @@ async def test_drain_lets_short_jobs_finish(harness_factory: Any) -> None:
         async with harness_factory(shutdown_grace_s=10) as h:
             ids = await h.enqueue("short", 5)
             for job_id in ids:
-                async for event in h.broker.watch_events(job_id):
-                    if event.name == "node_start":
-                        break
+                await h.wait_event(job_id, "node_start")
             await h.stop()
             jobs = [await h.broker.get_job(job_id) for job_id in ids]
             assert all(j is not None and j.status == JobStatus.COMPLETED for j in jobs), jobs
@@ -220,9 +223,7 @@ async def test_concurrency_limit_is_respected(harness_factory: Any) -> None:
         async with harness_factory(concurrency=3) as h:
             ids = await h.enqueue("slow", 5)
             for job_id in ids[:3]:
-                async for event in h.broker.watch_events(job_id):
-                    if event.name == "node_start":
-                        break
+                await h.wait_event(job_id, "node_start")
             counts = await h.broker.counts()
             assert counts[JobStatus.ACTIVE] == 3
             assert counts[JobStatus.WAITING] == 2
