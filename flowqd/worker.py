@@ -14,7 +14,6 @@ covers every held lock.
 from __future__ import annotations
 
 import contextlib
-from functools import partial
 import logging
 import os
 import socket
@@ -22,6 +21,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import attrs
