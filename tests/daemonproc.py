@@ -22,6 +22,7 @@ class Daemon:
     process: trio.Process
     endpoints: dict[str, str]
     log: list[str]
+    waiters: list[tuple[str, trio.Event]]
 
     @property
     def api(self) -> str:
@@ -40,6 +41,15 @@ class Daemon:
 
     def text(self) -> str:
         return "\n".join(self.log)
+
+    async def wait_for_log(self, text: str, seconds: float = 10.0) -> None:
+        """Return once a log line containing ``text`` has been written."""
+        if text in self.text():
+            return
+        arrived = trio.Event()
+        self.waiters.append((text, arrived))
+        with trio.fail_after(seconds):
+            await arrived.wait()
 
 
 def base_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -75,17 +85,18 @@ async def start_daemon(
         env=base_env(env), cwd=cwd,
     )
     log: list[str] = []
+    waiters: list[tuple[str, trio.Event]] = []
     ready = trio.Event()
     endpoints: dict[str, str] = {}
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_read_log, process, log, ready, endpoints)
+            nursery.start_soon(_read_log, process, log, ready, endpoints, waiters)
             with trio.move_on_after(ready_timeout):
                 await ready.wait()
             if not endpoints:
                 raise RuntimeError("flowqd did not become ready:\n" + "\n".join(log[-40:]))
             try:
-                yield Daemon(process, endpoints, log)
+                yield Daemon(process, endpoints, log, waiters)
             finally:
                 if process.returncode is None:
                     process.kill()
@@ -98,7 +109,11 @@ async def start_daemon(
 
 
 async def _read_log(
-    process: trio.Process, log: list[str], ready: trio.Event, endpoints: dict[str, str]
+    process: trio.Process,
+    log: list[str],
+    ready: trio.Event,
+    endpoints: dict[str, str],
+    waiters: list[tuple[str, trio.Event]],
 ) -> None:
     assert process.stderr is not None
     buffer = b""
@@ -108,6 +123,9 @@ async def _read_log(
         for raw in lines:
             line = raw.decode(errors="replace")
             log.append(line)
+            for text, arrived in waiters:
+                if text in line:
+                    arrived.set()
             if not ready.is_set() and " ready: " in line:
                 for part in line.split(" ready: ", 1)[1].split():
                     key, _, value = part.partition("=")
