@@ -1,0 +1,119 @@
+"""Enqueue and drain: no-op jobs through one real `flowqd --role worker` process.
+
+    .venv/bin/python bench/drain.py [--jobs 20000]
+
+Starts its own redis-server and worker. The queue is paused while the jobs
+are bulk-enqueued (so the enqueue figure is the producer's alone), the worker
+is started and becomes ready, then the queue is resumed and the drain timed.
+Each job is one `echo` node with every event a job normally writes
+(started, node_start, node_end, and the terminal `end`). Worker CPU comes from
+/proc (user + system) between resume and the last completion.
+Prints a table and one JSON line per figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from flowqd.config import PluginsConfig, load_config
+from flowqd.flows import FlowStore
+from flowqd.jobs import JobSpec, JobStatus
+from flowqd.plugins import collect_executors, load_plugins
+from flowqd.queue import open_broker
+from tests.daemonproc import start_daemon
+from tests.redisproc import RedisServer
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def emit(name: str, value: float, unit: str) -> None:
+    print(json.dumps({"bench": name, "value": round(value, 2), "unit": unit}))
+
+
+async def bench(url: str, jobs: int, batch: int) -> dict[str, float]:
+    env = {"REDIS_URL": url, "QUEUE_NAME": "bench-drain", "REMOVE_ON_COUNT": str(jobs)}
+    config = load_config(environ=env, overrides=["redis.command_timeout_s=60"])
+    results: dict[str, float] = {}
+    async with open_broker(config) as broker, trio.open_nursery() as nursery:
+        await nursery.start(broker.run)
+        flows = FlowStore(broker, collect_executors(load_plugins(PluginsConfig())))
+        flow_id, version = await flows.put(
+            {"id": "noop", "nodes": [{"id": "e", "type": "echo"}], "output": "e"}
+        )
+        await broker.pause()
+
+        # One at a time (a round trip each), on a sample.
+        sample = min(jobs, 2000)
+        t = time.perf_counter()
+        for i in range(sample):
+            await broker.enqueue([JobSpec(flow_id, version, {"question": f"s{i}"})])
+        results["enqueue_single_jobs_s"] = sample / (time.perf_counter() - t)
+
+        t = time.perf_counter()
+        for start in range(0, jobs - sample, batch):
+            n = min(batch, jobs - sample - start)
+            await broker.enqueue(
+                [JobSpec(flow_id, version, {"question": f"q{start + i}"}) for i in range(n)]
+            )
+        results["enqueue_bulk_jobs_s"] = (jobs - sample) / (time.perf_counter() - t)
+
+        async with start_daemon(["--role", "worker", "--set", "log.level=info",
+                                 "--set", "redis.command_timeout_s=60"], env=env) as worker:
+            pid = worker.process.pid
+            cpu0, t0 = cpu_seconds(pid), time.perf_counter()
+            await broker.resume()
+            # Polling the counts costs the worker nothing, unlike 20k watchers.
+            while (await broker.counts())[JobStatus.COMPLETED] < jobs:  # noqa: ASYNC110
+                await trio.sleep(0.02)
+            wall, cpu = time.perf_counter() - t0, cpu_seconds(pid) - cpu0
+            results["drain_jobs_s"] = jobs / wall
+            results["worker_cpu_us_per_job"] = cpu / jobs * 1e6
+            results["worker_rss_mb"] = rss_mb(pid)
+        nursery.cancel_scope.cancel()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=20000)
+    parser.add_argument("--batch", type=int, default=1000, help="jobs per bulk enqueue call")
+    args = parser.parse_args()
+    server = RedisServer()
+    server.start()
+    try:
+        results = trio.run(bench, server.url, args.jobs, args.batch)
+    finally:
+        server.close()
+    print(f"{'figure':28} {'value':>12}")
+    units = {"_jobs_s": "jobs/s", "_us_per_job": "us/job", "_mb": "MB"}
+    for name, value in results.items():
+        unit = next(u for suffix, u in units.items() if name.endswith(suffix))
+        print(f"{name:28} {value:12,.1f} {unit}")
+    for name, value in results.items():
+        unit = next(u for suffix, u in units.items() if name.endswith(suffix))
+        emit(name, value, unit)
+
+
+if __name__ == "__main__":
+    main()
