@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _string  # type: ignore[import-not-found]  # str.format's own field parser
 import string
 from collections import ChainMap
 from collections.abc import Iterator, Mapping, Set
@@ -19,6 +20,19 @@ class TemplateParams:
 
 
 class _Formatter(string.Formatter):
+    def get_field(self, field_name: str, args: Any, kwargs: Any) -> tuple[Any, str]:
+        # ``{a.b}`` and ``{a[b]}`` look keys and indexes up, never attributes:
+        # str.format's getattr would let a template reach into Python objects
+        # ({question.__class__...}), and templates come from API callers.
+        first, rest = _string.formatter_field_name_split(field_name)
+        value = self.get_value(first, args, kwargs)
+        for _is_attr, key in rest:
+            in_list = isinstance(value, list) and isinstance(key, int) and abs(key) < len(value)
+            if not (in_list or (isinstance(value, Mapping) and key in value)):
+                raise KeyError(field_name)
+            value = value[key]
+        return value, str(first)
+
     def format_field(self, value: Any, format_spec: str) -> Any:
         # Objects from upstream (an http node's JSON, say) read better as JSON
         # than as Python reprs.

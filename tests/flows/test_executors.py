@@ -7,7 +7,7 @@ import trio
 import trio.testing
 
 from flowqd import Executor, FlowValidationError, NodeError
-from flowqd.testing import run_executor
+from flowqd.testing import NodeFailed, run_executor, run_flow_document
 from tests.flows.httpserver import Request, open_http_server, send_head, send_json
 
 
@@ -140,3 +140,21 @@ async def test_http_unreachable(executors: dict[str, Executor]) -> None:
         pytest.raises(NodeError, match=r"GET http://127\.0\.0\.1:\d+/ failed: ConnectError"),
     ):
         await run_executor(executors["http"], {"url": f"http://127.0.0.1:{port}/"})
+
+
+async def test_template_never_reads_attributes_of_values() -> None:
+    # str.format would happily walk {question.__class__...}; a template that
+    # tries is a node error, and dict keys / list indexes still work.
+    params = {"template": "{question.__class__}"}
+    with pytest.raises(NodeFailed, match="has no value"):
+        await run_flow_document(
+            {"id": "t", "nodes": [{"id": "t", "type": "template", "params": params}],
+             "output": "t"},
+            question="hi",
+        )
+    nested = {"template": "{overrideConfig.lang}/{overrideConfig.tags[1]}"}
+    result, _ = await run_flow_document(
+        {"id": "t", "nodes": [{"id": "t", "type": "template", "params": nested}], "output": "t"},
+        inputs={"question": "hi", "overrideConfig": {"lang": "fr", "tags": ["a", "b"]}},
+    )
+    assert result.output == "fr/b"
