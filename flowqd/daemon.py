@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, closing
 from functools import partial
 
 import attrs
@@ -26,6 +26,7 @@ from flowqd.flows import FlowStore
 from flowqd.health import HealthApp
 from flowqd.logs import setup_logging
 from flowqd.metrics import Registry
+from flowqd.notify import Notifier
 from flowqd.plugins import collect_executors, load_plugins
 from flowqd.queue import open_broker
 from flowqd.queue.base import Broker
@@ -49,11 +50,13 @@ class Lifecycle:
     shutdown: trio.Event = attrs.Factory(trio.Event)
     roles_scope: trio.CancelScope | None = None
     forced_by: int | None = None  # the signal that forced an immediate exit
+    notifier: Notifier = attrs.Factory(Notifier)  # systemd; does nothing unless given one
 
     def begin_shutdown(self) -> None:
         if self.shutdown.is_set():
             return
         self.shutdown.set()
+        self.notifier.stopping(f"draining (grace {self.grace_s:g}s)")
         if self.roles_scope is not None:
             self.roles_scope.deadline = trio.current_time() + self.grace_s + TEARDOWN_MARGIN_S
 
@@ -88,8 +91,8 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
 
 
 async def _main(config: Config, on_ready: Callable[[dict[str, str]], None] | None) -> int:
-    life = Lifecycle(grace_s=config.worker.shutdown_grace_s)
-    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+    life = Lifecycle(grace_s=config.worker.shutdown_grace_s, notifier=Notifier.from_environ())
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals, closing(life.notifier):
         async with trio.open_nursery() as root:
             root.start_soon(_watch_signals, signals, life, root.cancel_scope)
             await _serve(config, life, on_ready)
@@ -133,6 +136,8 @@ async def _serve(
         credentials = CredentialStore(broker, sealer)
         endpoints: dict[str, str] = {"role": config.role, "broker": config.broker}
         async with trio.open_nursery() as infra:
+            if life.notifier.watchdog_interval_s is not None:
+                await infra.start(life.notifier.run_watchdog)
             await infra.start(broker.run)
             await _load_flows(flows, config, life)
             async with trio.open_nursery() as roles:
@@ -157,7 +162,9 @@ async def _serve(
                         graceful_timeout_s=config.worker.shutdown_grace_s,
                     ))
                     endpoints["api"] = binds[0]
-                log.info("ready: %s", " ".join(f"{k}={v}" for k, v in endpoints.items()))
+                ready = " ".join(f"{k}={v}" for k, v in endpoints.items())
+                log.info("ready: %s", ready)
+                life.notifier.ready(f"serving: {ready}")
                 if on_ready is not None:
                     on_ready(endpoints)
             infra.cancel_scope.cancel()
@@ -173,6 +180,7 @@ async def _load_flows(flows: FlowStore, config: Config, life: Lifecycle) -> None
             loaded = await flows.load_paths(config.flows.paths)
         except BrokerUnavailable as exc:
             log.warning("cannot load flows yet, broker unreachable: %s", exc)
+            life.notifier.status(f"waiting for the broker to load flows: {exc}")
             await backoff.wait()
         else:
             for flow_id, version in loaded:
