@@ -82,7 +82,7 @@ FLOWS: list[dict[str, Any]] = [
                               "params": {"message": "kaput"}}], "output": "b"},
     {"id": "slow", "nodes": [{"id": "d", "type": "delay", "params": {"ms": 60_000}}],
      "output": "d"},
-    {"id": "short", "nodes": [{"id": "d", "type": "delay", "params": {"ms": 1500}}],
+    {"id": "short", "nodes": [{"id": "d", "type": "delay", "params": {"ms": 700}}],
      "output": "d"},
     {"id": "secret", "nodes": [{"id": "s", "type": "secret_length"}], "output": "s"},
     {"id": "topic", "nodes": [{"id": "t", "type": "template", "params": {"template": "{topic}"},
