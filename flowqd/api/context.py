@@ -13,7 +13,6 @@ from quart import g
 from flowqd.api.http import ApiError, broker_deadline
 from flowqd.api.metrics import ApiMetrics
 from flowqd.auth import KeyRing, Principal
-from flowqd.config import ServerConfig
 from flowqd.jobs import Event, Job
 from flowqd.queue.base import Broker
 
@@ -27,10 +26,6 @@ class ApiContext:
     keys: KeyRing
     metrics: ApiMetrics
     nursery: trio.Nursery | None = None  # the app's, set at start-up
-
-    @property
-    def server(self) -> ServerConfig:
-        return self.state.config.server
 
     @contextmanager
     def broker(self, what: str) -> Iterator[None]:
