@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from flowqd._version import __version__
@@ -64,6 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         return _fail(exc.problems)
     if args.command == "check-config":
+        problems = _deep_check(config)
+        if problems:
+            return _fail(problems)
         print(f"# flowqd {__version__}: effective configuration (from {config.source})")
         print(f"# broker in use: {config.broker}")
         print(_to_toml(as_toml_dict(config)), end="")
@@ -81,6 +84,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     from flowqd import daemon
 
     return daemon.run(config)
+
+
+def _deep_check(config: Config) -> list[str]:
+    """What start-up would refuse beyond the config's own shape: keys, secret, plugins."""
+    from flowqd.auth import KeyRing
+    from flowqd.credentials import load_secret
+    from flowqd.plugins import collect_executors, load_plugins
+
+    problems: list[str] = []
+    checks: list[Callable[[], object]] = [
+        lambda: load_secret(config.security),
+        lambda: collect_executors(load_plugins(config.plugins)),
+    ]
+    if config.role in ("main", "all"):
+        checks.append(lambda: KeyRing.from_config(config))
+    for check in checks:
+        try:
+            check()
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+        except PluginError as exc:
+            problems.append(str(exc))
+    return problems
 
 
 def _to_toml(data: dict[str, Any]) -> str:

@@ -155,7 +155,8 @@ async def _serve(
                     endpoints["health"] = binds[0]
                     await roles.start(worker.run, life.shutdown)
                 if config.role in ("main", "all"):
-                    app = create_app(ApiState(config, broker, flows, credentials, registry))
+                    app = create_app(ApiState(config, broker, flows, credentials, registry,
+                                              shutdown=life.shutdown))
                     binds = await roles.start(partial(
                         serve_asgi, app, config.server.host, config.server.port,
                         shutdown_trigger=life.shutdown.wait,

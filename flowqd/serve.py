@@ -32,6 +32,9 @@ async def serve_asgi(
     # A request body is read by the app with its own limit; this only bounds headers.
     config.h11_max_incomplete_size = 64 * 1024
     config.keep_alive_timeout = 75
+    # hypercorn's default of 100 drops SYNs when thousands of clients connect
+    # at once (each then waits a second for the retransmit).
+    config.backlog = 2048
     await serve(app, config, shutdown_trigger=shutdown_trigger, task_status=task_status)
 
 

@@ -73,3 +73,13 @@ def test_check_config_lists_every_problem(tmp_path: Path) -> None:
     lines = result.stderr.splitlines()
     assert len(lines) == 3
     assert all(line.startswith("flowqd: error: ") for line in lines)
+
+
+def test_check_config_reports_what_start_up_would_refuse(tmp_path: Path) -> None:
+    # Serving beyond loopback without API keys, and a plugin folder that does
+    # not exist: check-config says so instead of printing a config that fails.
+    result = flowqd("check-config", "--role", "all", "--set", "server.host=0.0.0.0",
+                    "--set", "security.secret_key_file=/nonexistent/key", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "auth.allow_anonymous" in result.stderr
+    assert "security.secret_key_file" in result.stderr
