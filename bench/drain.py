@@ -6,8 +6,8 @@ Starts its own redis-server and worker. The queue is paused while the jobs
 are bulk-enqueued (so the enqueue figure is the producer's alone), the worker
 is started and becomes ready, then the queue is resumed and the drain timed.
 Each job is one `echo` node with every event a job normally writes
-(started, node_start, node_end, and the terminal `end`). Worker CPU comes from
-/proc (user + system) between resume and the last completion.
+(started, node_start, node_end, and the terminal `end`). Worker and Redis CPU
+come from /proc (user + system) between resume and the last completion.
 Prints a table and one JSON line per figure.
 """
 
@@ -22,6 +22,8 @@ from pathlib import Path
 
 import trio
 
+# The repository root instead of bench/ (whose modules, http.py say, would shadow stdlib ones).
+sys.path.pop(0)
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from flowqd.config import PluginsConfig, load_config
@@ -51,7 +53,9 @@ def emit(name: str, value: float, unit: str) -> None:
     print(json.dumps({"bench": name, "value": round(value, 2), "unit": unit}))
 
 
-async def bench(url: str, jobs: int, batch: int) -> dict[str, float]:
+async def bench(
+    url: str, redis_pid: int, jobs: int, batch: int, py_spy: str | None = None
+) -> dict[str, float]:
     env = {"REDIS_URL": url, "QUEUE_NAME": "bench-drain", "REMOVE_ON_COUNT": str(jobs)}
     config = load_config(environ=env, overrides=["redis.command_timeout_s=60"])
     results: dict[str, float] = {}
@@ -81,7 +85,16 @@ async def bench(url: str, jobs: int, batch: int) -> dict[str, float]:
         async with start_daemon(["--role", "worker", "--set", "log.level=info",
                                  "--set", "redis.command_timeout_s=60"], env=env) as worker:
             pid = worker.process.pid
+            spy = None
+            if py_spy:
+                # Sample the worker during the drain only (--format raw: collapsed stacks).
+                spy = await trio.lowlevel.open_process(
+                    [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid),
+                     "--rate", "500", "--format", "raw", "--output", py_spy]
+                )
+                await trio.sleep(1.0)
             cpu0, t0 = cpu_seconds(pid), time.perf_counter()
+            redis_cpu0 = cpu_seconds(redis_pid)
             await broker.resume()
             # Polling the counts costs the worker nothing, unlike 20k watchers.
             while (await broker.counts())[JobStatus.COMPLETED] < jobs:  # noqa: ASYNC110
@@ -89,7 +102,12 @@ async def bench(url: str, jobs: int, batch: int) -> dict[str, float]:
             wall, cpu = time.perf_counter() - t0, cpu_seconds(pid) - cpu0
             results["drain_jobs_s"] = jobs / wall
             results["worker_cpu_us_per_job"] = cpu / jobs * 1e6
+            # Redis shares this machine's cores: its share bounds the drain too.
+            results["redis_cpu_us_per_job"] = (cpu_seconds(redis_pid) - redis_cpu0) / jobs * 1e6
             results["worker_rss_mb"] = rss_mb(pid)
+            if spy is not None:
+                spy.send_signal(2)
+                await spy.wait()
         nursery.cancel_scope.cancel()
     return results
 
@@ -98,11 +116,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=20000)
     parser.add_argument("--batch", type=int, default=1000, help="jobs per bulk enqueue call")
+    parser.add_argument("--py-spy", metavar="FILE",
+                        help="sample the worker with py-spy during the drain (collapsed stacks)")
     args = parser.parse_args()
     server = RedisServer()
     server.start()
     try:
-        results = trio.run(bench, server.url, args.jobs, args.batch)
+        results = trio.run(bench, server.url, server.proc.pid, args.jobs, args.batch, args.py_spy)
     finally:
         server.close()
     print(f"{'figure':28} {'value':>12}")

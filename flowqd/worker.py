@@ -9,17 +9,26 @@ Round trips are the cost that matters, so nothing here talks to the broker
 per job: claims take many jobs per call, events and outcomes are buffered and
 written by one flusher in one call per scheduler pass, and one renewal call
 covers every held lock.
+
+A task per job costs more than a no-op job itself, so claimed jobs go to a
+backlog that long-lived runner tasks take them from, one job at a time. A
+runner that takes a job makes sure another runner is free for the rest of the
+backlog (waking an idle one or starting one), so a job that waits (a delay, an
+HTTP call) never holds up the jobs behind it, while jobs that finish without
+waiting all run in one runner, one after another.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import socket
 import time
 import traceback
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -29,8 +38,8 @@ import trio
 
 from flowqd.config import Config
 from flowqd.errors import BrokerUnavailable, CredentialError, FlowqdError
-from flowqd.flows import FlowStore, NodeFailed, run_flow
-from flowqd.jobs import Claimed, EmittedEvent, Outcome, OutcomeKind, WorkerInfo
+from flowqd.flows import CompiledFlow, FlowStore, NodeFailed, run_flow
+from flowqd.jobs import Claimed, EmittedEvent, Job, Outcome, OutcomeKind, WorkerInfo
 from flowqd.metrics import Counter, Gauge, Histogram, Registry
 from flowqd.queue.base import Broker
 from flowqd.redis import Backoff
@@ -42,6 +51,12 @@ log = logging.getLogger("flowqd.worker")
 CLAIM_BLOCK_S = 1.0
 CLAIM_BATCH_MAX = 500
 HEARTBEAT_S = 5.0
+# Runners left idle beyond this many exit (a burst of waiting jobs may have
+# started thousands); a few stay for the next burst.
+IDLE_RUNNERS_KEPT = 32
+# A runner whose jobs never wait lets other tasks (the flusher, the claim
+# loop) run after this many jobs, so claims and writes overlap with work.
+RUNNER_YIELD_EVERY = 64
 
 
 @attrs.define(eq=False)
@@ -49,10 +64,15 @@ class _Held:
     """A job this worker holds, from claim until its outcome is recorded."""
 
     claimed: Claimed
-    scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
-    # Why the scope was cancelled, if it was: "cancel" (asked by a user) or
-    # "lost" (the lock went to someone else; report nothing).
+    # While the job runs: its runner's cancel scope (see _run_runner).
+    scope: trio.CancelScope | None = None
+    deadline: float = math.inf  # the job timeout, from when it started
+    # Why the job was stopped, if it was: "cancel" (asked by a user),
+    # "timeout", or "lost" (the lock went to someone else; report nothing).
     stop_reason: str | None = None
+
+    def stopped(self) -> bool:
+        return self.stop_reason is not None
 
 
 @attrs.define(eq=False)
@@ -92,7 +112,27 @@ class Worker:
     _events: list[EmittedEvent] = attrs.field(init=False, factory=list)
     _outcomes: list[Outcome] = attrs.field(init=False, factory=list)
     _flush_wanted: trio.Event = attrs.field(init=False, factory=trio.Event)
-    _limiter: trio.CapacityLimiter = attrs.field(init=False)
+    # Claimed jobs no runner has taken yet, oldest first.
+    _backlog: deque[_Held] = attrs.field(init=False, factory=deque)
+    # Jobs claimed and not finished running: what worker.concurrency bounds.
+    _busy: int = attrs.field(init=False, default=0)
+    # Set when the claim loop may claim again (backlog empty, a slot free).
+    _claim_gate: trio.Event = attrs.field(init=False, factory=trio.Event)
+    # Runners not running a job (parked in _runner_lot, or about to look at
+    # the backlog), and where idle runners wait.
+    _idle_runners: int = attrs.field(init=False, default=0)
+    _runner_lot: trio.lowlevel.ParkingLot = attrs.field(
+        init=False, factory=trio.lowlevel.ParkingLot
+    )
+    _runners_stop: bool = attrs.field(init=False, default=False)
+    _jobs_nursery: trio.Nursery | None = attrs.field(init=False, default=None)
+    # The earliest deadline of a running job, as far as _run_timeouts knows,
+    # and the scope it sleeps in until then.
+    _next_timeout: float = attrs.field(init=False, default=math.inf)
+    _timeout_sleep: trio.CancelScope = attrs.field(init=False, factory=trio.CancelScope)
+    # Flows being fetched, so a burst of jobs of an uncached flow costs one
+    # broker call, not one per job.
+    _flow_loads: dict[tuple[str, int], trio.Event] = attrs.field(init=False, factory=dict)
     _flushed_all: trio.Event = attrs.field(init=False, factory=trio.Event)
     _closing: bool = attrs.field(init=False, default=False)
     _draining: bool = attrs.field(init=False, default=False)
@@ -100,7 +140,6 @@ class Worker:
     _started_at: float = attrs.field(init=False, factory=time.time)
 
     def __attrs_post_init__(self) -> None:
-        self._limiter = trio.CapacityLimiter(self.config.worker.concurrency)
         self.metrics.running.read = lambda: len(self._held)
 
     # ---- public ------------------------------------------------------------
@@ -117,18 +156,31 @@ class Worker:
             )
             nursery.start_soon(self._run_flusher, name="flowqd.worker.flusher")
             nursery.start_soon(self._run_renewals, name="flowqd.worker.renewals")
+            nursery.start_soon(self._run_timeouts, name="flowqd.worker.timeouts")
             nursery.start_soon(self._run_heartbeats, name="flowqd.worker.heartbeats")
             async with trio.open_nursery() as jobs:
+                self._jobs_nursery = jobs
                 task_status.started()
                 log.info("worker %s taking jobs (concurrency %d)", self.id, wc.concurrency)
-                await self._claim_until(shutdown, jobs)
+                await self._claim_until(shutdown)
                 self._draining = True
                 if self._held:
                     log.info("draining: %d jobs running, grace %.1fs", len(self._held),
                              wc.shutdown_grace_s)
+                # Runners finish the backlog, then exit.
+                self._runners_stop = True
+                self._runner_lot.unpark_all()
                 # Shutdown is a deadline on the jobs' scope: what has not
                 # finished by then is cancelled and requeued by _run_job.
                 jobs.cancel_scope.deadline = trio.current_time() + wc.shutdown_grace_s
+            # Claimed but never started before the grace ended: back to the queue too.
+            while self._backlog:
+                held = self._backlog.popleft()
+                self._busy -= 1
+                if held.stop_reason != "lost":
+                    self._outcomes.append(self._outcome(held, OutcomeKind.REQUEUE))
+                else:
+                    self._held.pop(held.claimed.job.id, None)
             await self._flush_before_exit()
             nursery.cancel_scope.cancel()
         log.info("worker %s stopped", self.id)
@@ -148,25 +200,26 @@ class Worker:
 
     # ---- claiming ------------------------------------------------------------
 
-    async def _claim_until(self, shutdown: trio.Event, jobs: trio.Nursery) -> None:
+    async def _claim_until(self, shutdown: trio.Event) -> None:
         async with trio.open_nursery() as claim_nursery:
             async def stop_on_shutdown() -> None:
                 await shutdown.wait()
                 claim_nursery.cancel_scope.cancel()
 
             claim_nursery.start_soon(stop_on_shutdown)
-            await self._claim_loop(jobs)
+            await self._claim_loop()
 
-    async def _claim_loop(self, jobs: trio.Nursery) -> None:
+    async def _claim_loop(self) -> None:
         wc = self.config.worker
         backoff = Backoff()
         while True:
-            if self._limiter.available_tokens == 0:
-                # Full: wait for one job to end. Tokens are taken only for
-                # jobs actually claimed, so this is the only acquire that waits.
-                async with self._limiter:
-                    pass
-            free = min(int(self._limiter.available_tokens), CLAIM_BATCH_MAX)
+            # Claim again only once the runners have taken every job claimed
+            # so far and a slot is free: jobs that finish fast are claimed as
+            # fast as they finish, not thousands ahead of the runners.
+            while self._backlog or self._busy >= wc.concurrency:
+                self._claim_gate = trio.Event()
+                await self._claim_gate.wait()
+            free = min(wc.concurrency - self._busy, CLAIM_BATCH_MAX)
             try:
                 claimed = await self.broker.claim(
                     self.id, free, lock_ttl_s=wc.lock_ttl_s, block_s=CLAIM_BLOCK_S
@@ -181,20 +234,63 @@ class Worker:
                 log.info("broker reachable again, taking jobs")
                 self._broker_ok = True
             backoff.reset()
-            for item in claimed:
-                held = _Held(item)
-                self._held[item.job.id] = held
-                self._limiter.acquire_on_behalf_of_nowait(held)
-                jobs.start_soon(self._run_job, held)
+            if claimed:
+                for item in claimed:
+                    held = _Held(item)
+                    self._held[item.job.id] = held
+                    self._backlog.append(held)
+                self._busy += len(claimed)
+                self._want_runner()
+
+    # ---- runners -------------------------------------------------------------------
+
+    def _want_runner(self) -> None:
+        """Make sure a runner will look at the backlog: wake an idle one or start one."""
+        if self._idle_runners == 0:
+            assert self._jobs_nursery is not None
+            self._idle_runners += 1
+            self._jobs_nursery.start_soon(self._run_runner, name="flowqd.worker.runner")
+        else:
+            self._runner_lot.unpark()
+
+    async def _run_runner(self) -> None:
+        # Jobs run in the runner's cancel scope, not one of their own (entering
+        # a scope per job cost more than a no-op job): stopping a running job
+        # cancels its runner's scope, and the runner opens a fresh one after.
+        since_yield = 0
+        while True:
+            with trio.CancelScope() as scope:
+                while not scope.cancel_called:
+                    while not self._backlog:
+                        if self._runners_stop:
+                            self._idle_runners -= 1
+                            return
+                        since_yield = 0
+                        await self._runner_lot.park()
+                    held = self._backlog.popleft()
+                    self._idle_runners -= 1
+                    if self._backlog:
+                        self._want_runner()
+                    elif not self._runners_stop:
+                        self._claim_gate.set()
+                    await self._run_job(held, scope)
+                    self._idle_runners += 1
+                    if self._idle_runners > IDLE_RUNNERS_KEPT and not self._backlog:
+                        self._idle_runners -= 1
+                        return
+                    since_yield += 1
+                    if since_yield >= RUNNER_YIELD_EVERY and not scope.cancel_called:
+                        since_yield = 0
+                        await trio.lowlevel.checkpoint()
 
     # ---- running a job -----------------------------------------------------------
 
-    async def _run_job(self, held: _Held) -> None:
+    async def _run_job(self, held: _Held, scope: trio.CancelScope) -> None:
         job = held.claimed.job
         started = time.monotonic()
         outcome: Outcome | None = None
         try:
-            outcome = await self._execute(held)
+            outcome = await self._execute(held, scope)
         except trio.Cancelled:
             # The worker's drain deadline passed: put the job back, attempt
             # not counted. Recorded without awaiting; the final flush sends it.
@@ -202,7 +298,9 @@ class Worker:
                 outcome = self._outcome(held, OutcomeKind.REQUEUE)
             raise
         finally:
-            self._limiter.release_on_behalf_of(held)
+            self._busy -= 1
+            if not self._backlog:
+                self._claim_gate.set()
             if outcome is None:  # lock lost: another worker owns the job now
                 self._held.pop(job.id, None)
             else:
@@ -212,9 +310,57 @@ class Worker:
                 self.metrics.duration.observe(time.monotonic() - started,
                                               outcome=outcome.kind.value)
 
-    async def _execute(self, held: _Held) -> Outcome | None:
+    async def _execute(self, held: _Held, scope: trio.CancelScope) -> Outcome | None:
+        if held.stop_reason is not None:  # stopped before a runner took it
+            return self._stopped(held)
         job = held.claimed.job
-        timeout = job.timeout_s or self.config.worker.job_timeout_s
+        held.deadline = deadline = trio.current_time() + self._timeout_of(job)
+        if deadline < self._next_timeout:
+            self._next_timeout = self._timeout_sleep.deadline = deadline
+        held.scope = scope
+        try:
+            return await self._attempt(held)
+        except trio.Cancelled:
+            if not held.stopped():
+                raise  # not this job's stop: the worker's drain deadline
+            # Swallowed: the runner's scope stays cancelled, and the runner
+            # leaves it before running anything else.
+            return self._stopped(held)
+        finally:
+            held.scope = None
+
+    def _timeout_of(self, job: Job) -> float:
+        return job.timeout_s or self.config.worker.job_timeout_s
+
+    def _stopped(self, held: _Held) -> Outcome | None:
+        job = held.claimed.job
+        if held.stop_reason == "lost":
+            log.warning("job %s: lock lost (another worker took it over); stopped", job.id)
+            return None
+        if held.stop_reason == "cancel":
+            return self._outcome(held, OutcomeKind.CANCELLED,
+                                 error={"message": "cancelled", "reason": "cancelled"})
+        return self._outcome(
+            held, OutcomeKind.FAILED,
+            error={"message": f"job timed out after {self._timeout_of(job):g}s", "node": None,
+                   "reason": "timeout"},
+        )
+
+    async def _flow(self, flow_id: str, version: int) -> CompiledFlow | None:
+        key = (flow_id, version)
+        loading = self._flow_loads.get(key)
+        if loading is not None:
+            await loading.wait()  # then from the store's cache, or a call of our own
+            return await self.flows.get(flow_id, version)
+        self._flow_loads[key] = loading = trio.Event()
+        try:
+            return await self.flows.get(flow_id, version)
+        finally:
+            del self._flow_loads[key]
+            loading.set()
+
+    async def _attempt(self, held: _Held) -> Outcome:
+        job = held.claimed.job
 
         def emit(name: str, data: Any) -> None:
             self._events.append(EmittedEvent(job.id, name, data))
@@ -222,7 +368,7 @@ class Worker:
 
         emit("started", {"attempt": job.attempts, "worker": self.id})
         try:
-            flow = await self.flows.get(job.flow_id, job.flow_version)
+            flow = await self._flow(job.flow_id, job.flow_version)
         except FlowqdError as exc:
             return self._failed(held, f"cannot load flow {job.flow_id!r}: {exc}", retry=True)
         if flow is None:
@@ -232,43 +378,28 @@ class Worker:
                 "(deleted, or registered with another queue.name)",
                 retry=False,
             )
-        with held.scope:
-            held.scope.deadline = trio.current_time() + timeout
-            try:
-                result = await run_flow(flow, job_id=job.id, inputs=job.inputs, emit=emit,
-                                        credential=self.credential)
-            except NodeFailed as exc:
-                log.warning("job %s failed in node %s: %s", job.id, exc.node_id, exc.message)
-                return self._outcome(
-                    held, OutcomeKind.FAILED,
-                    error={"message": exc.message, "node": exc.node_id,
-                           "traceback": exc.traceback},
-                    nodes=exc.nodes,
-                )
-            except CredentialError as exc:
-                return self._failed(held, str(exc), retry=False)
-            except Exception as exc:
-                # A bug outside any node: record it on the job, keep the worker.
-                log.exception("job %s crashed outside a node", job.id)
-                return self._outcome(
-                    held, OutcomeKind.FAILED,
-                    error={"message": f"{type(exc).__name__}: {exc}", "node": None,
-                           "traceback": traceback.format_exc()},
-                )
-            return self._outcome(held, OutcomeKind.COMPLETED, result=result.output,
-                                 nodes=result.nodes)
-        # Only reached when held.scope was cancelled or its deadline passed.
-        if held.stop_reason == "lost":
-            log.warning("job %s: lock lost (another worker took it over); stopped", job.id)
-            return None
-        if held.stop_reason == "cancel":
-            return self._outcome(held, OutcomeKind.CANCELLED,
-                                 error={"message": "cancelled", "reason": "cancelled"})
-        return self._outcome(
-            held, OutcomeKind.FAILED,
-            error={"message": f"job timed out after {timeout:g}s", "node": None,
-                   "reason": "timeout"},
-        )
+        try:
+            result = await run_flow(flow, job_id=job.id, inputs=job.inputs, emit=emit,
+                                    credential=self.credential)
+        except NodeFailed as exc:
+            log.warning("job %s failed in node %s: %s", job.id, exc.node_id, exc.message)
+            return self._outcome(
+                held, OutcomeKind.FAILED,
+                error={"message": exc.message, "node": exc.node_id, "traceback": exc.traceback},
+                nodes=exc.nodes,
+            )
+        except CredentialError as exc:
+            return self._failed(held, str(exc), retry=False)
+        except Exception as exc:
+            # A bug outside any node: record it on the job, keep the worker.
+            log.exception("job %s crashed outside a node", job.id)
+            return self._outcome(
+                held, OutcomeKind.FAILED,
+                error={"message": f"{type(exc).__name__}: {exc}", "node": None,
+                       "traceback": traceback.format_exc()},
+            )
+        return self._outcome(held, OutcomeKind.COMPLETED, result=result.output,
+                             nodes=result.nodes)
 
     def _outcome(self, held: _Held, kind: OutcomeKind, **fields: Any) -> Outcome:
         return Outcome(job_id=held.claimed.job.id, token=held.claimed.token, kind=kind, **fields)
@@ -285,7 +416,8 @@ class Worker:
         held = self._held.get(job_id)
         if held is not None and held.stop_reason is None:
             held.stop_reason = reason
-            held.scope.cancel()
+            if held.scope is not None:  # running (else stopped when a runner takes it)
+                held.scope.cancel()
 
     # ---- background loops -----------------------------------------------------------
 
@@ -337,6 +469,24 @@ class Worker:
         if not self._flushed_all.is_set():
             log.error("could not record %d outcomes before exit; their jobs return to the "
                       "queue when their locks expire", len(self._outcomes))
+
+    async def _run_timeouts(self) -> None:
+        # One task stops jobs past their timeout: a deadline on a scope per job
+        # cost more than a no-op job. It sleeps until the earliest deadline it
+        # knows of; a job starting with an earlier one moves that (_execute).
+        while True:
+            with trio.CancelScope(deadline=self._next_timeout) as self._timeout_sleep:
+                await trio.sleep_forever()
+            now = trio.current_time()
+            earliest = math.inf
+            for job_id, held in list(self._held.items()):
+                if held.scope is None:
+                    continue  # not running
+                if held.deadline <= now:
+                    self._stop(job_id, "timeout")
+                elif held.deadline < earliest:
+                    earliest = held.deadline
+            self._next_timeout = earliest
 
     async def _run_renewals(self) -> None:
         wc = self.config.worker

@@ -22,6 +22,14 @@ class NodeSource:
         return self.node if self.node is not None else "$" + ".".join(self.flow_path)
 
 
+def _upstream(node: CompiledNode) -> tuple[str, ...]:
+    seen: dict[str, None] = {}
+    for _name, source in node.inputs:
+        if source.node is not None:
+            seen[source.node] = None
+    return tuple(seen)
+
+
 @attrs.frozen(eq=False)
 class CompiledNode:
     id: str
@@ -31,15 +39,17 @@ class CompiledNode:
     params: Any
     inputs: tuple[tuple[str, NodeSource], ...]
     timeout_s: float | None
+    # Upstream node ids, in input order, without repeats. Computed once: the
+    # runner reads it for every node of every job.
+    upstream: tuple[str, ...] = attrs.field(
+        init=False, default=attrs.Factory(_upstream, takes_self=True)
+    )
 
-    @property
-    def upstream(self) -> tuple[str, ...]:
-        """Upstream node ids, in input order, without repeats."""
-        seen: dict[str, None] = {}
-        for _name, source in self.inputs:
-            if source.node is not None:
-                seen[source.node] = None
-        return tuple(seen)
+
+def _is_chain(flow: CompiledFlow) -> bool:
+    return all(
+        flow.nodes[i - 1].id in node.upstream for i, node in enumerate(flow.nodes) if i > 0
+    )
 
 
 @attrs.frozen(eq=False)
@@ -54,6 +64,11 @@ class CompiledFlow:
     # (e.g. {"question"}); executors may also read ``ctx.flow_inputs`` directly.
     flow_inputs: frozenset[str]
     version: int | None = None
+    # Every node needs the one before it: no two nodes can ever run at the
+    # same time, so the runner runs them one after another without a nursery.
+    sequential: bool = attrs.field(
+        init=False, default=attrs.Factory(_is_chain, takes_self=True)
+    )
 
 
 @attrs.frozen

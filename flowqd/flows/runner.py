@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
@@ -35,19 +34,15 @@ async def run_flow(
     scope: cancellation stops every running node at once.
     """
     run = _Run(flow, job_id, inputs, emit, credential)
-    try:
-        async with trio.open_nursery() as nursery:
-            run.nursery = nursery
-            for node in flow.nodes:
-                nursery.start_soon(run.node, node, name=f"flow {flow.id} node {node.id}")
-    except BaseExceptionGroup as group:
-        # Node tasks turn every Exception into NodeFailed, so a group here is
-        # normally the caller's cancellation arriving in several nodes: hand
-        # the caller one Cancelled, as a plain ``await`` would.
-        cancelled, rest = group.split(trio.Cancelled)
-        if rest is not None or cancelled is None:
-            raise
-        raise _first_leaf(cancelled) from None
+    if flow.sequential:
+        # A chain (one node, say): no nursery, no task per node. Same events,
+        # same records, same outcome as below, at a fraction of the cost.
+        for node in flow.nodes:
+            await run.node(node)
+            if run.failure is not None:
+                break
+    else:
+        await run.concurrently()
     # A failure racing the caller's cancellation: the cancellation wins, so
     # a job timeout is reported as a timeout.
     await trio.lowlevel.checkpoint_if_cancelled()
@@ -71,14 +66,32 @@ class _Run:
         self.emit = emit
         self.credential = credential
         self.outputs: dict[str, Any] = {}
-        self.done = {node.id: trio.Event() for node in flow.nodes}
+        self.done: dict[str, trio.Event] = {}
         self.records: list[dict[str, Any]] = []
         self.failure: NodeFailed | None = None
         self.nursery: trio.Nursery | None = None
 
+    async def concurrently(self) -> None:
+        """Each node in a task of its own, started once its inputs are ready."""
+        self.done = {node.id: trio.Event() for node in self.flow.nodes}
+        try:
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                for node in self.flow.nodes:
+                    nursery.start_soon(self.node, node, name=f"flow {self.flow.id} node {node.id}")
+        except BaseExceptionGroup as group:
+            # Node tasks turn every Exception into NodeFailed, so a group here is
+            # normally the caller's cancellation arriving in several nodes: hand
+            # the caller one Cancelled, as a plain ``await`` would.
+            cancelled, rest = group.split(trio.Cancelled)
+            if rest is not None or cancelled is None:
+                raise
+            raise _first_leaf(cancelled) from None
+
     async def node(self, node: CompiledNode) -> None:
-        for upstream in node.upstream:
-            await self.done[upstream].wait()
+        if self.done:
+            for upstream in node.upstream:
+                await self.done[upstream].wait()
         identity = {"node": node.id, "type": node.type, "label": node.label}
         self.emit("node_start", identity)
         started = time.time()
@@ -86,7 +99,9 @@ class _Run:
         error: str | None = None
         trace = ""
         output: Any = None
-        with trio.move_on_after(node.timeout_s or math.inf) as scope:
+        # No scope at all without a node timeout: most nodes have none.
+        scope = trio.move_on_after(node.timeout_s) if node.timeout_s is not None else _NO_SCOPE
+        with scope:
             try:
                 values = {name: self._value(source) for name, source in node.inputs}
                 ctx = NodeContext(
@@ -124,13 +139,14 @@ class _Run:
             self.emit("node_end", {**identity, "status": "ERROR", "error": error})
             if self.failure is None:
                 self.failure = NodeFailed(node.id, error, trace, list(self.records))
-                assert self.nursery is not None
-                self.nursery.cancel_scope.cancel()
+                if self.nursery is not None:
+                    self.nursery.cancel_scope.cancel()
             return
         self.records.append(record)
         self.outputs[node.id] = output
         self.emit("node_end", {**identity, "status": "FINISHED", "output": output})
-        self.done[node.id].set()
+        if self.done:
+            self.done[node.id].set()
 
     def _value(self, source: NodeSource) -> Any:
         if source.node is not None:
@@ -148,6 +164,21 @@ class _Run:
                 )
             value = value[key]
         return value
+
+
+class _NoScope:
+    """Stands in for a node's ``move_on_after`` when the node has no timeout."""
+
+    cancelled_caught = False
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+_NO_SCOPE = _NoScope()
 
 
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
