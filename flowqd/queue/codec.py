@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import orjson
 
 from flowqd.jobs import Event, Job, JobStatus
 from flowqd.queue.keys import JOB_FIELDS
 
 _N_FIELDS = len(JOB_FIELDS)
+_STATUSES = {status.value.encode(): status for status in JobStatus}
 
 
 def _text(value: bytes | None) -> str | None:
@@ -29,24 +31,26 @@ def decode_job(job_id: str, fields: list[Any]) -> Job | None:
     flow, ver, inputs, st, att, mx, timeout, owner, ct, sat, ft, res, err, nodes, wk, cx = fields
     if st is None:
         return None
+    # Positional, in Job's field order: every claimed job passes through here,
+    # and keywords cost a third more.
     return Job(
-        id=job_id,
-        flow_id=flow.decode(),
-        flow_version=int(ver),
-        inputs=orjson.loads(inputs),
-        status=JobStatus(st.decode()),
-        attempts=int(att),
-        max_attempts=int(mx),
-        timeout_s=float(timeout) if timeout else None,
-        owner=_text(owner),
-        created_at=int(ct) / 1000.0,
-        started_at=_ms(sat),
-        finished_at=_ms(ft),
-        result=orjson.loads(res) if res is not None else None,
-        error=orjson.loads(err) if err else None,
-        nodes=orjson.loads(nodes) if nodes else [],
-        worker=_text(wk),
-        cancel_requested=cx is not None,
+        job_id,
+        flow.decode(),
+        int(ver),
+        orjson.loads(inputs),
+        _STATUSES[st],
+        int(att),
+        int(mx),
+        float(timeout) if timeout else None,
+        _text(owner),
+        int(ct) / 1000.0,
+        _ms(sat),
+        _ms(ft),
+        orjson.loads(res) if res is not None else None,
+        orjson.loads(err) if err else None,
+        orjson.loads(nodes) if nodes else [],
+        _text(wk),
+        cx is not None,
     )
 
 
@@ -64,3 +68,9 @@ def decode_entry(entry: list[Any]) -> Event:
 
 
 assert _N_FIELDS == 16  # decode_job unpacks exactly these
+# ... and passes them to Job in this order.
+assert [a.name for a in attrs.fields(Job)] == [
+    "id", "flow_id", "flow_version", "inputs", "status", "attempts", "max_attempts",
+    "timeout_s", "owner", "created_at", "started_at", "finished_at", "result", "error",
+    "nodes", "worker", "cancel_requested",
+]
