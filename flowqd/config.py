@@ -64,6 +64,23 @@ class AuthConfig:
     allow_anonymous: bool = False
 
 
+def _flow_limits(_instance: object, _attribute: object, value: dict[str, int]) -> None:
+    bad = {flow: n for flow, n in value.items() if n < 0}
+    if bad:
+        raise ValueError(f"expected limits of 0 (none) or more per minute, got {_show(bad)}")
+
+
+@attrs.frozen
+class LimitsConfig:
+    per_minute: int = attrs.field(default=0, validator=_non_negative)
+    burst: int = attrs.field(default=20, validator=_positive)
+    flows: dict[str, int] = attrs.field(factory=dict, validator=_flow_limits)
+
+    def for_flow(self, flow_id: str) -> int:
+        """Requests a minute allowed for ``flow_id``; 0 means no limit."""
+        return self.flows.get(flow_id, self.per_minute)
+
+
 @attrs.frozen
 class WorkerConfig:
     concurrency: int = attrs.field(default=10000, validator=_positive)
@@ -147,6 +164,7 @@ class Config:
     flows: FlowsConfig = attrs.Factory(FlowsConfig)
     security: SecurityConfig = attrs.Factory(SecurityConfig)
     auth: AuthConfig = attrs.Factory(AuthConfig)
+    limits: LimitsConfig = attrs.Factory(LimitsConfig)
     # Where the values came from; not configuration itself.
     source: str = attrs.field(default="defaults", eq=False)
     redis_configured: bool = attrs.field(default=False, eq=False)
@@ -217,6 +235,8 @@ def _describe(tp: Any) -> str:
     if origin is list:
         item = _describe(get_args(tp)[0]).removeprefix("a ").removeprefix("an ")
         return f"a list of {item}s"
+    if origin is dict:
+        return f"a table of {_describe(get_args(tp)[1]).removeprefix('a ').removeprefix('an ')}s"
     names = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
     return names.get(tp, getattr(tp, "__name__", str(tp)))
 
@@ -242,6 +262,16 @@ def _parse_env_value(raw: str, tp: Any) -> Any:
     if origin is list:
         item = get_args(tp)[0]
         return [_parse_env_value(part.strip(), item) for part in raw.split(",") if part.strip()]
+    if origin is dict:
+        # "a=1,b=2", the environment's spelling of a TOML table
+        value_type = get_args(tp)[1]
+        out = {}
+        for part in filter(None, (p.strip() for p in raw.split(","))):
+            key, sep, text = part.partition("=")
+            if not sep or not key.strip():
+                raise ValueError(f"expected NAME=VALUE pairs separated by commas, got {raw!r}")
+            out[key.strip()] = _parse_env_value(text.strip(), value_type)
+        return out
     if tp is bool:
         lowered = raw.strip().lower()
         if lowered in ("1", "true", "yes", "on"):

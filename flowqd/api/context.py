@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, cast
@@ -32,6 +33,26 @@ class ApiContext:
         """One bounded exchange with the broker (503 past ``server.broker_timeout_s``)."""
         with broker_deadline(self.state.config.server.broker_timeout_s, what):
             yield
+
+    async def check_rate(self, flow_id: str) -> None:
+        """429 with Retry-After when ``flow_id`` is past its ``[limits]`` pace."""
+        limits = self.state.config.limits
+        per_minute = limits.for_flow(flow_id)
+        if per_minute == 0:
+            return
+        with self.broker("checking the rate limit"):
+            wait = await self.state.broker.rate_limit(
+                f"flow:{flow_id}", per_minute=per_minute, burst=limits.burst
+            )
+        if wait > 0:
+            self.metrics.rate_limited.inc(flow=flow_id)
+            raise ApiError(
+                429,
+                f"flow {flow_id} takes at most {per_minute} requests a minute (bursts of "
+                f"{limits.burst}); retry in {wait:.1f}s, or raise limits.flows / "
+                "limits.per_minute",
+                headers={"Retry-After": str(max(1, math.ceil(wait)))},
+            )
 
     def background(self) -> trio.Nursery:
         if self.nursery is None:

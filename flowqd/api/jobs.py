@@ -163,6 +163,9 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
     @app.post("/api/v1/jobs")
     async def enqueue() -> Response:
         specs, bulk = await build_specs(ctx, await read_json(request))
+        # A request counts once per flow it names, however many jobs it holds.
+        for flow_id in dict.fromkeys(spec.flow_id for spec in specs):
+            await ctx.check_rate(flow_id)
         with ctx.broker("enqueueing"):
             ids = await broker.enqueue(specs)
         ctx.metrics.enqueued.inc(len(ids))

@@ -14,6 +14,7 @@ class ApiMetrics:
     latency: Histogram = attrs.field(init=False)
     jobs: Counter = attrs.field(init=False)
     enqueued: Counter = attrs.field(init=False)
+    rate_limited: Counter = attrs.field(init=False)
     queue_depth: Gauge = attrs.field(init=False)
     broker_up: Gauge = attrs.field(init=False)
     broker: Gauge = attrs.field(init=False)
@@ -32,6 +33,8 @@ class ApiMetrics:
                                 "Jobs the API waited on, by outcome (completed, failed, "
                                 "cancelled, timeout)."))
         self.enqueued = add(Counter("flowqd_api_jobs_enqueued_total", "Jobs enqueued."))
+        self.rate_limited = add(Counter("flowqd_api_rate_limited_total",
+                                        "Requests refused with 429, by flow."))
         self.queue_depth = add(Gauge("flowqd_queue_jobs", "Jobs per state (read at scrape)."))
         self.broker_up = add(Gauge("flowqd_broker_up",
                                    "1 when the broker answered the last scrape, else 0."))

@@ -33,6 +33,7 @@ ERRORS = {
     "409": "the request conflicts with the current state (say, cancelling a finished job)",
     "413": "body larger than server.max_body_bytes",
     "422": "well-formed JSON that is not a valid request; problems lists each with its path",
+    "429": "the flow is past its rate limit ([limits]); Retry-After says when to retry",
     "503": "the broker (Redis) is unreachable or slow, or the server is stopping",
 }
 JSON_ANY: Schema = {"type": "object", "additionalProperties": True}
@@ -140,7 +141,7 @@ def spec() -> dict[str, Any]:
              "504": _json("no result within server.prediction_timeout_s; jobId names the job, "
                           "which goes on", ERROR)},
             params=flow_id, body=_body(PREDICTION_BODY),
-            errors=("400", "401", "404", "409", "413", "422", "503"))},
+            errors=("400", "401", "404", "409", "413", "422", "429", "503"))},
         "/api/v1/chatflows-streaming/{flow_id}": {"get": _op(
             "Whether the flow can stream (always true; the Flowise SDKs ask first)",
             {"200": _json("{\"isStreaming\": true}")}, params=flow_id, open_route=True)},
@@ -150,7 +151,7 @@ def spec() -> dict[str, Any]:
                                       "{\"jobs\": [{id, location}]}")},
                         body=_body({"oneOf": [JOB_SPEC, {"type": "object", "properties": {
                             "jobs": {"type": "array", "items": JOB_SPEC}}}]}),
-                        errors=("400", "401", "404", "413", "422", "503")),
+                        errors=("400", "401", "404", "413", "422", "429", "503")),
             "get": _op("List the caller's jobs, newest first",
                        {"200": _json("{\"jobs\": [...]}")},
                        params=[_param("status", "query"), _param("limit", "query"),

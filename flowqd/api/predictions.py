@@ -117,6 +117,7 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
                                 "{\"question\": \"hi\"}")
         req = parse_request(body)
         flow = await load_flow(ctx, flow_id)
+        await ctx.check_rate(flow.id)
         job_id = new_job_id()
         chat = flowise.Chat.new(req.question, req.chat_id, req.override.get("sessionId"), job_id)
         inputs = job_inputs(req, chat)

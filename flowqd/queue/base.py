@@ -206,6 +206,15 @@ class Broker(abc.ABC):
 
     # ---- small shared state -------------------------------------------------
 
+    @abc.abstractmethod
+    async def rate_limit(self, name: str, *, per_minute: int, burst: int) -> float:
+        """Take one request from the rate limit ``name``, shared by every process.
+
+        A generic cell rate limit: ``per_minute`` requests a minute on average,
+        up to ``burst`` at once. Returns 0.0 when the request may go ahead,
+        else the seconds until it would (the request is not counted).
+        """
+
     async def statistics(self) -> dict[str, Any]:
         """Backend figures for metrics (connections held, and the like)."""
         return {}

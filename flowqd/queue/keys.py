@@ -34,6 +34,7 @@ JOB = "job:"  # hash, fields in JOB_FIELDS plus "tok" (lock token) and "stl" (st
 EVENTS = "events:"  # stream, entries {n: name, d: orjson data}
 WORKER = "worker:"  # string, orjson WorkerInfo, PX heartbeat ttl
 FLOW = "flow:"  # flow:<id>:v<n> string, the flow document of version n
+RATE = "rate:"  # string, a rate limit's theoretical arrival time (ms), PX until idle
 # Job hash fields returned (in this order) wherever a job record is read.
 JOB_FIELDS: tuple[str, ...] = (
     "flow", "ver", "in", "st", "att", "max", "to", "own",
@@ -113,6 +114,9 @@ class QueueKeys:
     def worker(self, worker_id: str) -> str:
         return self.prefix + WORKER + worker_id
 
+    def rate(self, name: str) -> str:
+        return self.prefix + RATE + name
+
     def flow(self, flow_id: str, version: int) -> str:
         return f"{self.prefix}{FLOW}{flow_id}:v{version}"
 
@@ -131,6 +135,7 @@ def lua_prelude() -> str:
         f"local function worker_key(id) return P .. '{WORKER}' .. id end",
         f"local function flow_key(id, v) return P .. '{FLOW}' .. id .. ':v' .. v end",
         "local function finished_key(status) return P .. status end",
+        f"local function rate_key(name) return P .. '{RATE}' .. name end",
         "local JOB_FIELDS = {" + ", ".join(f"'{f}'" for f in JOB_FIELDS) + "}",
         *(f"local F_{f.upper()} = {i}" for i, f in enumerate(JOB_FIELDS, 1)),
         f"local MARKER_MEMBER = '{MARKER_MEMBER}'",

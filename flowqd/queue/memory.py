@@ -130,6 +130,7 @@ class MemoryBroker(Broker):
         self._flow_seq: dict[str, int] = {}
         self._flow_docs: dict[tuple[str, int], bytes] = {}
         self._secrets: dict[str, bytes] = {}
+        self._rates: dict[str, float] = {}  # rate limit name -> theoretical arrival time
 
     # ---- lifecycle -------------------------------------------------------
 
@@ -415,6 +416,17 @@ class MemoryBroker(Broker):
     async def delete_secret(self, name: str) -> bool:
         await trio.lowlevel.checkpoint()
         return self._secrets.pop(name, None) is not None
+
+    async def rate_limit(self, name: str, *, per_minute: int, burst: int) -> float:
+        # The same cell rate algorithm as rate_limit.lua, on trio's clock.
+        await trio.lowlevel.checkpoint()
+        now, interval = trio.current_time(), 60.0 / per_minute
+        tat = max(self._rates.get(name, now), now)
+        allowed_at = tat - interval * (burst - 1)
+        if now < allowed_at:
+            return allowed_at - now
+        self._rates[name] = tat + interval
+        return 0.0
 
     # ---- internals -----------------------------------------------------------
 

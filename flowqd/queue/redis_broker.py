@@ -481,6 +481,10 @@ class RedisBroker(Broker):
     async def delete_secret(self, name: str) -> bool:
         return bool(await self._redis.execute(b"HDEL", self._keys.secrets, name))
 
+    async def rate_limit(self, name: str, *, per_minute: int, burst: int) -> float:
+        wait_ms = await self._run("rate_limit", (name, repr(60_000 / per_minute), burst))
+        return int(wait_ms) / 1000
+
     async def statistics(self) -> dict[str, Any]:
         await trio.lowlevel.checkpoint()
         stats = attrs.asdict(self._redis.statistics())

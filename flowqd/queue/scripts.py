@@ -17,7 +17,7 @@ from flowqd.redis import Redis, Script
 
 NAMES = (
     "enqueue", "claim", "renew", "flush", "cancel", "retry",
-    "promote", "stalled", "workers", "put_flow", "get_flow",
+    "promote", "stalled", "workers", "put_flow", "get_flow", "rate_limit",
 )
 
 
@@ -40,6 +40,7 @@ class Scripts:
     workers: Script
     put_flow: Script
     get_flow: Script
+    rate_limit: Script
 
     @classmethod
     def load(cls, redis: Redis) -> Scripts:

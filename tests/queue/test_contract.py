@@ -519,6 +519,30 @@ async def test_secrets(broker: Broker) -> None:
         assert await broker.list_secrets() == ["other"]
 
 
+async def test_rate_limit_allows_a_burst_then_says_how_long_to_wait(broker: Broker) -> None:
+    with trio.fail_after(10):
+        # 60 a minute (one a second), bursts of 3: three go, the fourth waits
+        # about a second; another limit's name is counted apart.
+        for _ in range(3):
+            assert await broker.rate_limit("flow:a", per_minute=60, burst=3) == 0
+        wait = await broker.rate_limit("flow:a", per_minute=60, burst=3)
+        assert 0.5 < wait <= 1.0
+        # A refused request is not counted: asking again waits no longer.
+        assert await broker.rate_limit("flow:a", per_minute=60, burst=3) <= wait
+        assert await broker.rate_limit("flow:b", per_minute=60, burst=3) == 0
+
+
+async def test_rate_limit_refills_with_time(broker: Broker) -> None:
+    with trio.fail_after(10):
+        # 6000 a minute is one per 10 ms: after a refused request, waiting the
+        # answer lets the next one through.
+        assert await broker.rate_limit("r", per_minute=6000, burst=1) == 0
+        wait = await broker.rate_limit("r", per_minute=6000, burst=1)
+        assert 0 < wait <= 0.01
+        await trio.sleep(wait + 0.002)
+        assert await broker.rate_limit("r", per_minute=6000, burst=1) == 0
+
+
 async def test_retry_of_failed_job(broker: Broker) -> None:
     with trio.fail_after(10):
         [job_id] = await broker.enqueue([spec()])
