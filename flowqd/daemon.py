@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, closing
 from functools import partial
 
@@ -61,12 +61,12 @@ class Lifecycle:
             self.roles_scope.deadline = trio.current_time() + self.grace_s + TEARDOWN_MARGIN_S
 
 
-def run(config: Config, *, on_ready: Callable[[dict[str, str]], None] | None = None) -> int:
+def run(config: Config) -> int:
     """Run the daemon until stopped; return the process exit code."""
     setup_logging(config.log)
     code = 1
     try:
-        code = trio.run(_main, config, on_ready)
+        code = trio.run(_main, config)
     except* STARTUP_ERRORS as group:
         for exc in _leaves(group):
             for line in str(exc).splitlines():
@@ -90,12 +90,12 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     return out
 
 
-async def _main(config: Config, on_ready: Callable[[dict[str, str]], None] | None) -> int:
+async def _main(config: Config) -> int:
     life = Lifecycle(grace_s=config.worker.shutdown_grace_s, notifier=Notifier.from_environ())
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals, closing(life.notifier):
         async with trio.open_nursery() as root:
             root.start_soon(_watch_signals, signals, life, root.cancel_scope)
-            await _serve(config, life, on_ready)
+            await _serve(config, life)
             root.cancel_scope.cancel()
     if life.forced_by is not None:
         log.warning("stopped at once by a second signal")
@@ -126,9 +126,7 @@ async def _open_components(config: Config) -> AsyncIterator[tuple[Broker, FlowSt
         yield broker, FlowStore(broker, executors), Registry()
 
 
-async def _serve(
-    config: Config, life: Lifecycle, on_ready: Callable[[dict[str, str]], None] | None
-) -> None:
+async def _serve(config: Config, life: Lifecycle) -> None:
     async with _open_components(config) as (broker, flows, registry):
         secret = load_secret(config.security)
         sealer = Sealer(secret) if secret else (Sealer.ephemeral() if config.broker == "memory"
@@ -166,8 +164,6 @@ async def _serve(
                 ready = " ".join(f"{k}={v}" for k, v in endpoints.items())
                 log.info("ready: %s", ready)
                 life.notifier.ready(f"serving: {ready}")
-                if on_ready is not None:
-                    on_ready(endpoints)
             infra.cancel_scope.cancel()
 
 

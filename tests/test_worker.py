@@ -228,3 +228,40 @@ async def test_concurrency_limit_is_respected(harness_factory: Any) -> None:
             assert counts[JobStatus.ACTIVE] == 3
             assert counts[JobStatus.WAITING] == 2
             assert len(h.worker._held) == 3
+
+
+async def test_prompt_to_llm_flow_streams_tokens_in_order_through_the_worker(
+    harness_factory: Any,
+) -> None:
+    from tests.flows.httpserver import open_http_server, streaming_llm
+
+    tokens = ["Hel", "lo", ", ", "wor", "ld", "!"]
+    with trio.fail_after(20):
+        async with open_http_server(streaming_llm(tokens)) as llm, harness_factory() as h:
+            flow_id, _ = await h.flows.put({
+                "id": "greet",
+                "nodes": [
+                    {"id": "prompt", "type": "template",
+                     "params": {"template": "Say hello to {question}"}},
+                    {"id": "answer", "type": "llm",
+                     "params": {"base_url": f"{llm.url}/v1", "model": "m"},
+                     "inputs": {"prompt": "prompt"}},
+                ],
+                "output": "answer",
+            })
+            [job_id] = await h.enqueue(flow_id)
+            job = await h.wait_terminal(job_id)
+            assert job.status == JobStatus.COMPLETED, job.error
+            assert job.result == "Hello, world!"
+            events = await h.broker.read_events(job_id)
+            assert [e.data for e in events if e.name == "token"] == tokens
+            names = [e.name for e in events]
+            # Tokens come between the llm node's start and end, then the terminal event.
+            starts = [i for i, e in enumerate(events) if e.name == "node_start"]
+            ends = [i for i, e in enumerate(events) if e.name == "node_end"]
+            token_at = [i for i, name in enumerate(names) if name == "token"]
+            assert starts[1] < token_at[0] and token_at[-1] < ends[1]
+            assert names[-1] == END
+            [request] = llm.requests
+            assert request.json()["messages"][-1]["content"] == "Say hello to q0"
+            assert request.json()["stream"] is True
