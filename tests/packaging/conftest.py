@@ -6,6 +6,8 @@ import importlib.util
 import os
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,3 +29,10 @@ def binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert result.returncode == 0, f"build failed:\n{result.stdout}\n{result.stderr}"
     return out / "dist" / "flowqd"
+
+
+@pytest.fixture
+def socket_path() -> Iterator[str]:
+    """A path for a NOTIFY_SOCKET (tmp_path can exceed the 108-byte limit of unix sockets)."""
+    with tempfile.TemporaryDirectory(prefix="fqn") as folder:
+        yield os.path.join(folder, "notify")

@@ -20,6 +20,7 @@ import trio
 
 from flowqd import __version__
 from tests.daemonproc import base_env, start_daemon
+from tests.packaging.notifysock import listen
 from tests.redisproc import RedisServer
 
 pytestmark = pytest.mark.slow
@@ -173,3 +174,27 @@ async def test_sigint_to_the_process_group_drains_once(binary: Path, site: Path)
             assert await daemon.wait(15) == 0
             assert "draining" in daemon.text()
             assert "stopped at once" not in daemon.text()
+
+
+async def test_notifies_systemd_from_the_bootloaders_child(
+    binary: Path, site: Path, socket_path: str
+) -> None:
+    """As systemd runs it: WATCHDOG_PID is the main PID, the bootloader; the daemon is its child."""
+    args = ["--role", "all", "--config", str(site / "flowqd.toml")]
+    # exec keeps the shell's pid, so WATCHDOG_PID is the bootloader's, as systemd sets it.
+    command = ["sh", "-c", 'export WATCHDOG_PID=$$; exec "$0" "$@"', str(binary)]
+    env = {"NOTIFY_SOCKET": socket_path, "WATCHDOG_USEC": "200000"}
+    with trio.fail_after(60):
+        async with (
+            listen(socket_path) as listener,
+            start_daemon(args, env=env, cwd=str(site), command=command) as daemon,
+        ):
+            ready = await listener.until("READY")
+            assert daemon.api in ready["STATUS"]
+            for _ in range(2):
+                await listener.until("WATCHDOG")
+            daemon.signal(signal.SIGTERM)
+            await listener.until("STOPPING")
+            assert await daemon.wait(15) == 0
+        assert listener.keys("READY", "STOPPING") == ["READY", "STOPPING"]
+        assert listener.messages[0] == {"WATCHDOG": "1"}

@@ -9,9 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import tempfile
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -20,41 +17,7 @@ import trio
 
 from flowqd.notify import Notifier
 from tests.daemonproc import start_daemon
-
-
-@pytest.fixture
-def socket_path() -> Iterator[str]:
-    # tmp_path can exceed the 108-byte limit of a unix socket path.
-    with tempfile.TemporaryDirectory(prefix="fqn") as folder:
-        yield os.path.join(folder, "notify")
-
-
-class Listener:
-    """What systemd's side of NOTIFY_SOCKET receives, one message per datagram."""
-
-    def __init__(self, sock: trio.socket.SocketType) -> None:
-        self.sock = sock
-        self.messages: list[dict[str, str]] = []
-
-    async def next(self) -> dict[str, str]:
-        data = await self.sock.recv(65536)
-        fields = dict(line.split("=", 1) for line in data.decode().splitlines())
-        self.messages.append(fields)
-        return fields
-
-    async def until(self, key: str) -> dict[str, str]:
-        while True:
-            fields = await self.next()
-            if key in fields:
-                return fields
-
-
-@asynccontextmanager
-async def listen(address: str) -> AsyncIterator[Listener]:
-    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    with sock:
-        await sock.bind(address)
-        yield Listener(sock)
+from tests.packaging.notifysock import listen
 
 
 def blocking_listener(address: str) -> socket.socket:
@@ -176,8 +139,7 @@ async def test_daemon_ready_after_serving_then_stopping_on_sigterm(
                 stopping = await listener.until("STOPPING")
                 assert stopping["STATUS"].startswith("draining")
                 assert await daemon.wait(10) == 0
-            assert [k for m in listener.messages for k in m if k in ("READY", "STOPPING")] == [
-                "READY", "STOPPING"]
+            assert listener.keys("READY", "STOPPING") == ["READY", "STOPPING"]
 
 
 async def test_daemon_pings_watchdog_until_it_stops(socket_path: str, tmp_path: Path) -> None:
