@@ -21,7 +21,9 @@ Data model (names in ``keys.py``, scripts in ``lua/``):
 Decisions where the contract left room:
 
 - ``claim`` blocks at most once: if the doorbell rings it claims again and
-  returns whatever it got, possibly [] (the worker loop calls again). The
+  returns whatever it got, possibly [] (the worker loop calls again). After
+  a claim that left nothing waiting, the next one blocks first and claims
+  when the doorbell rings or ``block_s`` passes. The
   claim script runs shielded from cancellation; if the caller was cancelled
   meanwhile, the claimed jobs are put back at the head of ``wait`` (attempt
   not counted) before ``Cancelled`` propagates. If Redis fails mid-claim the
@@ -144,6 +146,7 @@ class RedisBroker(Broker):
         self._blocking = _BlockingConnections(redis, exit_stack)
         self._block_margin_s = block_margin_s
         self._events = EventHub(redis, self._keys)
+        self._drained = False  # the last claim left no job waiting
 
     async def _run(self, script_name: str, args: Sequence[Any]) -> Any:
         return await self._redis.run_script(
@@ -275,17 +278,24 @@ class RedisBroker(Broker):
         if max_jobs <= 0:
             await trio.lowlevel.checkpoint()
             return []
-        claimed = await self._claim_now(worker_id, max_jobs, lock_ttl_s)
-        if claimed or block_s <= 0:
-            return claimed or []
+        if not self._drained or block_s <= 0:
+            claimed = await self._claim_now(worker_id, max_jobs, lock_ttl_s)
+            self._drained = claimed is None or len(claimed) < max_jobs
+            if claimed or block_s <= 0:
+                return claimed or []
+        # The last claim found the queue empty (or paused): wait for the
+        # doorbell before claiming again. That saves a script call per job
+        # at low load and is always safe: whatever puts jobs in ``wait``
+        # rings, and a claim that leaves jobs there rings again.
         async with self._blocking.connection() as connection:
-            rung = await connection.execute(
+            await connection.execute(
                 b"BZPOPMIN", self._keys.marker, f"{block_s:.3f}",
                 timeout=block_s + self._block_margin_s,
             )
-        if rung is None:
-            return []
-        return await self._claim_now(worker_id, max_jobs, lock_ttl_s) or []
+        # Even without a ring: a claimer cancelled while blocked may have taken it.
+        claimed = await self._claim_now(worker_id, max_jobs, lock_ttl_s)
+        self._drained = claimed is None or len(claimed) < max_jobs
+        return claimed or []
 
     async def _claim_now(
         self, worker_id: str, max_jobs: int, lock_ttl_s: float
