@@ -73,13 +73,13 @@ class Notifier:
         return True
 
     def ready(self, status: str) -> bool:
-        return self.notify("READY=1", f"STATUS={status}")
+        return self.notify("READY=1", _status(status))
 
     def stopping(self, status: str) -> bool:
-        return self.notify("STOPPING=1", f"STATUS={status}")
+        return self.notify("STOPPING=1", _status(status))
 
     def status(self, status: str) -> bool:
-        return self.notify(f"STATUS={status}")
+        return self.notify(_status(status))
 
     async def run_watchdog(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                            ) -> None:
@@ -102,6 +102,11 @@ class Notifier:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+def _status(text: str) -> str:
+    # One message is newline-separated fields: an error text must stay on one line.
+    return "STATUS=" + " ".join(text.split())
 
 
 def _socket_address(value: str) -> str | None:

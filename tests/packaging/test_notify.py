@@ -58,6 +58,16 @@ def test_message_is_one_datagram_of_lines(socket_path: str) -> None:
                                b"STOPPING=1\nSTATUS=draining"]
 
 
+def test_status_stays_on_one_line(socket_path: str) -> None:
+    with blocking_listener(socket_path) as sock:
+        notifier = Notifier.from_environ({"NOTIFY_SOCKET": socket_path})
+        try:
+            assert notifier.status("waiting for the broker: refused\nREADY=1")
+        finally:
+            notifier.close()
+        assert drain(sock) == [b"STATUS=waiting for the broker: refused READY=1"]
+
+
 def test_abstract_socket_name() -> None:
     name = f"flowqd-test-{os.getpid()}"
     with blocking_listener("\0" + name) as sock:
