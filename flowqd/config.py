@@ -259,6 +259,13 @@ def _parse_env_value(raw: str, tp: Any) -> Any:
         if raw == "":
             return None
         return _parse_env_value(raw, inner[0])
+    if origin in (list, dict) and raw.lstrip()[:1] in ("[", "{"):
+        # TOML's own spelling also works: FLOWQD_PLUGINS__PATHS='["/a", "/b"]'
+        try:
+            return tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"expected a TOML {'array' if origin is list else 'table'}, "
+                             f"got {raw!r} ({exc})") from None
     if origin is list:
         item = get_args(tp)[0]
         return [_parse_env_value(part.strip(), item) for part in raw.split(",") if part.strip()]

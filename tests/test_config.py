@@ -182,6 +182,13 @@ def test_bad_override_flag() -> None:
 def test_list_values_from_env() -> None:
     config = load_config(environ={"FLOWQD_PLUGINS__PATHS": "/a, /b"})
     assert config.plugins.paths == ["/a", "/b"]
+    config = load_config(environ={"FLOWQD_PLUGINS__PATHS": '["/x,y", "/z"]'})
+    assert config.plugins.paths == ["/x,y", "/z"]
+    config = load_config(environ={}, overrides=["limits.flows={ greet = 5 }"])
+    assert config.limits.flows == {"greet": 5}
+    [line] = problems(environ={"FLOWQD_PLUGINS__PATHS": '["/a"'})
+    assert line.startswith("environment variable FLOWQD_PLUGINS__PATHS: plugins.paths: "
+                           "expected a TOML array")
 
 
 def test_file_search_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
