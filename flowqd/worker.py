@@ -133,6 +133,9 @@ class Worker:
     # Flows being fetched, so a burst of jobs of an uncached flow costs one
     # broker call, not one per job.
     _flow_loads: dict[tuple[str, int], trio.Event] = attrs.field(init=False, factory=dict)
+    # Compiled flows by (id, version), read without an await for every job
+    # (versions never change); FlowStore keeps the authoritative LRU.
+    _flow_cache: dict[tuple[str, int], CompiledFlow] = attrs.field(init=False, factory=dict)
     _flushed_all: trio.Event = attrs.field(init=False, factory=trio.Event)
     _closing: bool = attrs.field(init=False, default=False)
     _draining: bool = attrs.field(init=False, default=False)
@@ -287,10 +290,26 @@ class Worker:
 
     async def _run_job(self, held: _Held, scope: trio.CancelScope) -> None:
         job = held.claimed.job
-        started = time.monotonic()
+        started = trio.current_time()
         outcome: Outcome | None = None
         try:
-            outcome = await self._execute(held, scope)
+            if held.stop_reason is not None:  # stopped before a runner took it
+                outcome = self._stopped(held)
+            else:
+                held.deadline = deadline = started + self._timeout_of(job)
+                if deadline < self._next_timeout:
+                    self._next_timeout = self._timeout_sleep.deadline = deadline
+                held.scope = scope
+                try:
+                    outcome = await self._attempt(held)
+                except trio.Cancelled:
+                    if not held.stopped():
+                        raise  # not this job's stop: the worker's drain deadline
+                    # Swallowed: the runner's scope stays cancelled, and the
+                    # runner leaves it before running anything else.
+                    outcome = self._stopped(held)
+                finally:
+                    held.scope = None
         except trio.Cancelled:
             # The worker's drain deadline passed: put the job back, attempt
             # not counted. Recorded without awaiting; the final flush sends it.
@@ -306,28 +325,9 @@ class Worker:
             else:
                 self._outcomes.append(outcome)
                 self._flush_wanted.set()
-                self.metrics.jobs.inc(outcome=outcome.kind.value)
-                self.metrics.duration.observe(time.monotonic() - started,
-                                              outcome=outcome.kind.value)
-
-    async def _execute(self, held: _Held, scope: trio.CancelScope) -> Outcome | None:
-        if held.stop_reason is not None:  # stopped before a runner took it
-            return self._stopped(held)
-        job = held.claimed.job
-        held.deadline = deadline = trio.current_time() + self._timeout_of(job)
-        if deadline < self._next_timeout:
-            self._next_timeout = self._timeout_sleep.deadline = deadline
-        held.scope = scope
-        try:
-            return await self._attempt(held)
-        except trio.Cancelled:
-            if not held.stopped():
-                raise  # not this job's stop: the worker's drain deadline
-            # Swallowed: the runner's scope stays cancelled, and the runner
-            # leaves it before running anything else.
-            return self._stopped(held)
-        finally:
-            held.scope = None
+                kind = outcome.kind.value
+                self.metrics.jobs.inc(outcome=kind)
+                self.metrics.duration.observe(trio.current_time() - started, outcome=kind)
 
     def _timeout_of(self, job: Job) -> float:
         return job.timeout_s or self.config.worker.job_timeout_s
@@ -354,10 +354,15 @@ class Worker:
             return await self.flows.get(flow_id, version)
         self._flow_loads[key] = loading = trio.Event()
         try:
-            return await self.flows.get(flow_id, version)
+            flow = await self.flows.get(flow_id, version)
         finally:
             del self._flow_loads[key]
             loading.set()
+        if flow is not None:
+            if len(self._flow_cache) >= FlowStore.CACHE_SIZE:
+                self._flow_cache.clear()
+            self._flow_cache[key] = flow
+        return flow
 
     async def _attempt(self, held: _Held) -> Outcome:
         job = held.claimed.job
@@ -367,10 +372,12 @@ class Worker:
             self._flush_wanted.set()
 
         emit("started", {"attempt": job.attempts, "worker": self.id})
-        try:
-            flow = await self._flow(job.flow_id, job.flow_version)
-        except FlowqdError as exc:
-            return self._failed(held, f"cannot load flow {job.flow_id!r}: {exc}", retry=True)
+        flow = self._flow_cache.get((job.flow_id, job.flow_version))
+        if flow is None:
+            try:
+                flow = await self._flow(job.flow_id, job.flow_version)
+            except FlowqdError as exc:
+                return self._failed(held, f"cannot load flow {job.flow_id!r}: {exc}", retry=True)
         if flow is None:
             return self._failed(
                 held,

@@ -7,6 +7,7 @@ import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+import attrs
 import trio
 
 from flowqd.errors import FlowqdError
@@ -103,16 +104,12 @@ class _Run:
         scope = trio.move_on_after(node.timeout_s) if node.timeout_s is not None else _NO_SCOPE
         with scope:
             try:
-                values = {name: self._value(source) for name, source in node.inputs}
-                ctx = NodeContext(
-                    job_id=self.job_id,
-                    node_id=node.id,
-                    inputs=values,
-                    params=node.params,
-                    flow_inputs=self.inputs,
-                    emit=self.emit,
-                    credential=self.credential,
-                )
+                if node.inputs:
+                    values = {name: self._value(source) for name, source in node.inputs}
+                # Positional (job_id, node_id, inputs, params, flow_inputs, emit,
+                # credential): this runs for every node of every job.
+                ctx = NodeContext(self.job_id, node.id, values, node.params, self.inputs,
+                                  self.emit, self.credential)
                 output = await node.executor.run(ctx)
             except Exception as exc:
                 error = describe_exception(exc)
@@ -179,6 +176,11 @@ class _NoScope:
 
 
 _NO_SCOPE = _NoScope()
+
+# _Run.node builds NodeContext positionally, in this order.
+assert [a.name for a in attrs.fields(NodeContext)] == [
+    "job_id", "node_id", "inputs", "params", "flow_inputs", "_emit", "_credential"
+]
 
 
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
