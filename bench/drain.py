@@ -90,7 +90,7 @@ async def bench(
                 # Sample the worker during the drain only (--format raw: collapsed stacks).
                 spy = await trio.lowlevel.open_process(
                     [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid),
-                     "--rate", "500", "--format", "raw", "--output", py_spy]
+                     "--rate", "500", "--gil", "--format", "raw", "--output", py_spy]
                 )
                 await trio.sleep(1.0)
             cpu0, t0 = cpu_seconds(pid), time.perf_counter()
@@ -117,7 +117,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=20000)
     parser.add_argument("--batch", type=int, default=1000, help="jobs per bulk enqueue call")
     parser.add_argument("--py-spy", metavar="FILE",
-                        help="sample the worker with py-spy during the drain (collapsed stacks)")
+                        help="sample the worker with py-spy during the drain "
+                        "(collapsed stacks, GIL held)")
     args = parser.parse_args()
     server = RedisServer()
     server.start()

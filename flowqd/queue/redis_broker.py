@@ -349,10 +349,23 @@ class RedisBroker(Broker):
     async def _flush(
         self, events: Sequence[EmittedEvent], outcomes: Sequence[Outcome]
     ) -> list[bool]:
-        args: list[Any] = [len(events)]
         dumps = orjson.dumps
+        # Events as runs of one job's consecutive events: job id and count
+        # once per run (a job's events mostly come together), then name and
+        # data per event.
+        args: list[Any] = [0]
+        runs = 0
+        run_job: str | None = None
+        count_at = 0
         for event in events:
-            args += (event.job_id, event.name, dumps(event.data))
+            if event.job_id != run_job:
+                run_job = event.job_id
+                runs += 1
+                count_at = len(args) + 1
+                args += (run_job, 0)
+            args[count_at] += 1
+            args += (event.name, dumps(event.data))
+        args[0] = runs
         for outcome in outcomes:
             kind = outcome.kind
             stored: bytes | str = b""
@@ -373,7 +386,7 @@ class RedisBroker(Broker):
                 event_data,
                 dumps(outcome.nodes) if outcome.nodes else b"",
                 b"1" if outcome.retry else b"0",
-                repr(random.random()),
+                repr(random.random()) if kind == OutcomeKind.FAILED else b"",
             )
         results = await self._run("flush", args)
         return [bool(r) for r in results]

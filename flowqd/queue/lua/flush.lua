@@ -1,23 +1,26 @@
--- Append events, then record outcomes. Args: E (event count), E triples
--- (id, name, data), then per outcome (8): id, token, kind (c f x r),
--- stored (result JSON / error JSON / cancel reason), event data (error event
--- JSON), nodes JSON or '', retry '1'/'0', jitter in [0, 1).
+-- Append events, then record outcomes. Args: R (event runs), per run: job
+-- id, event count C, then C pairs (name, data); then per outcome (8): id,
+-- token, kind (c f x r), stored (result JSON / error JSON / cancel reason),
+-- event data (error event JSON), nodes JSON or '', retry '1'/'0', jitter in
+-- [0, 1) (failures only).
 -- Returns 1/0 per outcome (0: token is not the job's current one: refused).
 local now = now_ms()
-local n_events = tonumber(ARGV[A])
+local n_runs = tonumber(ARGV[A])
 local live = {}
 local i = A + 1
-local last_event = A + 3 * n_events
-while i <= last_event do
-  local id = ARGV[i]
+for _ = 1, n_runs do
+  local id, count = ARGV[i], tonumber(ARGV[i + 1])
+  i = i + 2
   local ok = live[id]
   if ok == nil then
     -- Never after the terminal event.
     ok = redis.call('HGET', job_key(id), 'st') == 'active'
     live[id] = ok
   end
-  if ok then add_event(id, ARGV[i + 1], ARGV[i + 2]) end
-  i = i + 3
+  if ok then
+    for e = i, i + 2 * count - 1, 2 do add_event(id, ARGV[e], ARGV[e + 1]) end
+  end
+  i = i + 2 * count
 end
 
 local cap_ms = 86400000
