@@ -1,11 +1,12 @@
 """The main role's HTTP API as a quart-trio app.
 
-Routes live in ``predictions``, ``jobs`` and ``manage``; this module wires
+Routes live in ``predictions``, ``jobs``, ``manage`` and ``dashboard``; this module wires
 them with authentication, errors as JSON, metrics and the OpenAPI document.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
@@ -15,7 +16,7 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from flowqd.api import jobs, manage, openapi, predictions
+from flowqd.api import dashboard, jobs, manage, openapi, predictions
 from flowqd.api.context import ApiContext
 from flowqd.api.http import ApiError, error_response, json_response, unavailable
 from flowqd.api.metrics import ApiMetrics
@@ -70,7 +71,13 @@ def create_app(state: ApiState) -> QuartTrio:
         g.principal = ANONYMOUS
         if request.endpoint is None or request.endpoint in OPEN_ENDPOINTS:
             return
-        who = keys.authenticate(request.headers.get("Authorization"))
+        if request.endpoint in dashboard.SELF_AUTHENTICATED:
+            # The dashboard's page and sign-in routes decide for themselves.
+            with contextlib.suppress(ApiError):
+                g.principal = dashboard.authenticate(keys) or ANONYMOUS
+            return
+        # The bearer header, or the dashboard's cookie on same-origin requests.
+        who = dashboard.authenticate(keys)
         if who is None:
             raise ApiError(401, "missing or unknown API key: send Authorization: Bearer <key> "
                                 "(an administrator creates keys with `flowqd keys add NAME`)",
@@ -115,6 +122,7 @@ def create_app(state: ApiState) -> QuartTrio:
     predictions.register(app, ctx)
     jobs.register(app, ctx)
     manage.register(app, ctx)
+    dashboard.register(app, ctx)
 
     @app.errorhandler(ApiError)
     async def api_error(exc: ApiError) -> Response:

@@ -26,6 +26,9 @@ KEEP_ALIVE = sse.sse_comment("keep-alive")
 # response headers leave at once instead of with the first event.
 RETRY = b"retry: 2000\n\n"
 REPLAY_PAGE = 1000
+# Searching jobs reads the broker's per-state lists in pages, up to a bound.
+SEARCH_PAGE = 500
+SEARCH_SCAN = 5000
 
 
 def job_json(job: Job) -> dict[str, Any]:
@@ -44,7 +47,8 @@ def job_json(job: Job) -> dict[str, Any]:
         "finished_at": job.finished_at, "duration_s": duration,
         "result": job.result, "error": error, "nodes": job.nodes, "worker": job.worker,
         "cancel_requested": job.cancel_requested,
-        "links": {"self": base, "events": f"{base}/events", "cancel": f"{base}/cancel"},
+        "links": {"self": base, "events": f"{base}/events", "cancel": f"{base}/cancel",
+                  "retry": f"{base}/retry"},
     }
 
 
@@ -157,6 +161,54 @@ def _query_int(name: str, default: int, maximum: int) -> int:
     return int(raw)
 
 
+def _matches(job: Job, flow: str | None, search: str | None) -> bool:
+    if flow is not None and job.flow_id != flow:
+        return False
+    if search is None:
+        return True
+    needle = search.lower()
+    return job.id.lower().startswith(needle) or needle in job.flow_id.lower()
+
+
+async def _search(ctx: ApiContext, states: list[JobStatus], flow: str | None,
+                  search: str | None, offset: int, limit: int) -> Response:
+    """Jobs of ``states`` (newest created first) filtered by flow, by ``q`` (an id or
+    its start, or part of a flow id) and by what the caller may see, paged after
+    filtering. The broker lists by state only, so this reads at most
+    ``SEARCH_SCAN`` jobs per state; ``scan_limited`` says the search stopped there."""
+    broker = ctx.state.broker
+    who = principal()
+    wanted = offset + limit + 1
+    found: list[Job] = []
+    limited = False
+    with ctx.broker("searching jobs"):
+        exact = await broker.get_job(search) if search and JOB_ID.fullmatch(search) else None
+        if exact is not None and who.may_see(exact.owner) and exact.status in states \
+                and _matches(exact, flow, None):
+            return json_response({"jobs": [] if offset else [job_json(exact)],
+                                  "has_more": False, "scan_limited": False})
+        for state in states:
+            matched: list[Job] = []
+            scanned = 0
+            while len(matched) < wanted:
+                if scanned >= SEARCH_SCAN:
+                    limited = True
+                    break
+                page = await broker.list_jobs(state, offset=scanned, limit=SEARCH_PAGE)
+                scanned += SEARCH_PAGE
+                matched += [j for j in page
+                            if who.may_see(j.owner) and _matches(j, flow, search)]
+                if len(page) < SEARCH_PAGE:
+                    break
+            found += matched
+    # Jobs move between states while we page: an id seen twice counts once.
+    unique = {j.id: j for j in found}.values()
+    ordered = sorted(unique, key=lambda j: j.created_at, reverse=True)
+    return json_response({"jobs": [job_json(j) for j in ordered[offset:offset + limit]],
+                          "has_more": len(ordered) > offset + limit,
+                          "scan_limited": limited})
+
+
 def register(app: QuartTrio, ctx: ApiContext) -> None:
     broker = ctx.state.broker
 
@@ -187,14 +239,16 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
                            ) from None
         limit = _query_int("limit", 50, 1000)
         offset = _query_int("offset", 0, 1_000_000)
-        found: list[Job] = []
-        with ctx.broker("listing jobs"):
-            for state in states:
-                found += await broker.list_jobs(state, offset=offset, limit=limit)
+        flow = request.args.get("flow") or None
+        search = (request.args.get("q") or "").strip() or None
         who = principal()
-        found = sorted((j for j in found if who.may_see(j.owner)),
-                       key=lambda j: j.created_at, reverse=True)[:limit]
-        return json_response({"jobs": [job_json(j) for j in found]})
+        if flow is None and search is None and who.admin and len(states) == 1:
+            with ctx.broker("listing jobs"):
+                found = await broker.list_jobs(states[0], offset=offset, limit=limit + 1)
+            return json_response({"jobs": [job_json(j) for j in found[:limit]],
+                                  "has_more": len(found) > limit, "scan_limited": False})
+        # Several states, another key's jobs to skip, or a filter: page after merging.
+        return await _search(ctx, states, flow, search, offset, limit)
 
     @app.get("/api/v1/jobs/<job_id>")
     async def get_job(job_id: str) -> Response:
@@ -212,6 +266,21 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
             raise ApiError(404, f"job {job_id} not found (removed by retention)")
         # 202: a running job stops when its worker hears of it.
         return json_response(job_json(now), 200 if now.status in TERMINAL_STATUSES else 202)
+
+    @app.post("/api/v1/jobs/<job_id>/retry")
+    async def retry(job_id: str) -> Response:
+        job = await ctx.visible_job(job_id)
+        if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+            raise ApiError(409, f"job {job_id} is {job.status.value}; only failed or cancelled "
+                                "jobs can be retried")
+        with ctx.broker("retrying the job"):
+            now = await broker.retry(job_id)
+        if now is None:
+            raise ApiError(404, f"job {job_id} not found (removed by retention)")
+        if now.status in (JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.COMPLETED):
+            raise ApiError(409, f"job {job_id} could not be retried (it is {now.status.value})")
+        # 202: queued again with attempts reset and a fresh event stream.
+        return json_response(job_json(now), 202)
 
     @app.get("/api/v1/jobs/<job_id>/events")
     async def events(job_id: str) -> Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import attrs
 from quart import Response, request
@@ -10,6 +11,7 @@ from quart_trio import QuartTrio
 
 from flowqd.api.context import ApiContext, require_admin
 from flowqd.api.http import ApiError, json_response, read_json, require_object
+from flowqd.api.throughput import FinishRate
 from flowqd.errors import CredentialError, FlowValidationError
 
 CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
@@ -21,6 +23,7 @@ def _problems(exc: FlowValidationError) -> list[dict[str, str]]:
 
 def register(app: QuartTrio, ctx: ApiContext) -> None:
     state = ctx.state
+    finish_rate = FinishRate(state.broker)
 
     # ---- flows ------------------------------------------------------------------------
 
@@ -141,3 +144,11 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
         with ctx.broker("resuming the queue"):
             await state.broker.resume()
         return json_response({"paused": False})
+
+    @app.get("/api/v1/queue/throughput")
+    async def throughput() -> Response:
+        # Wall-clock time on purpose: finish times in job records are unix seconds.
+        now = time.time()
+        with ctx.broker("counting finished jobs"):
+            await finish_rate.sample(now)
+        return json_response(finish_rate.snapshot(now))

@@ -152,9 +152,12 @@ def spec() -> dict[str, Any]:
                         body=_body({"oneOf": [JOB_SPEC, {"type": "object", "properties": {
                             "jobs": {"type": "array", "items": JOB_SPEC}}}]}),
                         errors=("400", "401", "404", "413", "422", "429", "503")),
-            "get": _op("List the caller's jobs, newest first",
-                       {"200": _json("{\"jobs\": [...]}")},
-                       params=[_param("status", "query"), _param("limit", "query"),
+            "get": _op("List the caller's jobs, newest first; filter by state, flow, or q (a "
+                       "job id or its start, or part of a flow id)",
+                       {"200": _json("{\"jobs\": [...], \"has_more\": bool, \"scan_limited\": "
+                                     "bool (a search reads at most 5000 jobs per state)}")},
+                       params=[_param("status", "query"), _param("flow", "query"),
+                               _param("q", "query"), _param("limit", "query"),
                                _param("offset", "query")],
                        errors=("400", "401", "503")),
         },
@@ -165,6 +168,11 @@ def spec() -> dict[str, Any]:
             "Cancel a job (queued: at once; running: its worker stops it)",
             {"200": _json("cancelled", JOB), "202": _json("running: cancel requested", JOB)},
             params=job_id, errors=("401", "404", "409", "503"))},
+        "/api/v1/jobs/{job_id}/retry": {"post": _op(
+            "Run a failed or cancelled job again: back to waiting, attempts reset, a fresh "
+            "event stream",
+            {"202": _json("queued again", JOB)},
+            params=job_id, errors=("401", "403", "404", "409", "503"))},
         "/api/v1/jobs/{job_id}/events": {"get": _op(
             "The job's events as server-sent events (id:, event:, data: JSON); resumes after "
             "Last-Event-ID (or ?after=); a finished job's stream is replayed; ends after the "
@@ -202,12 +210,46 @@ def spec() -> dict[str, Any]:
         "/api/v1/queue": {"get": _op("Jobs per state, paused or not, live workers",
                                      {"200": _json("{name, paused, counts, workers}")},
                                      errors=("401", "503"))},
+        "/api/v1/queue/throughput": {"get": _op(
+            "Jobs finished (completed, failed) per 30 s over the last 15 minutes, oldest "
+            "first, and the rate over the last 5 minutes",
+            {"200": _json("{window_s, bucket_s, now, buckets: [{start, completed, failed}], "
+                          "last_5_min, per_minute, saturated}")},
+            errors=("401", "503"))},
         "/api/v1/queue/pause": {"post": _op("Stop workers claiming jobs (admin)",
                                             {"200": _json("{\"paused\": true}")},
                                             errors=("401", "403", "503"))},
         "/api/v1/queue/resume": {"post": _op("Let workers claim jobs again (admin)",
                                              {"200": _json("{\"paused\": false}")},
                                              errors=("401", "403", "503"))},
+        "/admin/queues": {"get": _op(
+            "The queue dashboard (dashboard.enabled): an HTML page; 401 with its sign-in form "
+            "when keys are configured and the browser is not signed in",
+            {"200": {"description": "the page", "content": {"text/html": {}}},
+             "401": {"description": "the page, opening on its sign-in form (HTML), or a JSON "
+                                    "error for clients that do not accept HTML",
+                     "content": {"text/html": {}}}},
+            errors=("404",), open_route=True)},
+        "/admin/queues/static/{name}": {"get": _op(
+            "The dashboard's scripts and styles (no data, no key needed)",
+            {"200": {"description": "a file"}, "304": {"description": "not modified (ETag)"}},
+            params=[_param("name")], errors=("404",), open_route=True)},
+        "/admin/queues/session": {
+            "get": _op("Who the dashboard is signed in as",
+                       {"200": _json("{name, admin, open}")}, errors=("401", "404"),
+                       open_route=True),
+            "post": _op(
+                "Dashboard sign-in: checks the key and keeps it in an HttpOnly, SameSite=Strict "
+                "cookie the API accepts on same-origin requests (unsafe methods also need the "
+                "X-Flowqd-CSRF header)",
+                {"200": _json("{name, admin, open}; Set-Cookie flowqd_session")},
+                body=_body({"type": "object", "required": ["key"],
+                            "properties": {"key": {"type": "string"}}}),
+                errors=("400", "401", "403", "404", "422"), open_route=True),
+            "delete": _op("Dashboard sign-out: clears the cookie (needs X-Flowqd-CSRF)",
+                          {"204": {"description": "signed out"}}, errors=("403", "404"),
+                          open_route=True),
+        },
     }
     return {
         "openapi": "3.1.0",
@@ -217,8 +259,14 @@ def spec() -> dict[str, Any]:
         "paths": paths,
         "components": {
             "schemas": {"Error": ERROR},
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                           "description": "a key from `flowqd keys add NAME`"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer",
+                           "description": "a key from `flowqd keys add NAME`"},
+                "dashboard": {"type": "apiKey", "in": "cookie", "name": "flowqd_session",
+                              "description": "set by POST /admin/queues/session; accepted on "
+                                             "same-origin requests only, and on unsafe methods "
+                                             "only with the X-Flowqd-CSRF header"},
+            },
         },
-        "security": [{"bearer": []}],
+        "security": [{"bearer": []}, {"dashboard": []}],
     }

@@ -1,0 +1,291 @@
+"""The dashboard over plain HTTP: off by default, never open with keys, cookie sign-in and
+its same-origin rule, static files from the package; and the JSON routes the page added
+(retry, job search, throughput).
+
+Rules as everywhere: loopback, port 0, ``trio.fail_after`` around I/O, no sleeps.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import trio
+
+from flowqd.api.dashboard import COOKIE, CSRF_HEADER, load_assets
+from flowqd.api.throughput import FinishRate
+from tests.api.conftest import ADMIN_KEY, ALICE_KEY, Api, bearer, keyring, open_api
+from tests.api.sse import parse_sse
+
+ON = "dashboard.enabled=true"
+HTML = {"Accept": "text/html,application/xhtml+xml"}
+CSRF = {CSRF_HEADER: "1"}
+SAME_ORIGIN = {"Sec-Fetch-Site": "same-origin"}
+
+
+def cookie_client(api: Api, value: str) -> httpx.AsyncClient:
+    """A client that sends the session cookie and nothing else, like a browser would."""
+    return httpx.AsyncClient(base_url=api.url, timeout=10, cookies={COOKIE: value})
+
+
+async def wait_until_finished(api: Api, job_id: str, headers: dict[str, str]) -> dict[str, Any]:
+    # The event stream ends with the terminal event: no polling, no sleeps.
+    stream = await api.client.get(f"/api/v1/jobs/{job_id}/events", headers=headers)
+    assert stream.status_code == 200
+    events, _ = parse_sse(stream.content)
+    assert events[-1].name in ("end", "error", "cancelled")
+    job: dict[str, Any] = (await api.client.get(f"/api/v1/jobs/{job_id}",
+                                                headers=headers)).json()
+    return job
+
+
+async def test_page_is_404_json_when_disabled() -> None:
+    with trio.fail_after(15):
+        async with open_api() as api:
+            for path in ("/admin/queues", "/admin/queues/static/dashboard.js",
+                         "/admin/queues/session"):
+                response = await api.client.get(path, headers=HTML)
+                assert response.status_code == 404, path
+                assert response.headers["content-type"] == "application/json"
+                assert "dashboard.enabled" in response.json()["message"]
+
+
+async def test_page_is_401_without_a_key_when_keys_are_configured() -> None:
+    with trio.fail_after(15):
+        for anonymous in (False, True):
+            async with open_api(ON, keys=keyring(allow_anonymous=anonymous)) as api:
+                page = await api.client.get("/admin/queues", headers=HTML)
+                assert page.status_code == 401, anonymous
+                assert page.headers["content-type"].startswith("text/html")
+                assert 'data-view="signin"' in page.text and 'id="signin-form"' in page.text
+                api_call = await api.client.get("/admin/queues")
+                assert api_call.status_code == 401
+                assert api_call.json()["statusCode"] == 401
+                assert (await api.client.get("/admin/queues/session")).status_code == 401
+                if not anonymous:  # auth.allow_anonymous opens the API, never the page
+                    for path in ("/api/v1/queue", "/api/v1/queue/throughput", "/api/v1/jobs"):
+                        assert (await api.client.get(path)).status_code == 401, path
+                signed = await api.client.get("/admin/queues", headers={**HTML,
+                                                                       **bearer(ALICE_KEY)})
+                assert signed.status_code == 200 and 'data-view="app"' in signed.text
+                csp = signed.headers["content-security-policy"]
+                assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+                assert signed.headers["cache-control"] == "no-store"
+
+
+async def test_without_keys_the_page_opens_on_loopback() -> None:
+    with trio.fail_after(15):
+        async with open_api(ON) as api:
+            page = await api.client.get("/admin/queues", headers=HTML)
+            assert page.status_code == 200 and 'data-view="app"' in page.text
+            who = (await api.client.get("/admin/queues/session")).json()
+            assert who == {"name": None, "admin": True, "open": True}
+
+
+async def test_static_files_come_from_the_package() -> None:
+    assets = load_assets()
+    assert {"index.html", "dashboard.js", "dashboard.css", "favicon.svg"} <= assets.keys()
+    with trio.fail_after(15):
+        async with open_api(ON, keys=keyring()) as api:
+            script = await api.client.get("/admin/queues/static/dashboard.js")
+            assert script.status_code == 200
+            assert script.headers["content-type"].startswith("text/javascript")
+            assert script.content == assets["dashboard.js"].body
+            again = await api.client.get("/admin/queues/static/dashboard.js",
+                                         headers={"If-None-Match": script.headers["etag"]})
+            assert again.status_code == 304 and again.content == b""
+            css = await api.client.get("/admin/queues/static/dashboard.css")
+            assert css.headers["content-type"].startswith("text/css")
+            for name in ("nope.js", "index.html", "../app.py", "%2e%2e/app.py"):
+                assert (await api.client.get(f"/admin/queues/static/{name}")).status_code == 404
+            # Nothing the page loads comes from another host.
+            page = assets["index.html"].body.decode()
+            assert "http://" not in page and "https://" not in page.replace(
+                "http://www.w3.org", "")
+
+
+async def test_cookie_sign_in_then_the_api_accepts_the_cookie() -> None:
+    with trio.fail_after(15):
+        async with open_api(ON, keys=keyring()) as api:
+            wrong = await api.client.post("/admin/queues/session", json={"key": "fqd_nope"},
+                                          headers=CSRF)
+            assert wrong.status_code == 401 and "set-cookie" not in wrong.headers
+            no_header = await api.client.post("/admin/queues/session", json={"key": ADMIN_KEY})
+            assert no_header.status_code == 403 and "set-cookie" not in no_header.headers
+            cross = await api.client.post("/admin/queues/session", json={"key": ADMIN_KEY},
+                                          headers={**CSRF, "Sec-Fetch-Site": "cross-site"})
+            assert cross.status_code == 403
+            empty = await api.client.post("/admin/queues/session", json={}, headers=CSRF)
+            assert empty.status_code == 422
+
+            ok = await api.client.post("/admin/queues/session", json={"key": ADMIN_KEY},
+                                       headers={**CSRF, **SAME_ORIGIN})
+            assert ok.status_code == 200, ok.text
+            assert ok.json() == {"name": "admin", "admin": True, "open": False}
+            set_cookie = ok.headers["set-cookie"]
+            attributes = {part.strip().split("=")[0].lower() for part in set_cookie.split(";")}
+            assert {"httponly", "path", "max-age"} <= attributes
+            assert "SameSite=Strict" in set_cookie and "Path=/" in set_cookie
+            value = ok.cookies[COOKIE]
+
+            async with cookie_client(api, value) as browser:
+                page = await browser.get("/admin/queues", headers={**HTML, **SAME_ORIGIN})
+                assert page.status_code == 200 and 'data-view="app"' in page.text
+                typed = await browser.get("/admin/queues", headers={
+                    **HTML, "Sec-Fetch-Site": "none"})
+                assert typed.status_code == 200
+                assert (await browser.get("/api/v1/queue", headers=SAME_ORIGIN)).json()[
+                    "paused"] is False
+                who = await browser.get("/admin/queues/session", headers=SAME_ORIGIN)
+                assert who.json()["name"] == "admin"
+                paused = await browser.post("/api/v1/queue/pause",
+                                            headers={**CSRF, **SAME_ORIGIN})
+                assert paused.status_code == 200 and paused.json() == {"paused": True}
+                assert await api.broker.is_paused()
+                await browser.post("/api/v1/queue/resume", headers={**CSRF, **SAME_ORIGIN})
+                assert not await api.broker.is_paused()
+                out = await browser.delete("/admin/queues/session",
+                                           headers={**CSRF, **SAME_ORIGIN})
+                assert out.status_code == 204
+                assert 'Max-Age=0' in out.headers["set-cookie"]
+
+            async with cookie_client(api, "fqd_revoked-or-made-up") as stranger:
+                assert (await stranger.get("/api/v1/queue")).status_code == 401
+                page = await stranger.get("/admin/queues", headers=HTML)
+                assert page.status_code == 401 and 'data-view="signin"' in page.text
+
+
+async def test_cross_site_post_with_only_the_cookie_is_refused() -> None:
+    with trio.fail_after(20):
+        async with open_api(ON, keys=keyring()) as api:
+            job = (await api.client.post("/api/v1/jobs", json={"flow": "slow"},
+                                         headers=bearer(ALICE_KEY))).json()["id"]
+            async with cookie_client(api, ALICE_KEY) as browser:
+                attempts: list[dict[str, str]] = [
+                    {},  # a plain HTML form from anywhere: no custom header possible
+                    {"Sec-Fetch-Site": "cross-site"},
+                    {"Sec-Fetch-Site": "same-site"},  # another port of the same host
+                    {**CSRF, "Sec-Fetch-Site": "cross-site"},
+                    {**CSRF, "Sec-Fetch-Site": "same-site"},
+                    {**CSRF, "Sec-Fetch-Site": "none"},
+                    {"Origin": "http://evil.example", "Content-Type": "text/plain"},
+                ]
+                for headers in attempts:
+                    refused = await browser.post(f"/api/v1/jobs/{job}/cancel", headers=headers)
+                    assert refused.status_code == 403, headers
+                    assert CSRF_HEADER in refused.json()["message"] or \
+                        "own origin" in refused.json()["message"]
+                read = await browser.get(f"/api/v1/jobs/{job}",
+                                         headers={"Sec-Fetch-Site": "cross-site"})
+                assert read.status_code == 403
+                assert (await api.broker.get_job(job)).cancel_requested is False  # type: ignore[union-attr]
+                status = (await api.broker.get_job(job)).status  # type: ignore[union-attr]
+                assert status.value in ("waiting", "active")
+
+                done = await browser.post(f"/api/v1/jobs/{job}/cancel",
+                                          headers={**CSRF, **SAME_ORIGIN})
+                assert done.status_code in (200, 202), done.text
+            finished = await wait_until_finished(api, job, bearer(ALICE_KEY))
+            assert finished["status"] == "cancelled"
+
+
+async def test_retry_a_failed_job_and_only_a_failed_or_cancelled_one() -> None:
+    with trio.fail_after(20):
+        async with open_api(keys=keyring()) as api:
+            alice = bearer(ALICE_KEY)
+            failed_id = (await api.client.post("/api/v1/jobs", json={"flow": "boom"},
+                                               headers=alice)).json()["id"]
+            failed = await wait_until_finished(api, failed_id, alice)
+            assert failed["status"] == "failed" and failed["links"]["retry"].endswith("/retry")
+            other = await api.client.post(f"/api/v1/jobs/{failed_id}/retry",
+                                          headers=bearer("fqd_bob-key-for-tests"))
+            assert other.status_code == 404
+            again = await api.client.post(f"/api/v1/jobs/{failed_id}/retry", headers=alice)
+            assert again.status_code == 202, again.text
+            assert again.json()["status"] in ("waiting", "active")
+            assert again.json()["error"] is None
+            rerun = await wait_until_finished(api, failed_id, alice)
+            assert rerun["status"] == "failed" and rerun["attempts"] == 1
+
+            ok_id = (await api.client.post("/api/v1/jobs", json={
+                "flow": "echo", "inputs": {"question": "q"}}, headers=alice)).json()["id"]
+            assert (await wait_until_finished(api, ok_id, alice))["status"] == "completed"
+            refused = await api.client.post(f"/api/v1/jobs/{ok_id}/retry", headers=alice)
+            assert refused.status_code == 409 and "completed" in refused.json()["message"]
+            assert (await api.client.post("/api/v1/jobs/nope/retry",
+                                          headers=alice)).status_code == 404
+
+
+async def test_job_search_by_id_or_flow_with_paging() -> None:
+    with trio.fail_after(20):
+        async with open_api(keys=keyring()) as api:
+            alice, admin = bearer(ALICE_KEY), bearer(ADMIN_KEY)
+            body = {"jobs": [{"flow": "echo", "inputs": {"question": str(i)}} for i in range(5)]
+                    + [{"flow": "topic", "inputs": {"topic": "t"}, "job_id": "topic-job-1"}]}
+            ids = [j["id"] for j in (await api.client.post("/api/v1/jobs", json=body,
+                                                           headers=alice)).json()["jobs"]]
+            theirs = (await api.client.post("/api/v1/jobs", json={
+                "flow": "topic", "inputs": {"topic": "b"}},
+                headers=bearer("fqd_bob-key-for-tests"))).json()["id"]
+            for job_id in [*ids, theirs]:
+                await wait_until_finished(api, job_id, admin)
+
+            async def search(headers: dict[str, str], **params: str) -> dict[str, Any]:
+                response = await api.client.get("/api/v1/jobs", params=params, headers=headers)
+                assert response.status_code == 200, response.text
+                found: dict[str, Any] = response.json()
+                return found
+
+            by_flow = await search(alice, q="TOP", status="completed")
+            assert [j["id"] for j in by_flow["jobs"]] == ["topic-job-1"]  # not bob's
+            assert len((await search(admin, q="top"))["jobs"]) == 2
+            exact = await search(alice, q=ids[2])
+            assert [j["id"] for j in exact["jobs"]] == [ids[2]]
+            prefix = await search(alice, q=ids[3][:10])
+            assert ids[3] in [j["id"] for j in prefix["jobs"]]
+            assert (await search(alice, q=theirs))["jobs"] == []  # bob's job stays hidden
+            assert (await search(alice, q=ids[2], status="failed"))["jobs"] == []
+
+            echo = set(ids[:5])
+            page1 = await search(alice, flow="echo", limit="3")
+            page2 = await search(alice, flow="echo", limit="3", offset="3")
+            assert page1["has_more"] is True and page2["has_more"] is False
+            got = [j["id"] for j in page1["jobs"] + page2["jobs"]]
+            assert len(got) == 5 and set(got) == echo
+            assert page1["scan_limited"] is False
+            plain = await search(admin, status="completed", limit="6")
+            assert len(plain["jobs"]) == 6 and plain["has_more"] is True
+
+
+async def test_throughput_counts_each_finish_once() -> None:
+    with trio.fail_after(20):
+        async with open_api() as api:
+            first = [(await api.client.post("/api/v1/jobs", json={
+                "flow": "echo", "inputs": {"question": "q"}})).json()["id"] for _ in range(3)]
+            failed = (await api.client.post("/api/v1/jobs", json={"flow": "boom"})).json()["id"]
+            for job_id in [*first, failed]:
+                await wait_until_finished(api, job_id, {})
+            answer = (await api.client.get("/api/v1/queue/throughput")).json()
+            assert answer["last_5_min"] == {"completed": 3, "failed": 1}
+            assert answer["buckets"][-1]["start"] <= answer["now"]
+            assert sum(b["completed"] for b in answer["buckets"]) == 3
+            assert len(answer["buckets"]) == answer["window_s"] / answer["bucket_s"]
+
+            # A sampler of its own, with explicit clocks: the second sample reads only
+            # what finished since the first, however the pages overlap.
+            rate = FinishRate(api.broker, min_interval_s=0)
+            await rate.sample(time.time())
+            more = [(await api.client.post("/api/v1/jobs", json={
+                "flow": "echo", "inputs": {"question": "q"}})).json()["id"] for _ in range(4)]
+            for job_id in more:
+                await wait_until_finished(api, job_id, {})
+            await rate.sample(time.time())
+            await rate.sample(time.time())
+            snap = rate.snapshot(time.time())
+            assert snap["last_5_min"] == {"completed": 7, "failed": 1}
+            assert snap["per_minute"]["completed"] > 0
+            # Past the window, nothing is left.
+            later = time.time() + rate.window_s + rate.bucket_s
+            await rate.sample(later)
+            assert rate.snapshot(later)["last_5_min"] == {"completed": 0, "failed": 0}
