@@ -21,6 +21,7 @@ waiting all run in one runner, one after another.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import math
 import os
@@ -95,6 +96,28 @@ class WorkerMetrics:
                                    "Batched writes of events and outcomes."))
 
 
+_gc_tuned = False
+
+
+def _tune_gc() -> None:
+    """Keep the cyclic garbage collector off the job path (once per process).
+
+    Jobs live from claim to flush, long enough for their objects to reach the
+    oldest generation, and every full collection then walked everything
+    imported at start-up too: a fifth of the worker's CPU on no-op jobs. So the
+    start-up heap is frozen (never walked again) and young collections run
+    every 10,000 allocations instead of 700, by which time most job objects
+    are gone. Job objects rarely form cycles; reference counting frees them.
+    """
+    global _gc_tuned
+    if _gc_tuned:
+        return
+    _gc_tuned = True
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(10_000, gen1, gen2)
+
+
 def make_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
@@ -151,6 +174,7 @@ class Worker:
         self, shutdown: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Take and run jobs until ``shutdown`` is set, then drain and return."""
+        _tune_gc()
         wc = self.config.worker
         async with trio.open_nursery() as nursery:
             await nursery.start(self.broker.watch_cancels, self._on_cancel_notice)
