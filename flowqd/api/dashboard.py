@@ -23,6 +23,7 @@ from quart_trio import QuartTrio
 from flowqd.api.context import ApiContext, principal
 from flowqd.api.http import ApiError, json_response, read_json, require_object
 from flowqd.auth import ANONYMOUS, KeyRing, Principal
+from flowqd.errors import ConfigError
 
 __all__ = ["COOKIE", "CSRF_HEADER", "SELF_AUTHENTICATED", "authenticate", "register"]
 
@@ -38,6 +39,7 @@ SELF_AUTHENTICATED = frozenset({
     "dashboard_page", "dashboard_static", "dashboard_session", "dashboard_sign_in",
     "dashboard_sign_out",
 })
+ASSETS = ("index.html", "dashboard.js", "dashboard.css", "favicon.svg")
 CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
     ".css": "text/css; charset=utf-8",
@@ -63,15 +65,24 @@ class Asset:
 
 
 def load_assets() -> dict[str, Asset]:
-    """Every file of ``flowqd/api/static`` (flat), read once at start-up."""
+    """The page's files from ``flowqd/api/static``, read once at start-up.
+
+    Named one by one (not listed from the folder) so a build that lost one
+    fails here, at start-up, with the setting to change.
+    """
     assets: dict[str, Asset] = {}
-    for entry in (resources.files("flowqd.api") / "static").iterdir():
-        suffix = "." + entry.name.rpartition(".")[2]
-        if not entry.is_file() or suffix not in CONTENT_TYPES:
-            continue
-        body = entry.read_bytes()
-        assets[entry.name] = Asset(body, CONTENT_TYPES[suffix],
-                                   '"' + hashlib.sha256(body).hexdigest()[:16] + '"')
+    folder = resources.files("flowqd.api") / "static"
+    for name in ASSETS:
+        try:
+            body = (folder / name).read_bytes()
+        except OSError:
+            raise ConfigError([
+                f"dashboard.enabled: the dashboard's file flowqd/api/static/{name} is missing "
+                "from this installation; reinstall flowqd (or rebuild the binary with "
+                "packaging/flowqd.spec), or set dashboard.enabled = false"]) from None
+        content_type = CONTENT_TYPES["." + name.rpartition(".")[2]]
+        assets[name] = Asset(body, content_type,
+                             '"' + hashlib.sha256(body).hexdigest()[:16] + '"')
     return assets
 
 

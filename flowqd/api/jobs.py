@@ -194,11 +194,14 @@ async def _search(ctx: ApiContext, states: list[JobStatus], flow: str | None,
                 if scanned >= SEARCH_SCAN:
                     limited = True
                     break
-                page = await broker.list_jobs(state, offset=scanned, limit=SEARCH_PAGE)
-                scanned += SEARCH_PAGE
+                # First exactly what a page needs (all an admin's unfiltered list
+                # reads, every poll of the dashboard), then larger pages.
+                size = min(SEARCH_PAGE, wanted) if scanned == 0 else SEARCH_PAGE
+                page = await broker.list_jobs(state, offset=scanned, limit=size)
+                scanned += size
                 matched += [j for j in page
                             if who.may_see(j.owner) and _matches(j, flow, search)]
-                if len(page) < SEARCH_PAGE:
+                if len(page) < size:
                     break
             found += matched
     # Jobs move between states while we page: an id seen twice counts once.

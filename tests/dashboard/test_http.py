@@ -8,12 +8,14 @@ Rules as everywhere: loopback, port 0, ``trio.fail_after`` around I/O, no sleeps
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 import trio
 
-from flowqd.api.dashboard import COOKIE, CSRF_HEADER, load_assets
+from flowqd.api import dashboard
+from flowqd.api.dashboard import ASSETS, COOKIE, CSRF_HEADER, load_assets
 from flowqd.api.throughput import FinishRate
 from tests.api.conftest import ADMIN_KEY, ALICE_KEY, Api, bearer, keyring, open_api
 from tests.api.sse import parse_sse
@@ -85,7 +87,8 @@ async def test_without_keys_the_page_opens_on_loopback() -> None:
 
 async def test_static_files_come_from_the_package() -> None:
     assets = load_assets()
-    assert {"index.html", "dashboard.js", "dashboard.css", "favicon.svg"} <= assets.keys()
+    shipped = {p.name for p in (Path(dashboard.__file__).parent / "static").iterdir()}
+    assert set(assets) == set(ASSETS) == shipped  # a new file must be named in ASSETS
     with trio.fail_after(15):
         async with open_api(ON, keys=keyring()) as api:
             script = await api.client.get("/admin/queues/static/dashboard.js")

@@ -749,6 +749,7 @@ function init() {
       loadJobs();
     }, 250);
   });
+  $("toast").addEventListener("click", () => { $("toast").hidden = true; });
   document.addEventListener("keydown", (e) => { if (e.key === "Escape" && S.selected) closeDetail(); });
   renderTabs();
   if (document.body.dataset.view === "signin") showSignIn();
