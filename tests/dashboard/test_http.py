@@ -159,9 +159,9 @@ async def test_cookie_sign_in_then_the_api_accepts_the_cookie() -> None:
                 assert page.status_code == 401 and 'data-view="signin"' in page.text
 
 
-async def test_cross_site_post_with_only_the_cookie_is_refused() -> None:
+async def test_cross_site_post_with_only_the_cookie_is_refused(broker_env: dict[str, str]) -> None:
     with trio.fail_after(20):
-        async with open_api(ON, keys=keyring()) as api:
+        async with open_api(ON, keys=keyring(), environ=broker_env) as api:
             job = (await api.client.post("/api/v1/jobs", json={"flow": "slow"},
                                          headers=bearer(ALICE_KEY))).json()["id"]
             async with cookie_client(api, ALICE_KEY) as browser:
@@ -193,9 +193,10 @@ async def test_cross_site_post_with_only_the_cookie_is_refused() -> None:
             assert finished["status"] == "cancelled"
 
 
-async def test_retry_a_failed_job_and_only_a_failed_or_cancelled_one() -> None:
+async def test_retry_a_failed_job_and_only_a_failed_or_cancelled_one(
+        broker_env: dict[str, str]) -> None:
     with trio.fail_after(20):
-        async with open_api(keys=keyring()) as api:
+        async with open_api(keys=keyring(), environ=broker_env) as api:
             alice = bearer(ALICE_KEY)
             failed_id = (await api.client.post("/api/v1/jobs", json={"flow": "boom"},
                                                headers=alice)).json()["id"]
@@ -220,9 +221,9 @@ async def test_retry_a_failed_job_and_only_a_failed_or_cancelled_one() -> None:
                                           headers=alice)).status_code == 404
 
 
-async def test_job_search_by_id_or_flow_with_paging() -> None:
+async def test_job_search_by_id_or_flow_with_paging(broker_env: dict[str, str]) -> None:
     with trio.fail_after(20):
-        async with open_api(keys=keyring()) as api:
+        async with open_api(keys=keyring(), environ=broker_env) as api:
             alice, admin = bearer(ALICE_KEY), bearer(ADMIN_KEY)
             body = {"jobs": [{"flow": "echo", "inputs": {"question": str(i)}} for i in range(5)]
                     + [{"flow": "topic", "inputs": {"topic": "t"}, "job_id": "topic-job-1"}]}
@@ -261,9 +262,9 @@ async def test_job_search_by_id_or_flow_with_paging() -> None:
             assert len(plain["jobs"]) == 6 and plain["has_more"] is True
 
 
-async def test_throughput_counts_each_finish_once() -> None:
+async def test_throughput_counts_each_finish_once(broker_env: dict[str, str]) -> None:
     with trio.fail_after(20):
-        async with open_api() as api:
+        async with open_api(environ=broker_env) as api:
             first = [(await api.client.post("/api/v1/jobs", json={
                 "flow": "echo", "inputs": {"question": "q"}})).json()["id"] for _ in range(3)]
             failed = (await api.client.post("/api/v1/jobs", json={"flow": "boom"})).json()["id"]
