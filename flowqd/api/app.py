@@ -54,6 +54,7 @@ def create_app(state: ApiState) -> QuartTrio:
     """The app; raises ConfigError when the auth settings are unusable (see KeyRing)."""
     keys = state.keys if state.keys is not None else KeyRing.from_config(state.config)
     ctx = ApiContext(state, keys, ApiMetrics(state.registry))
+    cookies = state.config.dashboard.enabled
     app = QuartTrio("flowqd")
     app.config["MAX_CONTENT_LENGTH"] = state.config.server.max_body_bytes
 
@@ -74,10 +75,10 @@ def create_app(state: ApiState) -> QuartTrio:
         if request.endpoint in dashboard.SELF_AUTHENTICATED:
             # The dashboard's page and sign-in routes decide for themselves.
             with contextlib.suppress(ApiError):
-                g.principal = dashboard.authenticate(keys) or ANONYMOUS
+                g.principal = dashboard.authenticate(keys, accept_cookie=cookies) or ANONYMOUS
             return
         # The bearer header, or the dashboard's cookie on same-origin requests.
-        who = dashboard.authenticate(keys)
+        who = dashboard.authenticate(keys, accept_cookie=cookies)
         if who is None:
             raise ApiError(401, "missing or unknown API key: send Authorization: Bearer <key> "
                                 "(an administrator creates keys with `flowqd keys add NAME`)",

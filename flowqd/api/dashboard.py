@@ -86,13 +86,14 @@ def load_assets() -> dict[str, Asset]:
     return assets
 
 
-def authenticate(keys: KeyRing) -> Principal | None:
+def authenticate(keys: KeyRing, *, accept_cookie: bool) -> Principal | None:
     """The caller from the bearer header, else from the session cookie; None: refuse (401).
 
-    The header wins when both are sent: scripts and the SDKs never see the cookie.
+    The header wins when both are sent. ``accept_cookie`` is ``dashboard.enabled``:
+    with the dashboard off, nothing signs browsers in and no cookie is honoured.
     """
     header = request.headers.get("Authorization")
-    cookie = request.cookies.get(COOKIE)
+    cookie = request.cookies.get(COOKIE) if accept_cookie else None
     if header or not cookie:
         return keys.authenticate(header)
     return cookie_principal(keys, cookie)
@@ -116,9 +117,9 @@ def cookie_principal(keys: KeyRing, cookie: str) -> Principal | None:
     site = request.headers.get("Sec-Fetch-Site")
     # "none": the user typed the address or used a bookmark; fine for reading.
     if site is not None and site not in ("same-origin", "none"):
-        raise ApiError(403, f"the dashboard's sign-in cookie is accepted only on requests from "
-                            f"the dashboard's own origin (this one is {site}); other clients "
-                            "send Authorization: Bearer <key>")
+        raise ApiError(403, "the dashboard's sign-in cookie is accepted only on requests from "
+                            "the dashboard's own origin; other clients send "
+                            "Authorization: Bearer <key>")
     if request.method not in SAFE_METHODS and (
             site == "none" or not request.headers.get(CSRF_HEADER)):
         raise ApiError(403, f"a request signed in with the dashboard's cookie must carry the "

@@ -44,13 +44,19 @@ async def wait_until_finished(api: Api, job_id: str, headers: dict[str, str]) ->
 
 async def test_page_is_404_json_when_disabled() -> None:
     with trio.fail_after(15):
-        async with open_api() as api:
+        async with open_api(keys=keyring()) as api:
             for path in ("/admin/queues", "/admin/queues/static/dashboard.js",
                          "/admin/queues/session"):
                 response = await api.client.get(path, headers=HTML)
                 assert response.status_code == 404, path
                 assert response.headers["content-type"] == "application/json"
                 assert "dashboard.enabled" in response.json()["message"]
+            signed = await api.client.post("/admin/queues/session", json={"key": ADMIN_KEY},
+                                           headers=CSRF)
+            assert signed.status_code == 404 and "set-cookie" not in signed.headers
+            # With the dashboard off, no cookie stands in for the bearer header.
+            async with cookie_client(api, ADMIN_KEY) as browser:
+                assert (await browser.get("/api/v1/queue", headers=SAME_ORIGIN)).status_code == 401
 
 
 async def test_page_is_401_without_a_key_when_keys_are_configured() -> None:
