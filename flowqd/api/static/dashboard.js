@@ -342,7 +342,7 @@ function renderWorkers() {
     meter.firstChild.style.width = `${Math.max(share * 100, w.jobs_held ? 4 : 0)}%`;
     const stale = nowS() - w.last_seen > STALE_WORKER_S;
     return el("tr", { "data-worker-id": w.id },
-      el("td", { cls: "id", title: `${w.id} (pid ${w.pid}, up since ${fmtDate(w.started_at)})`, text: shortId(w.id) }),
+      el("td", { cls: "id", title: `pid ${w.pid}, up since ${fmtDate(w.started_at)}`, text: w.id }),
       el("td", { text: w.host }),
       el("td", {}, meter, `${fmtInt(w.jobs_held)} / ${fmtInt(w.concurrency)}`),
       el("td", { cls: stale ? "failed-text" : "", text: fmtAgo(w.last_seen) }),
