@@ -144,8 +144,12 @@ def create_app(state: ApiState) -> QuartTrio:
             allowed = ", ".join(sorted(exc.valid_methods or ()))
             message = f"{request.method} is not allowed on {request.path}; use {allowed}"
         elif status == 413:
+            # The rest of the body is never read, so the connection cannot
+            # carry another request: say so, or a keep-alive client sends its
+            # next request into a socket the server is about to close.
             message = (f"the request body is larger than server.max_body_bytes "
                        f"({state.config.server.max_body_bytes} bytes): send less")
+            return error_response(status, message, {"Connection": "close"})
         else:
             message = exc.description or exc.name
         return error_response(status, message)
