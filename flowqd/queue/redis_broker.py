@@ -73,7 +73,7 @@ from flowqd.queue.codec import decode_job
 from flowqd.queue.keys import JOB_FIELDS, MARKER_MEMBER, QueueKeys
 from flowqd.queue.redis_events import EventHub
 from flowqd.queue.scripts import Scripts
-from flowqd.redis import Backoff, Connection, Redis, open_redis
+from flowqd.redis import Arg, Backoff, Connection, Redis, ScriptCall, open_redis
 
 ENQUEUE_CHUNK = 1000  # jobs per enqueue script call (all calls in one pipeline)
 PROMOTE_INTERVAL_S = 0.1  # longest wait before a due delayed job is promoted
@@ -287,23 +287,26 @@ class RedisBroker(Broker):
         # doorbell before claiming again. That saves a script call per job
         # at low load and is always safe: whatever puts jobs in ``wait``
         # rings, and a claim that leaves jobs there rings again.
-        async with self._blocking.connection() as connection:
-            await connection.execute(
-                b"BZPOPMIN", self._keys.marker, f"{block_s:.3f}",
-                timeout=block_s + self._block_margin_s,
-            )
-        # Even without a ring: a claimer cancelled while blocked may have taken it.
-        claimed = await self._claim_now(worker_id, max_jobs, lock_ttl_s)
+        claimed = self._decode_claim(await self._wait_and_claim(worker_id, max_jobs, lock_ttl_s,
+                                                                block_s))
+        await self._hand_over(claimed)
         self._drained = claimed is None or len(claimed) < max_jobs
         return claimed or []
+
+    def _claim_args(self, worker_id: str, max_jobs: int, lock_ttl_s: float) -> tuple[Any, ...]:
+        return (worker_id, max_jobs, max(1, round(lock_ttl_s * 1000)), uuid.uuid4().hex)
 
     async def _claim_now(
         self, worker_id: str, max_jobs: int, lock_ttl_s: float
     ) -> list[Claimed] | None:
         """Run the claim script; None while the queue is paused."""
-        args = (worker_id, max_jobs, max(1, round(lock_ttl_s * 1000)), uuid.uuid4().hex)
         with trio.CancelScope(shield=True):
-            reply = await self._run("claim", args)
+            reply = await self._run("claim", self._claim_args(worker_id, max_jobs, lock_ttl_s))
+        claimed = self._decode_claim(reply)
+        await self._hand_over(claimed)
+        return claimed
+
+    def _decode_claim(self, reply: Any) -> list[Claimed] | None:
         if reply is None:
             return None
         claimed: list[Claimed] = []
@@ -312,17 +315,83 @@ class RedisBroker(Broker):
             job = decode_job(job_id, reply[i + 2])
             assert job is not None  # the script has just written it
             claimed.append(Claimed(job=job, token=reply[i + 1].decode()))
+        return claimed
+
+    async def _hand_over(self, claimed: list[Claimed] | None) -> None:
+        """Raise Cancelled if the caller was cancelled, after putting ``claimed`` back."""
         if claimed:
             try:
                 await trio.lowlevel.checkpoint_if_cancelled()
             except trio.Cancelled:
-                # Our caller will never see these jobs: put them back, uncounted.
-                requeue = [Outcome(c.job.id, c.token, OutcomeKind.REQUEUE) for c in claimed]
-                # If Redis fails now, the stalled check returns them after the lock TTL.
-                with trio.CancelScope(shield=True), contextlib.suppress(BrokerUnavailable):
-                    await self._flush((), requeue)
+                await self._put_back(claimed)
                 raise
-        return claimed
+
+    async def _put_back(self, claimed: list[Claimed]) -> None:
+        # Our caller will never see these jobs: put them back, uncounted.
+        requeue = [Outcome(c.job.id, c.token, OutcomeKind.REQUEUE) for c in claimed]
+        # If Redis fails now, the stalled check returns them after the lock TTL.
+        with trio.CancelScope(shield=True), contextlib.suppress(BrokerUnavailable):
+            await self._flush((), requeue)
+
+    async def _wait_and_claim(
+        self, worker_id: str, max_jobs: int, lock_ttl_s: float, block_s: float
+    ) -> Any:
+        """BZPOPMIN on the doorbell and the claim script in one write; the script's reply.
+
+        When the doorbell rings, Redis runs the claim at once: no second round
+        trip. After a timeout it runs too (a claimer cancelled while blocked
+        may have taken the ring). The wait is shielded, since closing the
+        socket on cancellation could come just after Redis ran the claim and
+        leave jobs locked by nobody until the stalled check. A cancelled
+        caller ends the wait with CLIENT UNBLOCK from the pool instead, reads
+        the claim's reply, and puts those jobs back before Cancelled goes on.
+        """
+        args = (*self._settings, *self._claim_args(worker_id, max_jobs, lock_ttl_s))
+        commands: list[tuple[Arg, ...] | ScriptCall] = [
+            (b"BZPOPMIN", self._keys.marker, f"{block_s:.3f}"),
+            self._scripts.claim.call(self._script_keys, args),
+        ]
+        replies: list[Any] = []
+        failures: list[Exception] = []
+        cancelled: trio.Cancelled | None = None
+        done = trio.Event()
+        async with self._blocking.connection() as connection:
+
+            async def request() -> None:
+                try:
+                    with trio.CancelScope(shield=True):
+                        replies.extend(await connection.pipeline(
+                            commands, timeout=block_s + self._block_margin_s))
+                except Exception as exc:  # handed to the caller as it is, not in a group
+                    failures.append(exc)
+                finally:
+                    done.set()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(request)
+                try:
+                    await done.wait()
+                except trio.Cancelled as exc:
+                    # Raised after the nursery: from inside it, a group.
+                    cancelled = exc
+                    with trio.CancelScope(shield=True):
+                        client_id = connection.client_id
+                        if client_id is not None and not done.is_set():
+                            with contextlib.suppress(BrokerUnavailable):
+                                await self._redis.execute(b"CLIENT", b"UNBLOCK", client_id)
+                        await done.wait()
+                        if replies and not isinstance(replies[1], Exception):
+                            claimed = self._decode_claim(replies[1])
+                            if claimed:
+                                await self._put_back(claimed)
+        if cancelled is not None:
+            raise cancelled
+        if failures:
+            raise failures[0]
+        reply = replies[1]
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
 
     async def renew(
         self, worker_id: str, held: Mapping[str, str], *, lock_ttl_s: float

@@ -97,8 +97,11 @@ def _describe(exc: BaseException) -> str:
     return text
 
 
-def _hello(target: Target, name: str) -> tuple[bytes, list[str]]:
-    """The login commands, packed, with what each one checks (for the error)."""
+def _hello(target: Target, name: str, *, client_id: bool) -> tuple[bytes, list[str]]:
+    """The login commands, packed, with what each one checks (for the error).
+
+    With ``client_id``, the last command is CLIENT ID (its reply is the id).
+    """
     commands: list[tuple[Arg, ...]] = []
     checks: list[str] = []
     if target.password is not None or target.username is not None:
@@ -115,6 +118,9 @@ def _hello(target: Target, name: str) -> tuple[bytes, list[str]]:
         checks.append(f"refused to select database {target.db}; check redis.db (the URL's /db)")
     commands.append((b"CLIENT", b"SETNAME", name))
     checks.append("refused CLIENT SETNAME")
+    if client_id:
+        commands.append((b"CLIENT", b"ID"))
+        checks.append("refused CLIENT ID")
     return b"".join(pack_command(c) for c in commands), checks
 
 
@@ -134,18 +140,22 @@ class Connection:
         "_raw",
         "_reader",
         "_stream",
+        "client_id",
         "dedicated",
     )
 
     def __init__(self, connector: Connector, name: str, *, dedicated: bool) -> None:
         self._connector = connector
         self._name = name
-        self._hello = _hello(connector.target, name)
+        self._hello = _hello(connector.target, name, client_id=dedicated)
         self._raw: socket.socket | None = None  # plain TCP, and the socket under TLS
         self._stream: trio.SSLStream[trio.SocketStream] | None = None  # TLS only
         self._fd_poll: Any = None
         self._reader: Any = None
         self.dedicated = dedicated
+        # Redis's id for this socket (dedicated connections only), for a
+        # CLIENT UNBLOCK sent from another connection; None while closed.
+        self.client_id: int | None = None
 
     # ---- life ------------------------------------------------------------
 
@@ -172,6 +182,7 @@ class Connection:
             trio.lowlevel.notify_closing(raw)
             raw.close()
         self._raw = self._stream = self._fd_poll = self._reader = None
+        self.client_id = None
         self._connector.live.discard(self)
 
     async def connect(self, deadline: float = math.inf) -> None:
@@ -233,6 +244,8 @@ class Connection:
             if reply.__class__ is RedisReplyError:
                 self.close()
                 raise BrokerUnavailable(f"Redis at {target.address} {problem}: {reply}")
+        if self.dedicated:
+            self.client_id = int(replies[-1])
 
     def _set_keep_alive(self, raw: socket.socket) -> None:
         ms = self._connector.keep_alive_ms
