@@ -96,6 +96,11 @@ class WorkerMetrics:
                                    "Batched writes of events and outcomes."))
 
 
+# _attempt builds a completed Outcome positionally, in this order.
+assert [a.name for a in attrs.fields(Outcome)][:6] == [
+    "job_id", "token", "kind", "result", "error", "nodes"
+]
+
 _gc_tuned = False
 
 
@@ -134,6 +139,7 @@ class Worker:
     _held: dict[str, _Held] = attrs.field(init=False, factory=dict)
     _events: list[EmittedEvent] = attrs.field(init=False, factory=list)
     _outcomes: list[Outcome] = attrs.field(init=False, factory=list)
+    _finished: dict[str, int] = attrs.field(init=False, factory=dict)  # jobs by outcome
     _flush_wanted: trio.Event = attrs.field(init=False, factory=trio.Event)
     # Claimed jobs no runner has taken yet, oldest first.
     _backlog: deque[_Held] = attrs.field(init=False, factory=deque)
@@ -277,7 +283,7 @@ class Worker:
             assert self._jobs_nursery is not None
             self._idle_runners += 1
             self._jobs_nursery.start_soon(self._run_runner, name="flowqd.worker.runner")
-        else:
+        elif self._runner_lot:  # else the idle one is already woken
             self._runner_lot.unpark()
 
     async def _run_runner(self) -> None:
@@ -350,7 +356,8 @@ class Worker:
                 self._outcomes.append(outcome)
                 self._flush_wanted.set()
                 kind = outcome.kind.value
-                self.metrics.jobs.inc(outcome=kind)
+                # Counted here, added to the counter once per kind per flush.
+                self._finished[kind] = self._finished.get(kind, 0) + 1
                 self.metrics.duration.observe(trio.current_time() - started, outcome=kind)
 
     def _timeout_of(self, job: Job) -> float:
@@ -429,8 +436,9 @@ class Worker:
                 error={"message": f"{type(exc).__name__}: {exc}", "node": None,
                        "traceback": traceback.format_exc()},
             )
-        return self._outcome(held, OutcomeKind.COMPLETED, result=result.output,
-                             nodes=result.nodes)
+        # Positional (job_id, token, kind, result, error, nodes): every job ends here.
+        return Outcome(job.id, held.claimed.token, OutcomeKind.COMPLETED, result.output, None,
+                       result.nodes)
 
     def _outcome(self, held: _Held, kind: OutcomeKind, **fields: Any) -> Outcome:
         return Outcome(job_id=held.claimed.job.id, token=held.claimed.token, kind=kind, **fields)
@@ -472,6 +480,10 @@ class Worker:
                 return
 
     async def _flush_once(self) -> None:
+        if self._finished:
+            finished, self._finished = self._finished, {}
+            for kind, count in finished.items():
+                self.metrics.jobs.inc(count, outcome=kind)
         events, outcomes = self._events, self._outcomes
         if not events and not outcomes:
             return
