@@ -6,6 +6,15 @@
 -- Returns 1/0 per outcome (0: token is not the job's current one: refused).
 local now = now_ms()
 local n_runs = tonumber(ARGV[A])
+local first_outcome = A + 1
+for _ = 1, n_runs do first_outcome = first_outcome + 2 + 2 * tonumber(ARGV[first_outcome + 1]) end
+-- The fields each outcome's check needs, read once per job before the
+-- events, which reuse them (appending events changes none of them).
+local read = {}
+for o = first_outcome, #ARGV, 8 do
+  local id = ARGV[o]
+  if read[id] == nil then read[id] = redis.call('HMGET', job_key(id), 'st', 'tok', 'att', 'max', 'cx') end
+end
 local live = {}
 local i = A + 1
 for _ = 1, n_runs do
@@ -14,7 +23,8 @@ for _ = 1, n_runs do
   local ok = live[id]
   if ok == nil then
     -- Never after the terminal event.
-    ok = redis.call('HGET', job_key(id), 'st') == 'active'
+    local f = read[id]
+    if f then ok = f[1] == 'active' else ok = redis.call('HGET', job_key(id), 'st') == 'active' end
     live[id] = ok
   end
   if ok then
@@ -30,7 +40,10 @@ while i <= #ARGV do
   local id, token, kind = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local stored, event_data, nodes = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
   local jk = job_key(id)
-  local f = redis.call('HMGET', jk, 'st', 'tok', 'att', 'max', 'cx')
+  -- Read above, unless an earlier outcome of this call changed the job.
+  local f = read[id]
+  if not f then f = redis.call('HMGET', jk, 'st', 'tok', 'att', 'max', 'cx') end
+  read[id] = false
   if f[1] ~= 'active' or f[2] ~= token then
     results[#results + 1] = 0
   else
