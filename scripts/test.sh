@@ -24,7 +24,7 @@ if [ ! -x /usr/bin/chromium ]; then
 fi
 if [ -x /usr/bin/chromium ]; then
     # With the browser present, a browser test that cannot run is a failure, not a skip.
-    export FLOWQD_REQUIRE_BROWSER=1
+    export REQUIRE_BROWSER_TESTS=1
 fi
 
 PY=${PYTHON:-python3}

@@ -45,7 +45,7 @@ def need_browser() -> None:
         problems.append("playwright is not installed (pip install -e '.[test]')")
     if problems:
         message = "the browser test needs " + "; ".join(problems)
-        if os.environ.get("FLOWQD_REQUIRE_BROWSER") == "1":
+        if os.environ.get("REQUIRE_BROWSER_TESTS") == "1":
             pytest.fail(message)
         pytest.skip(message)
 
