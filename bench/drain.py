@@ -26,6 +26,8 @@ import trio
 sys.path.pop(0)
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import httpx
+
 from flowqd.config import PluginsConfig, load_config
 from flowqd.flows import FlowStore
 from flowqd.jobs import JobSpec, JobStatus
@@ -105,6 +107,12 @@ async def bench(
             # Redis shares this machine's cores: its share bounds the drain too.
             results["redis_cpu_us_per_job"] = (cpu_seconds(redis_pid) - redis_cpu0) / jobs * 1e6
             results["worker_rss_mb"] = rss_mb(pid)
+            # Batching as the worker saw it: its own counters.
+            async with httpx.AsyncClient() as client:
+                text = (await client.get(f"{worker.health}/metrics")).text
+            flushes = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                          if line.startswith("flowqd_worker_flushes_total"))
+            results["jobs_per_flush_jobs"] = jobs / max(flushes, 1)
             if spy is not None:
                 spy.send_signal(2)
                 await spy.wait()
@@ -127,7 +135,7 @@ def main() -> None:
     finally:
         server.close()
     print(f"{'figure':28} {'value':>12}")
-    units = {"_jobs_s": "jobs/s", "_us_per_job": "us/job", "_mb": "MB"}
+    units = {"_jobs_s": "jobs/s", "_us_per_job": "us/job", "_mb": "MB", "_jobs": "jobs"}
     for name, value in results.items():
         unit = next(u for suffix, u in units.items() if name.endswith(suffix))
         print(f"{name:28} {value:12,.1f} {unit}")
