@@ -14,14 +14,6 @@ _N_FIELDS = len(JOB_FIELDS)
 _STATUSES = {status.value.encode(): status for status in JobStatus}
 
 
-def _text(value: bytes | None) -> str | None:
-    return value.decode() if value else None
-
-
-def _ms(value: bytes | int | None) -> float | None:
-    return int(value) / 1000.0 if value else None
-
-
 def decode_job(job_id: str, fields: list[Any]) -> Job | None:
     """A job from its ``HMGET JOB_FIELDS`` reply; None if the hash is gone.
 
@@ -42,14 +34,14 @@ def decode_job(job_id: str, fields: list[Any]) -> Job | None:
         int(att),
         int(mx),
         float(timeout) if timeout else None,
-        _text(owner),
+        owner.decode() if owner else None,
         int(ct) / 1000.0,
-        _ms(sat),
-        _ms(ft),
+        int(sat) / 1000.0 if sat else None,
+        int(ft) / 1000.0 if ft else None,
         orjson.loads(res) if res is not None else None,
         orjson.loads(err) if err else None,
         orjson.loads(nodes) if nodes else [],
-        _text(wk),
+        wk.decode() if wk else None,
         cx is not None,
     )
 

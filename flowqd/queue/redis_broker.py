@@ -314,7 +314,7 @@ class RedisBroker(Broker):
             job_id = reply[i].decode()
             job = decode_job(job_id, reply[i + 2])
             assert job is not None  # the script has just written it
-            claimed.append(Claimed(job=job, token=reply[i + 1].decode()))
+            claimed.append(Claimed(job, reply[i + 1].decode()))
         return claimed
 
     async def _hand_over(self, claimed: list[Claimed] | None) -> None:
