@@ -83,9 +83,12 @@ def job_inputs(req: PredictionRequest, chat: flowise.Chat) -> dict[str, Any]:
 def check_inputs(flow: CompiledFlow, req: PredictionRequest, inputs: dict[str, Any]) -> None:
     """422 for a request the flow cannot run with (Flowise would run it with "undefined")."""
     problems = Problems()
-    # A flow that names no inputs may still read the question directly (echo does).
-    wants_question = "question" in flow.flow_inputs or not flow.flow_inputs
-    if wants_question and "form" not in inputs and not (req.question or "").strip():
+    # A flow that names no inputs may still read the question directly (echo does),
+    # or a form instead (Flowise's form-started flows); one that reads $question
+    # needs the question whatever else comes with it.
+    wants_question = "question" in flow.flow_inputs or (
+        not flow.flow_inputs and "form" not in inputs)
+    if wants_question and not (req.question or "").strip():
         problems.add("$.question", f"flow {flow.id!r} needs a question: send a non-empty "
                                    "\"question\"")
     for name in sorted(flow.flow_inputs - {"question"} - inputs.keys()):
