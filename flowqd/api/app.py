@@ -12,7 +12,7 @@ import time
 
 import attrs
 import trio
-from quart import Response, g, request
+from quart import Request, Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
@@ -48,6 +48,10 @@ class ApiState:
     shutdown: trio.Event = attrs.Factory(trio.Event)
     # None: built from config.auth (reading auth.keys_file).
     keys: KeyRing | None = None
+
+
+def _carries_body(req: Request) -> bool:
+    return bool(req.content_length) or "chunked" in req.headers.get("Transfer-Encoding", "")
 
 
 def create_app(state: ApiState) -> QuartTrio:
@@ -93,6 +97,11 @@ def create_app(state: ApiState) -> QuartTrio:
         started = getattr(g, "started", None)
         if started is not None:
             ctx.metrics.latency.observe(time.perf_counter() - started, route=route)
+        if not getattr(g, "body_read", False) and _carries_body(request):
+            # Answered without reading the body (401, 403, 404...): the unread
+            # bytes make the connection unusable, and a keep-alive client's next
+            # request on it could wait forever. Close it after this answer.
+            response.headers["Connection"] = "close"
         return response
 
     @app.get("/api/v1/ping")

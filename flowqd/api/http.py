@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 import trio
-from quart import Request, Response
+from quart import Request, Response, g
 
 from flowqd.errors import BrokerUnavailable
 
@@ -77,6 +77,7 @@ async def read_json(request: Request) -> Any:
     a larger body raises RequestEntityTooLarge, answered with 413.
     """
     data = await request.get_data(cache=False, as_text=False)
+    g.body_read = True  # the connection may carry the next request (see app.count)
     if not data.strip():
         raise ApiError(400, "the request body is empty: send a JSON document "
                             "(Content-Type: application/json)")
