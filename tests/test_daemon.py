@@ -80,3 +80,23 @@ async def test_main_and_worker_against_redis_start_and_stop(
                 assert await worker.wait(10) == 0
             main.signal()
             assert await main.wait(10) == 0
+
+
+async def test_worker_started_while_redis_is_down_comes_up_and_waits(
+    own_redis_server: RedisServer, tmp_path: Path
+) -> None:
+    await trio.to_thread.run_sync(own_redis_server.stop)
+    env = {"REDIS_URL": own_redis_server.url, "QUEUE_NAME": "late-redis"}
+    with trio.fail_after(60):
+        async with start_daemon(["--role", "worker", "--set", "redis.command_timeout_s=0.5",
+                                 "--set", "redis.connect_timeout_s=0.5"],
+                                env=env, cwd=str(tmp_path)) as daemon:
+            async with httpx.AsyncClient(timeout=5) as client:
+                down = await client.get(f"{daemon.health}/readyz")
+                assert down.status_code == 503
+                assert down.json()["reason"].startswith("broker unreachable")
+                await trio.to_thread.run_sync(own_redis_server.start)
+                up = await client.get(f"{daemon.health}/readyz")
+                assert up.status_code == 200, up.text
+            daemon.signal(signal.SIGTERM)
+            assert await daemon.wait(10) == 0

@@ -466,10 +466,13 @@ class RedisBroker(Broker):
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Calls ``on_cancel`` per notice; ``started()`` once first subscribed.
+        """Calls ``on_cancel`` per notice; ``started()`` after the first attempt.
 
-        Notices published while the subscription is down are lost; ``renew``
-        reports those jobs, so a lost notice costs at most one renewal.
+        Started once subscribed, or once the first attempt failed: a worker
+        that starts while Redis is down must still come up (and say "not
+        ready" on /readyz) rather than hang in start-up. Notices published
+        while the subscription is down are lost; ``renew`` reports those
+        jobs, so a lost notice costs at most one renewal.
         """
         backoff = Backoff(initial=0.05, maximum=5.0)
         started = False
@@ -483,7 +486,9 @@ class RedisBroker(Broker):
                     async for _, message in subscription:
                         on_cancel(message.decode())
             except BrokerUnavailable:
-                pass
+                if not started:
+                    task_status.started()
+                    started = True
             await backoff.wait()
 
     async def run_maintenance(
