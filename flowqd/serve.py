@@ -4,11 +4,57 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import trio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve
+
+Message = dict[str, Any]
+
+
+class _Responses:
+    """Counts HTTP responses not yet sent in full.
+
+    quart-trio keeps a request's task alive after its response, waiting for
+    the client to disconnect, so hypercorn never sees an idle keep-alive
+    connection as idle and would hold shutdown for its whole graceful timeout.
+    What matters for a clean stop is that every response went out.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.open = 0
+        self.none_open = trio.Event()
+        self.none_open.set()
+
+    # hypercorn types ASGI messages as TypedDicts; this wrapper passes them through.
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        self.open += 1
+        self.none_open = trio.Event() if self.open == 1 else self.none_open
+        finished = False
+
+        def finish() -> None:
+            nonlocal finished
+            if not finished:
+                finished = True
+                self.open -= 1
+                if self.open == 0:
+                    self.none_open.set()
+
+        async def send_tracked(message: Message) -> None:
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                finish()
+
+        try:
+            await self.app(scope, receive, send_tracked)
+        finally:
+            finish()
 
 
 async def serve_asgi(
@@ -22,7 +68,9 @@ async def serve_asgi(
 ) -> None:
     """Serve ``app`` until ``shutdown_trigger`` returns, then drain for ``graceful_timeout_s``.
 
-    Reports the bound addresses (``http://host:port``) through ``task_status``.
+    The drain ends as soon as every response has been sent, whatever idle
+    keep-alive connections remain. Reports the bound addresses
+    (``http://host:port``) through ``task_status``.
     """
     config = HyperConfig()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
@@ -35,7 +83,17 @@ async def serve_asgi(
     # hypercorn's default of 100 drops SYNs when thousands of clients connect
     # at once (each then waits a second for the retransmit).
     config.backlog = 2048
-    await serve(app, config, shutdown_trigger=shutdown_trigger, task_status=task_status)
+    responses = _Responses(app)
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(
+            partial(serve, responses, config, shutdown_trigger=shutdown_trigger)
+        )
+        task_status.started(binds)
+        await shutdown_trigger()
+        with trio.move_on_after(graceful_timeout_s):
+            while responses.open:
+                await responses.none_open.wait()
+        nursery.cancel_scope.cancel()
 
 
 def bound_port(binds: list[str]) -> int:
