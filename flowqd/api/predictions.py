@@ -127,8 +127,15 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
         check_inputs(flow, req, inputs)
         spec = JobSpec(flow_id=flow.id, flow_version=flow.version or 0, inputs=inputs,
                        job_id=job_id, owner=principal().name)
-        with ctx.broker("enqueueing the job"):
-            await ctx.state.broker.enqueue([spec])
+        try:
+            with ctx.broker("enqueueing the job"):
+                await ctx.state.broker.enqueue([spec])
+        except ApiError as exc:
+            # A command that timed out may still reach Redis and run: name the
+            # job so a client can look before it sends the question again.
+            exc.message += f"; job {job_id} may still run: see GET /api/v1/jobs/{job_id}"
+            exc.extra["jobId"] = job_id
+            raise
         ctx.metrics.enqueued.inc()
         if req.streaming:
             return stream(ctx, flow, chat)
