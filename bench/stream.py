@@ -9,7 +9,8 @@ process. Both load a plugin written at run time into a temp folder: node type
 streaming predictions are opened at once and each client counts the `token`
 events it receives. Reports token events/s delivered across all clients
 (from the first request to the last stream's end), per-client completion
-time p50/max, and the RSS of both processes (now and peak). ``--quick`` runs
+time p50/max, CPU seconds used by main, worker and the clients (this
+process) during the run, and the RSS of both processes (now and peak). ``--quick`` runs
 20 clients x 200 tokens. Prints a table and one JSON line per figure.
 """
 
@@ -30,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import httpx
 import orjson
 
-from bench.drain import emit, rss_mb
+from bench.drain import cpu_seconds, emit, rss_mb
 from tests.daemonproc import start_daemon
 from tests.redisproc import RedisServer
 
@@ -146,7 +147,13 @@ async def bench(url: str, clients: int, tokens: int) -> dict[str, float]:
                 if response.status_code >= 300:
                     raise RuntimeError(f"PUT flow: {response.status_code} {response.text}")
             await load(main_role.api, min(clients, 5))  # warm-up
+            pids = main_role.process.pid, worker.process.pid
+            cpu0 = [cpu_seconds(pid) for pid in pids], time.process_time()
             wall, durations, counts, failures = await load(main_role.api, clients)
+            # Whose CPU bounds the rate: the clients (this process) share the machine.
+            main_cpu, worker_cpu = (cpu_seconds(pid) - c for pid, c in zip(pids, cpu0[0],
+                                                                            strict=True))
+            client_cpu = time.process_time() - cpu0[1]
             delivered = sum(counts)
             results["stream_events_s"] = delivered / wall
             results["stream_wall_s"] = wall
@@ -154,6 +161,9 @@ async def bench(url: str, clients: int, tokens: int) -> dict[str, float]:
             results["stream_client_max_s"] = max(durations)
             results["stream_missing_events"] = clients * tokens - delivered
             results["stream_failed_streams"] = failures
+            results["stream_main_cpu_s"] = main_cpu
+            results["stream_worker_cpu_s"] = worker_cpu
+            results["stream_client_cpu_s"] = client_cpu
             results["stream_main_rss_mb"] = rss_mb(main_role.process.pid)
             results["stream_worker_rss_mb"] = rss_mb(worker.process.pid)
             results["stream_main_peak_rss_mb"] = peak_rss_mb(main_role.process.pid)
