@@ -88,6 +88,7 @@ class EventHub:
     async def watch(self, job_id: str, after: str) -> AsyncIterator[Event]:
         watcher = _Watcher(job_id, parse_event_id(after))
         self._watchers.setdefault(job_id, set()).add(watcher)
+        backoff = Backoff(initial=0.05, maximum=1.0)
         try:
             while True:
                 while watcher.buffer:
@@ -96,7 +97,15 @@ class EventHub:
                     if event.name in TERMINAL_EVENTS:
                         return
                 if watcher.lagging:
-                    await self._catch_up(watcher)
+                    try:
+                        await self._catch_up(watcher)
+                    except BrokerUnavailable:
+                        # A Redis outage is waited out: the stream is still
+                        # there when Redis is back, and the caller's own
+                        # deadline bounds the wait.
+                        await backoff.wait()
+                    else:
+                        backoff.reset()
                     continue
                 await watcher.woken.wait()
                 watcher.woken = trio.Event()
