@@ -51,6 +51,9 @@ log = logging.getLogger("flowqd.worker")
 # noticed promptly even when no job arrives.
 CLAIM_BLOCK_S = 1.0
 CLAIM_BATCH_MAX = 500
+# Events per flush script call: one call blocks Redis for everyone while it
+# runs, and its arguments are held in memory until it answers.
+FLUSH_EVENTS_MAX = 4096
 HEARTBEAT_S = 5.0
 # Runners left idle beyond this many exit (a burst of waiting jobs may have
 # started thousands); a few stay for the next burst.
@@ -487,7 +490,14 @@ class Worker:
         events, outcomes = self._events, self._outcomes
         if not events and not outcomes:
             return
-        self._events, self._outcomes = [], []
+        if len(events) > FLUSH_EVENTS_MAX:
+            # The outcomes wait for the last part: a job's terminal event
+            # must follow all of its events.
+            events, outcomes = events[:FLUSH_EVENTS_MAX], []
+            self._events = self._events[FLUSH_EVENTS_MAX:]
+            self._flush_wanted.set()
+        else:
+            self._events, self._outcomes = [], []
         try:
             recorded = await self.broker.flush(events, outcomes)
         except BaseException:

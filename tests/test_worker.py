@@ -19,7 +19,7 @@ from flowqd.metrics import Registry
 from flowqd.plugins import collect_executors, load_plugins
 from flowqd.queue import open_broker
 from flowqd.queue.base import Broker
-from flowqd.worker import Worker, WorkerMetrics
+from flowqd.worker import FLUSH_EVENTS_MAX, Worker, WorkerMetrics
 
 
 @attrs.frozen
@@ -32,6 +32,22 @@ async def _boom(ctx: Any) -> Any:
 
 
 BOOM = Executor(type="boom", params=BoomParams, run=_boom, description="always fails")
+
+
+@attrs.frozen
+class ChattyParams:
+    count: int = 1
+
+
+async def _chatty(ctx: Any) -> Any:
+    # No checkpoint between emits: everything lands in the flusher at once.
+    for i in range(ctx.params.count):
+        ctx.emit("token", i)
+    return ctx.params.count
+
+
+CHATTY = Executor(type="chatty", params=ChattyParams, run=_chatty,
+                  description="emits `count` token events")
 
 
 @attrs.define(eq=False)
@@ -92,6 +108,7 @@ def harness_factory(
         config = make_config(broker_kind, redis_url, queue_name, **worker)
         executors = collect_executors(load_plugins(PluginsConfig()))
         executors["boom"] = BOOM
+        executors["chatty"] = CHATTY
 
         async def no_credentials(name: str) -> str:
             raise CredentialError(f"credential {name!r} does not exist")
@@ -130,6 +147,27 @@ FLOWS = [
     {"id": "boom", "nodes": [{"id": "b", "type": "boom", "params": {"message": "kaput"}}],
      "output": "b"},
 ]
+
+
+async def test_events_beyond_one_flush_arrive_in_order_before_the_outcome(
+    harness_factory: Any,
+) -> None:
+    # More events than one flush call takes (FLUSH_EVENTS_MAX), from three
+    # jobs at once: each stream holds all of its tokens in order, then `end`.
+    count = FLUSH_EVENTS_MAX + 1000
+    with trio.fail_after(60):
+        async with harness_factory() as h:
+            await h.flows.put({"id": "chatty", "output": "c", "nodes": [
+                {"id": "c", "type": "chatty", "params": {"count": count}}]})
+            ids = await h.enqueue("chatty", 3)
+            for job_id in ids:
+                job = await h.wait_terminal(job_id)
+                assert job.status == JobStatus.COMPLETED and job.result == count
+                events = await h.broker.read_events(job_id, count=count + 10)
+                tokens = [e.data for e in events if e.name == "token"]
+                assert tokens == list(range(count))
+                assert events[-1].name == END
+                assert [e.name for e in events].count(END) == 1
 
 
 async def test_jobs_complete_with_results_and_events(harness_factory: Any) -> None:

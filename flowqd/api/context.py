@@ -84,12 +84,12 @@ def require_admin(what: str) -> None:
 
 @asynccontextmanager
 async def watching(broker: Broker, job_id: str, after: str = "0"
-                   ) -> AsyncIterator[AsyncIterator[Event]]:
-    """``broker.watch_events`` closed on the way out, whatever ended the wait."""
-    events = broker.watch_events(job_id, after=after)
+                   ) -> AsyncIterator[AsyncIterator[list[Event]]]:
+    """``broker.watch_event_batches`` closed on the way out, whatever ended the wait."""
+    batches = broker.watch_event_batches(job_id, after=after)
     try:
-        yield events
+        yield batches
     finally:
-        aclose = getattr(events, "aclose", None)
+        aclose = getattr(batches, "aclose", None)
         if aclose is not None:
             await aclose()

@@ -308,18 +308,18 @@ def event_stream(ctx: ApiContext, job: Job, after: str) -> Response:
         while True:
             with trio.fail_after(server.broker_timeout_s * 5):
                 page = await broker.read_events(job.id, after=cursor, count=REPLAY_PAGE)
-            for event in page:
-                await send.send(sse.sse_event(event.id, event.name, event.data))
-                if event.name in TERMINAL_EVENTS:
-                    return
-            if len(page) < REPLAY_PAGE:
+            end = next((n + 1 for n, event in enumerate(page)
+                        if event.name in TERMINAL_EVENTS), None)
+            if page:
+                await send.send(sse.sse_events(page[:end]))
+            if end is not None or len(page) < REPLAY_PAGE:
                 return
             cursor = page[-1].id
 
     async def live(send: sse.Send) -> None:
-        async with watching(broker, job.id, after) as events:
-            async for event in events:
-                await send.send(sse.sse_event(event.id, event.name, event.data))
+        async with watching(broker, job.id, after) as batches:
+            async for batch in batches:
+                await send.send(sse.sse_events(batch))
 
     async def produce(send: sse.Send, stream: sse.Stream) -> None:
         await send.send(RETRY)

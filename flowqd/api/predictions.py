@@ -182,10 +182,10 @@ async def wait(ctx: ApiContext, chat: flowise.Chat) -> Response:
 
             nursery.start_soon(shorten_on_shutdown)
             with scope:
-                async with watching(ctx.state.broker, job_id) as events:
-                    async for event in events:
-                        if event.name in TERMINAL_EVENTS:
-                            terminal = event
+                async with watching(ctx.state.broker, job_id) as batches:
+                    async for batch in batches:
+                        if batch[-1].name in TERMINAL_EVENTS:
+                            terminal = batch[-1]
             nursery.cancel_scope.cancel()
     except BaseException as exc:
         # Cancelled: the client went away (or hypercorn gave up on us at shutdown).
@@ -249,9 +249,13 @@ def stream(ctx: ApiContext, flow: CompiledFlow, chat: flowise.Chat) -> Response:
             await send.send(chunk)
 
         async def pump() -> None:
-            async with watching(ctx.state.broker, job_id) as events:
-                async for event in events:
-                    for chunk in translator.translate(event):
+            async with watching(ctx.state.broker, job_id) as batches:
+                async for batch in batches:
+                    # One write per batch: per-write costs (ASGI, h11, the
+                    # socket) dwarf the framing of a token.
+                    chunk = b"".join(
+                        [frame for event in batch for frame in translator.translate(event)])
+                    if chunk:  # an empty body chunk could read as the end of the body
                         await send.send(chunk)
 
         outcome = await sse.drive(send, pump, heartbeat=flowise.HEARTBEAT,

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import attrs
 import orjson
 import trio
 from quart import Response
+
+from flowqd.jobs import Event
 
 log = logging.getLogger("flowqd.api")
 
@@ -39,6 +41,11 @@ def sse_event(event_id: str, name: str, data: Any) -> bytes:
     """A standard SSE event: ``id:``, ``event:``, one ``data:`` line of JSON."""
     return b"id: %s\nevent: %s\ndata: %s\n\n" % (
         event_id.encode(), name.encode(), orjson.dumps(data))
+
+
+def sse_events(events: Iterable[Event]) -> bytes:
+    """Standard SSE events, one frame each, as one chunk (one write)."""
+    return b"".join([sse_event(event.id, event.name, event.data) for event in events])
 
 
 def sse_comment(text: str) -> bytes:

@@ -90,12 +90,21 @@ class Broker(abc.ABC):
         """Up to ``count`` events after event id ``after`` ("0": from the start)."""
 
     @abc.abstractmethod
-    def watch_events(self, job_id: str, *, after: str = "0") -> AsyncIterator[Event]:
-        """Yield the job's events after ``after`` as they arrive, ending after the terminal one.
+    def watch_event_batches(self, job_id: str, *, after: str = "0"
+                            ) -> AsyncIterator[list[Event]]:
+        """Yield the job's events after ``after`` in batches as they arrive.
 
-        Many concurrent watchers share the broker's reader (no connection each).
-        The caller bounds the wait with its own cancel scope.
+        A batch is what arrived together (never empty), so a consumer can
+        answer with one write per batch instead of one per event. The last
+        batch ends with the terminal event. Many concurrent watchers share the
+        broker's reader (no connection each). The caller bounds the wait with
+        its own cancel scope. A malformed ``after`` raises ``ValueError`` at
+        the call, not at the first iteration.
         """
+
+    def watch_events(self, job_id: str, *, after: str = "0") -> AsyncIterator[Event]:
+        """``watch_event_batches`` one event at a time."""
+        return _one_at_a_time(self.watch_event_batches(job_id, after=after))
 
     # ---- queue control and introspection ---------------------------------
 
@@ -218,3 +227,14 @@ class Broker(abc.ABC):
     async def statistics(self) -> dict[str, Any]:
         """Backend figures for metrics (connections held, and the like)."""
         return {}
+
+
+async def _one_at_a_time(batches: AsyncIterator[list[Event]]) -> AsyncIterator[Event]:
+    try:
+        async for batch in batches:
+            for event in batch:
+                yield event
+    finally:
+        aclose = getattr(batches, "aclose", None)
+        if aclose is not None:
+            await aclose()

@@ -232,8 +232,11 @@ class MemoryBroker(Broker):
         start = bisect.bisect_right(events, policy.parse_event_id(after), key=_event_key)
         return events[start : start + count]
 
-    async def watch_events(self, job_id: str, *, after: str = "0") -> AsyncIterator[Event]:
-        cursor = policy.parse_event_id(after)
+    def watch_event_batches(self, job_id: str, *, after: str = "0"
+                            ) -> AsyncIterator[list[Event]]:
+        return self._watch(job_id, policy.parse_event_id(after))
+
+    async def _watch(self, job_id: str, cursor: tuple[int, int]) -> AsyncIterator[list[Event]]:
         while True:
             events = self._events.get(job_id, [])
             start = bisect.bisect_right(events, cursor, key=_event_key)
@@ -243,11 +246,14 @@ class MemoryBroker(Broker):
                     waiter = self._event_waiters[job_id] = trio.Event()
                 await waiter.wait()
                 continue
-            for event in events[start:]:
-                yield event
-                cursor = _event_key(event)
+            batch = events[start:]
+            cursor = _event_key(batch[-1])
+            # A stream ends at its terminal event; nothing after it is delivered.
+            for n, event in enumerate(batch):
                 if event.name in TERMINAL_EVENTS:
+                    yield batch[: n + 1]
                     return
+            yield batch
             await trio.lowlevel.checkpoint()
 
     # ---- queue control and introspection ---------------------------------

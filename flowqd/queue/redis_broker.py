@@ -228,7 +228,8 @@ class RedisBroker(Broker):
     async def read_events(self, job_id: str, *, after: str = "0", count: int = 1000) -> list[Event]:
         return await self._events.read(job_id, policy.parse_event_id(after), count)
 
-    def watch_events(self, job_id: str, *, after: str = "0") -> AsyncIterator[Event]:
+    def watch_event_batches(self, job_id: str, *, after: str = "0"
+                            ) -> AsyncIterator[list[Event]]:
         policy.parse_event_id(after)  # a bad id fails here, not at the first iteration
         return self._events.watch(job_id, after)
 

@@ -85,17 +85,21 @@ class EventHub:
             await nursery.start(self._subscribe_loop, name="flowqd-event-doorbell")
             task_status.started()
 
-    async def watch(self, job_id: str, after: str) -> AsyncIterator[Event]:
+    async def watch(self, job_id: str, after: str) -> AsyncIterator[list[Event]]:
         watcher = _Watcher(job_id, parse_event_id(after))
         self._watchers.setdefault(job_id, set()).add(watcher)
         backoff = Backoff(initial=0.05, maximum=1.0)
         try:
             while True:
-                while watcher.buffer:
-                    _, event = watcher.buffer.popleft()
-                    yield event
-                    if event.name in TERMINAL_EVENTS:
-                        return
+                if watcher.buffer:
+                    batch = [event for _, event in watcher.buffer]
+                    watcher.buffer.clear()
+                    for n, event in enumerate(batch):
+                        if event.name in TERMINAL_EVENTS:
+                            yield batch[: n + 1]
+                            return
+                    yield batch
+                    continue
                 if watcher.lagging:
                     try:
                         await self._catch_up(watcher)

@@ -454,6 +454,34 @@ async def test_watch_events_replay_and_resume(broker: Broker) -> None:
         assert await broker.read_events(job_id, after=events[-1].id) == []
 
 
+async def test_watch_event_batches_deliver_a_flush_together(broker: Broker) -> None:
+    # What one flush wrote reaches a caught-up watcher as one batch (one write
+    # to an SSE client), the terminal event last; nothing after it is read.
+    with trio.fail_after(10):
+        [job_id] = await broker.enqueue([spec()])
+        claimed = await claim_one(broker)
+        await broker.flush([EmittedEvent(job_id, "token", "first")], [])
+        batches: list[list[tuple[str, object]]] = []
+        async with trio.open_nursery() as nursery:
+            first_seen = trio.Event()
+
+            async def watcher() -> None:
+                async for batch in broker.watch_event_batches(job_id):
+                    batches.append([(e.name, e.data) for e in batch])
+                    first_seen.set()
+
+            nursery.start_soon(watcher)
+            await first_seen.wait()
+            await broker.flush([EmittedEvent(job_id, "token", i) for i in range(300)],
+                               [done(claimed, "r")])
+        assert batches[0] == [("token", "first")]
+        later = [event for batch in batches[1:] for event in batch]
+        assert later == [("token", i) for i in range(300)] + [("end", "r")]
+        # Batches are bounded (a watcher's buffer) but not one event each.
+        assert 2 <= len(batches) <= 4
+        assert all(batch for batch in batches)
+
+
 async def test_many_watchers_of_many_jobs(broker: Broker) -> None:
     with trio.fail_after(20):
         ids = await broker.enqueue([spec(i) for i in range(5)])
