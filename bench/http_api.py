@@ -1,14 +1,15 @@
 """Predictions through HTTP: one ``--role main`` and one ``--role worker`` process on Redis.
 
-    .venv/bin/python bench/http.py [--clients 20,100] [--seconds 10] [--waiting 2000]
+    .venv/bin/python bench/http_api.py [--clients 20,100] [--seconds 10] [--waiting 2000]
+                                       [--processes 1]
 
 Starts its own redis-server (tests/redisproc.py) and the two flowqd processes,
 registers an echo flow, then for each client count runs that many concurrent
 clients (one kept-alive connection each) posting predictions for a fixed
 time. Prints predictions/s, latency p50/p99, CPU and RSS of each process and
-the Redis connections each holds; then holds ``--waiting`` predictions
-waiting at once (queue paused) and counts the main process's Redis
-connections before letting them finish.
+the Redis connections each holds (a table, then one JSON line per figure);
+then holds ``--waiting`` predictions waiting at once (queue paused) and
+counts the main process's Redis connections before letting them finish.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import argparse  # noqa: E402
+import os  # noqa: E402
 import re  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -29,6 +31,7 @@ import httpx  # noqa: E402
 import orjson  # noqa: E402
 import trio  # noqa: E402
 
+from bench.drain import emit  # noqa: E402
 from flowqd.config import RedisConfig  # noqa: E402
 from flowqd.redis import open_redis  # noqa: E402
 from tests.api.rawhttp import RawConnection  # noqa: E402
@@ -38,16 +41,27 @@ from tests.redisproc import RedisServer  # noqa: E402
 ECHO = {"id": "echo", "nodes": [{"id": "e", "type": "echo", "label": "Echo"}], "output": "e"}
 
 
-def process_figures(daemon: Daemon) -> tuple[float, float]:
-    """(RSS in MB, CPU seconds so far) of a daemon process, from /proc."""
-    pid = daemon.process.pid
+def _pid_figures(pid: int) -> tuple[float, float]:
     status = Path(f"/proc/{pid}/status").read_text()
     rss_kb = int(re.search(r"^VmRSS:\s+(\d+) kB", status, flags=re.M)[1])  # type: ignore[index]
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = int(fields[11]) + int(fields[12])  # utime + stime
-    import os
-
     return rss_kb / 1024, ticks / os.sysconf("SC_CLK_TCK")
+
+
+def process_figures(daemon: Daemon) -> tuple[float, float]:
+    """(largest RSS in MB, CPU seconds so far) of a daemon and its API processes, from /proc.
+
+    With server.processes > 1 the extra API processes are the daemon's
+    children: CPU is their sum, RSS the largest one (each must stay under
+    the target on its own).
+    """
+    pid = daemon.process.pid
+    # Per thread: trio spawns processes from a worker thread.
+    children = [child for task in Path(f"/proc/{pid}/task").iterdir()
+                for child in (task / "children").read_text().split()]
+    figures = [_pid_figures(p) for p in (pid, *map(int, children))]
+    return max(rss for rss, _ in figures), sum(cpu for _, cpu in figures)
 
 
 async def redis_clients(url: str) -> dict[str, int]:
@@ -146,7 +160,8 @@ async def main(args: argparse.Namespace) -> None:
             (flows / "echo.json").write_bytes(orjson.dumps(ECHO))
             env = {"REDIS_URL": redis.url, "QUEUE_NAME": "bench-http"}
             main_args = ["--role", "main", "--set", f"flows.paths={flows}",
-                         "--set", "server.prediction_timeout_s=120"]
+                         "--set", "server.prediction_timeout_s=120",
+                         "--set", f"server.processes={args.processes}"]
             async with start_daemon(main_args, env=env, cwd=tmp) as main_role, \
                     start_daemon(["--role", "worker"],
                                  env=env, cwd=tmp) as worker:
@@ -168,6 +183,20 @@ async def main(args: argparse.Namespace) -> None:
                           f"{(worker_cpu - worker_cpu0) / done * 1e3:.2f} ms;  RSS main "
                           f"{main_rss:.0f} MB, worker {worker_rss:.0f} MB;  Redis connections "
                           f"{held}")
+                    prefix = f"http_{clients}_"
+                    for name, value, unit in [
+                        ("predictions_s", done / wall, "req/s"),
+                        ("p50_ms", percentile(latencies, 0.5) * 1e3, "ms"),
+                        ("p99_ms", percentile(latencies, 0.99) * 1e3, "ms"),
+                        ("errors", errors, "requests"),
+                        ("main_cpu_ms_per_req", (main_cpu - main_cpu0) / done * 1e3, "ms/req"),
+                        ("worker_cpu_ms_per_req", (worker_cpu - worker_cpu0) / done * 1e3,
+                         "ms/req"),
+                        ("main_rss_mb", main_rss, "MB"),
+                        ("worker_rss_mb", worker_rss, "MB"),
+                        ("main_redis_connections", held.get("flowqd-main", 0), "connections"),
+                    ]:
+                        emit(prefix + name, value, unit)
                 if args.waiting:
                     await hold_waiting(main_role.api, redis.url, args.waiting)
                     main_rss, _ = process_figures(main_role)
@@ -182,4 +211,6 @@ if __name__ == "__main__":
                         type=lambda s: [int(x) for x in s.split(",")])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--waiting", type=int, default=2000)
+    parser.add_argument("--processes", type=int, default=1,
+                        help="server.processes of the main role (API processes on the port)")
     trio.run(main, parser.parse_args())

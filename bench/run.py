@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import operator
-import re
 import subprocess
 import sys
 import time
@@ -71,39 +70,11 @@ TARGETS = [
 # Targets a full run must show but a quick run may leave out (http_api --clients 20 only).
 OPTIONAL_IN_QUICK = {"http_api.http_100_main_rss_mb", "http_api.http_100_worker_rss_mb"}
 
-# http_api.py prints a table only; these read its figures from the text.
-HTTP_LOAD = re.compile(r"^\s*(\d+) clients:\s+([\d.]+) predictions/s\s+p50\s+([\d.]+) ms\s+"
-                       r"p99\s+([\d.]+) ms\s+errors (\d+)", re.M)
-HTTP_COST = re.compile(r"CPU per prediction: main ([\d.]+) ms, worker ([\d.]+) ms;\s+"
-                       r"RSS main ([\d.]+) MB, worker ([\d.]+) MB")
-
-
 @attrs.frozen
 class Figure:
     name: str
     value: float
     unit: str
-
-
-def http_figures(output: str) -> list[Figure]:
-    """Figures from http_api.py's table (one load line, then its cost line, per client count)."""
-    figures = []
-    costs = HTTP_COST.findall(output)
-    for (clients, rate, p50, p99, errors), cost in zip(HTTP_LOAD.findall(output), costs,
-                                                       strict=False):
-        prefix = f"http_{clients}_"
-        main_cpu, worker_cpu, main_rss, worker_rss = cost
-        figures += [
-            Figure(prefix + "predictions_s", float(rate), "req/s"),
-            Figure(prefix + "p50_ms", float(p50), "ms"),
-            Figure(prefix + "p99_ms", float(p99), "ms"),
-            Figure(prefix + "errors", float(errors), "requests"),
-            Figure(prefix + "main_cpu_ms_per_req", float(main_cpu), "ms/req"),
-            Figure(prefix + "worker_cpu_ms_per_req", float(worker_cpu), "ms/req"),
-            Figure(prefix + "main_rss_mb", float(main_rss), "MB"),
-            Figure(prefix + "worker_rss_mb", float(worker_rss), "MB"),
-        ]
-    return figures
 
 
 def run_script(script: str, options: list[str]) -> tuple[list[Figure], str | None]:
@@ -126,8 +97,6 @@ def run_script(script: str, options: list[str]) -> tuple[list[Figure], str | Non
             except (ValueError, KeyError, TypeError):
                 pass
         print(f"   {line}")
-    if script == "http_api" and not figures:
-        figures = http_figures(done.stdout)
     print(f"   ({time.perf_counter() - started:.1f} s)", flush=True)
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-15:])

@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_keys_command(args, config)
     from flowqd import daemon
 
-    return daemon.run(config)
+    return daemon.run(config, sys.argv[1:] if argv is None else argv)
 
 
 def _deep_check(config: Config) -> list[str]:

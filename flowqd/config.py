@@ -55,6 +55,7 @@ class ServerConfig:
     cancel_on_disconnect: bool = False
     heartbeat_s: float = attrs.field(default=30.0, validator=_positive)
     broker_timeout_s: float = attrs.field(default=1.0, validator=_positive)
+    processes: int = attrs.field(default=1, validator=[_positive, attrs.validators.le(64)])
 
 
 @attrs.frozen
@@ -480,6 +481,14 @@ def load_config(
 
 
 def _check_role(config: Config) -> None:
+    if config.server.processes > 1 and config.broker == "memory":
+        raise ConfigError(
+            [
+                f"server.processes = {config.server.processes} needs Redis: the embedded "
+                "broker lives in one process; set REDIS_URL (or redis.url) or use "
+                "server.processes = 1"
+            ]
+        )
     if config.role != "all" and (config.broker == "memory" or not config.redis_configured):
         how = (
             "set REDIS_URL (or redis.url in flowqd.toml)"

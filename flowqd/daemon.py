@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, closing
 from functools import partial
 
@@ -19,9 +19,21 @@ import attrs
 import trio
 
 from flowqd.api.app import ApiState, create_app
+from flowqd.api_processes import (
+    child_command,
+    parent_of_this_process,
+    run_api_processes,
+    watch_parent,
+)
 from flowqd.config import Config
 from flowqd.credentials import CredentialStore, Sealer, load_secret
-from flowqd.errors import BrokerUnavailable, ConfigError, FlowValidationError, PluginError
+from flowqd.errors import (
+    BrokerUnavailable,
+    ConfigError,
+    FlowValidationError,
+    PluginError,
+    ProcessError,
+)
 from flowqd.flows import FlowStore
 from flowqd.health import HealthApp
 from flowqd.logs import setup_logging
@@ -31,7 +43,7 @@ from flowqd.plugins import collect_executors, load_plugins
 from flowqd.queue import open_broker
 from flowqd.queue.base import Broker
 from flowqd.redis import Backoff
-from flowqd.serve import serve_asgi
+from flowqd.serve import bound_port, serve_asgi
 from flowqd.worker import Worker, WorkerMetrics
 
 log = logging.getLogger("flowqd")
@@ -61,18 +73,22 @@ class Lifecycle:
             self.roles_scope.deadline = trio.current_time() + self.grace_s + TEARDOWN_MARGIN_S
 
 
-def run(config: Config) -> int:
-    """Run the daemon until stopped; return the process exit code."""
+def run(config: Config, argv: Sequence[str] = ()) -> int:
+    """Run the daemon until stopped; return the process exit code.
+
+    ``argv`` is the command line it was started with (without the program),
+    for the extra API processes of ``server.processes``.
+    """
     setup_logging(config.log)
     code = 1
     try:
-        code = trio.run(_main, config)
+        code = trio.run(_main, config, argv)
     except* STARTUP_ERRORS as group:
         for exc in _leaves(group):
             for line in str(exc).splitlines():
                 log.error("cannot start: %s", line)
         code = 2
-    except* OSError as group:
+    except* (OSError, ProcessError) as group:
         for exc in _leaves(group):
             log.error("cannot start: %s", exc)
         code = 1
@@ -90,12 +106,12 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     return out
 
 
-async def _main(config: Config) -> int:
+async def _main(config: Config, argv: Sequence[str]) -> int:
     life = Lifecycle(grace_s=config.worker.shutdown_grace_s, notifier=Notifier.from_environ())
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals, closing(life.notifier):
         async with trio.open_nursery() as root:
             root.start_soon(_watch_signals, signals, life, root.cancel_scope)
-            await _serve(config, life)
+            await _serve(config, life, argv)
             root.cancel_scope.cancel()
     if life.forced_by is not None:
         log.warning("stopped at once by a second signal")
@@ -126,7 +142,7 @@ async def _open_components(config: Config) -> AsyncIterator[tuple[Broker, FlowSt
         yield broker, FlowStore(broker, executors), Registry()
 
 
-async def _serve(config: Config, life: Lifecycle) -> None:
+async def _serve(config: Config, life: Lifecycle, argv: Sequence[str]) -> None:
     async with _open_components(config) as (broker, flows, registry):
         secret = load_secret(config.security)
         sealer = Sealer(secret) if secret else (Sealer.ephemeral() if config.broker == "memory"
@@ -136,6 +152,9 @@ async def _serve(config: Config, life: Lifecycle) -> None:
         async with trio.open_nursery() as infra:
             if life.notifier.watchdog_interval_s is not None:
                 await infra.start(life.notifier.run_watchdog)
+            parent = parent_of_this_process()
+            if parent is not None:
+                await infra.start(watch_parent, parent, life.begin_shutdown)
             await infra.start(broker.run)
             await _load_flows(flows, config, life)
             async with trio.open_nursery() as roles:
@@ -155,14 +174,23 @@ async def _serve(config: Config, life: Lifecycle) -> None:
                 if config.role in ("main", "all"):
                     app = create_app(ApiState(config, broker, flows, credentials, registry,
                                               shutdown=life.shutdown))
+                    processes = config.server.processes
                     binds = await roles.start(partial(
                         serve_asgi, app, config.server.host, config.server.port,
                         shutdown_trigger=life.shutdown.wait,
                         graceful_timeout_s=config.worker.shutdown_grace_s,
+                        reuse_port=processes > 1 or parent is not None,
                     ))
                     endpoints["api"] = binds[0]
+                    if processes > 1:
+                        await roles.start(
+                            run_api_processes, child_command(argv, bound_port(binds)),
+                            processes - 1, life.shutdown)
+                        endpoints["api_processes"] = str(processes)
                 ready = " ".join(f"{k}={v}" for k, v in endpoints.items())
-                log.info("ready: %s", ready)
+                # Only the parent says "ready:": a supervisor waits for that line.
+                log.info("%s: %s", "ready" if parent is None else "serving as an extra API "
+                         "process", ready)
                 life.notifier.ready(f"serving: {ready}")
             infra.cancel_scope.cancel()
 

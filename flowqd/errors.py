@@ -78,3 +78,11 @@ class NodeError(FlowqdError):
     what to change: ``"LLM server answered HTTP 401: check the credential"``.
     Any other exception also fails the node, with its type name in the message.
     """
+
+
+class ProcessError(FlowqdError):
+    """Raised at start-up when an extra API process (``server.processes``) fails to start.
+
+    Its own log lines, just before this error in the same log, say why; fix
+    that, or set ``server.processes = 1``.
+    """

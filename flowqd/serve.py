@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -64,16 +65,22 @@ async def serve_asgi(
     *,
     shutdown_trigger: Callable[[], Awaitable[None]],
     graceful_timeout_s: float,
+    reuse_port: bool = False,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` until ``shutdown_trigger`` returns, then drain for ``graceful_timeout_s``.
 
     The drain ends as soon as every response has been sent, whatever idle
     keep-alive connections remain. Reports the bound addresses
-    (``http://host:port``) through ``task_status``.
+    (``http://host:port``) through ``task_status``. With ``reuse_port``,
+    other processes may bind the same port and the kernel spreads the
+    connections among them (``server.processes``).
     """
     config = HyperConfig()
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    if reuse_port:
+        config.bind = [f"fd://{_bind_reusable(host, port)}"]
+    else:
+        config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.graceful_timeout = graceful_timeout_s
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")  # through our handlers
@@ -99,3 +106,20 @@ async def serve_asgi(
 def bound_port(binds: list[str]) -> int:
     """The port of the first bind hypercorn reports (useful when asked for port 0)."""
     return int(binds[0].rsplit(":", 1)[1])
+
+
+def _bind_reusable(host: str, port: int) -> int:
+    """A bound (not yet listening) socket with SO_REUSEPORT, as a descriptor for hypercorn.
+
+    hypercorn starts listening only once the app has started, so the kernel
+    sends this process connections only when it can answer them.
+    """
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock.detach()

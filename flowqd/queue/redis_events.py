@@ -14,10 +14,10 @@ the reader finds it full, it marks the watcher *lagging* and skips it from
 then on. A lagging watcher, once it has drained its buffer, reads its own
 backlog with ``XRANGE`` from its cursor (one pooled command per page) until
 it has caught up, then rejoins the shared feed (and marks its job dirty, so
-whatever arrived during the switch is read). Every watcher starts lagging:
-its replay is its own reading. Each watcher's cursor is the id of the last
-entry put in its buffer; entries at or before it are never delivered again,
-so an XREAD that raced a watcher's own XRANGE delivers nothing twice.
+whatever arrived during the switch is read). A watcher joining others of
+the same job starts lagging: its replay is its own reading, not theirs.
+Each watcher's cursor is the id of the last entry put in its buffer;
+entries at or before it are never delivered again, so an XREAD that raced a watcher's own XRANGE delivers nothing twice.
 """
 
 from __future__ import annotations
@@ -87,7 +87,14 @@ class EventHub:
 
     async def watch(self, job_id: str, after: str) -> AsyncIterator[list[Event]]:
         watcher = _Watcher(job_id, parse_event_id(after))
-        self._watchers.setdefault(job_id, set()).add(watcher)
+        job_watchers = self._watchers.setdefault(job_id, set())
+        # The job's only watcher (a prediction's, say) is read by the shared
+        # reader, in the same pipeline as every other dirty stream, instead
+        # of one XRANGE of its own; one joining others reads its own replay.
+        watcher.lagging = bool(job_watchers)
+        job_watchers.add(watcher)
+        if not watcher.lagging:
+            self._mark([job_id])
         backoff = Backoff(initial=0.05, maximum=1.0)
         try:
             while True:
