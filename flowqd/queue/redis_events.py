@@ -17,7 +17,11 @@ it has caught up, then rejoins the shared feed (and marks its job dirty, so
 whatever arrived during the switch is read). A watcher joining others of
 the same job starts lagging: its replay is its own reading, not theirs.
 Each watcher's cursor is the id of the last entry put in its buffer;
-entries at or before it are never delivered again, so an XREAD that raced a watcher's own XRANGE delivers nothing twice.
+entries at or before it are never delivered again, so an XREAD that raced
+a watcher's own XRANGE delivers nothing twice. A shared read that started
+past a watcher's cursor (it rejoined while the read was under way) is not
+offered to it, since it would skip what lies between: the next pass reads
+from that cursor, so nothing is lost either.
 """
 
 from __future__ import annotations
@@ -221,6 +225,7 @@ class EventHub:
                 )
             )
         prefix_len = len(self._keys.events(""))
+        starts = dict(requests)
         for reply in await self._redis.pipeline(commands):
             if isinstance(reply, Exception):
                 raise reply
@@ -229,9 +234,18 @@ class EventHub:
                 decoded = _decode_entries(entries)
                 if len(decoded) >= BATCH:
                     self._dirty.add(job_id)  # more to read: next pass
+                read_from = starts[job_id]
                 for watcher in list(self._watchers.get(job_id, ())):
-                    if not watcher.lagging:
-                        watcher.offer(decoded)
+                    if watcher.lagging:
+                        continue
+                    if watcher.cursor < read_from:
+                        # It rejoined behind this read's start while the read
+                        # was under way: entries between its cursor and the
+                        # start are not in this reply. The next pass reads
+                        # from its cursor.
+                        self._dirty.add(job_id)
+                        continue
+                    watcher.offer(decoded)
         if self._dirty:
             self._kick.set()
 

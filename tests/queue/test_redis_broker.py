@@ -167,6 +167,34 @@ async def test_many_watchers_share_one_subscription(open_running: Callable[..., 
             assert received == {j: ["t", "end"] for j in ids}
 
 
+async def test_watchers_joining_while_events_flow_miss_nothing(
+    open_running: Callable[..., Any],
+) -> None:
+    # Watchers of the same jobs join between writes, each reading its
+    # replay while the shared reader feeds the others: a read that started
+    # past a newcomer's cursor must not be handed to it (it would skip the
+    # entries in between). Every watcher gets every event once, in order.
+    rounds, per_round = 12, 3
+    with trio.fail_after(30):
+        async with open_running() as broker:
+            ids = await broker.enqueue([spec(i) for i in range(20)])
+            claimed = await broker.claim("w1", 20, lock_ttl_s=30, block_s=1)
+            results: list[list[object]] = []
+            async with trio.open_nursery() as nursery:
+
+                async def watcher(job_id: str) -> None:
+                    results.append([e.data async for e in broker.watch_events(job_id)])
+
+                for i in range(rounds):
+                    for job_id in ids:
+                        for _ in range(per_round):
+                            nursery.start_soon(watcher, job_id)
+                    await broker.flush([EmittedEvent(j, "t", i) for j in ids], [])
+                await broker.flush([], [done(c, "end") for c in claimed])
+            assert len(results) == rounds * per_round * len(ids)
+            assert [data for data in results if data != [*range(rounds), "end"]] == []
+
+
 async def test_slow_watcher_does_not_stall_others(open_running: Callable[..., Any]) -> None:
     with trio.fail_after(20):
         async with open_running() as broker:
