@@ -3,7 +3,10 @@
     .venv/bin/python bench/drain.py [--jobs 20000]
 
 Starts its own redis-server and worker. The queue is paused while the jobs
-are bulk-enqueued (so the enqueue figure is the producer's alone), the worker
+are enqueued (so the enqueue figures are the producer's alone): 2,000 one at
+a time, then half of the rest in bulk calls of ``--batch`` jobs one after
+another (``enqueue_bulk_serial``), the other half from two producers at once
+(``enqueue_bulk``, the figure issue 9's target reads). Then the worker
 is started and becomes ready, then the queue is resumed and the drain timed.
 Each job is one `echo` node with every event a job normally writes
 (started, node_start, node_end, and the terminal `end`). Worker and Redis CPU
@@ -76,13 +79,32 @@ async def bench(
             await broker.enqueue([JobSpec(flow_id, version, {"question": f"s{i}"})])
         results["enqueue_single_jobs_s"] = sample / (time.perf_counter() - t)
 
+        # Bulk: calls of --batch jobs, first from one producer (each call
+        # waits for the last), then from two at once, as a loader with a
+        # nursery would send them: Redis runs one call while the client
+        # encodes the next. The first half of the rest goes serially.
+        bulk = jobs - sample
+        batches = [
+            [JobSpec(flow_id, version, {"question": f"q{start + i}"})
+             for i in range(min(batch, bulk - start))]
+            for start in range(0, bulk, batch)
+        ]
+        serial, concurrent = batches[: len(batches) // 2], batches[len(batches) // 2 :]
         t = time.perf_counter()
-        for start in range(0, jobs - sample, batch):
-            n = min(batch, jobs - sample - start)
-            await broker.enqueue(
-                [JobSpec(flow_id, version, {"question": f"q{start + i}"}) for i in range(n)]
-            )
-        results["enqueue_bulk_jobs_s"] = (jobs - sample) / (time.perf_counter() - t)
+        for specs in serial:
+            await broker.enqueue(specs)
+        results["enqueue_bulk_serial_jobs_s"] = (
+            sum(map(len, serial)) / (time.perf_counter() - t))
+
+        async def producer(share: list[list[JobSpec]]) -> None:
+            for specs in share:
+                await broker.enqueue(specs)
+
+        t = time.perf_counter()
+        async with trio.open_nursery() as producers:
+            producers.start_soon(producer, concurrent[0::2])
+            producers.start_soon(producer, concurrent[1::2])
+        results["enqueue_bulk_jobs_s"] = sum(map(len, concurrent)) / (time.perf_counter() - t)
 
         async with start_daemon(["--role", "worker", "--set", "log.level=info",
                                  "--set", "redis.command_timeout_s=60"], env=env) as worker:
@@ -97,6 +119,7 @@ async def bench(
                 await trio.sleep(1.0)
             cpu0, t0 = cpu_seconds(pid), time.perf_counter()
             redis_cpu0 = cpu_seconds(redis_pid)
+            await broker._redis.execute(b"CONFIG", b"RESETSTAT")
             await broker.resume()
             # Polling the counts costs the worker nothing, unlike 20k watchers.
             while (await broker.counts())[JobStatus.COMPLETED] < jobs:  # noqa: ASYNC110
@@ -107,6 +130,17 @@ async def bench(
             # Redis shares this machine's cores: its share bounds the drain too.
             results["redis_cpu_us_per_job"] = (cpu_seconds(redis_pid) - redis_cpu0) / jobs * 1e6
             results["worker_rss_mb"] = rss_mb(pid)
+            # Where Redis spends its time: the commands run inside scripts count
+            # both on their own lines and in their script's EVALSHA line.
+            stats = (await broker._redis.execute(b"INFO", b"commandstats")).decode()
+            for line in stats.splitlines():
+                if line.startswith("cmdstat_"):
+                    name, _, fields = line[8:].partition(":")
+                    values = dict(part.split("=") for part in fields.split(","))
+                    usec_per_job = int(values["usec"]) / jobs
+                    if usec_per_job >= 0.5:
+                        print(f"   redis {name:12} {int(values['calls']) / jobs:8.2f} calls/job "
+                              f"{usec_per_job:8.2f} us/job", file=sys.stderr)
             # Batching as the worker saw it: its own counters.
             async with httpx.AsyncClient() as client:
                 text = (await client.get(f"{worker.health}/metrics")).text

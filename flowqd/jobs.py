@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-import uuid
+import os
 from typing import Any
 
 import attrs
@@ -28,7 +28,9 @@ TERMINAL_EVENTS = frozenset({END, ERROR, CANCELLED})
 
 
 def new_job_id() -> str:
-    return uuid.uuid4().hex
+    # 128 random bits as 32 hex digits, like uuid4().hex at a tenth of its
+    # cost (bulk enqueue makes thousands at once).
+    return os.urandom(16).hex()
 
 
 @attrs.frozen

@@ -31,7 +31,7 @@ def decode_job(job_id: str, fields: list[Any]) -> Job | None:
         int(ver),
         orjson.loads(inputs),
         _STATUSES[st],
-        int(att),
+        int(att) if att else 0,  # absent until the first claim
         int(mx),
         float(timeout) if timeout else None,
         owner.decode() if owner else None,

@@ -5,6 +5,7 @@ if redis.call('EXISTS', K_PAUSED) == 1 then return false end
 local worker, want, ttl, base = ARGV[A], tonumber(ARGV[A + 1]), tonumber(ARGV[A + 2]), ARGV[A + 3]
 local now = now_ms()
 local out = {}
+local locks = {}  -- (deadline, id) pairs for K_ACTIVE: one ZADD at the end
 local got = 0
 while got < want do
   local ids = redis.call('RPOP', K_WAIT, want - got)
@@ -20,10 +21,11 @@ while got < want do
       else
         got = got + 1
         local token = base .. ':' .. got
-        local attempts = tonumber(f[F_ATT]) + 1
+        local attempts = (tonumber(f[F_ATT]) or 0) + 1
         redis.call('HSET', jk, 'st', 'active', 'att', attempts, 'sat', now, 'wk', worker,
           'tok', token)
-        redis.call('ZADD', K_ACTIVE, now + ttl, id)
+        locks[#locks + 1] = now + ttl
+        locks[#locks + 1] = id
         f[F_ST] = 'active'
         f[F_ATT] = attempts
         f[F_SAT] = now
@@ -35,6 +37,7 @@ while got < want do
     end
   end
 end
+call_in_parts('ZADD', K_ACTIVE, locks, 1000)
 -- More waiting: wake the next idle worker too.
 if redis.call('LLEN', K_WAIT) > 0 then ring_workers() end
 announce()

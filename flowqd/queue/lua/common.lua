@@ -47,25 +47,43 @@ local function finish_score(now)
   return score
 end
 
--- Finished sets that may hold more than CFG.keep jobs; trimmed once, at the end.
-local to_trim = {}
+-- Per finished set, the (score, id) pairs this call adds: one ZADD per set
+-- in announce() instead of one per job (each redis.call costs more than the
+-- command itself).
+local to_finish = {}
+
+-- Calls with many members, in parts: Lua's unpack() has a stack limit.
+local function call_in_parts(command, key, members, per_call)
+  for start = 1, #members, per_call do
+    redis.call(command, key, unpack(members, start, math.min(start + per_call - 1, #members)))
+  end
+end
 
 -- End a job: status, finish time (plus the caller's ``fields``), the one
--- terminal event, finished set, expiry. Retention by count runs in announce().
+-- terminal event, finished set, expiry. Its ``tok`` stays: every token check
+-- also wants status ``active``. The finished sets are written, and trimmed
+-- by count, in announce().
 local function terminal(id, status, event, data, now, fields)
   local jk = job_key(id)
   redis.call('HSET', jk, 'st', status, 'ft', now, unpack(fields or {}))
-  redis.call('HDEL', jk, 'tok')
   add_event(id, event, data)
-  redis.call('ZADD', finished_key(status), finish_score(now), id)
+  local adds = to_finish[status]
+  if not adds then
+    adds = {}
+    to_finish[status] = adds
+  end
+  adds[#adds + 1] = finish_score(now)
+  adds[#adds + 1] = id
   redis.call('PEXPIRE', jk, CFG.age_ms)
   redis.call('PEXPIRE', events_key(id), CFG.age_ms)
-  to_trim[status] = true
 end
 
 local function trim_finished()
+  for status, adds in pairs(to_finish) do
+    call_in_parts('ZADD', finished_key(status), adds, 1000)
+  end
   if CFG.keep <= 0 then return end
-  for status, _ in pairs(to_trim) do
+  for status, _ in pairs(to_finish) do
     local set = finished_key(status)
     local excess = redis.call('ZCARD', set) - CFG.keep
     if excess > 0 then

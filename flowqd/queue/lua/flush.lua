@@ -35,6 +35,7 @@ end
 
 local cap_ms = 86400000
 local results = {}
+local unlocked = {}  -- left active: removed from K_ACTIVE at once, at the end
 local rang = false
 while i <= #ARGV do
   local id, token, kind = ARGV[i], ARGV[i + 1], ARGV[i + 2]
@@ -49,7 +50,7 @@ while i <= #ARGV do
   else
     results[#results + 1] = 1
     live[id] = nil
-    redis.call('ZREM', K_ACTIVE, id)
+    unlocked[#unlocked + 1] = id
     local extra = {}
     if nodes ~= '' then extra = {'nodes', nodes} end
     local cx = f[5]
@@ -65,7 +66,6 @@ while i <= #ARGV do
         local delay = math.min(CFG.backoff_ms * 2 ^ math.min(att - 1, 40), cap_ms)
         delay = math.floor(delay * (1 + 0.25 * tonumber(ARGV[i + 7])))
         redis.call('HSET', jk, 'st', 'delayed', unpack(extra))
-        redis.call('HDEL', jk, 'tok')
         redis.call('ZADD', K_DELAYED, now + delay, id)
       else
         terminal(id, 'failed', 'error', event_data, now, extra)
@@ -91,6 +91,7 @@ while i <= #ARGV do
   end
   i = i + 8
 end
+call_in_parts('ZREM', K_ACTIVE, unlocked, 1000)
 if rang then ring_workers() end
 announce()
 return results
