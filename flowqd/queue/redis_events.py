@@ -81,12 +81,17 @@ class EventHub:
         self._dirty: set[str] = set()
         self._kick = trio.Event()
         self.rings = 0  # doorbell messages received (for statistics)
+        self._first_watcher = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The subscriber and the reader; ``started()`` after the first subscription attempt."""
+        """The subscriber and the reader; ``started()`` at once.
+
+        The subscription opens with the first watcher: a process that never
+        watches (a worker) never receives the doorbell of every flush.
+        """
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._read_loop, name="flowqd-event-reader")
-            await nursery.start(self._subscribe_loop, name="flowqd-event-doorbell")
+            nursery.start_soon(self._subscribe_loop, name="flowqd-event-doorbell")
             task_status.started()
 
     async def watch(self, job_id: str, after: str) -> AsyncIterator[list[Event]]:
@@ -97,6 +102,7 @@ class EventHub:
         # of one XRANGE of its own; one joining others reads its own replay.
         watcher.lagging = bool(job_watchers)
         job_watchers.add(watcher)
+        self._first_watcher.set()
         if not watcher.lagging:
             self._mark([job_id])
         backoff = Backoff(initial=0.05, maximum=1.0)
@@ -163,28 +169,21 @@ class EventHub:
         if added:
             self._kick.set()
 
-    async def _subscribe_loop(
-        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
+    async def _subscribe_loop(self) -> None:
+        await self._first_watcher.wait()
         backoff = Backoff(initial=0.05, maximum=2.0)
         channel = self._keys.events_channel
-        started = False
         while True:
             try:
                 async with self._redis.subscribe(channel) as subscription:
                     backoff.reset()
                     # Rings sent while unsubscribed are gone: re-read everything.
                     self._mark(list(self._watchers))
-                    if not started:
-                        task_status.started()
-                        started = True
                     async for _, message in subscription:
                         self.rings += 1
                         self._mark(orjson.loads(message))
             except BrokerUnavailable:
-                if not started:  # usable all the same: calls raise until Redis is back
-                    task_status.started()
-                    started = True
+                pass  # watchers are re-read once a second meanwhile
             await backoff.wait()
 
     async def _read_loop(self) -> None:

@@ -147,6 +147,19 @@ async def test_idle_claim_wakes_on_enqueue(open_running: Callable[..., Any], raw
             assert [c.job.id for c in got] == [job_id]
 
 
+async def test_no_subscription_without_watchers(open_running: Callable[..., Any]) -> None:
+    # A worker writes events but never watches: it does not receive the
+    # doorbell of every flush in the cluster.
+    with trio.fail_after(20):
+        async with open_running() as broker:
+            [job_id] = await broker.enqueue([spec()])
+            claimed = await claim_one(broker)
+            await broker.flush([EmittedEvent(job_id, "t", 1)], [done(claimed)])
+            stats = await broker.statistics()
+            assert stats["dedicated_connections"] == 0
+            assert stats["event_rings"] == 0
+
+
 async def test_many_watchers_share_one_subscription(open_running: Callable[..., Any]) -> None:
     with trio.fail_after(20):
         async with open_running() as broker:
@@ -161,8 +174,13 @@ async def test_many_watchers_share_one_subscription(open_running: Callable[..., 
 
                     nursery.start_soon(watcher)
                 await broker.flush([EmittedEvent(j, "t", 1) for j in ids], [])
-                stats = await broker.statistics()
-                assert stats["dedicated_connections"] == 1  # the doorbell subscription
+
+                async def subscribed() -> bool:
+                    stats = await broker.statistics()
+                    # The doorbell subscription, opened for the first watcher.
+                    return bool(stats["dedicated_connections"] == 1)
+
+                await wait_until(subscribed)
                 await broker.flush([], [done(c) for c in claimed])
             assert received == {j: ["t", "end"] for j in ids}
 
