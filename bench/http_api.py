@@ -183,7 +183,9 @@ async def main(args: argparse.Namespace) -> None:
                           f"{(worker_cpu - worker_cpu0) / done * 1e3:.2f} ms;  RSS main "
                           f"{main_rss:.0f} MB, worker {worker_rss:.0f} MB;  Redis connections "
                           f"{held}")
-                    prefix = f"http_{clients}_"
+                    # With extra API processes the figures say so (http_p2_20_...).
+                    processes = f"p{args.processes}_" if args.processes > 1 else ""
+                    prefix = f"http_{processes}{clients}_"
                     for name, value, unit in [
                         ("predictions_s", done / wall, "req/s"),
                         ("p50_ms", percentile(latencies, 0.5) * 1e3, "ms"),

@@ -35,6 +35,9 @@ SCRIPTS: list[tuple[str, list[str], list[str]]] = [
     ("drain", [], ["--jobs", "10000"]),
     ("latency", [], ["--jobs", "1000", "--warmup", "50"]),
     ("http_api", [], ["--clients", "20", "--seconds", "3", "--waiting", "0"]),
+    # The same through a main role with server.processes = 2 (SO_REUSEPORT).
+    ("http_api", ["--processes", "2", "--waiting", "0"],
+     ["--processes", "2", "--clients", "20", "--seconds", "3", "--waiting", "0"]),
     ("stream", [], ["--quick"]),
     ("scale", [], ["--quick"]),
 ]
@@ -57,6 +60,8 @@ TARGETS = [
     Target("http_api.http_20_predictions_s", operator.ge, 600, ">= 600"),
     Target("http_api.http_20_main_rss_mb", operator.lt, 100, "< 100"),
     Target("http_api.http_20_worker_rss_mb", operator.lt, 100, "< 100"),
+    Target("http_api.http_p2_20_predictions_s", operator.ge, 600, ">= 600"),
+    Target("http_api.http_p2_20_main_rss_mb", operator.lt, 100, "< 100"),
     Target("http_api.http_100_main_rss_mb", operator.lt, 100, "< 100"),
     Target("http_api.http_100_worker_rss_mb", operator.lt, 100, "< 100"),
     Target("stream.stream_events_s", operator.ge, 50000, ">= 50,000"),
