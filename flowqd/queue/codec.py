@@ -46,17 +46,21 @@ def decode_job(job_id: str, fields: list[Any]) -> Job | None:
     )
 
 
-def decode_entry(entry: list[Any]) -> Event:
-    """One stream entry ``[id, [field, value, ...]]`` written as ``n``/``d``."""
-    entry_id, values = entry
-    name = b""
-    data = b"null"
-    for i in range(0, len(values), 2):
-        if values[i] == b"n":
-            name = values[i + 1]
-        elif values[i] == b"d":
-            data = values[i + 1]
-    return Event(id=entry_id.decode(), name=name.decode(), data=orjson.loads(data))
+def decode_entries(entries: list[Any] | None) -> list[tuple[tuple[int, int], Event]]:
+    """Stream entries ``[id, [field, value, ...]]`` written as ``n``/``d``, each
+    with its id as a sortable pair (see ``policy.parse_event_id``)."""
+    out = []
+    loads = orjson.loads
+    for entry_id, values in entries or ():
+        if len(values) == 4 and values[0] == b"n" and values[2] == b"d":
+            name, data = values[1], values[3]  # as add_event writes them: every event
+        else:
+            fields = dict(zip(values[0::2], values[1::2], strict=True))
+            name, data = fields.get(b"n", b""), fields.get(b"d", b"null")
+        # Redis made the id: "<ms>-<seq>", no need to check it.
+        ms, _, seq = entry_id.partition(b"-")
+        out.append(((int(ms), int(seq)), Event(entry_id.decode(), name.decode(), loads(data))))
+    return out
 
 
 assert _N_FIELDS == 16  # decode_job unpacks exactly these

@@ -28,14 +28,13 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
-from typing import Any
 
 import orjson
 import trio
 
 from flowqd.errors import BrokerUnavailable
 from flowqd.jobs import TERMINAL_EVENTS, Event
-from flowqd.queue.codec import decode_entry
+from flowqd.queue.codec import decode_entries
 from flowqd.queue.keys import QueueKeys
 from flowqd.queue.policy import parse_event_id
 from flowqd.redis import Arg, Backoff, Redis
@@ -157,7 +156,7 @@ class EventHub:
             b"XRANGE", self._keys.events(job_id), f"({after[0]}-{after[1]}", b"+",
             b"COUNT", count,
         )
-        return _decode_entries(reply)
+        return decode_entries(reply)
 
     def _mark(self, job_ids: Iterable[str]) -> None:
         watched = self._watchers
@@ -230,7 +229,7 @@ class EventHub:
                 raise reply
             for key, entries in reply or ():
                 job_id = key[prefix_len:].decode()
-                decoded = _decode_entries(entries)
+                decoded = decode_entries(entries)
                 if len(decoded) >= BATCH:
                     self._dirty.add(job_id)  # more to read: next pass
                 read_from = starts[job_id]
@@ -247,11 +246,3 @@ class EventHub:
                     watcher.offer(decoded)
         if self._dirty:
             self._kick.set()
-
-
-def _decode_entries(reply: Any) -> list[tuple[tuple[int, int], Event]]:
-    out = []
-    for entry in reply or ():
-        event = decode_entry(entry)
-        out.append((parse_event_id(event.id), event))
-    return out
