@@ -166,16 +166,14 @@ async def watch_parent(pid: int, on_gone: Callable[[], None],
                        *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Call ``on_gone`` when process ``pid`` exits (at once if it already has)."""
     try:
-        fd = os.pidfd_open(pid)
+        fd: int | None = os.pidfd_open(pid)
     except ProcessLookupError:
-        task_status.started()
-        log.warning("the main process (pid %d) is gone: draining", pid)
-        on_gone()
-        return
-    try:
-        task_status.started()
-        await trio.lowlevel.wait_readable(fd)
-        log.warning("the main process (pid %d) is gone: draining", pid)
-        on_gone()
-    finally:
-        os.close(fd)
+        fd = None
+    task_status.started()
+    if fd is not None:
+        try:
+            await trio.lowlevel.wait_readable(fd)
+        finally:
+            os.close(fd)
+    log.warning("the main process (pid %d) is gone: draining", pid)
+    on_gone()

@@ -87,6 +87,17 @@ class Event:
     data: Any
 
 
+def through_terminal(events: list[Event]) -> tuple[list[Event], bool]:
+    """``events`` up to and including the first terminal one, and whether there was one.
+
+    A job's stream ends at its terminal event: nothing after it is delivered.
+    """
+    for n, event in enumerate(events):
+        if event.name in TERMINAL_EVENTS:
+            return events[: n + 1], True
+    return events, False
+
+
 class OutcomeKind(enum.StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"  # retried with backoff while attempts remain, unless ``retry`` is False

@@ -15,7 +15,7 @@ from flowqd.api.http import ApiError, Problems, json_response, read_json, requir
 from flowqd.api.predictions import load_flow
 from flowqd.errors import BrokerUnavailable
 from flowqd.flows import CompiledFlow
-from flowqd.jobs import TERMINAL_EVENTS, TERMINAL_STATUSES, Job, JobSpec, JobStatus
+from flowqd.jobs import TERMINAL_STATUSES, Job, JobSpec, JobStatus, through_terminal
 from flowqd.queue.policy import parse_event_id
 
 BULK_MAX = 1000
@@ -308,11 +308,10 @@ def event_stream(ctx: ApiContext, job: Job, after: str) -> Response:
         while True:
             with trio.fail_after(server.broker_timeout_s * 5):
                 page = await broker.read_events(job.id, after=cursor, count=REPLAY_PAGE)
-            end = next((n + 1 for n, event in enumerate(page)
-                        if event.name in TERMINAL_EVENTS), None)
-            if page:
-                await send.send(sse.sse_events(page[:end]))
-            if end is not None or len(page) < REPLAY_PAGE:
+            events, ended = through_terminal(page)
+            if events:
+                await send.send(sse.sse_events(events))
+            if ended or len(page) < REPLAY_PAGE:
                 return
             cursor = page[-1].id
 

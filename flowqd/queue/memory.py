@@ -33,7 +33,6 @@ from flowqd.jobs import (
     CANCELLED,
     END,
     ERROR,
-    TERMINAL_EVENTS,
     Claimed,
     EmittedEvent,
     Event,
@@ -44,6 +43,7 @@ from flowqd.jobs import (
     OutcomeKind,
     WorkerInfo,
     new_job_id,
+    through_terminal,
 )
 from flowqd.queue import policy
 from flowqd.queue.base import Broker
@@ -246,14 +246,11 @@ class MemoryBroker(Broker):
                     waiter = self._event_waiters[job_id] = trio.Event()
                 await waiter.wait()
                 continue
-            batch = events[start:]
+            batch, ended = through_terminal(events[start:])
             cursor = _event_key(batch[-1])
-            # A stream ends at its terminal event; nothing after it is delivered.
-            for n, event in enumerate(batch):
-                if event.name in TERMINAL_EVENTS:
-                    yield batch[: n + 1]
-                    return
             yield batch
+            if ended:
+                return
             await trio.lowlevel.checkpoint()
 
     # ---- queue control and introspection ---------------------------------

@@ -33,7 +33,7 @@ import orjson
 import trio
 
 from flowqd.errors import BrokerUnavailable
-from flowqd.jobs import TERMINAL_EVENTS, Event
+from flowqd.jobs import Event, through_terminal
 from flowqd.queue.codec import decode_entries
 from flowqd.queue.keys import QueueKeys
 from flowqd.queue.policy import parse_event_id
@@ -108,13 +108,11 @@ class EventHub:
         try:
             while True:
                 if watcher.buffer:
-                    batch = [event for _, event in watcher.buffer]
+                    batch, ended = through_terminal([event for _, event in watcher.buffer])
                     watcher.buffer.clear()
-                    for n, event in enumerate(batch):
-                        if event.name in TERMINAL_EVENTS:
-                            yield batch[: n + 1]
-                            return
                     yield batch
+                    if ended:
+                        return
                     continue
                 if watcher.lagging:
                     try:
