@@ -56,6 +56,18 @@ class ServerConfig:
     heartbeat_s: float = attrs.field(default=30.0, validator=_positive)
     broker_timeout_s: float = attrs.field(default=1.0, validator=_positive)
     processes: int = attrs.field(default=1, validator=[_positive, attrs.validators.le(64)])
+    # Slow or silent clients: a request's headers, then its body, must arrive in time.
+    header_timeout_s: float = attrs.field(default=10.0, validator=_positive)
+    body_timeout_s: float = attrs.field(default=30.0, validator=_positive)
+    # Open connections per API process; the next one is refused with 503.
+    max_connections: int = attrs.field(default=4096, validator=_positive)
+    # JSON bodies nested deeper than this are refused with 400.
+    max_json_depth: int = attrs.field(default=64, validator=[_positive, attrs.validators.le(200)])
+    # Host header values accepted; empty: the listen address (and localhost names
+    # when it is a loopback address). "*" accepts any.
+    allowed_hosts: list[str] = attrs.Factory(list)
+    # Origins (scheme://host[:port]) whose pages may send writes; "*" allows any.
+    allowed_origins: list[str] = attrs.Factory(list)
 
 
 @attrs.frozen
@@ -76,6 +88,12 @@ class LimitsConfig:
     per_minute: int = attrs.field(default=0, validator=_non_negative)
     burst: int = attrs.field(default=20, validator=_positive)
     flows: dict[str, int] = attrs.field(factory=dict, validator=_flow_limits)
+    # Sizes as encoded JSON; a job past one fails with a message naming the key.
+    max_result_bytes: int = attrs.field(default=4 * 1024 * 1024, validator=_positive)
+    max_node_output_bytes: int = attrs.field(default=4 * 1024 * 1024, validator=_positive)
+    max_event_bytes: int = attrs.field(default=1024 * 1024, validator=_positive)
+    # Body of one answer to an http or llm node.
+    max_response_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_positive)
 
     def for_flow(self, flow_id: str) -> int:
         """Requests a minute allowed for ``flow_id``; 0 means no limit."""
@@ -144,6 +162,19 @@ class PluginsConfig:
 @attrs.frozen
 class FlowsConfig:
     paths: list[str] = attrs.Factory(list)
+    max_nodes: int = attrs.field(default=1000, validator=_positive)
+
+
+@attrs.frozen
+class EgressConfig:
+    # Hosts, addresses or networks (CIDR) the http and llm nodes may reach;
+    # empty: any that deny and private do not refuse.
+    allow: list[str] = attrs.Factory(list)
+    # Hosts, addresses or networks they may never reach (checked first).
+    deny: list[str] = attrs.Factory(list)
+    # Loopback, private and link-local addresses: "auto" refuses them when API
+    # keys are configured, "deny" always, "allow" never. An allow entry wins.
+    private: Literal["auto", "allow", "deny"] = "auto"
 
 
 @attrs.frozen
@@ -166,6 +197,7 @@ class Config:
     security: SecurityConfig = attrs.Factory(SecurityConfig)
     auth: AuthConfig = attrs.Factory(AuthConfig)
     limits: LimitsConfig = attrs.Factory(LimitsConfig)
+    egress: EgressConfig = attrs.Factory(EgressConfig)
     # Where the values came from; not configuration itself.
     source: str = attrs.field(default="defaults", eq=False)
     redis_configured: bool = attrs.field(default=False, eq=False)
