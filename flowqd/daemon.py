@@ -139,7 +139,7 @@ async def _open_components(config: Config) -> AsyncIterator[tuple[Broker, FlowSt
     pm = load_plugins(config.plugins)
     executors = collect_executors(pm)
     async with open_broker(config) as broker:
-        yield broker, FlowStore(broker, executors), Registry()
+        yield broker, FlowStore(broker, executors, max_nodes=config.flows.max_nodes), Registry()
 
 
 async def _serve(config: Config, life: Lifecycle, argv: Sequence[str]) -> None:

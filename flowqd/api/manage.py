@@ -60,8 +60,9 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
                                 " or be left out",
                            problems=[{"path": "$.id", "message": "must equal the id in the URL"}])
         try:
+            flow = state.flows.compile(document)  # CPU: outside the broker's deadline
             with ctx.broker("storing the flow"):
-                stored_id, version = await state.flows.put(document)
+                stored_id, version = await state.flows.store(flow)
         except FlowValidationError as exc:
             raise ApiError(422, f"invalid flow: {exc}", problems=_problems(exc)) from None
         return json_response({"id": stored_id, "version": version,

@@ -12,12 +12,14 @@ from typing import Any, Protocol
 import attrs
 import orjson
 
+from flowqd.config import FlowsConfig
 from flowqd.errors import FlowValidationError
 from flowqd.executors.base import Executor
 from flowqd.flows.model import CompiledFlow
 from flowqd.flows.validate import compile_flow
 
 FLOW_SUFFIXES = (".json", ".toml")
+DEFAULT_MAX_NODES = FlowsConfig().max_nodes
 
 
 class FlowBackend(Protocol):
@@ -64,10 +66,26 @@ class FlowStore:
 
     CACHE_SIZE = 1024
 
-    def __init__(self, backend: FlowBackend, executors: Mapping[str, Executor]) -> None:
+    def __init__(
+        self,
+        backend: FlowBackend,
+        executors: Mapping[str, Executor],
+        *,
+        max_nodes: int = DEFAULT_MAX_NODES,
+    ) -> None:
         self._backend = backend
         self._executors = executors
+        self._max_nodes = max_nodes
         self._cache: OrderedDict[tuple[str, int], CompiledFlow] = OrderedDict()
+
+    def compile(self, document: Mapping[str, Any]) -> CompiledFlow:
+        """Validate a flow for registration (``flows.max_nodes`` applies); no broker call.
+
+        Raises FlowValidationError with every problem. Callers that bound the
+        broker exchange with a deadline call this first, outside it: validation
+        is CPU, and its time must not read as a slow broker.
+        """
+        return compile_flow(document, self._executors, max_nodes=self._max_nodes)
 
     async def put(self, document: Mapping[str, Any]) -> tuple[str, int]:
         """Validate and store a flow; return ``(flow_id, version)``.
@@ -75,9 +93,12 @@ class FlowStore:
         An unchanged document keeps its current version. Raises
         FlowValidationError with every problem.
         """
-        flow = compile_flow(document, self._executors)
+        return await self.store(self.compile(document))
+
+    async def store(self, flow: CompiledFlow) -> tuple[str, int]:
+        """Store a flow ``compile`` returned; return ``(flow_id, version)``."""
         try:
-            stored = canonical(document)
+            stored = canonical(flow.document)
         except TypeError as exc:  # only from Python callers: files and JSON bodies encode
             raise FlowValidationError([("$", f"not JSON-compatible: {exc}")]) from None
         current = await self._backend.get_flow(flow.id)
@@ -126,12 +147,11 @@ class FlowStore:
         lists every problem of every file, each path prefixed by the file.
         """
         problems: builtins.list[tuple[str, str]] = []
-        documents: builtins.list[dict[str, Any]] = []
+        flows: builtins.list[CompiledFlow] = []
         seen: dict[str, Path] = {}
         for file in _flow_files(paths, problems):
             try:
-                document = parse_flow_file(file)
-                flow = compile_flow(document, self._executors)
+                flow = self.compile(parse_flow_file(file))
             except FlowValidationError as exc:
                 problems.extend(
                     (p if p == str(file) else f"{file}: {p}", m) for p, m in exc.problems
@@ -143,10 +163,10 @@ class FlowStore:
                 )
                 continue
             seen[flow.id] = file
-            documents.append(document)
+            flows.append(flow)
         if problems:
             raise FlowValidationError(problems)
-        return [await self.put(document) for document in documents]
+        return [await self.store(flow) for flow in flows]
 
     def _remember(self, flow_id: str, version: int, flow: CompiledFlow) -> CompiledFlow:
         flow = attrs.evolve(flow, version=version)

@@ -14,6 +14,7 @@ An input source is an upstream node id (``"prompt"``) or a job input written
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -59,16 +60,33 @@ class _Draft:
         self.timeout_s: float | None = None
 
 
-def compile_flow(document: Mapping[str, Any], executors: Mapping[str, Executor]) -> CompiledFlow:
+def compile_flow(
+    document: Mapping[str, Any],
+    executors: Mapping[str, Executor],
+    *,
+    max_nodes: int | None = None,
+) -> CompiledFlow:
     """Validate a flow document against the known executors.
 
-    Raises FlowValidationError listing every problem as ``(json_path, message)``;
-    never raises anything else.
+    ``max_nodes`` (``flows.max_nodes``) is checked before anything else, so an
+    oversized flow costs nothing more. Raises FlowValidationError listing every
+    problem as ``(json_path, message)``; never raises anything else.
     """
     problems: list[Problem] = []
     if not isinstance(document, Mapping):
         raise FlowValidationError(
             [("$", f"expected a flow object with id, nodes and output, got {show(document)}")]
+        )
+    nodes = document.get("nodes")
+    if max_nodes is not None and isinstance(nodes, list) and len(nodes) > max_nodes:
+        raise FlowValidationError(
+            [
+                (
+                    "$.nodes",
+                    f"the flow has {len(nodes)} nodes, over flows.max_nodes ({max_nodes}); "
+                    "split it or raise flows.max_nodes",
+                )
+            ]
         )
     for key in document:
         if key not in TOP_KEYS:
@@ -224,8 +242,14 @@ def _read_inputs(draft: _Draft, problems: list[Problem]) -> None:
         draft.inputs[name] = (item_path, source)
 
 
+SHOWN_NODE_IDS = 20  # a long flow's every bad reference must not list every node
+
+
 def _unknown_node(node: str, by_id: Mapping[str, _Draft]) -> str:
-    return f"unknown node {node!r}; nodes: {', '.join(by_id) or 'none'} (job inputs start with $)"
+    shown = ", ".join(itertools.islice(by_id, SHOWN_NODE_IDS)) or "none"
+    if len(by_id) > SHOWN_NODE_IDS:
+        shown += f", ... ({len(by_id)} in all)"
+    return f"unknown node {node!r}; nodes: {shown} (job inputs start with $)"
 
 
 def _cycles(drafts: list[_Draft], by_id: Mapping[str, _Draft]) -> list[Problem]:
@@ -366,13 +390,24 @@ def _compiled(
 
 
 def _topological(nodes: list[CompiledNode]) -> tuple[CompiledNode, ...]:
-    done: set[str] = set()
-    order: list[CompiledNode] = []
-    pending = list(nodes)
-    while pending:  # validation ruled out cycles, so every pass places a node
-        ready = [n for n in pending if all(u in done for u in n.upstream)]
-        for node in ready:
-            done.add(node.id)
-            order.append(node)
-        pending = [n for n in pending if n.id not in done]
-    return tuple(order)
+    """Nodes in waves, document order within a wave.
+
+    A wave holds every node whose upstream nodes all sit in earlier waves, so
+    a node's wave is its depth: the longest input path back to a node without
+    upstream. One pass over the edges (Kahn's algorithm) finds every depth.
+    """
+    consumers: dict[str, list[str]] = {node.id: [] for node in nodes}
+    waiting: dict[str, int] = {}
+    for node in nodes:
+        waiting[node.id] = len(node.upstream)
+        for upstream in node.upstream:
+            consumers[upstream].append(node.id)
+    depth = dict.fromkeys(consumers, 0)
+    ready = [node.id for node in nodes if not node.upstream]
+    for node_id in ready:  # validation ruled out cycles, so every node gets here once
+        for consumer in consumers[node_id]:
+            depth[consumer] = max(depth[consumer], depth[node_id] + 1)
+            waiting[consumer] -= 1
+            if not waiting[consumer]:
+                ready.append(consumer)
+    return tuple(sorted(nodes, key=lambda node: depth[node.id]))  # stable: document order

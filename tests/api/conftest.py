@@ -133,7 +133,7 @@ async def open_api(
     executors.update({e.type: e for e in TEST_EXECUTORS})
     async with open_broker(config) as broker, trio.open_nursery() as outer:
         await outer.start(broker.run)
-        store = FlowStore(broker, executors)
+        store = FlowStore(broker, executors, max_nodes=config.flows.max_nodes)
         for doc in flows:
             await store.put(doc)
         registry = Registry()

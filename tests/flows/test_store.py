@@ -125,3 +125,26 @@ async def test_load_paths_names_every_bad_file(
     assert problems[0][1] == "flows.paths: no such folder or file"
     assert problems[3][1] == f"flow id 'good' also defined in {tmp_path / 'a_good.json'}"
     assert backend.versions == {}  # nothing stored when anything is wrong
+
+
+async def test_flows_paths_follow_flows_max_nodes(
+    tmp_path: Path, executors: dict[str, Executor]
+) -> None:
+    nodes = [{"id": f"n{i}", "type": "echo"} for i in range(4)]
+    (tmp_path / "big.json").write_bytes(orjson.dumps({"id": "big", "nodes": nodes, "output": "n0"}))
+    backend = DictBackend()
+    with pytest.raises(FlowValidationError) as info:
+        await FlowStore(backend, executors, max_nodes=3).load_paths([str(tmp_path)])
+    assert info.value.problems == [
+        (
+            f"{tmp_path / 'big.json'}: $.nodes",
+            "the flow has 4 nodes, over flows.max_nodes (3); split it or raise flows.max_nodes",
+        )
+    ]
+    with pytest.raises(FlowValidationError):
+        await FlowStore(backend, executors, max_nodes=3).put(orjson.loads(
+            (tmp_path / "big.json").read_bytes()))
+    assert backend.versions == {}
+    assert await FlowStore(backend, executors, max_nodes=4).load_paths([str(tmp_path)]) == [
+        ("big", 1)
+    ]
