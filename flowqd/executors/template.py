@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import _string  # type: ignore[import-not-found]  # str.format's own field parser
+import re
 import string
 from collections import ChainMap
 from collections.abc import Iterator, Mapping, Set
@@ -40,15 +41,42 @@ class _Formatter(string.Formatter):
             return orjson.dumps(value).decode()
         if value is None and not format_spec:
             return ""
+        if format_spec and too_wide(format_spec):  # a spec from a nested placeholder
+            raise NodeError(
+                f"template format spec {format_spec!r} asks for a width or precision over "
+                f"{MAX_WIDTH}"
+            )
         return super().format_field(value, format_spec)
 
 
 _FORMATTER = _Formatter()
 
+# Widths and precisions make that many characters: {question:>200000000} made
+# a 200 MB output from one short question.
+MAX_WIDTH = 10_000
+_NUMBERS = re.compile(r"\d+")
+# Job inputs every prediction carries (question when one is sent): a template
+# may read them without a node input. Other job inputs come through an input
+# such as "topic": "$topic", so the API knows the flow needs them.
+JOB_INPUTS = ("question", "overrideConfig", "history", "chatId", "sessionId")
 
-def placeholders(template: str) -> list[str]:
-    """The placeholder names; raises ValueError on bad syntax."""
-    names = []
+
+def too_wide(format_spec: str) -> str | None:
+    """The width or precision in ``format_spec`` over MAX_WIDTH, if any."""
+    # Width and precision are the only numbers a format spec has (a digit as
+    # fill character stands alone), so no need to parse its mini-language.
+    for match in _NUMBERS.finditer(format_spec):
+        number = match.group()
+        digits = number.lstrip("0")
+        if len(digits) > len(str(MAX_WIDTH)) or int(digits or "0") > MAX_WIDTH:
+            return number if len(number) <= 20 else number[:17] + "..."
+    return None
+
+
+def fields(template: str) -> list[tuple[str, str, str]]:
+    """``(field, name, format spec)`` of every placeholder, nested ones in format specs
+    too; raises ValueError on bad syntax."""
+    found = []
     for _text, field, spec, _conversion in _FORMATTER.parse(template):
         if field is None:
             continue
@@ -57,17 +85,37 @@ def placeholders(template: str) -> list[str]:
             raise ValueError(
                 f"placeholder {{{field}}} needs a name: use {{question}} or an input's name"
             )
-        names.append(root)
+        found.append((field, root, spec or ""))
         if spec:
-            placeholders(spec)  # nested placeholders in a format spec
-    return names
+            found += fields(spec)  # {x:>{width}}
+    return found
 
 
-def check_template(params: TemplateParams, _inputs: Set[str]) -> Iterator[tuple[str, str]]:
+def check_template(params: TemplateParams, inputs: Set[str]) -> Iterator[tuple[str, str]]:
     try:
-        placeholders(params.template)
+        found = fields(params.template)
     except ValueError as exc:
         yield "params.template", f"{exc} (write {{{{ and }}}} for literal braces)"
+        return
+    named = ", ".join(sorted(inputs)) or "none"
+    missing: dict[str, str] = {}
+    for field, root, spec in found:
+        if root not in inputs and root not in JOB_INPUTS:
+            missing.setdefault(root, field)
+        wide = None if "{" in spec else too_wide(spec)  # nested: checked when rendered
+        if wide is not None:
+            yield (
+                "params.template",
+                f"placeholder {{{field}:{spec}}} asks for a width or precision of {wide}; "
+                f"at most {MAX_WIDTH} is allowed",
+            )
+    for root, field in missing.items():
+        yield (
+            "params.template",
+            f"placeholder {{{field}}} has no value: a template reads this node's inputs "
+            f"({named}) and the job inputs {', '.join(JOB_INPUTS)}; to read another job "
+            f'input add "{root}": "${root}" to the node\'s inputs',
+        )
 
 
 async def run_template(ctx: NodeContext) -> str:

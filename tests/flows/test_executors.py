@@ -7,6 +7,7 @@ import trio
 import trio.testing
 
 from flowqd import Executor, FlowValidationError, NodeError
+from flowqd.flows import compile_flow
 from flowqd.testing import NodeFailed, run_executor, run_flow_document
 from tests.flows.httpserver import Request, open_http_server, send_head, send_json
 
@@ -46,11 +47,12 @@ async def test_template(executors: dict[str, Executor]) -> None:
 
 
 async def test_template_placeholder_without_value(executors: dict[str, Executor]) -> None:
+    # Registration rules out names no input gives; a job may still lack a job input.
     with pytest.raises(NodeError) as info:
-        await run_executor(executors["template"], {"template": "Hi {name}"}, {"x": 1}, question="q")
+        await run_executor(executors["template"], {"template": "Hi {question}"}, {"x": 1})
     assert str(info.value) == (
-        "template placeholder {name} has no value: it is neither an input of this node "
-        "(inputs: x) nor a job input (given: question)"
+        "template placeholder {question} has no value: it is neither an input of this node "
+        "(inputs: x) nor a job input (given: none)"
     )
     with pytest.raises(FlowValidationError) as bad:
         await run_executor(executors["template"], {"template": "Hi {0}"})
@@ -158,3 +160,66 @@ async def test_template_never_reads_attributes_of_values() -> None:
         inputs={"question": "hi", "overrideConfig": {"lang": "fr", "tags": ["a", "b"]}},
     )
     assert result.output == "fr/b"
+
+
+async def test_template_placeholders_are_checked_at_registration(
+    executors: dict[str, Executor],
+) -> None:
+    node = {"id": "t", "type": "template", "inputs": {"name": "$name", "n": "$n"}}
+    document = {"id": "t", "nodes": [node], "output": "t"}
+    node["params"] = {"template": "Hi {nme} {nme.x} {name} {question} {overrideConfig[lang]}"}
+    with pytest.raises(FlowValidationError) as info:
+        compile_flow(document, executors)
+    assert info.value.problems == [
+        (
+            "$.nodes[0].params.template",
+            "placeholder {nme} has no value: a template reads this node's inputs (n, name) and "
+            "the job inputs question, overrideConfig, history, chatId, sessionId; to read "
+            'another job input add "nme": "$nme" to the node\'s inputs',
+        )
+    ]
+    node["params"] = {"template": "{n:>{width}}"}  # nested placeholders are names too
+    with pytest.raises(FlowValidationError, match=r"placeholder \{width\} has no value"):
+        compile_flow(document, executors)
+    node["params"] = {"template": "{name} {history} {chatId} {sessionId} {n:0>5}"}
+    result, _ = await run_flow_document(
+        document, inputs={"name": "Ann", "n": 7, "history": [], "chatId": "c", "sessionId": "s"}
+    )
+    assert result.output == "Ann [] c s 00007"
+
+
+@pytest.mark.parametrize(
+    ("template", "number"),
+    [
+        ("{question:>200000000}", "200000000"),
+        ("{question:.10001}", "10001"),
+        ("{question:x^+#010001,.2f}", "010001"),
+        ("{question:" + "9" * 5000 + "}", "9" * 17 + "..."),
+    ],
+)
+async def test_template_widths_are_bounded_at_registration(
+    executors: dict[str, Executor], template: str, number: str
+) -> None:
+    node = {"id": "t", "type": "template", "params": {"template": template}}
+    document = {"id": "t", "nodes": [node], "output": "t"}
+    with pytest.raises(FlowValidationError) as info:
+        compile_flow(document, executors)
+    [(path, message)] = info.value.problems
+    assert path == "$.nodes[0].params.template"
+    assert message.endswith(f"asks for a width or precision of {number}; at most 10000 is allowed")
+    assert message.startswith("placeholder {question:")
+
+
+async def test_template_width_from_a_nested_placeholder_is_bounded_when_rendered(
+    executors: dict[str, Executor],
+) -> None:
+    template = executors["template"]
+    params = {"template": "[{question:>{w}}]"}
+    assert (await run_executor(template, params, {"w": 10_000}, question="q"))[0] == (
+        "[" + " " * 9_999 + "q]"
+    )
+    with pytest.raises(NodeError) as info:
+        await run_executor(template, params, {"w": 200_000_000}, question="q")
+    assert str(info.value) == (
+        "template format spec '>200000000' asks for a width or precision over 10000"
+    )

@@ -1,5 +1,5 @@
-"""PUT /api/v1/flows: big flows are refused by flows.max_nodes; validation time is not a broker
-outage."""
+"""PUT /api/v1/flows: what registration refuses (flows.max_nodes, template placeholders and
+widths), and validation time is not a broker outage."""
 
 from __future__ import annotations
 
@@ -62,3 +62,25 @@ async def test_slow_validation_is_not_reported_as_a_slow_broker(
             # Inside the broker deadline this was 503 "storing the flow: no answer within 0.3s".
             assert response.status_code == 200, response.text
             assert response.json()["id"] == "slow"
+
+
+async def test_template_placeholders_and_widths_are_checked_at_put() -> None:
+    # Before: both were stored; {nme} failed every job, the width made a 200 MB output.
+    with trio.fail_after(15):
+        async with open_api() as api:
+            flow = {"nodes": [{"id": "t", "type": "template", "inputs": {"name": "$name"},
+                               "params": {"template": "Hi {nme}, {question:>200000000}"}}],
+                    "output": "t"}
+            response = await api.client.put("/api/v1/flows/typo", json=flow)
+            assert response.status_code == 422, response.text
+            assert response.json()["problems"] == [
+                {"path": "$.nodes[0].params.template",
+                 "message": "placeholder {question:>200000000} asks for a width or precision "
+                            "of 200000000; at most 10000 is allowed"},
+                {"path": "$.nodes[0].params.template",
+                 "message": "placeholder {nme} has no value: a template reads this node's "
+                            "inputs (name) and the job inputs question, overrideConfig, "
+                            "history, chatId, sessionId; to read another job input add "
+                            '"nme": "$nme" to the node\'s inputs'},
+            ]
+            assert (await api.client.get("/api/v1/flows/typo")).status_code == 404
