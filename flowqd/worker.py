@@ -38,8 +38,9 @@ import attrs
 import trio
 
 from flowqd.config import Config
-from flowqd.errors import BrokerUnavailable, CredentialError, FlowqdError
+from flowqd.errors import BrokerUnavailable, CredentialError, FlowqdError, RedisReplyError
 from flowqd.flows import CompiledFlow, FlowStore, NodeFailed, run_flow
+from flowqd.flows.outputs import json_problem
 from flowqd.jobs import Claimed, EmittedEvent, Job, Outcome, OutcomeKind, WorkerInfo
 from flowqd.metrics import Counter, Gauge, Histogram, Registry
 from flowqd.queue.base import Broker
@@ -169,6 +170,9 @@ class Worker:
     # (versions never change); FlowStore keeps the authoritative LRU.
     _flow_cache: dict[tuple[str, int], CompiledFlow] = attrs.field(init=False, factory=dict)
     _flushed_all: trio.Event = attrs.field(init=False, factory=trio.Event)
+    # Jobs with an event or outcome the broker could not encode, and why: their
+    # outcome becomes a failure saying so (see _flush_once).
+    _unstorable: dict[str, str] = attrs.field(init=False, factory=dict)
     _closing: bool = attrs.field(init=False, default=False)
     _draining: bool = attrs.field(init=False, default=False)
     _broker_ok: bool = attrs.field(init=False, default=True)
@@ -355,6 +359,7 @@ class Worker:
                 self._claim_gate.set()
             if outcome is None:  # lock lost: another worker owns the job now
                 self._held.pop(job.id, None)
+                self._unstorable.pop(job.id, None)
             else:
                 self._outcomes.append(outcome)
                 self._flush_wanted.set()
@@ -374,6 +379,8 @@ class Worker:
         if held.stop_reason == "cancel":
             return self._outcome(held, OutcomeKind.CANCELLED,
                                  error={"message": "cancelled", "reason": "cancelled"})
+        if held.stop_reason == "unstorable":
+            return self._unstorable_outcome(job.id, held.claimed.token)
         return self._outcome(
             held, OutcomeKind.FAILED,
             error={"message": f"job timed out after {self._timeout_of(job):g}s", "node": None,
@@ -421,7 +428,8 @@ class Worker:
             )
         try:
             result = await run_flow(flow, job_id=job.id, inputs=job.inputs, emit=emit,
-                                    credential=self.credential)
+                                    credential=self.credential, limits=self.config.limits,
+                                    encoded=True)
         except NodeFailed as exc:
             log.warning("job %s failed in node %s: %s", job.id, exc.node_id, exc.message)
             return self._outcome(
@@ -472,7 +480,9 @@ class Worker:
             self._flush_wanted = trio.Event()
             try:
                 await self._flush_once()
-            except BrokerUnavailable as exc:
+            except (BrokerUnavailable, RedisReplyError) as exc:
+                # A reply error (Redis out of memory, say) may pass too: the
+                # batch is kept, and the worker lives to write it.
                 log.warning("cannot write job events/outcomes, will retry: %s", exc)
                 self._flush_wanted.set()
                 await backoff.wait()
@@ -498,8 +508,22 @@ class Worker:
             self._flush_wanted.set()
         else:
             self._events, self._outcomes = [], []
+        if self._unstorable:
+            outcomes = [self._unless_unstorable(outcome) for outcome in outcomes]
         try:
             recorded = await self.broker.flush(events, outcomes)
+        except TypeError:
+            # Data orjson cannot encode got past the runner's checks (an error
+            # message with a lone surrogate, say). Both brokers encode a batch
+            # before writing any of it, so nothing was written: put the batch
+            # back without it, and its jobs fail at the next flush.
+            kept = self._drop_unstorable(events, outcomes)
+            self._events[:0] = events if kept is None else kept
+            self._outcomes[:0] = outcomes
+            if kept is None:
+                raise  # not a plugin's data: a bug
+            self._flush_wanted.set()
+            return
         except BaseException:
             # Nothing is lost: put the batch back in front of what came since.
             self._events[:0] = events
@@ -511,6 +535,52 @@ class Worker:
             if not ok:
                 log.warning("outcome of job %s refused: this worker no longer holds its lock",
                             outcome.job_id)
+
+    def _drop_unstorable(
+        self, events: list[EmittedEvent], outcomes: list[Outcome]
+    ) -> list[EmittedEvent] | None:
+        """``events`` minus those that are not JSON, their jobs and those of outcomes
+        that are not JSON marked unstorable; None if everything encodes."""
+        found = False
+        kept = []
+        for event in events:
+            problem = json_problem(event.data)
+            if problem is None:
+                kept.append(event)
+            else:
+                found = True
+                self._mark_unstorable(event.job_id, f"its {event.name!r} event", problem)
+        for outcome in outcomes:
+            for what, value in (("result", outcome.result), ("error", outcome.error),
+                                ("node records", outcome.nodes)):
+                problem = json_problem(value)
+                if problem is not None:
+                    found = True
+                    self._mark_unstorable(outcome.job_id, f"its {what}", problem)
+                    break
+        return kept if found else None
+
+    def _mark_unstorable(self, job_id: str, what: str, problem: str) -> None:
+        if job_id not in self._unstorable:
+            log.error("job %s: %s cannot be stored, failing the job: %s", job_id, what, problem)
+            self._unstorable[job_id] = (
+                f"the job failed because {what} could not be stored: not JSON ({problem}); "
+                "a plugin returned, raised or emitted data that is not JSON-compatible"
+            )
+        self._stop(job_id, "unstorable")  # if it still runs, it ends now
+
+    def _unless_unstorable(self, outcome: Outcome) -> Outcome:
+        why = self._unstorable.pop(outcome.job_id, None)
+        if why is None or outcome.kind not in (OutcomeKind.COMPLETED, OutcomeKind.FAILED):
+            return outcome
+        return self._unstorable_outcome(outcome.job_id, outcome.token, why)
+
+    def _unstorable_outcome(self, job_id: str, token: str, why: str | None = None) -> Outcome:
+        message = why or self._unstorable.get(job_id) or "the job's data could not be stored"
+        # Not retried: the same plugin would return the same data.
+        return Outcome(job_id, token, OutcomeKind.FAILED,
+                       error={"message": message, "node": None, "reason": "unstorable"},
+                       retry=False)
 
     async def _flush_before_exit(self) -> None:
         self._closing = True

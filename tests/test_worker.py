@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
@@ -86,10 +86,11 @@ class Harness:
         await self.done.wait()
 
 
-def make_config(kind: str, redis_url: str, queue_name: str, **worker: Any) -> Config:
+def make_config(kind: str, redis_url: str, queue_name: str, *extra: str, **worker: Any
+                ) -> Config:
     worker.setdefault("shutdown_grace_s", 0.5)
     overrides = [f"worker.{k}={v}" for k, v in worker.items()]
-    overrides += [f"queue.name={queue_name}", "worker.stalled_interval_s=1"]
+    overrides += [f"queue.name={queue_name}", "worker.stalled_interval_s=1", *extra]
     env = {"REDIS_URL": redis_url} if kind == "redis" else {}
     return load_config(environ=env, overrides=overrides)
 
@@ -104,18 +105,29 @@ def harness_factory(
     broker_kind: str, redis_url: str, queue_name: str
 ) -> Callable[..., Any]:
     @asynccontextmanager
-    async def factory(**worker: Any) -> AsyncIterator[Harness]:
-        config = make_config(broker_kind, redis_url, queue_name, **worker)
-        executors = collect_executors(load_plugins(PluginsConfig()))
-        executors["boom"] = BOOM
-        executors["chatty"] = CHATTY
+    async def factory(
+        *,
+        overrides: Sequence[str] = (),
+        executors: Sequence[Executor] = (),
+        credentials: Mapping[str, str] | None = None,
+        **worker: Any,
+    ) -> AsyncIterator[Harness]:
+        """A worker on this test's broker; ``overrides`` are ``--set`` items, ``executors``
+        extra node types, ``credentials`` what ``ctx.credential`` finds."""
+        config = make_config(broker_kind, redis_url, queue_name, *overrides, **worker)
+        found = collect_executors(load_plugins(PluginsConfig()))
+        for extra in (BOOM, CHATTY, *executors):
+            found[extra.type] = extra
+        known = dict(credentials or {})
 
         async def no_credentials(name: str) -> str:
+            if name in known:
+                return known[name]
             raise CredentialError(f"credential {name!r} does not exist")
 
         async with open_broker(config) as broker, trio.open_nursery() as nursery:
             await nursery.start(broker.run)
-            flows = FlowStore(broker, executors)
+            flows = FlowStore(broker, found)
             for doc in FLOWS:
                 await flows.put(doc)
             w = Worker(broker, flows, config, WorkerMetrics(Registry()), credential=no_credentials)

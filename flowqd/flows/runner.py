@@ -8,14 +8,21 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import attrs
+import orjson
 import trio
 
-from flowqd.errors import FlowqdError
+from flowqd.config import LimitsConfig
+from flowqd.errors import FlowqdError, NodeError
 from flowqd.executors.base import NodeContext
 from flowqd.flows.model import CompiledFlow, CompiledNode, FlowResult, NodeFailed, NodeSource
+from flowqd.flows.outputs import JSON_KINDS, Redactor, not_json
 
 Emit = Callable[[str, Any], None]
 Credential = Callable[[str], Awaitable[str]]
+
+_DEFAULT_LIMITS = LimitsConfig()
+_dumps = orjson.dumps
+_Fragment = orjson.Fragment
 
 
 async def run_flow(
@@ -25,6 +32,8 @@ async def run_flow(
     inputs: Mapping[str, Any],
     emit: Emit,
     credential: Credential,
+    limits: LimitsConfig = _DEFAULT_LIMITS,
+    encoded: bool = False,
 ) -> FlowResult:
     """Run every node of ``flow``; return the output node's value and per-node records.
 
@@ -33,8 +42,15 @@ async def run_flow(
     between. A node that raises or exceeds its ``timeout_s`` stops the other
     nodes and raises NodeFailed. The job timeout is the caller's cancel
     scope: cancellation stops every running node at once.
+
+    A node also fails when its output or an event it emits is not JSON or is
+    larger than ``limits`` allow (the output node's output is the job's
+    result), and the credentials a node opens are redacted from everything
+    the run writes after. With ``encoded``, the values the checks encoded go
+    out as ``orjson.Fragment`` (node outputs in records, events and the
+    result; executors' event data), for a caller that stores them as JSON.
     """
-    run = _Run(flow, job_id, inputs, emit, credential)
+    run = _Run(flow, job_id, inputs, emit, credential, limits, encoded)
     if flow.sequential:
         # A chain (one node, say): no nursery, no task per node. Same events,
         # same records, same outcome as below, at a fraction of the cost.
@@ -49,7 +65,7 @@ async def run_flow(
     await trio.lowlevel.checkpoint_if_cancelled()
     if run.failure is not None:
         raise run.failure
-    return FlowResult(output=run.outputs[flow.output], nodes=run.records)
+    return FlowResult(output=run.docs[flow.output], nodes=run.records)
 
 
 class _Run:
@@ -60,13 +76,21 @@ class _Run:
         inputs: Mapping[str, Any],
         emit: Emit,
         credential: Credential,
+        limits: LimitsConfig,
+        encoded: bool,
     ) -> None:
         self.flow = flow
         self.job_id = job_id
         self.inputs = inputs
         self.emit = emit
         self.credential = credential
+        self.limits = limits
+        self.encoded = encoded
+        # Made when a node opens a credential: jobs that open none pay nothing.
+        self.redactor: Redactor | None = None
         self.outputs: dict[str, Any] = {}
+        # Outputs as they are written: the same values, or their Fragments.
+        self.docs: dict[str, Any] = {} if encoded else self.outputs
         self.done: dict[str, trio.Event] = {}
         self.records: list[dict[str, Any]] = []
         self.failure: NodeFailed | None = None
@@ -100,6 +124,7 @@ class _Run:
         error: str | None = None
         trace = ""
         output: Any = None
+        doc: Any = None
         # No scope at all without a node timeout: most nodes have none.
         scope = trio.move_on_after(node.timeout_s) if node.timeout_s is not None else _NO_SCOPE
         with scope:
@@ -109,23 +134,31 @@ class _Run:
                 # Positional (job_id, node_id, inputs, params, flow_inputs, emit,
                 # credential): this runs for every node of every job.
                 ctx = NodeContext(self.job_id, node.id, values, node.params, self.inputs,
-                                  self.emit, self.credential)
+                                  self.node_emit, self.open_credential)
                 output = await node.executor.run(ctx)
             except Exception as exc:
-                error = describe_exception(exc)
-                trace = "".join(traceback.format_exception(exc))
-        if scope.cancelled_caught and error is None:
-            error = (
-                f"timed out after {node.timeout_s:g} s (the node's timeout_s); "
-                "raise timeout_s or make the node faster"
-            )
+                # Escaped: a lone surrogate in a message would make the job unstorable.
+                error = _storable(describe_exception(exc))
+                trace = _storable("".join(traceback.format_exception(exc)))
+        if error is None:
+            if scope.cancelled_caught:
+                error = (
+                    f"timed out after {node.timeout_s:g} s (the node's timeout_s); "
+                    "raise timeout_s or make the node faster"
+                )
+            else:
+                output, doc, error = self._checked(node, output)
+        if self.redactor is not None:
+            error = self.redactor.text(error) if error is not None else None
+            trace = self.redactor.text(trace)
+            values = self.redactor.value(values)
         record: dict[str, Any] = {
             "nodeId": node.id,
             "nodeLabel": node.label,
             "type": node.type,
             "status": "ERROR" if error is not None else "FINISHED",
-            "input": values,
-            "output": output if error is None else None,
+            "input": self._input_doc(node, values) if self.encoded and node.upstream else values,
+            "output": doc if error is None else None,
             "previousNodeIds": list(node.upstream),
             "startedAt": started,
             "finishedAt": time.time(),
@@ -141,9 +174,70 @@ class _Run:
             return
         self.records.append(record)
         self.outputs[node.id] = output
-        self.emit("node_end", {**identity, "status": "FINISHED", "output": output})
+        self.docs[node.id] = doc
+        self.emit("node_end", {**identity, "status": "FINISHED", "output": doc})
         if self.done:
             self.done[node.id].set()
+
+    def _checked(self, node: CompiledNode, output: Any) -> tuple[Any, Any, str | None]:
+        """``(output, doc, error)``: the output (redacted), as it is written, or why it fails."""
+        if self.redactor is not None:
+            output = self.redactor.value(output)
+        try:
+            data = _dumps(output)
+        except TypeError as exc:  # orjson.JSONEncodeError
+            return output, None, (
+                f"output is not JSON: {not_json(output, exc)}; return JSON-compatible data "
+                f"({JSON_KINDS})"
+            )
+        size, limits = len(data), self.limits
+        if size > limits.max_node_output_bytes:
+            return output, None, (
+                f"output is {size:,} bytes of JSON, over limits.max_node_output_bytes "
+                f"({limits.max_node_output_bytes}); return less, or raise the limit"
+            )
+        if size > limits.max_result_bytes and node.id == self.flow.output:
+            return output, None, (
+                f"output is the job's result and is {size:,} bytes of JSON, over "
+                f"limits.max_result_bytes ({limits.max_result_bytes}); return less, or "
+                "raise the limit"
+            )
+        return output, _Fragment(data) if self.encoded else output, None
+
+    def _input_doc(self, node: CompiledNode, values: dict[str, Any]) -> dict[str, Any]:
+        # Upstream outputs as their Fragments: not encoded a second time.
+        if len(values) != len(node.inputs):  # failed while reading them
+            return values
+        docs = self.docs
+        return {name: values[name] if source.node is None else docs[source.node]
+                for name, source in node.inputs}
+
+    def node_emit(self, name: str, data: Any) -> None:
+        """An executor's ``ctx.emit``: refuses data that is not JSON or too large."""
+        if self.redactor is not None:
+            data = self.redactor.value(data)
+        try:
+            encoded = _dumps(data)
+        except TypeError as exc:
+            raise NodeError(
+                f"emitted a {name!r} event whose data is not JSON: {not_json(data, exc)}; "
+                f"emit JSON-compatible data ({JSON_KINDS})"
+            ) from None
+        limit = self.limits.max_event_bytes
+        if len(encoded) > limit:
+            raise NodeError(
+                f"emitted a {name!r} event of {len(encoded):,} bytes of JSON, over "
+                f"limits.max_event_bytes ({limit}); emit smaller events, or raise the limit"
+            )
+        self.emit(name, _Fragment(encoded) if self.encoded else data)
+
+    async def open_credential(self, name: str) -> str:
+        """An executor's ``ctx.credential``: what it returns is redacted from then on."""
+        value = await self.credential(name)
+        if self.redactor is None:
+            self.redactor = Redactor()
+        self.redactor.add(name, value)
+        return value
 
     def _value(self, source: NodeSource) -> Any:
         if source.node is not None:
@@ -186,6 +280,10 @@ assert [a.name for a in attrs.fields(NodeContext)] == [
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     first = group.exceptions[0]
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+def _storable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode()
 
 
 def describe_exception(exc: BaseException) -> str:
