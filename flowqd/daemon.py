@@ -179,7 +179,7 @@ async def _serve(config: Config, life: Lifecycle, argv: Sequence[str]) -> None:
                         serve_asgi, app, config.server.host, config.server.port,
                         shutdown_trigger=life.shutdown.wait,
                         graceful_timeout_s=config.worker.shutdown_grace_s,
-                        reuse_port=processes > 1 or parent is not None,
+                        reuse_port=processes > 1 or parent is not None, server=config.server,
                     ))
                     endpoints["api"] = binds[0]
                     if processes > 1:
