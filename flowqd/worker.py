@@ -39,6 +39,7 @@ import trio
 
 from flowqd.config import Config
 from flowqd.errors import BrokerUnavailable, CredentialError, FlowqdError, RedisReplyError
+from flowqd.executors._egress import install as install_outbound
 from flowqd.flows import CompiledFlow, FlowStore, NodeFailed, run_flow
 from flowqd.flows.outputs import json_problem
 from flowqd.jobs import Claimed, EmittedEvent, Job, Outcome, OutcomeKind, WorkerInfo
@@ -188,6 +189,7 @@ class Worker:
     ) -> None:
         """Take and run jobs until ``shutdown`` is set, then drain and return."""
         _tune_gc()
+        install_outbound(self.config)  # [egress] and limits for the http and llm nodes' requests
         wc = self.config.worker
         async with trio.open_nursery() as nursery:
             await nursery.start(self.broker.watch_cancels, self._on_cancel_notice)

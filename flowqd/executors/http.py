@@ -11,7 +11,7 @@ import orjson
 import trio
 
 from flowqd import Executor, NodeContext, NodeError, hookimpl
-from flowqd.executors._http import check_url, open_client, shown_url
+from flowqd.executors._http import check_url, open_client, read_some, read_within, shown_url
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 INPUTS = ("url", "json", "body")
@@ -58,32 +58,46 @@ async def run_http(ctx: NodeContext) -> dict[str, Any]:
         secret = await ctx.credential(params.credential)
         request["headers"][params.auth_header] = f"{params.auth_scheme} {secret}".strip()
     what = f"{params.method} {shown_url(url)}"
-    response = None
+    answer: tuple[httpx.Response, bytes] | None = None
     with trio.move_on_after(params.timeout_s):
         try:
-            async with open_client(params.timeout_s) as client:
-                response = await client.request(params.method, url, **request)
+            async with (
+                open_client(params.timeout_s) as client,
+                client.stream(params.method, url, **request) as response,
+            ):
+                answer = response, await _read(response, what, params)
         except httpx.TimeoutException:
             pass
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise NodeError(f"{what} failed: {type(exc).__name__}: {exc}") from None
-    if response is None:
+    if answer is None:
         raise NodeError(f"{what} did not answer within {params.timeout_s:g} s (params.timeout_s)")
-    status = response.status_code
-    if not 200 <= status < 300 and status not in params.allow_status:
-        raise NodeError(
-            f"{what} answered HTTP {status} {response.reason_phrase}: {response.text[:300]!r}; "
-            "add the status to params.allow_status if it is expected"
-        )
-    result: dict[str, Any] = {"status": status, "headers": dict(response.headers)}
+    response, body = answer
+    result: dict[str, Any] = {"status": response.status_code, "headers": dict(response.headers)}
     if "json" in response.headers.get("content-type", ""):
         try:
-            result["json"] = orjson.loads(response.content)
+            result["json"] = orjson.loads(body)
             return result
         except orjson.JSONDecodeError:
             pass
-    result["text"] = response.text
+    result["text"] = _text(response, body)
     return result
+
+
+async def _read(response: httpx.Response, what: str, params: HttpParams) -> bytes:
+    """The body of an answer that is not a failure (limits.max_response_bytes applies)."""
+    status = response.status_code
+    if not 200 <= status < 300 and status not in params.allow_status:
+        start = _text(response, await read_some(response, 1200))
+        raise NodeError(
+            f"{what} answered HTTP {status} {response.reason_phrase}: {start[:300]!r}; "
+            "add the status to params.allow_status if it is expected"
+        )
+    return await read_within(response, what)
+
+
+def _text(response: httpx.Response, body: bytes) -> str:
+    return body.decode(response.encoding or "utf-8", "replace")
 
 
 @hookimpl

@@ -17,11 +17,13 @@ import trio
 
 from flowqd import Executor, NodeContext, NodeError, hookimpl
 from flowqd.executors._http import (
+    Lines,
     check_url,
     consume_until,
     error_text,
     open_client,
     read_some,
+    read_within,
     shown_url,
 )
 
@@ -117,11 +119,13 @@ async def _read_answer(
         raise NodeError(f"{server} answered HTTP {response.status_code}: {detail}")
     if "text/event-stream" not in response.headers.get("content-type", ""):
         # The server ignored "stream": true and sent the whole completion.
-        answer.parts.append(_whole_completion(await response.aread(), server))
+        answer.parts.append(_whole_completion(await read_within(response, server), server))
         ctx.emit("token", answer.parts[-1])
         return
     stream = _Stream(ctx, answer, server)
-    await consume_until(response.aiter_lines(), stream.line)
+    lines = Lines(server, stream.line)
+    await consume_until(response.aiter_bytes(), lines.feed)
+    lines.end()
     stream.end()
 
 
