@@ -69,7 +69,12 @@ async def read_within(response: httpx.Response, what: str) -> bytes:
     """
     limit = outbound().max_response_bytes
     declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit and "content-encoding" not in response.headers:
+    if (
+        declared.isdigit()
+        and (len(declared) > 18 or int(declared) > limit)
+        and "content-encoding" not in response.headers
+        and response.request.method != "HEAD"  # its Content-Length is of a body not sent
+    ):
         raise too_large(what, limit)
     chunks: list[bytes] = []
     size = 0

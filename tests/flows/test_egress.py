@@ -232,6 +232,9 @@ async def test_http_response_is_bounded(executors: dict[str, Executor]) -> None:
     with trio.fail_after(10):
         async with open_http_server(_big) as server:
             assert (await get(executors, f"{server.url}/chunked/1000"))["text"] == "x" * 1000
+            head, _ = await run_executor(
+                executors["http"], {"url": f"{server.url}/declared/5000", "method": "HEAD"})
+            assert head["status"] == 200 and head["text"] == ""
             for path in ("/chunked/1001", "/chunked/100000", "/declared/5000"):
                 assert await refusal(executors, f"{server.url}{path}?secret=1") == (
                     f"GET {server.url}{path} sent more than limits.max_response_bytes (1000 "
