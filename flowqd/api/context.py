@@ -21,6 +21,11 @@ if TYPE_CHECKING:
     from flowqd.api.app import ApiState
 
 
+# On every answer that concerns one job (each prediction's, streamed or not,
+# from the moment its job exists): a client cut off mid-answer can find its job.
+JOB_ID_HEADER = "X-Flowqd-Job-Id"
+
+
 @attrs.define(eq=False)
 class ApiContext:
     state: ApiState

@@ -5,17 +5,19 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import attrs
 import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
 from flowqd.api import sse
-from flowqd.api.context import ApiContext, principal, watching
+from flowqd.api.context import JOB_ID_HEADER, ApiContext, principal, watching
 from flowqd.api.http import ApiError, Problems, json_response, read_json, require_object
 from flowqd.api.predictions import load_flow
 from flowqd.errors import BrokerUnavailable
 from flowqd.flows import CompiledFlow
 from flowqd.jobs import TERMINAL_STATUSES, Job, JobSpec, JobStatus, through_terminal
+from flowqd.queue.base import JobIdTaken
 from flowqd.queue.policy import parse_event_id
 
 BULK_MAX = 1000
@@ -31,7 +33,9 @@ SEARCH_PAGE = 500
 SEARCH_SCAN = 5000
 
 
-def job_json(job: Job) -> dict[str, Any]:
+def job_json(job: Job, admin: bool) -> dict[str, Any]:
+    """A job as the API shows it; ``admin`` False hides which worker ran it (its id
+    names the host and pid, which are for operators)."""
     error = None
     if job.error is not None:
         # Tracebacks stay in the job record and the worker's log.
@@ -45,24 +49,50 @@ def job_json(job: Job) -> dict[str, Any]:
         "timeout_s": job.timeout_s, "owner": job.owner, "inputs": job.inputs,
         "created_at": job.created_at, "started_at": job.started_at,
         "finished_at": job.finished_at, "duration_s": duration,
-        "result": job.result, "error": error, "nodes": job.nodes, "worker": job.worker,
+        "result": job.result, "error": error, "nodes": job.nodes,
+        "worker": job.worker if admin else None,
         "cancel_requested": job.cancel_requested,
         "links": {"self": base, "events": f"{base}/events", "cancel": f"{base}/cancel",
                   "retry": f"{base}/retry"},
     }
 
 
-def _number(problems: Problems, raw: dict[str, Any], key: str, path: str, *, integer: bool,
-            minimum: float, strict: bool) -> Any:
+@attrs.frozen
+class Bound:
+    """The range a numeric field of a job accepts, and how to say it."""
+
+    low: int
+    high: int
+    integer: bool
+    low_open: bool = False  # low itself is not allowed (a timeout of 0)
+    unit: str = ""
+
+    def describe(self) -> str:
+        low = f"greater than {self.low}" if self.low_open else f"from {self.low}"
+        return f"{low} to {self.high}{self.unit}"
+
+
+# Past these a value is a mistake, not a plan, and would overflow the broker's
+# millisecond arithmetic (delay_s of 1e308 was an OverflowError).
+BOUNDS = {
+    "delay_s": Bound(0, 365 * 86400, integer=False, unit=" seconds (365 days)"),
+    "timeout_s": Bound(0, 30 * 86400, integer=False, low_open=True,
+                       unit=" seconds (30 days)"),
+    "max_attempts": Bound(1, 1000, integer=True),
+}
+
+
+def _number(problems: Problems, raw: dict[str, Any], key: str, path: str) -> Any:
     value = raw.get(key)
     if value is None:
         return None
-    kinds: tuple[type, ...] = (int,) if integer else (int, float)
-    if not problems.expect(value, kinds, f"{path}.{key}", "an integer" if integer else "a number"):
+    bound = BOUNDS[key]
+    kinds: tuple[type, ...] = (int,) if bound.integer else (int, float)
+    where = f"{path}.{key}"
+    if not problems.expect(value, kinds, where, "an integer" if bound.integer else "a number"):
         return None
-    if value < minimum or (strict and value == minimum):
-        problems.add(f"{path}.{key}", f"must be {'greater than' if strict else 'at least'} "
-                                      f"{minimum:g}")
+    if not (bound.low < value if bound.low_open else bound.low <= value) or value > bound.high:
+        problems.add(where, f"must be {bound.describe()}")
         return None
     return value
 
@@ -86,12 +116,9 @@ def parse_spec(raw: Any, path: str, problems: Problems) -> dict[str, Any] | None
         problems.add(f"{path}.job_id", "use 1-128 letters, digits and _ . : -")
     return {
         "flow": flow, "inputs": inputs, "job_id": job_id,
-        "delay_s": _number(problems, raw, "delay_s", path, integer=False, minimum=0,
-                           strict=False) or 0.0,
-        "max_attempts": _number(problems, raw, "max_attempts", path, integer=True, minimum=1,
-                                strict=False),
-        "timeout_s": _number(problems, raw, "timeout_s", path, integer=False, minimum=0,
-                             strict=True),
+        "delay_s": _number(problems, raw, "delay_s", path) or 0.0,
+        "max_attempts": _number(problems, raw, "max_attempts", path),
+        "timeout_s": _number(problems, raw, "timeout_s", path),
     }
 
 
@@ -156,7 +183,10 @@ def _query_int(name: str, default: int, maximum: int) -> int:
     raw = request.args.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or int(raw) > maximum:
+    # isascii: "²".isdigit() is true, and int("²") fails; the length keeps
+    # int() off a megabyte of digits.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > len(str(maximum)) \
+            or int(raw) > maximum:
         raise ApiError(400, f"query parameter {name} must be a whole number from 0 to {maximum}")
     return int(raw)
 
@@ -185,7 +215,7 @@ async def _search(ctx: ApiContext, states: list[JobStatus], flow: str | None,
         exact = await broker.get_job(search) if search and JOB_ID.fullmatch(search) else None
         if exact is not None and who.may_see(exact.owner) and exact.status in states \
                 and _matches(exact, flow, None):
-            return json_response({"jobs": [] if offset else [job_json(exact)],
+            return json_response({"jobs": [] if offset else [job_json(exact, who.admin)],
                                   "has_more": False, "scan_limited": False})
         for state in states:
             matched: list[Job] = []
@@ -207,9 +237,20 @@ async def _search(ctx: ApiContext, states: list[JobStatus], flow: str | None,
     # Jobs move between states while we page: an id seen twice counts once.
     unique = {j.id: j for j in found}.values()
     ordered = sorted(unique, key=lambda j: j.created_at, reverse=True)
-    return json_response({"jobs": [job_json(j) for j in ordered[offset:offset + limit]],
+    return json_response({"jobs": [job_json(j, who.admin) for j in ordered[offset:offset + limit]],
                           "has_more": len(ordered) > offset + limit,
                           "scan_limited": limited})
+
+
+def _taken(exc: JobIdTaken, bulk: bool) -> ApiError:
+    """409 for job ids another key's jobs hold. It says no more than that (not the
+    job's status, not its owner): ids are one namespace, so "taken" is all a
+    caller may learn about another key's job."""
+    paths = [f"$.jobs[{n}].job_id" if bulk else "$.job_id" for n in exc.positions]
+    message = "is taken by another job: pick another job_id"
+    summary = "; ".join(f"{p}: {message}" for p in paths[:5])
+    return ApiError(409, f"{summary}; no job of this request was enqueued" if bulk else summary,
+                    problems=[{"path": p, "message": message} for p in paths])
 
 
 def register(app: QuartTrio, ctx: ApiContext) -> None:
@@ -221,8 +262,11 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
         # A request counts once per flow it names, however many jobs it holds.
         for flow_id in dict.fromkeys(spec.flow_id for spec in specs):
             await ctx.check_rate(flow_id)
-        with ctx.broker("enqueueing"):
-            ids = await broker.enqueue(specs)
+        try:
+            with ctx.broker("enqueueing"):
+                ids = await broker.enqueue(specs)
+        except JobIdTaken as exc:
+            raise _taken(exc, bulk) from None
         ctx.metrics.enqueued.inc(len(ids))
         if bulk:
             return json_response({"jobs": [{"id": i, "location": f"/api/v1/jobs/{i}"}
@@ -230,7 +274,8 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
         location = f"/api/v1/jobs/{ids[0]}"
         status = JobStatus.DELAYED if specs[0].delay_s > 0 else JobStatus.WAITING
         return json_response({"id": ids[0], "status": status.value, "location": location,
-                              "events": f"{location}/events"}, 202, {"Location": location})
+                              "events": f"{location}/events"}, 202,
+                             {"Location": location, JOB_ID_HEADER: ids[0]})
 
     @app.get("/api/v1/jobs")
     async def list_jobs() -> Response:
@@ -248,14 +293,14 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
         if flow is None and search is None and who.admin and len(states) == 1:
             with ctx.broker("listing jobs"):
                 found = await broker.list_jobs(states[0], offset=offset, limit=limit + 1)
-            return json_response({"jobs": [job_json(j) for j in found[:limit]],
+            return json_response({"jobs": [job_json(j, who.admin) for j in found[:limit]],
                                   "has_more": len(found) > limit, "scan_limited": False})
         # Several states, another key's jobs to skip, or a filter: page after merging.
         return await _search(ctx, states, flow, search, offset, limit)
 
     @app.get("/api/v1/jobs/<job_id>")
     async def get_job(job_id: str) -> Response:
-        return json_response(job_json(await ctx.visible_job(job_id)))
+        return json_response(job_json(await ctx.visible_job(job_id), principal().admin))
 
     @app.post("/api/v1/jobs/<job_id>/cancel")
     async def cancel(job_id: str) -> Response:
@@ -268,7 +313,8 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
         if now is None:
             raise ApiError(404, f"job {job_id} not found (removed by retention)")
         # 202: a running job stops when its worker hears of it.
-        return json_response(job_json(now), 200 if now.status in TERMINAL_STATUSES else 202)
+        return json_response(job_json(now, principal().admin),
+                             200 if now.status in TERMINAL_STATUSES else 202)
 
     @app.post("/api/v1/jobs/<job_id>/retry")
     async def retry(job_id: str) -> Response:
@@ -283,7 +329,7 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
         if now.status in (JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.COMPLETED):
             raise ApiError(409, f"job {job_id} could not be retried (it is {now.status.value})")
         # 202: queued again with attempts reset and a fresh event stream.
-        return json_response(job_json(now), 202)
+        return json_response(job_json(now, principal().admin), 202)
 
     @app.get("/api/v1/jobs/<job_id>/events")
     async def events(job_id: str) -> Response:
@@ -292,8 +338,8 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
             parse_event_id(after)
         except ValueError:
             raise ApiError(400, "Last-Event-ID (or ?after=) must be an event id such as "
-                                "'1712345678901-0' from this stream's id: lines, or '0'"
-                           ) from None
+                                "'1712345678901-0' from this stream's id: lines (two whole "
+                                "numbers below 2**64), or '0'") from None
         job = await ctx.visible_job(job_id)
         return event_stream(ctx, job, after)
 

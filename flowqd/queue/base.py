@@ -39,6 +39,18 @@ from flowqd.jobs import (
 )
 
 
+class JobIdTaken(Exception):
+    """``enqueue``: a spec's ``job_id`` names an existing job of another owner.
+
+    Nothing of the call was added (the Redis broker checks and adds in one
+    script per ``ENQUEUE_CHUNK`` specs). ``positions`` index the refused specs.
+    """
+
+    def __init__(self, positions: list[int]) -> None:
+        super().__init__(f"job ids taken by another owner at positions {positions}")
+        self.positions = positions
+
+
 class Broker(abc.ABC):
     # ---- lifecycle -------------------------------------------------------
 
@@ -60,7 +72,9 @@ class Broker(abc.ABC):
     async def enqueue(self, specs: Sequence[JobSpec]) -> list[str]:
         """Add jobs (one round trip for the batch); return their ids in order.
 
-        A spec whose ``job_id`` already exists adds nothing and returns that id.
+        A spec whose ``job_id`` already exists with the same ``owner`` adds
+        nothing and returns that id (a resend is idempotent). If any exists
+        with another owner, raises JobIdTaken and adds none of ``specs``.
         """
 
     @abc.abstractmethod
@@ -99,7 +113,9 @@ class Broker(abc.ABC):
         batch ends with the terminal event. Many concurrent watchers share the
         broker's reader (no connection each). The caller bounds the wait with
         its own cancel scope. A malformed ``after`` raises ``ValueError`` at
-        the call, not at the first iteration.
+        the call, not at the first iteration. An ``after`` past the stream's
+        last event is taken as that event: the watch still ends with the
+        terminal event when the job ends.
         """
 
     def watch_events(self, job_id: str, *, after: str = "0") -> AsyncIterator[Event]:

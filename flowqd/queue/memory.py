@@ -46,7 +46,7 @@ from flowqd.jobs import (
     through_terminal,
 )
 from flowqd.queue import policy
-from flowqd.queue.base import Broker
+from flowqd.queue.base import Broker, JobIdTaken
 
 _FINISHED = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
 # How often retention by age runs (besides the stalled check interval).
@@ -146,6 +146,10 @@ class MemoryBroker(Broker):
     async def enqueue(self, specs: Sequence[JobSpec]) -> list[str]:
         await trio.lowlevel.checkpoint()
         prepared = [(spec, _copy(spec.inputs)) for spec in specs]  # may raise before any change
+        taken = [n for n, spec in enumerate(specs) if spec.job_id in self._jobs
+                 and self._jobs[spec.job_id].owner != spec.owner]
+        if taken:
+            raise JobIdTaken(taken)
         ids: list[str] = []
         now = trio.current_time()
         for spec, inputs in prepared:
@@ -237,6 +241,8 @@ class MemoryBroker(Broker):
         return self._watch(job_id, policy.parse_event_id(after))
 
     async def _watch(self, job_id: str, cursor: tuple[int, int]) -> AsyncIterator[list[Event]]:
+        events = self._events.get(job_id, [])
+        cursor = policy.resume_point(cursor, _event_key(events[-1]) if events else None)
         while True:
             events = self._events.get(job_id, [])
             start = bisect.bisect_right(events, cursor, key=_event_key)

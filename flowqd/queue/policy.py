@@ -46,13 +46,44 @@ def cancel_reason(error: dict[str, Any] | None) -> str:
     return str(reason) if reason else ""
 
 
+# Redis stream ids are two unsigned 64-bit numbers; a larger one is an error
+# from Redis, so it is refused here like any other malformed id.
+EVENT_ID_PART_MAX = 2**64 - 1
+_EVENT_ID_PART_DIGITS = len(str(EVENT_ID_PART_MAX))
+
+
+def _event_id_part(text: str) -> int | None:
+    if not (text.isascii() and text.isdigit()) or len(text) > _EVENT_ID_PART_DIGITS:
+        return None
+    value = int(text)
+    return value if value <= EVENT_ID_PART_MAX else None
+
+
 def parse_event_id(value: str) -> tuple[int, int]:
-    """``"<ms>-<seq>"`` (or ``"<ms>"``, ``"0"``) as a sortable pair.
+    """``"<ms>-<seq>"`` (or ``"<ms>"``, ``"0"``) as a sortable pair, each part below 2**64.
 
     Raises ValueError for anything else, so a bad ``Last-Event-ID`` is the
     caller's 400, not a broker error.
     """
-    ms, sep, seq = value.partition("-")
-    if not ms.isdigit() or (sep and not seq.isdigit()):
-        raise ValueError(f"bad event id {value!r}: expected '<number>-<number>' or '0'")
-    return int(ms), int(seq) if sep else 0
+    ms_text, sep, seq_text = value.partition("-")
+    ms = _event_id_part(ms_text)
+    seq = _event_id_part(seq_text) if sep else 0
+    if ms is None or seq is None:
+        raise ValueError("bad event id: expected '<number>-<number>' (each below 2**64) or '0'")
+    return ms, seq
+
+
+def resume_point(cursor: tuple[int, int], last: tuple[int, int] | None) -> tuple[int, int]:
+    """Where a watch from ``cursor`` starts, given the stream's ``last`` entry (None: empty).
+
+    A cursor past the stream's end (made up, or from another stream) would
+    wait for ever: new ids come from a clock that may stay below it. It is
+    taken back to just before the last entry, so the watch sees that entry
+    again and, if it is the terminal event, ends.
+    """
+    if last is None:
+        return (0, 0) if cursor > (0, 0) else cursor
+    if cursor <= last:
+        return cursor
+    ms, seq = last
+    return (ms, seq - 1) if seq > 0 else (ms - 1, EVENT_ID_PART_MAX)

@@ -34,6 +34,10 @@ Decisions where the contract left room:
   it either completes or raises BrokerUnavailable.
 - Events emitted for a job that is not active are dropped (never appended
   after its terminal event).
+- ``enqueue`` checks job ids against other owners in the same script that
+  adds the jobs, so the check is atomic per call of ``ENQUEUE_CHUNK`` specs;
+  past that (never from the API, which sends at most 1000 a request) a taken
+  id refuses only its own chunk.
 - ``queue.remove_on_count = 0`` means no limit by count (Flowise: unset).
 - ``watch_events`` needs ``run()`` running (it owns the shared reader).
 - A retry waits ``backoff_s * 2**(attempt-1)`` plus up to 25% jitter.
@@ -68,7 +72,7 @@ from flowqd.jobs import (
     new_job_id,
 )
 from flowqd.queue import policy
-from flowqd.queue.base import Broker
+from flowqd.queue.base import Broker, JobIdTaken
 from flowqd.queue.codec import decode_job
 from flowqd.queue.keys import JOB_FIELDS, MARKER_MEMBER, QueueKeys
 from flowqd.queue.redis_events import EventHub
@@ -186,9 +190,13 @@ class RedisBroker(Broker):
         if not calls:
             await trio.lowlevel.checkpoint()
             return ids
-        for reply in await self._redis.pipeline(calls):
+        taken: list[int] = []
+        for chunk, reply in enumerate(await self._redis.pipeline(calls)):
             if isinstance(reply, Exception):
                 raise reply
+            taken += [chunk * ENQUEUE_CHUNK + int(n) for n in reply]
+        if taken:
+            raise JobIdTaken(taken)
         return ids
 
     async def get_job(self, job_id: str) -> Job | None:

@@ -36,7 +36,7 @@ from flowqd.errors import BrokerUnavailable
 from flowqd.jobs import Event, through_terminal
 from flowqd.queue.codec import decode_entries
 from flowqd.queue.keys import QueueKeys
-from flowqd.queue.policy import parse_event_id
+from flowqd.queue.policy import parse_event_id, resume_point
 from flowqd.redis import Arg, Backoff, Redis
 
 BUFFER = 256  # events a watcher may have waiting before it reads for itself
@@ -95,6 +95,8 @@ class EventHub:
 
     async def watch(self, job_id: str, after: str) -> AsyncIterator[list[Event]]:
         watcher = _Watcher(job_id, parse_event_id(after))
+        if watcher.cursor > (0, 0):
+            await self._clamp(watcher)
         job_watchers = self._watchers.setdefault(job_id, set())
         # The job's only watcher (a prediction's, say) is read by the shared
         # reader, in the same pipeline as every other dirty stream, instead
@@ -138,6 +140,21 @@ class EventHub:
         return [event for _, event in await self._range(job_id, after, count)]
 
     # ---- internals ------------------------------------------------------------
+
+    async def _clamp(self, watcher: _Watcher) -> None:
+        """A cursor past the stream's last entry (a client's made-up or stale
+        Last-Event-ID) is taken back to it: see ``policy.resume_point``."""
+        backoff = Backoff(initial=0.05, maximum=1.0)
+        while True:
+            try:
+                reply = await self._redis.execute(
+                    b"XREVRANGE", self._keys.events(watcher.job_id), b"+", b"-", b"COUNT", 1)
+            except BrokerUnavailable:
+                await backoff.wait()  # as in watch(): the caller's deadline bounds it
+                continue
+            last = decode_entries(reply)
+            watcher.cursor = resume_point(watcher.cursor, last[0][0] if last else None)
+            return
 
     async def _catch_up(self, watcher: _Watcher) -> None:
         page = await self._range(watcher.job_id, watcher.cursor, BATCH)

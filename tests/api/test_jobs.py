@@ -7,7 +7,16 @@ from typing import Any
 
 import trio
 
-from tests.api.conftest import Api, open_api, raw_request
+from tests.api.conftest import (
+    ADMIN_KEY,
+    ALICE_KEY,
+    BOB_KEY,
+    Api,
+    bearer,
+    keyring,
+    open_api,
+    raw_request,
+)
 from tests.api.sse import parse_sse
 
 
@@ -184,3 +193,103 @@ async def test_event_streams_end_when_shutdown_begins() -> None:
                     tail = b"".join([chunk async for chunk in flowise_stream])
             assert tail.endswith(b'message:\ndata:{"event":"end","data":"[DONE]"}\n\n')
             assert b"shutting down" in tail
+
+
+async def test_numbers_out_of_range_are_422_naming_path_and_range() -> None:
+    with trio.fail_after(15):
+        async with open_api() as api:
+            cases = [
+                ({"delay_s": 1e308}, "$.delay_s", "from 0 to 31536000 seconds (365 days)"),
+                ({"delay_s": 10**30}, "$.delay_s", "from 0 to 31536000"),
+                ({"timeout_s": 1e308}, "$.timeout_s",
+                 "greater than 0 to 2592000 seconds (30 days)"),
+                ({"max_attempts": 2**63}, "$.max_attempts", "from 1 to 1000"),
+                # orjson reads an integer past 64 bits as a float.
+                ({"max_attempts": 10**30}, "$.max_attempts", "expected an integer"),
+            ]
+            for extra, path, wanted in cases:
+                for body, where in (
+                        ({"flow": "echo", "inputs": {"question": "x"}, **extra}, path),
+                        ({"jobs": [{"flow": "echo", "inputs": {"question": "x"}, **extra}]},
+                         path.replace("$", "$.jobs[0]"))):
+                    answer = await api.client.post("/api/v1/jobs", json=body)
+                    assert answer.status_code == 422, (body, answer.text)
+                    [problem] = answer.json()["problems"]
+                    assert problem["path"] == where and wanted in problem["message"], problem
+            edge = await api.client.post("/api/v1/jobs", json={
+                "flow": "echo", "inputs": {"question": "x"}, "delay_s": 31536000,
+                "timeout_s": 2592000, "max_attempts": 1000})
+            assert edge.status_code == 202 and edge.json()["status"] == "delayed"
+            # Past a double: the decoder's 400, not a 500.
+            inf = await api.client.post("/api/v1/jobs", content=b'{"flow": "echo", "delay_s": '
+                                        b'1e400}', headers={"Content-Type": "application/json"})
+            assert inf.status_code == 400 and "malformed JSON" in inf.json()["message"]
+            for query in ("limit=\u00b2", "offset=" + "9" * 5000, "limit=1001"):
+                bad = await api.client.get(f"/api/v1/jobs?{query}")
+                assert bad.status_code == 400 and "whole number" in bad.json()["message"]
+            version = await api.client.get("/api/v1/flows/echo?version=\u00b2")
+            assert version.status_code == 400
+
+
+async def test_enqueue_names_the_job_in_a_header() -> None:
+    with trio.fail_after(15):
+        async with open_api() as api:
+            response = await api.client.post("/api/v1/jobs", json={
+                "flow": "echo", "inputs": {"question": "x"}})
+            assert response.status_code == 202
+            assert response.headers["x-flowqd-job-id"] == response.json()["id"]
+
+
+async def test_job_id_of_another_key_is_409_and_reveals_nothing() -> None:
+    with trio.fail_after(20):
+        async with open_api(keys=keyring()) as api:
+            alice, bob = bearer(ALICE_KEY), bearer(BOB_KEY)
+            job = {"flow": "slow", "inputs": {"question": "q"}, "job_id": "shared"}
+            first = await api.client.post("/api/v1/jobs", json=job, headers=alice)
+            assert first.status_code == 202
+            # The same key again: the idempotent answer of before.
+            again = await api.client.post("/api/v1/jobs", json=job, headers=alice)
+            assert again.status_code == 202 and again.json()["id"] == "shared"
+            squat = await api.client.post("/api/v1/jobs", json=job, headers=bob)
+            assert squat.status_code == 409
+            body = squat.json()
+            assert body["problems"] == [{"path": "$.job_id", "message": "is taken by another "
+                                         "job: pick another job_id"}]
+            text = squat.text
+            for secret in ("alice", "waiting", "active", "slow", "/api/v1/jobs/shared"):
+                assert secret not in text
+            assert "x-flowqd-job-id" not in squat.headers and "location" not in squat.headers
+            # A bulk with one taken id enqueues none of its jobs.
+            bulk = await api.client.post("/api/v1/jobs", headers=bob, json={"jobs": [
+                {"flow": "echo", "inputs": {"question": "a"}, "job_id": "bob-1"}, job]})
+            assert bulk.status_code == 409
+            assert [p["path"] for p in bulk.json()["problems"]] == ["$.jobs[1].job_id"]
+            assert "no job of this request was enqueued" in bulk.json()["message"]
+            admin = bearer(ADMIN_KEY)
+            assert (await api.client.get("/api/v1/jobs/bob-1", headers=admin)).status_code == 404
+            shared = (await api.client.get("/api/v1/jobs/shared", headers=admin)).json()
+            assert shared["owner"] == "alice" and shared["inputs"] == {"question": "q"}
+            assert (await api.client.post("/api/v1/jobs/shared/cancel",
+                                          headers=alice)).status_code == 202
+
+
+async def test_events_with_a_cursor_past_the_stream_end_with_the_job() -> None:
+    with trio.fail_after(15):
+        async with open_api() as api:
+            job_id = (await api.client.post("/api/v1/jobs", json={
+                "flow": "short", "inputs": {"question": "q"}})).json()["id"]
+            ahead = f"{2**64 - 1}-0"
+            # Running: the stream used to wait for ever for ids past this one.
+            events, _ = await events_of(api, job_id, **{"Last-Event-ID": ahead})
+            assert events[-1].name == "end" and events[-1].data == "q"
+            # Finished: the replay ends at once.
+            done, _ = await events_of(api, job_id, **{"Last-Event-ID": ahead})
+            assert done == []
+            too_big = await api.client.get(f"/api/v1/jobs/{job_id}/events",
+                                           headers={"Last-Event-ID": f"{2**64}-0"})
+            assert too_big.status_code == 400
+            for bad in (f"{2**64}-0", "1-" + "9" * 30, "\u00b2-0"):
+                answer = await api.client.get(f"/api/v1/jobs/{job_id}/events",
+                                              params={"after": bad})
+                assert answer.status_code == 400, bad
+                assert "below 2**64" in answer.json()["message"]

@@ -6,6 +6,7 @@ Every test is bounded by ``trio.fail_after``; waits are on broker events
 
 from __future__ import annotations
 
+import pytest
 import trio
 import trio.testing
 
@@ -16,7 +17,8 @@ from flowqd.jobs import (
     OutcomeKind,
     WorkerInfo,
 )
-from flowqd.queue.base import Broker
+from flowqd.queue import policy
+from flowqd.queue.base import Broker, JobIdTaken
 from tests.queue.conftest import BrokerFactory
 from tests.queue.helpers import (
     claim_one,
@@ -95,6 +97,61 @@ async def test_duplicate_job_id_makes_one_job(broker: Broker) -> None:
         job = await broker.get_job("dup")
         assert job is not None and job.status == JobStatus.COMPLETED
         assert await broker.claim("w1", 5, lock_ttl_s=30, block_s=0) == []
+
+
+async def test_job_id_of_another_owner_refuses_the_whole_call(broker: Broker) -> None:
+    with trio.fail_after(10):
+        assert await broker.enqueue([spec(1, job_id="mine", owner="alice")]) == ["mine"]
+        # The same owner again: idempotent, as before.
+        assert await broker.enqueue([spec(2, job_id="mine", owner="alice")]) == ["mine"]
+        for owner in ("bob", None):
+            with pytest.raises(JobIdTaken) as taken:
+                await broker.enqueue([spec(3, job_id="fresh", owner=owner),
+                                      spec(4, job_id="mine", owner=owner)])
+            assert taken.value.positions == [1]
+        # Nothing of a refused call was added, and the first job is untouched.
+        assert await broker.get_job("fresh") is None
+        assert (await broker.counts())[JobStatus.WAITING] == 1
+        claimed = await claim_one(broker)
+        assert claimed.job.inputs == {"n": 1} and claimed.job.owner == "alice"
+        # Jobs without an owner (no API keys) share one: a resend is idempotent.
+        assert await broker.enqueue([spec(5, job_id="open")]) == ["open"]
+        assert await broker.enqueue([spec(6, job_id="open")]) == ["open"]
+        with pytest.raises(JobIdTaken):
+            await broker.enqueue([spec(7, job_id="open", owner="alice")])
+
+
+async def test_watch_with_a_cursor_past_the_stream_still_ends(broker: Broker) -> None:
+    # A Last-Event-ID made up or from elsewhere, ahead of every id the stream
+    # will get: the watch still ends with the terminal event, whether it
+    # began before the stream existed, while the job ran, or after it ended.
+    far = f"{2**64 - 1}-{2**64 - 1}"
+    with trio.fail_after(10):
+        [job_id] = await broker.enqueue([spec()])
+        ends: list[str] = []
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                names = [e.name async for e in broker.watch_events(job_id, after=far)]
+                ends.append(names[-1])
+
+            nursery.start_soon(watch)
+            claimed = await claim_one(broker)
+            await broker.flush([EmittedEvent(job_id, "token", 0)], [])
+            nursery.start_soon(watch)
+            await broker.flush([EmittedEvent(job_id, "token", 1)], [done(claimed, "r")])
+        assert ends == ["end", "end"]
+        after_the_end = [e async for e in broker.watch_events(job_id, after=far)]
+        assert [(e.name, e.data) for e in after_the_end] == [("end", "r")]
+
+
+async def test_malformed_or_huge_event_ids_are_value_errors(broker: Broker) -> None:
+    [job_id] = await broker.enqueue([spec()])
+    for bad in ("x", "1-", "-1", "²", f"{2**64}-0", f"0-{2**64}", "9" * 5000):
+        with pytest.raises(ValueError):
+            broker.watch_event_batches(job_id, after=bad)
+        with pytest.raises(ValueError):
+            await broker.read_events(job_id, after=bad)
 
 
 async def test_delayed_job(broker: Broker, clock: trio.testing.MockClock | None) -> None:

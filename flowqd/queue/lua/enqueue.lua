@@ -1,11 +1,26 @@
 -- Add jobs; an id that exists adds nothing. Args per job (8):
 -- id, flow id, flow version, inputs (JSON), delay ms, max attempts, timeout s or '', owner or ''
+-- An id held by a job of another owner refuses the whole call before anything
+-- is added (checked here, atomically): returns the 0-based positions of those
+-- jobs, or an empty array when the jobs were added.
+local exists = {}
+local taken = {}
+for i = A, #ARGV, 8 do
+  local found = redis.call('HMGET', job_key(ARGV[i]), 'st', 'own')
+  if found[1] then
+    exists[ARGV[i]] = true
+    if (found[2] or '') ~= ARGV[i + 7] then taken[#taken + 1] = (i - A) / 8 end
+  end
+end
+if #taken > 0 then return taken end
 local now = now_ms()
 local waiting = {}
 for i = A, #ARGV, 8 do
   local id = ARGV[i]
   local jk = job_key(id)
-  if redis.call('EXISTS', jk) == 0 then
+  if not exists[id] then
+    -- Marked now: the same id twice in one call adds one job.
+    exists[id] = true
     local delay = tonumber(ARGV[i + 4])
     local status = 'waiting'
     if delay > 0 then status = 'delayed' end
@@ -32,4 +47,4 @@ if #waiting > 0 then
   redis.call('LPUSH', K_WAIT, unpack(waiting))
   ring_workers()
 end
-return 0
+return {}
