@@ -6,12 +6,13 @@ the value came from (file or variable), the key path and what was expected.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
@@ -284,6 +285,41 @@ def _field_types(section: str) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in attrs.fields(SECTIONS[section])}
 
 
+def unknown_key(path: tuple[str, ...], spell: Callable[[str], str] = str) -> str:
+    """Why ``path`` is no key of flowqd.toml, worded the same for the file, the
+    environment and ``--set``: the keys that do exist there, and the nearest one
+    (spelled by ``spell``, e.g. as an environment variable) when it looks like a typo."""
+    dotted = ".".join(path)
+    if path[0] in SECTIONS:
+        keys = sorted(_field_types(path[0]))
+        known = f"known keys in [{path[0]}]: " + ", ".join(keys)
+        guess = _nearest(dotted, [f"{path[0]}.{k}" for k in keys])
+    else:
+        known = "known top-level keys: role, " + ", ".join(f"[{s}]" for s in SECTIONS)
+        if len(path) == 1:  # role or a table
+            guess = _nearest(dotted, ["role", *SECTIONS])
+            if guess in SECTIONS:
+                guess, spell = f"[{guess}]", str
+        else:
+            guess = _nearest(dotted, ["role", *_all_keys()])
+    hint = f"; did you mean {spell(guess)}?" if guess else ""
+    return f"{dotted}: unknown key; {known}{hint}"
+
+
+def _all_keys() -> list[str]:
+    return [f"{s}.{k}" for s in SECTIONS for k in _field_types(s)]
+
+
+def _nearest(word: str, candidates: list[str]) -> str | None:
+    match = difflib.get_close_matches(word, candidates, n=1, cutoff=0.75)
+    return match[0] if match else None
+
+
+def _env_name(dotted: str) -> str:
+    """``worker.concurrency`` with its variable: ``... (FLOWQD_WORKER__CONCURRENCY)``."""
+    return f"{dotted} (FLOWQD_{dotted.upper().replace('.', '__')})"
+
+
 def _parse_env_value(raw: str, tp: Any) -> Any:
     """Turn an environment string into the value the field's type wants."""
     origin = get_origin(tp)
@@ -366,17 +402,11 @@ class _Layers:
                 known = _field_types(key)
                 for sub, subvalue in value.items():
                     if sub not in known:
-                        self.problems.append(
-                            f"{path}: {key}.{sub}: unknown key; known keys in [{key}]: "
-                            + ", ".join(sorted(known))
-                        )
+                        self.problems.append(f"{path}: {unknown_key((key, sub))}")
                     else:
                         self.set((key, sub), subvalue, str(path))
             else:
-                self.problems.append(
-                    f"{path}: {key}: unknown key; known top-level keys: role, "
-                    + ", ".join(f"[{s}]" for s in SECTIONS)
-                )
+                self.problems.append(f"{path}: {unknown_key((key,))}")
 
     def add_env_value(self, name: str, path: tuple[str, ...], raw: str) -> None:
         self.add_string(f"environment variable {name}", path, raw)
@@ -416,28 +446,37 @@ class _Layers:
                 self.add_env_value(name, ("role",), raw)
                 continue
             section, sep, key = rest.partition("__")
-            if not sep or section not in SECTIONS or key not in _field_types(section):
+            if not sep:
+                bare = {key.partition(".")[2]: key for key in _all_keys()} | {"role": "role"}
+                near = _nearest(rest, list(bare))
+                guess = None if near is None else bare[near]
                 self.problems.append(
                     f"environment variable {name}: unknown setting; use FLOWQD_ROLE or "
                     "FLOWQD_<SECTION>__<KEY> naming a key of flowqd.toml"
+                    + (f"; did you mean {_env_name(guess)}?" if guess else "")
                 )
-                continue
-            self.add_env_value(name, (section, key), raw)
+            elif section not in SECTIONS or key not in _field_types(section):
+                self.problems.append(f"environment variable {name}: "
+                                     f"{unknown_key((section, key), _env_name)}")
+            else:
+                self.add_env_value(name, (section, key), raw)
 
     def add_overrides(self, overrides: Sequence[str]) -> None:
         for item in overrides:
             dotted, sep, raw = item.partition("=")
-            path = tuple(dotted.strip().split("."))
-            if not sep or not (
-                path == ("role",)
-                or (len(path) == 2 and path[0] in SECTIONS and path[1] in _field_types(path[0]))
-            ):
+            section, _, key = dotted.strip().partition(".")
+            path = (section, key) if key else (section,)
+            if not sep:
                 self.problems.append(
                     f"--set {item}: expected KEY=VALUE with KEY a key of flowqd.toml, "
                     "such as worker.concurrency=100"
                 )
-                continue
-            self.add_string(f"--set {dotted}", path, raw)
+            elif path != ("role",) and (
+                len(path) != 2 or section not in SECTIONS or key not in _field_types(section)
+            ):
+                self.problems.append(f"--set {dotted}: {unknown_key(path)}")
+            else:
+                self.add_string(f"--set {dotted}", path, raw)
 
     def build(self) -> Config:
         tree: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
@@ -508,11 +547,11 @@ def load_config(
         source=str(path) if path else "defaults and environment",
         redis_configured=redis_configured,
     )
-    _check_role(config)
+    _check_role(config, layers.sources.get(("queue", "broker")))
     return config
 
 
-def _check_role(config: Config) -> None:
+def _check_role(config: Config, broker_source: str | None) -> None:
     if config.server.processes > 1 and config.broker == "memory":
         raise ConfigError(
             [
@@ -521,16 +560,27 @@ def _check_role(config: Config) -> None:
                 "server.processes = 1"
             ]
         )
-    if config.role != "all" and (config.broker == "memory" or not config.redis_configured):
-        how = (
-            "set REDIS_URL (or redis.url in flowqd.toml)"
-            if config.queue.broker == "auto"
-            else "set queue.broker = 'redis' (MODE=queue) and REDIS_URL or redis.url"
+    set_redis = "set REDIS_URL (or redis.url in flowqd.toml), e.g. REDIS_URL=redis://127.0.0.1:6379/0"
+    if config.broker == "redis" and not config.redis_configured:
+        # Never fall back to localhost:6379 unasked: a forgotten REDIS_URL would
+        # otherwise look like a working setup that loses everything on restart.
+        if config.queue.broker == "auto":
+            why, other = f"role {config.role!r} needs Redis", "--role all"
+        elif broker_source == "environment variable MODE":
+            why, other = "MODE=queue selects the Redis broker", "--role all without MODE"
+        else:
+            why = f"queue.broker = 'redis' ({broker_source}) selects the Redis broker"
+            other = "--role all with queue.broker 'auto'"
+        raise ConfigError(
+            [f"{why}, but no Redis is configured: {set_redis}; only {other} runs on the "
+             "embedded broker (one process, nothing durable)"]
         )
+    if config.role != "all" and config.broker == "memory":
         raise ConfigError(
             [
-                f"role {config.role!r} needs Redis, but no Redis is configured: {how}; "
-                "only --role all can run with the embedded broker"
+                f"role {config.role!r} needs Redis, but queue.broker is 'memory' "
+                f"({broker_source}): set queue.broker = 'redis' (MODE=queue) and REDIS_URL or "
+                "redis.url; only --role all can run with the embedded broker"
             ]
         )
 

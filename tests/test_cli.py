@@ -83,3 +83,24 @@ def test_check_config_reports_what_start_up_would_refuse(tmp_path: Path) -> None
     assert result.returncode == 2
     assert "auth.allow_anonymous" in result.stderr
     assert "security.secret_key_file" in result.stderr
+
+
+def test_mode_queue_without_redis_is_refused_like_role_worker(tmp_path: Path) -> None:
+    result = flowqd("--role", "all", env={"MODE": "queue"}, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == (
+        "flowqd: error: MODE=queue selects the Redis broker, but no Redis is configured: set "
+        "REDIS_URL (or redis.url in flowqd.toml), e.g. REDIS_URL=redis://127.0.0.1:6379/0; only "
+        "--role all without MODE runs on the embedded broker (one process, nothing durable)\n"
+    )
+
+
+def test_misspelt_key_in_environment_and_flag_lists_the_keys(tmp_path: Path) -> None:
+    result = flowqd("check-config", "--set", "worker.concurency=5", cwd=tmp_path,
+                    env={"FLOWQD_WORKER__CONCURENCY": "5"})
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        assert "worker.concurency: unknown key; known keys in [worker]: concurrency," in line
+        assert "did you mean worker.concurrency" in line

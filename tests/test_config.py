@@ -132,6 +132,22 @@ def test_main_and_worker_need_redis(role: str) -> None:
     assert load_config(environ={"REDIS_URL": "redis://127.0.0.1:1"}, role=role).broker == "redis"
 
 
+@pytest.mark.parametrize(("how", "said"), [
+    ({"environ": {"MODE": "queue"}}, "MODE=queue selects the Redis broker"),
+    ({"environ": {}, "overrides": ["queue.broker=redis"]},
+     "queue.broker = 'redis' (--set queue.broker) selects the Redis broker"),
+    ({"environ": {"MODE": "queue"}, "role": "main"}, "MODE=queue selects the Redis broker"),
+])
+def test_redis_broker_without_redis_setting_is_refused_for_every_role(
+    how: dict[str, typing.Any], said: str
+) -> None:
+    # It used to go to localhost:6379 for role all without a word.
+    [line] = problems(**how)
+    assert line.startswith(f"{said}, but no Redis is configured: set REDIS_URL (or redis.url ")
+    assert load_config(**{**how, "environ": {**how["environ"], "REDIS_URL": "redis://h"}}
+                       ).broker == "redis"
+
+
 def test_unknown_key_in_file_names_file_and_key(tmp_path: Path) -> None:
     path = write(tmp_path, "[worker]\nconcurency = 5\n")
     [line] = problems(config_file=path, environ={})
@@ -167,14 +183,52 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     assert any(x.startswith("environment variable REDIS_PORT: redis.port") for x in lines)
 
 
-def test_unknown_flowqd_variable_is_an_error() -> None:
-    [line] = problems(environ={"FLOWQD_WORKER__CONCURENCY": "5"})
-    assert line.startswith("environment variable FLOWQD_WORKER__CONCURENCY: unknown setting")
+WORKER_KEYS = ("known keys in [worker]: concurrency, health_host, health_port, job_timeout_s, "
+               "lock_ttl_s, shutdown_grace_s, stalled_interval_s")
+SECTION_LIST = "known top-level keys: role, [server], [worker], [queue], [redis], [log]"
+
+
+def test_unknown_key_reads_the_same_from_file_environment_and_flag(tmp_path: Path) -> None:
+    path = tmp_path / "typo.toml"
+    path.write_text("[worker]\nconcurency = 5\n")
+    [in_file] = problems(config_file=str(path), environ={})
+    [in_env] = problems(environ={"FLOWQD_WORKER__CONCURENCY": "5"})
+    [in_flag] = problems(environ={}, overrides=["worker.concurency=5"])
+    said = f"worker.concurency: unknown key; {WORKER_KEYS}; did you mean worker.concurrency"
+    assert in_file == f"{path}: {said}?"
+    assert in_env == (f"environment variable FLOWQD_WORKER__CONCURENCY: {said} "
+                      "(FLOWQD_WORKER__CONCURRENCY)?")
+    assert in_flag == f"--set worker.concurency: {said}?"
+
+
+def test_unknown_section_lists_the_sections_from_every_source(tmp_path: Path) -> None:
+    path = tmp_path / "typo.toml"
+    path.write_text("[wroker]\nconcurrency = 5\n")
+    [in_file] = problems(config_file=str(path), environ={})
+    [in_env] = problems(environ={"FLOWQD_WROKER__CONCURRENCY": "5"})
+    [in_flag] = problems(environ={}, overrides=["wroker.concurrency=5"])
+    for line in (in_file, in_env, in_flag):
+        assert SECTION_LIST in line, line
+    assert in_file.endswith("did you mean [worker]?")
+    assert in_env.endswith("did you mean worker.concurrency (FLOWQD_WORKER__CONCURRENCY)?")
+    assert in_flag.endswith("did you mean worker.concurrency?")
+
+
+def test_unknown_flowqd_variable_without_section_suggests_one() -> None:
+    [line] = problems(environ={"FLOWQD_CONCURRENCY": "5"})
+    assert line == ("environment variable FLOWQD_CONCURRENCY: unknown setting; use FLOWQD_ROLE "
+                    "or FLOWQD_<SECTION>__<KEY> naming a key of flowqd.toml; did you mean "
+                    "worker.concurrency (FLOWQD_WORKER__CONCURRENCY)?")
+
+
+def test_no_suggestion_when_nothing_is_close() -> None:
+    [line] = problems(environ={}, overrides=["worker.zzz=1"])
+    assert line == f"--set worker.zzz: worker.zzz: unknown key; {WORKER_KEYS}"
 
 
 def test_bad_override_flag() -> None:
-    [line] = problems(environ={}, overrides=["worker.nope=1"])
-    assert line.startswith("--set worker.nope=1: expected KEY=VALUE")
+    [line] = problems(environ={}, overrides=["worker.concurrency"])
+    assert line.startswith("--set worker.concurrency: expected KEY=VALUE")
     [line] = problems(environ={}, overrides=["worker.concurrency=x"])
     assert line.startswith("--set worker.concurrency: worker.concurrency: expected an integer")
 
