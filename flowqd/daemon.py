@@ -9,11 +9,14 @@ A second signal cancels everything at once.
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
+import socket
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, closing
 from functools import partial
+from typing import Any
 
 import attrs
 import trio
@@ -164,23 +167,23 @@ async def _serve(config: Config, life: Lifecycle, argv: Sequence[str]) -> None:
                 if config.role in ("worker", "all"):
                     worker = Worker(broker, flows, config, WorkerMetrics(registry),
                                     credential=credentials.get)
-                    binds = await infra.start(partial(
-                        serve_asgi, HealthApp(worker, registry),
+                    binds = await _listen(
+                        infra, HEALTH, HealthApp(worker, registry),
                         config.worker.health_host, config.worker.health_port,
                         shutdown_trigger=trio.sleep_forever, graceful_timeout_s=1.0,
-                    ))
+                    )
                     endpoints["health"] = binds[0]
                     await roles.start(worker.run, life.shutdown)
                 if config.role in ("main", "all"):
                     app = create_app(ApiState(config, broker, flows, credentials, registry,
                                               shutdown=life.shutdown))
                     processes = config.server.processes
-                    binds = await roles.start(partial(
-                        serve_asgi, app, config.server.host, config.server.port,
+                    binds = await _listen(
+                        roles, API, app, config.server.host, config.server.port,
                         shutdown_trigger=life.shutdown.wait,
                         graceful_timeout_s=config.worker.shutdown_grace_s,
                         reuse_port=processes > 1 or parent is not None, server=config.server,
-                    ))
+                    )
                     endpoints["api"] = binds[0]
                     if processes > 1:
                         await roles.start(
@@ -193,6 +196,50 @@ async def _serve(config: Config, life: Lifecycle, argv: Sequence[str]) -> None:
                          "process", ready)
                 life.notifier.ready(f"serving: {ready}")
             infra.cancel_scope.cancel()
+
+
+@attrs.frozen
+class Listener:
+    """A server of the daemon, as a start-up error names it."""
+
+    what: str
+    host_key: str
+    port_key: str
+    port_env: str
+
+
+API = Listener("the HTTP API", "server.host", "server.port", "PORT")
+HEALTH = Listener("the worker's health server", "worker.health_host", "worker.health_port",
+                  "WORKER_PORT")
+
+
+async def _listen(
+    nursery: trio.Nursery, listener: Listener, app: Any, host: str, port: int, **options: Any
+) -> list[str]:
+    """Start serving ``app``; a socket that cannot be bound is a start-up error naming
+    the address and the settings that chose it (a bare "Address already in use" names neither)."""
+    try:
+        binds: list[str] = await nursery.start(partial(serve_asgi, app, host, port, **options))
+    except OSError as exc:
+        raise ConfigError([_cannot_listen(listener, host, port, exc)]) from exc
+    return binds
+
+
+def _cannot_listen(listener: Listener, host: str, port: int, exc: OSError) -> str:
+    where = f"cannot listen on {f'[{host}]' if ':' in host else host}:{port} for {listener.what}"
+    other = port + 1 if port < 65535 else 8080
+    choose = (f"choose another port with {listener.port_key} in flowqd.toml, "
+              f"{listener.port_env}={other} or --set {listener.port_key}={other}")
+    if exc.errno == errno.EADDRINUSE:
+        return (f"{where}: port {port} is already in use by another process (another flowqd?); "
+                f"stop it, or {choose}")
+    if exc.errno == errno.EACCES:
+        return (f"{where}: permission denied (ports below 1024 need root or "
+                f"CAP_NET_BIND_SERVICE); {choose}")
+    if exc.errno == errno.EADDRNOTAVAIL or isinstance(exc, socket.gaierror):
+        return (f"{where}: {host!r} is not an address of this machine; set "
+                f"{listener.host_key} to 127.0.0.1, 0.0.0.0 or one of its addresses")
+    return f"{where} ({listener.host_key} / {listener.port_key}): {exc.strerror or exc}"
 
 
 async def _load_flows(flows: FlowStore, config: Config, life: Lifecycle) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from flowqd import __version__
@@ -104,3 +107,36 @@ def test_misspelt_key_in_environment_and_flag_lists_the_keys(tmp_path: Path) -> 
     for line in lines:
         assert "worker.concurency: unknown key; known keys in [worker]: concurrency," in line
         assert "did you mean worker.concurrency" in line
+
+
+@contextmanager
+def held_port() -> Iterator[int]:
+    """A loopback port another program is listening on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def test_api_port_in_use_names_address_and_setting(tmp_path: Path) -> None:
+    with held_port() as port:
+        result = flowqd("--role", "all", "--set", f"server.port={port}",
+                        "--set", "worker.health_port=0", cwd=tmp_path)
+    assert result.returncode == 2
+    [line] = [x for x in result.stderr.splitlines() if "ERROR" in x]
+    assert line.endswith(
+        f"cannot start: cannot listen on 127.0.0.1:{port} for the HTTP API: port {port} is "
+        "already in use by another process (another flowqd?); stop it, or choose another port "
+        f"with server.port in flowqd.toml, PORT={port + 1} or --set server.port={port + 1}")
+    assert "Traceback" not in result.stderr
+
+
+def test_health_port_in_use_names_address_and_setting(tmp_path: Path) -> None:
+    with held_port() as port:
+        result = flowqd("--role", "all", "--set", "server.port=0", cwd=tmp_path,
+                        env={"WORKER_PORT": str(port)})
+    assert result.returncode == 2
+    assert (f"cannot listen on 127.0.0.1:{port} for the worker's health server: port {port} is "
+            "already in use") in result.stderr
+    assert f"worker.health_port in flowqd.toml, WORKER_PORT={port + 1}" in result.stderr
+    assert "Traceback" not in result.stderr
