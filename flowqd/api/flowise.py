@@ -13,7 +13,7 @@ from typing import Any
 import attrs
 import orjson
 
-from flowqd.flows import CompiledFlow
+from flowqd.flows import CompiledFlow, CompiledNode
 from flowqd.jobs import CANCELLED, END, ERROR, Event, Job
 
 HEARTBEAT = b":heartbeat\n\n"
@@ -99,13 +99,28 @@ def answer(chat: Chat, result: Any, job: Job | None) -> dict[str, Any]:
 
 @attrs.define(eq=False)
 class StreamTranslator:
-    """flowqd job events -> Flowise stream chunks, keeping what Flowise repeats."""
+    """flowqd job events -> Flowise stream chunks, keeping what Flowise repeats.
+
+    ``token`` frames carry the answer only, as Flowise's do (it streams the
+    tokens of the flow's last node): the tokens the flow's output node emits
+    while it is the only node running. Tokens of other nodes are left out
+    (``GET /api/v1/jobs/{id}/events`` keeps them), and so are tokens emitted
+    while a side branch runs beside the output node, since a token does not
+    say which node sent it. When the output node ends, the part of its text
+    its tokens did not stream goes as one more ``token``: all of it for a
+    node that streams none (as Flowise does), none for one that streamed it
+    all. Joining the ``token`` frames gives the answer, once.
+    """
 
     flow: CompiledFlow
     chat: Chat
+    inputs: dict[str, Any] = attrs.Factory(dict)  # the job's, for the nodes' "input"
     executed: list[dict[str, Any]] = attrs.Factory(list)
-    output_running: bool = False
-    output_streamed: bool = False
+    nodes: dict[str, CompiledNode] = attrs.field(init=False, default=attrs.Factory(
+        lambda self: {n.id: n for n in self.flow.nodes}, takes_self=True))
+    running: set[str] = attrs.Factory(set)
+    outputs: dict[str, Any] = attrs.Factory(dict)  # finished nodes' outputs
+    streamed: list[str] = attrs.Factory(list)  # the output node's tokens sent
     # completed, failed or cancelled once the terminal event is through; "ended"
     # when the stream had to stop without one (deadline, shutdown).
     outcome: str | None = None
@@ -119,16 +134,20 @@ class StreamTranslator:
 
     def translate(self, event: Event) -> list[bytes]:
         name, data = event.name, event.data
+        if name == "token":
+            if self.running == {self.flow.output} and isinstance(data, str):
+                self.streamed.append(data)
+                return [frame("token", data)]
+            return []
         if name == "node_start":
-            if data.get("node") == self.flow.output:
-                self.output_running = True
+            node_id = data.get("node")
+            self.running.add(node_id)
+            if node_id == self.flow.output:
+                self.streamed.clear()  # a new attempt streams its own
             return [frame("nextAgentFlow", self._progress(data, "INPROGRESS"))]
         if name == "node_end":
+            self.running.discard(data.get("node"))
             return self._node_end(data)
-        if name == "token":
-            if self.output_running:
-                self.output_streamed = True
-            return [frame("token", data)]
         if name == END:
             self.outcome = "completed"
             return [frame("agentFlowEvent", "FINISHED"), frame("metadata", self.chat.metadata()),
@@ -150,22 +169,45 @@ class StreamTranslator:
     def _progress(self, data: dict[str, Any], status: str) -> dict[str, Any]:
         return {"nodeId": data.get("node"), "nodeLabel": data.get("label"), "status": status}
 
+    def _input(self, node: CompiledNode) -> dict[str, Any]:
+        """The node's input values, as the worker's node record has them (the JSON answer's)."""
+        values: dict[str, Any] = {}
+        for name, source in node.inputs:
+            if source.node is not None:
+                values[name] = self.outputs.get(source.node)
+                continue
+            value: Any = self.inputs
+            for key in source.flow_path:
+                value = value.get(key) if isinstance(value, dict) else None
+            values[name] = value
+        return values
+
     def _node_end(self, data: dict[str, Any]) -> list[bytes]:
         node_id = data.get("node")
         if data.get("status") == "ERROR":
             return [frame("nextAgentFlow", self._progress(data, "ERROR"))]
         out: list[bytes] = []
+        output = data.get("output")
         if node_id == self.flow.output:
-            self.output_running = False
-            # A client assembles the answer from tokens: a node that streamed
-            # none still sends its text as one token (as Flowise does).
-            if not self.output_streamed:
-                out.append(frame("token", as_text(data.get("output"))))
-        node = next((n for n in self.flow.nodes if n.id == node_id), None)
+            rest = _unstreamed(as_text(output), "".join(self.streamed))
+            if rest:
+                out.append(frame("token", rest))
+        node = self.nodes.get(node_id) if isinstance(node_id, str) else None
+        if node is not None:
+            self.outputs[node.id] = output
         record = {"nodeId": node_id, "nodeLabel": data.get("label"), "type": data.get("type"),
-                  "output": data.get("output"), "status": "FINISHED",
-                  "previousNodeIds": list(node.upstream) if node else []}
+                  "input": self._input(node) if node else {}, "output": output,
+                  "status": "FINISHED", "previousNodeIds": list(node.upstream) if node else []}
         self.executed.append(executed_entry(record))
         out.append(frame("nextAgentFlow", self._progress(data, "FINISHED")))
         out.append(frame("agentFlowExecutedData", list(self.executed)))
         return out
+
+
+def _unstreamed(text: str, streamed: str) -> str:
+    """What of ``text`` the tokens sent so far (``streamed``) have not given."""
+    if text.startswith(streamed):
+        return text[len(streamed):]
+    # The node's tokens were not its text (an LLM asked for JSON, say): they
+    # were its stream; adding the text would give the answer twice.
+    return ""

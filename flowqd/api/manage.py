@@ -4,21 +4,31 @@ from __future__ import annotations
 
 import re
 import time
+from typing import Any
 
 import attrs
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from flowqd.api.context import ApiContext, require_admin
+from flowqd.api.context import ApiContext, principal, require_admin
 from flowqd.api.http import ApiError, json_response, read_json, require_object
 from flowqd.api.throughput import FinishRate
 from flowqd.errors import CredentialError, FlowValidationError
+from flowqd.jobs import WorkerInfo
 
 CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 
 
 def _problems(exc: FlowValidationError) -> list[dict[str, str]]:
     return [{"path": path, "message": message} for path, message in exc.problems]
+
+
+def _anonymous(worker: WorkerInfo, number: int) -> dict[str, Any]:
+    """A worker as a non-admin key sees it: whether the queue is served, not where.
+    Host, pid and the id made of them are for operators."""
+    return {"id": f"worker-{number}", "ready": worker.ready, "jobs_held": worker.jobs_held,
+            "concurrency": worker.concurrency, "started_at": worker.started_at,
+            "last_seen": worker.last_seen}
 
 
 def register(app: QuartTrio, ctx: ApiContext) -> None:
@@ -36,8 +46,9 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
     @app.get("/api/v1/flows/<flow_id>")
     async def get_flow(flow_id: str) -> Response:
         raw = request.args.get("version")
-        if raw is not None and not raw.isdigit():
-            raise ApiError(400, "query parameter version must be a whole number")
+        if raw is not None and not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
+            raise ApiError(400, "query parameter version must be a whole number "
+                                "(at most 18 digits)")
         try:
             with ctx.broker("reading the flow"):
                 flow = await state.flows.get(flow_id, int(raw) if raw else None)
@@ -47,7 +58,13 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
         if flow is None:
             raise ApiError(404, f"flow {flow_id!r}{' version ' + raw if raw else ''} not found "
                                 "(GET /api/v1/flows lists flows)")
-        return json_response({"id": flow.id, "version": flow.version, "flow": flow.document})
+        answer: dict[str, Any] = {"id": flow.id, "version": flow.version,
+                                  "inputs": sorted(flow.flow_inputs)}
+        # Any key may run any flow, so its id and the inputs it reads are for all;
+        # the document (URLs, prompts, credential names) is for admins.
+        if principal().admin:
+            answer["flow"] = flow.document
+        return json_response(answer)
 
     @app.put("/api/v1/flows/<flow_id>")
     async def put_flow(flow_id: str) -> Response:
@@ -125,11 +142,13 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
             counts = await state.broker.counts()
             paused = await state.broker.is_paused()
             workers = await state.broker.workers()
+        admin = principal().admin
         return json_response({
             "name": state.config.queue.name,
             "paused": paused,
             "counts": {status.value: n for status, n in counts.items()},
-            "workers": [attrs.asdict(w) for w in workers],
+            "workers": [attrs.asdict(w) if admin else _anonymous(w, n)
+                        for n, w in enumerate(sorted(workers, key=lambda w: w.started_at), 1)],
         })
 
     @app.post("/api/v1/queue/pause")

@@ -100,10 +100,12 @@ JOB_SPEC: Schema = {
     "properties": {
         "flow": {"type": "string"},
         "inputs": {"type": "object"},
-        "job_id": {"type": "string", "description": "idempotency: the same id makes one job"},
-        "delay_s": {"type": "number", "minimum": 0},
-        "max_attempts": {"type": "integer", "minimum": 1},
-        "timeout_s": {"type": "number", "exclusiveMinimum": 0},
+        "job_id": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,128}$",
+                   "description": "idempotency: the same key sending the same id makes one "
+                                  "job (202 again); an id a job of another key holds is 409"},
+        "delay_s": {"type": "number", "minimum": 0, "maximum": 31536000},
+        "max_attempts": {"type": "integer", "minimum": 1, "maximum": 1000},
+        "timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 2592000},
     },
 }
 JOB: Schema = {
@@ -119,6 +121,8 @@ JOB: Schema = {
     },
 }
 SSE = {"text/event-stream": {"schema": {"type": "string"}}}
+JOB_ID_HEADER = {"X-Flowqd-Job-Id": {"description": "the job this answer is about",
+                                     "schema": {"type": "string"}}}
 
 
 def spec() -> dict[str, Any]:
@@ -135,11 +139,18 @@ def spec() -> dict[str, Any]:
         "/api/v1/prediction/{flow_id}": {"post": _op(
             "Run a flow and wait for its answer (Flowise-compatible)",
             {"200": {"description": "the answer; with streaming, server-sent events framed "
-                                    "message:\\ndata:{\"event\",\"data\"}, ending with end",
+                                    "message:\\ndata:{\"event\",\"data\"}, ending with end; "
+                                    "token events carry the output node's text only (its "
+                                    "tokens, and what they did not stream as one last token), "
+                                    "so joining them gives the answer once. Every answer "
+                                    "given once the job exists (200, 409, 500, 503, 504) "
+                                    "names it in X-Flowqd-Job-Id",
+                     "headers": JOB_ID_HEADER,
                      "content": {"application/json": {"schema": PREDICTION_ANSWER}, **SSE}},
-             "500": _json("the job failed: message says which node and why", ERROR),
+             "500": _json("the job failed: message says which node and why", ERROR)
+             | {"headers": JOB_ID_HEADER},
              "504": _json("no result within server.prediction_timeout_s; jobId names the job, "
-                          "which goes on", ERROR)},
+                          "which goes on", ERROR) | {"headers": JOB_ID_HEADER}},
             params=flow_id, body=_body(PREDICTION_BODY),
             errors=("400", "401", "404", "409", "413", "422", "429", "503"))},
         "/api/v1/chatflows-streaming/{flow_id}": {"get": _op(
@@ -147,8 +158,13 @@ def spec() -> dict[str, Any]:
             {"200": _json("{\"isStreaming\": true}")}, params=flow_id, open_route=True)},
         "/api/v1/jobs": {
             "post": _op("Enqueue a job, or many with {\"jobs\": [...]}",
-                        {"202": _json("the job's id and location (Location header too); bulk: "
-                                      "{\"jobs\": [{id, location}]}")},
+                        {"202": _json("the job's id and location (Location and X-Flowqd-Job-Id "
+                                      "headers too); bulk: {\"jobs\": [{id, location}]}")
+                         | {"headers": JOB_ID_HEADER},
+                         "409": _json("a job_id is held by a job of another key; problems "
+                                      "names each such job_id's path and nothing about that "
+                                      "job. A bulk with one enqueues none of its jobs: send "
+                                      "the others again", ERROR)},
                         body=_body({"oneOf": [JOB_SPEC, {"type": "object", "properties": {
                             "jobs": {"type": "array", "items": JOB_SPEC}}}]}),
                         errors=("400", "401", "404", "413", "422", "429", "503")),
@@ -175,8 +191,10 @@ def spec() -> dict[str, Any]:
             params=job_id, errors=("401", "403", "404", "409", "503"))},
         "/api/v1/jobs/{job_id}/events": {"get": _op(
             "The job's events as server-sent events (id:, event:, data: JSON); resumes after "
-            "Last-Event-ID (or ?after=); a finished job's stream is replayed; ends after the "
-            "terminal event (end, error or cancelled)",
+            "Last-Event-ID (or ?after=: two whole numbers below 2**64, else 400); a finished "
+            "job's stream is replayed; a running job's stream ends after the terminal event "
+            "(end, error or cancelled), also when Last-Event-ID is past the stream's last event "
+            "(it resumes from that event)",
             {"200": {"description": "event stream", "content": SSE}},
             params=[*job_id, _param("Last-Event-ID", "header"), _param("after", "query")],
             errors=("400", "401", "404", "503"))},
@@ -184,7 +202,9 @@ def spec() -> dict[str, Any]:
                                      {"200": _json("{\"flows\": [{id, version}]}")},
                                      errors=("401", "503"))},
         "/api/v1/flows/{flow_id}": {
-            "get": _op("A flow document", {"200": _json("{id, version, flow}")},
+            "get": _op("A flow: its id, version and the job inputs it reads; the document "
+                       "(URLs, prompts, credential names) for admin keys only",
+                       {"200": _json("{id, version, inputs, flow (admin keys)}")},
                        params=[*flow_id, _param("version", "query")],
                        errors=("400", "401", "404", "409", "503")),
             "put": _op("Register a new version of a flow (admin)",
@@ -207,7 +227,8 @@ def spec() -> dict[str, Any]:
             "delete": _op("Delete a credential (admin)", {"204": {"description": "deleted"}},
                           params=[_param("name")], errors=("401", "403", "404", "503")),
         },
-        "/api/v1/queue": {"get": _op("Jobs per state, paused or not, live workers",
+        "/api/v1/queue": {"get": _op("Jobs per state, paused or not, live workers (their id, "
+                                     "host and pid for admin keys only; others see worker-N)",
                                      {"200": _json("{name, paused, counts, workers}")},
                                      errors=("401", "503"))},
         "/api/v1/queue/throughput": {"get": _op(

@@ -15,7 +15,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from flowqd.api import flowise, sse
-from flowqd.api.context import ApiContext, principal, watching
+from flowqd.api.context import JOB_ID_HEADER, ApiContext, principal, watching
 from flowqd.api.http import ApiError, Problems, error_response, json_response, read_json
 from flowqd.errors import FlowValidationError
 from flowqd.flows import CompiledFlow
@@ -135,10 +135,11 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
             # job so a client can look before it sends the question again.
             exc.message += f"; job {job_id} may still run: see GET /api/v1/jobs/{job_id}"
             exc.extra["jobId"] = job_id
+            exc.headers[JOB_ID_HEADER] = job_id
             raise
         ctx.metrics.enqueued.inc()
         if req.streaming:
-            return stream(ctx, flow, chat)
+            return stream(ctx, flow, chat, inputs)
         return await wait(ctx, chat)
 
     @app.get("/api/v1/chatflows-streaming/<flow_id>")
@@ -197,6 +198,7 @@ async def wait(ctx: ApiContext, chat: flowise.Chat) -> Response:
     finally:
         ctx.metrics.open_waits -= 1
     where = {"jobId": job_id, "executionId": job_id, "chatId": chat.chat_id}
+    named = {JOB_ID_HEADER: job_id}
     location = {"Location": f"/api/v1/jobs/{job_id}"}
 
     def failed(status: int, message: str, headers: dict[str, str] | None = None,
@@ -204,7 +206,7 @@ async def wait(ctx: ApiContext, chat: flowise.Chat) -> Response:
         extra: dict[str, Any] = dict(where)
         if node is not None:
             extra["node"] = node
-        return error_response(status, message, headers, **extra)
+        return error_response(status, message, {**named, **(headers or {})}, **extra)
 
     if terminal is None:
         ctx.metrics.jobs.inc(outcome="timeout")
@@ -221,7 +223,7 @@ async def wait(ctx: ApiContext, chat: flowise.Chat) -> Response:
         with trio.move_on_after(server.broker_timeout_s):
             # Per-node data only; the result itself came with the event.
             job = await ctx.state.broker.get_job(job_id)
-        return json_response(flowise.answer(chat, terminal.data, job))
+        return json_response(flowise.answer(chat, terminal.data, job), headers=named)
     if terminal.name == ERROR:
         ctx.metrics.jobs.inc(outcome="failed")
         node = terminal.data.get("node") if isinstance(terminal.data, dict) else None
@@ -233,12 +235,13 @@ async def wait(ctx: ApiContext, chat: flowise.Chat) -> Response:
                   + "; send the prediction again to run it")
 
 
-def stream(ctx: ApiContext, flow: CompiledFlow, chat: flowise.Chat) -> Response:
+def stream(ctx: ApiContext, flow: CompiledFlow, chat: flowise.Chat,
+           inputs: dict[str, Any]) -> Response:
     server = ctx.state.config.server
     job_id = chat.execution_id
 
     async def produce(send: sse.Send, stream: sse.Stream) -> None:
-        translator = flowise.StreamTranslator(flow, chat)
+        translator = flowise.StreamTranslator(flow, chat, inputs)
         if server.cancel_on_disconnect:
             async def cancel_unfinished() -> None:
                 if not translator.finished:
@@ -282,4 +285,5 @@ def stream(ctx: ApiContext, flow: CompiledFlow, chat: flowise.Chat) -> Response:
         ctx.metrics.open_streams -= 1
 
     return sse.stream_response(ctx.background(), produce, name=f"prediction {job_id}",
-                               on_open=opened, on_close=closed)
+                               headers={JOB_ID_HEADER: job_id}, on_open=opened,
+                               on_close=closed)

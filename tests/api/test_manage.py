@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 
 import pytest
 import trio
 
-from tests.api.conftest import open_api
+from tests.api.conftest import ADMIN_KEY, ALICE_KEY, bearer, keyring, open_api
 from tests.api.sse import parse_sse
 
 SECRET = "sk-very-secret-value"
@@ -116,3 +118,40 @@ async def test_queue_counts_workers_pause_and_resume() -> None:
             assert events[0][-1].name == "end"
             queue = (await api.client.get("/api/v1/queue")).json()
             assert queue["counts"]["waiting"] == 0 and queue["counts"]["completed"] == 1
+
+
+async def test_what_a_non_admin_key_sees_of_flows_workers_and_jobs() -> None:
+    # Any key may run any flow: it may list flows and read what a flow needs
+    # (its inputs), not the document, which can hold URLs, prompts and
+    # credential names. Workers' host and pid are for operators.
+    with trio.fail_after(15):
+        async with open_api(keys=keyring()) as api:
+            admin, alice = bearer(ADMIN_KEY), bearer(ALICE_KEY)
+            listed = await api.client.get("/api/v1/flows", headers=alice)
+            assert {"id": "topic", "version": 1} in listed.json()["flows"]
+            seen = (await api.client.get("/api/v1/flows/topic", headers=alice)).json()
+            assert seen == {"id": "topic", "version": 1, "inputs": ["topic"]}
+            full = (await api.client.get("/api/v1/flows/topic", headers=admin)).json()
+            assert full["flow"]["nodes"][0]["params"] == {"template": "{topic}"}
+            assert full["inputs"] == ["topic"]
+
+            host, pid = socket.gethostname(), os.getpid()
+            [worker] = (await api.client.get("/api/v1/queue", headers=admin)).json()["workers"]
+            assert (worker["host"], worker["pid"]) == (host, pid)
+            queue = await api.client.get("/api/v1/queue", headers=alice)
+            [anonymous] = queue.json()["workers"]
+            assert anonymous["id"] == "worker-1" and anonymous["ready"] is True
+            assert set(anonymous) == {"id", "ready", "jobs_held", "concurrency", "started_at",
+                                      "last_seen"}
+            assert host not in queue.text
+
+            job_id = (await api.client.post("/api/v1/jobs", headers=alice, json={
+                "flow": "echo", "inputs": {"question": "q"}})).json()["id"]
+            parse_sse((await api.client.get(f"/api/v1/jobs/{job_id}/events",
+                                            headers=alice)).content)
+            mine = await api.client.get(f"/api/v1/jobs/{job_id}", headers=alice)
+            assert mine.json()["worker"] is None and host not in mine.text
+            listing = await api.client.get("/api/v1/jobs", headers=alice)
+            assert [j["worker"] for j in listing.json()["jobs"]] == [None]
+            as_admin = (await api.client.get(f"/api/v1/jobs/{job_id}", headers=admin)).json()
+            assert as_admin["worker"].startswith(f"{host}:{pid}:")

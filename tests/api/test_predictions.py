@@ -8,7 +8,8 @@ from typing import Any
 import orjson
 import trio
 
-from tests.api.conftest import open_api, post_and_leave, raw_post
+from tests.api.conftest import FLOWS, open_api, post_and_leave, raw_post
+from tests.api.sse import parse_sse
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 FRAME = re.compile(rb"message:\ndata:(.*)\n\n")
@@ -259,3 +260,68 @@ async def test_cancel_on_disconnect_applies_to_waiting_json_predictions() -> Non
                 await _wait_for(api, "active")
             [job] = await _wait_for(api, "cancelled")
             assert job["error"]["reason"] == "client disconnected"
+
+
+# An LLM between a prompt and an output node, as issue 13 found it: the llm's
+# tokens and then the output node's text made the answer twice.
+CHAIN = {"id": "chain", "nodes": [
+    {"id": "prompt", "type": "template", "label": "Prompt",
+     "params": {"template": "Say {q}"}, "inputs": {"q": "$question"}},
+    {"id": "llm", "type": "tokens", "label": "LLM", "inputs": {"prompt": "prompt"}},
+    {"id": "out", "type": "echo", "label": "Output", "inputs": {"text": "llm"}}],
+    "output": "out"}
+# The output node streams, with a side branch that streams too and may run beside it.
+SIDE = {"id": "side", "nodes": [
+    {"id": "llm", "type": "tokens", "label": "LLM"},
+    {"id": "aside", "type": "tokens", "label": "Aside"}],
+    "output": "llm"}
+
+
+async def test_stream_tokens_give_the_answer_once_with_node_inputs_filled() -> None:
+    with trio.fail_after(15):
+        async with open_api(flows=[*FLOWS, CHAIN, SIDE]) as api:
+            body = {"question": "you", "overrideConfig": {"sessionId": "s"}}
+            answer = (await api.client.post("/api/v1/prediction/chain", json=body)).json()
+            assert answer["text"] == "Hello you"
+            streamed = await api.client.post("/api/v1/prediction/chain",
+                                              json={**body, "streaming": True})
+            events = parse_flowise_stream(streamed.content)
+            # Only the output node's text: it streamed none itself, so it comes as
+            # one token (as Flowise sends a Custom Function's), not after the llm's.
+            assert [d for n, d in events if n == "token"] == ["Hello you"]
+            executed = [d for n, d in events if n == "agentFlowExecutedData"][-1]
+            # The same per-node data as the JSON answer, inputs included.
+            assert [e["data"]["input"] for e in executed] == [
+                e["data"]["input"] for e in answer["agentFlowExecutedData"]] == [
+                {"q": "you"}, {"prompt": "Say you"}, {"text": "Hello you"}]
+            for _ in range(3):
+                side = await api.client.post("/api/v1/prediction/side",
+                                             json={"question": "me", "streaming": True})
+                tokens = [d for n, d in parse_flowise_stream(side.content) if n == "token"]
+                assert "".join(tokens) == "Hello me", tokens
+            # The job's own event stream keeps every node's tokens.
+            job_id = streamed.headers["x-flowqd-job-id"]
+            job_events, _ = parse_sse((await api.client.get(
+                f"/api/v1/jobs/{job_id}/events")).content)
+            assert [e.data for e in job_events if e.name == "token"] == ["Hel", "lo ", "you"]
+
+
+async def test_every_prediction_answer_names_its_job_in_a_header() -> None:
+    with trio.fail_after(20):
+        async with open_api("server.prediction_timeout_s=0.3") as api:
+            cases = [("echo", False, 200), ("echo", True, 200), ("boom", False, 500),
+                     ("boom", True, 200), ("short", False, 504), ("short", True, 200)]
+            for flow, streaming, status in cases:
+                async with api.client.stream("POST", f"/api/v1/prediction/{flow}", json={
+                        "question": "q", "streaming": streaming}) as response:
+                    # Streamed: in the headers, before the first event.
+                    job_id = response.headers["x-flowqd-job-id"]
+                    raw = b"".join([chunk async for chunk in response.aiter_raw()])
+                assert response.status_code == status, (flow, streaming)
+                job = await api.client.get(f"/api/v1/jobs/{job_id}")
+                assert job.status_code == 200 and job.json()["flow_id"] == flow
+                if not streaming:
+                    assert job_id == orjson.loads(raw).get("executionId", job_id)
+            # No job, no header.
+            missing = await api.client.post("/api/v1/prediction/nope", json={"question": "q"})
+            assert missing.status_code == 404 and "x-flowqd-job-id" not in missing.headers

@@ -17,7 +17,6 @@ from flowqd.jobs import (
     OutcomeKind,
     WorkerInfo,
 )
-from flowqd.queue import policy
 from flowqd.queue.base import Broker, JobIdTaken
 from tests.queue.conftest import BrokerFactory
 from tests.queue.helpers import (
