@@ -124,8 +124,7 @@ class _Server:
                                  "head within server.header_timeout_s (%gs)",
                                  self.header_timeout_s)
         finally:
-            self.connections -= 1
-            await trio.aclose_forcefully(stream)
+            await trio.aclose_forcefully(connection)
 
     async def refuse(self, stream: trio.SocketStream) -> None:
         """The fixed 503, then wait briefly for the client to close first: closing
@@ -153,7 +152,7 @@ class _Server:
             self.none_owed.set()
 
 
-class _Connection:
+class _Connection(trio.abc.HalfCloseableStream):
     """One client connection, seen by hypercorn's TCPServer as its stream and its app.
 
     As the stream it starts the head deadline when the first bytes of a request
@@ -163,13 +162,14 @@ class _Connection:
     what matters for a clean stop is that every response went out.
     """
 
-    __slots__ = ("deadline", "owing", "server", "stream")
+    __slots__ = ("closed", "deadline", "owing", "server", "stream")
 
     def __init__(self, server: _Server, stream: trio.SocketStream) -> None:
         self.server = server
         self.stream = stream
         self.deadline = trio.CancelScope(deadline=trio.current_time() + server.header_timeout_s)
         self.owing = False
+        self.closed = False
 
     # The stream hypercorn reads and writes (it looks for ``socket`` on plain TCP).
     @property
@@ -183,19 +183,32 @@ class _Connection:
             self.deadline.deadline = trio.current_time() + self.server.header_timeout_s
         return data
 
-    async def send_all(self, data: bytes) -> None:
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         # hypercorn shields its writes from cancellation: without this bound a
         # client that stops reading would hold the connection, and shutdown, forever.
         with trio.move_on_after(self.server.send_timeout_s) as scope:
             await self.stream.send_all(data)
         if scope.cancelled_caught:
-            await trio.aclose_forcefully(self.stream)
+            await trio.aclose_forcefully(self)
             raise trio.BrokenResourceError("the client stopped reading")
 
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
     async def send_eof(self) -> None:
-        await self.stream.send_eof()
+        # hypercorn closes a connection that cannot be reused (Connection: close,
+        # a body left unread) from the request's task, which quart-trio may be
+        # cancelling at that moment; unshielded, the close would be skipped and
+        # the connection left open until the client went away. This never blocks.
+        with trio.CancelScope(shield=True):
+            await self.stream.send_eof()
 
     async def aclose(self) -> None:
+        if not self.closed:
+            # Counted out before the client can see the close, so its next
+            # connection finds the slot free.
+            self.closed = True
+            self.server.connections -= 1
         await self.stream.aclose()
 
     # The app hypercorn calls once a request head is complete.

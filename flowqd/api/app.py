@@ -18,6 +18,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from flowqd.api import dashboard, jobs, manage, openapi, predictions
 from flowqd.api.context import ApiContext
+from flowqd.api.guard import Guard
 from flowqd.api.http import ApiError, error_response, json_response, unavailable
 from flowqd.api.metrics import ApiMetrics
 from flowqd.auth import ANONYMOUS, KeyRing
@@ -60,7 +61,11 @@ def create_app(state: ApiState) -> QuartTrio:
     ctx = ApiContext(state, keys, ApiMetrics(state.registry))
     cookies = state.config.dashboard.enabled
     app = QuartTrio("flowqd")
-    app.config["MAX_CONTENT_LENGTH"] = state.config.server.max_body_bytes
+    server = state.config.server
+    guard = Guard.from_config(server)
+    app.config["MAX_CONTENT_LENGTH"] = server.max_body_bytes
+    app.config["BODY_TIMEOUT"] = server.body_timeout_s
+    app.config["MAX_JSON_DEPTH"] = server.max_json_depth
 
     @app.before_serving
     async def remember_nursery() -> None:
@@ -74,6 +79,8 @@ def create_app(state: ApiState) -> QuartTrio:
     async def authenticate() -> None:
         g.started = time.perf_counter()
         g.principal = ANONYMOUS
+        # Host and Origin first: every route, open ones and unknown paths included.
+        guard.check(request)
         if request.endpoint is None or request.endpoint in OPEN_ENDPOINTS:
             return
         if request.endpoint in dashboard.SELF_AUTHENTICATED:
@@ -157,7 +164,12 @@ def create_app(state: ApiState) -> QuartTrio:
             # carry another request: say so, or a keep-alive client sends its
             # next request into a socket the server is about to close.
             message = (f"the request body is larger than server.max_body_bytes "
-                       f"({state.config.server.max_body_bytes} bytes): send less")
+                       f"({server.max_body_bytes} bytes): send less")
+            return error_response(status, message, {"Connection": "close"})
+        elif status == 408:
+            # Part of the body never came: the connection cannot carry another request.
+            message = (f"the request body did not arrive within server.body_timeout_s "
+                       f"({server.body_timeout_s:g}s): send the whole body at once")
             return error_response(status, message, {"Connection": "close"})
         else:
             message = exc.description or exc.name

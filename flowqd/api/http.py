@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import trio
-from quart import Request, Response, g
+from quart import Request, Response, current_app, g
 
 from flowqd.errors import BrokerUnavailable
 
@@ -73,22 +73,69 @@ def broker_deadline(seconds: float, what: str) -> Iterator[None]:
 async def read_json(request: Request) -> Any:
     """The request body as JSON; 400 naming the position when it is malformed.
 
-    The size limit is the app's ``MAX_CONTENT_LENGTH`` (``server.max_body_bytes``):
-    a larger body raises RequestEntityTooLarge, answered with 413.
+    The body must say it is JSON (Content-Type ``application/json`` or
+    ``*/*+json``, else 415): a form or ``text/plain`` body is what any web page
+    may send cross-site without asking. The size limit is the app's
+    ``MAX_CONTENT_LENGTH`` (``server.max_body_bytes``): a larger body raises
+    RequestEntityTooLarge, answered with 413. Nesting deeper than
+    ``MAX_JSON_DEPTH`` (``server.max_json_depth``) is 400: orjson reads
+    documents it cannot write back (from 255 levels).
     """
-    data = await request.get_data(cache=False, as_text=False)
+    _require_json_type(request)
+    data = cast(bytes, await request.get_data(cache=False, as_text=False))
     g.body_read = True  # the connection may carry the next request (see app.count)
     if not data.strip():
         raise ApiError(400, "the request body is empty: send a JSON document "
                             "(Content-Type: application/json)")
+    limit: int = current_app.config["MAX_JSON_DEPTH"]
     try:
-        return orjson.loads(data)
+        value = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
+        if "depth limit" in exc.msg:
+            raise too_deep(limit) from None
         raise ApiError(
             400,
             f"malformed JSON at line {exc.lineno}, column {exc.colno} (byte {exc.pos}): "
             f"{exc.msg}; fix the request body",
         ) from None
+    # Brackets (counted in C, strings included) bound the depth: most bodies stop here.
+    if data.count(b"[") + data.count(b"{") > limit and json_depth(value) > limit:
+        raise too_deep(limit)
+    return value
+
+
+def _require_json_type(request: Request) -> None:
+    sent = request.headers.get("Content-Type")
+    media = (sent or "").partition(";")[0].strip().lower()
+    if media == "application/json" or media.endswith("+json"):
+        return
+    if not request.content_length and "chunked" not in request.headers.get(
+            "Transfer-Encoding", ""):
+        return  # no body: read_json says so
+    what = f"Content-Type: {media[:100]}" if media else "no Content-Type"
+    raise ApiError(415, f"the request body must be JSON sent with Content-Type: "
+                        f"application/json; this request sent {what} (with curl: "
+                        "-H 'Content-Type: application/json')")
+
+
+def too_deep(limit: int) -> ApiError:
+    return ApiError(400, f"the JSON body is nested more than {limit} levels deep, the limit "
+                         "server.max_json_depth: send a flatter document")
+
+
+def json_depth(value: Any) -> int:
+    """Levels of nested arrays and objects in ``value`` (a scalar: 0)."""
+    depth = 0
+    level = [value] if isinstance(value, (dict, list)) else []
+    while level:
+        depth += 1
+        nested = []
+        for container in level:
+            for item in container.values() if isinstance(container, dict) else container:
+                if isinstance(item, (dict, list)):
+                    nested.append(item)
+        level = nested
+    return depth
 
 
 def type_name(value: Any) -> str:

@@ -8,8 +8,10 @@ from typing import Any
 import orjson
 import trio
 
+from flowqd.jobs import JobStatus
 from tests.api.conftest import Api, open_api
 
+JSON = {"Content-Type": "application/json"}
 ROUTES = [
     ("POST", "/api/v1/prediction/echo"),
     ("POST", "/api/v1/prediction/greet"),
@@ -32,10 +34,11 @@ async def test_malformed_json_is_400_naming_the_position() -> None:
     with trio.fail_after(15):
         async with open_api() as api:
             for method, path in ROUTES:
-                response = await api.client.request(method, path, content=b'{"question": hi}')
+                response = await api.client.request(method, path, content=b'{"question": hi}',
+                                                    headers=JSON)
                 body = assert_error(response, 400)
                 assert "line 1, column 14" in body["message"], body
-            empty = await api.client.post("/api/v1/prediction/echo", content=b"")
+            empty = await api.client.post("/api/v1/prediction/echo", content=b"", headers=JSON)
             assert "empty" in assert_error(empty, 400)["message"]
 
 
@@ -44,7 +47,7 @@ async def test_body_over_the_limit_is_413() -> None:
         async with open_api("server.max_body_bytes=1000") as api:
             big = orjson.dumps({"question": "x" * 2000})
             for method, path in ROUTES:
-                response = await api.client.request(method, path, content=big)
+                response = await api.client.request(method, path, content=big, headers=JSON)
                 assert "server.max_body_bytes" in assert_error(response, 413)["message"]
 
             # Without a Content-Length (chunked) the limit holds as well.
@@ -52,7 +55,8 @@ async def test_body_over_the_limit_is_413() -> None:
                 for _ in range(10):
                     yield b" " * 500
 
-            chunked = await api.client.post("/api/v1/prediction/echo", content=chunks())
+            chunked = await api.client.post("/api/v1/prediction/echo", content=chunks(),
+                                            headers=JSON)
             assert_error(chunked, 413)
             small = await api.client.post("/api/v1/prediction/echo", json={"question": "ok"})
             assert small.status_code == 200
@@ -72,7 +76,8 @@ async def test_bodies_that_are_not_objects_are_422() -> None:
         async with open_api() as api:
             for method, path in ROUTES:
                 for body in (b"[]", b'"text"', b"3", b"null"):
-                    response = await api.client.request(method, path, content=body)
+                    response = await api.client.request(method, path, content=body,
+                                                        headers=JSON)
                     assert_error(response, 422)
 
 
@@ -114,7 +119,7 @@ async def test_no_input_produces_a_500() -> None:
 
 
 async def _check(api: Api, method: str, path: str, content: bytes) -> None:
-    response = await api.client.request(method, path, content=content)
+    response = await api.client.request(method, path, content=content, headers=JSON)
     # 500 is only ever a failed job (a node that raised), and 504 a deadline.
     if response.status_code == 500:
         assert "failed" in response.json()["message"], response.text
@@ -141,3 +146,100 @@ async def test_broker_unreachable_is_503_within_a_second() -> None:
                 body = assert_error(response, 503)
                 assert "redis.url" in body["message"]
                 assert response.headers["retry-after"] == "1"
+
+
+def nested(depth: int) -> Any:
+    """Arrays and objects in turn, ``depth`` levels deep."""
+    value: Any = "deep"
+    for level in range(depth):
+        value = [value] if level % 2 else {"a": value}
+    return value
+
+
+async def test_json_nested_past_max_json_depth_is_400_on_every_route() -> None:
+    """orjson reads 254+ levels but cannot write them back: that was a 500."""
+    with trio.fail_after(30):
+        async with open_api("dashboard.enabled=true") as api:
+            routes = [*ROUTES, ("POST", "/admin/queues/session")]
+            dashboard = {"X-Flowqd-CSRF": "1", "Sec-Fetch-Site": "same-origin"}
+            for depth in (65, 300, 2000):
+                for method, path in routes:
+                    body = {"question": "q", "flow": "echo", "value": "v", "key": "k",
+                            "overrideConfig": nested(depth)}
+                    raw = (orjson.dumps(body) if depth < 255
+                           else b'{"question":"q","overrideConfig":' + b"[" * depth
+                           + b"]" * depth + b"}")
+                    response = await api.client.request(method, path, content=raw,
+                                                        headers={**JSON, **dashboard})
+                    message = assert_error(response, 400)["message"]
+                    assert "server.max_json_depth" in message and "64" in message, (
+                        depth, path, message)
+            # At the limit the document is read (and the job carries it).
+            ok = await api.client.post("/api/v1/jobs", json={
+                "flow": "echo", "inputs": {"question": "q", "deep": nested(62)}})
+            assert ok.status_code == 202, ok.text
+            # Brackets inside strings are not nesting.
+            text = await api.client.post("/api/v1/prediction/echo",
+                                         json={"question": "[{" * 500})
+            assert text.status_code == 200 and text.json()["text"] == "[{" * 500
+
+
+async def test_max_json_depth_is_configurable() -> None:
+    with trio.fail_after(15):
+        async with open_api("server.max_json_depth=3") as api:
+            three = await api.client.post("/api/v1/jobs", json={
+                "flow": "echo", "inputs": {"question": "q", "x": [1]}})
+            assert three.status_code == 202, three.text
+            four = await api.client.post("/api/v1/jobs", json={
+                "flow": "echo", "inputs": {"question": "q", "x": [[1]]}})
+            assert "more than 3 levels" in assert_error(four, 400)["message"]
+
+
+async def test_bodies_not_sent_as_json_are_415() -> None:
+    """text/plain and forms are what any web page may post cross-site without asking."""
+    body = orjson.dumps({"question": "q", "flow": "echo", "value": "v"})
+    with trio.fail_after(15):
+        async with open_api() as api:
+            for method, path in ROUTES:
+                for sent, named in (("text/plain", "Content-Type: text/plain"),
+                                    ("text/plain;charset=UTF-8", "Content-Type: text/plain"),
+                                    ("application/x-www-form-urlencoded",
+                                     "Content-Type: application/x-www-form-urlencoded"),
+                                    ("multipart/form-data; boundary=x",
+                                     "Content-Type: multipart/form-data"),
+                                    (None, "no Content-Type")):
+                    headers = {"Content-Type": sent} if sent else {}
+                    response = await api.client.request(method, path, content=body,
+                                                        headers=headers)
+                    message = assert_error(response, 415)["message"]
+                    assert named in message and "application/json" in message, message
+                    assert response.headers["connection"] == "close"  # body left unread
+            assert (await api.broker.counts())[JobStatus.WAITING] == 0
+            for sent in ("application/json; charset=utf-8", "Application/JSON",
+                         "application/vnd.api+json"):
+                response = await api.client.post("/api/v1/prediction/echo", content=body,
+                                                  headers={"Content-Type": sent})
+                assert response.status_code == 200, (sent, response.text)
+
+
+async def test_body_that_stops_arriving_is_408_and_the_connection_closes() -> None:
+    with trio.fail_after(15):
+        async with open_api("server.body_timeout_s=0.5") as api:
+            host, port = api.url.removeprefix("http://").rsplit(":", 1)
+            async with await trio.open_tcp_stream(host, int(port)) as stream:
+                await stream.send_all(
+                    f"POST /api/v1/prediction/echo HTTP/1.1\r\nHost: {host}\r\n"
+                    "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+                    '{"question": '.encode())
+                answer = b""
+                with trio.fail_after(5):  # the old default waited 60 s
+                    while chunk := await stream.receive_some(65536):
+                        answer += chunk
+            head, _, content = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 408"), answer
+            assert b"connection: close" in head.lower()
+            body = orjson.loads(content)
+            assert body["statusCode"] == 408 and "server.body_timeout_s" in body["message"]
+            # A body sent in time is read as before.
+            ok = await api.client.post("/api/v1/prediction/echo", json={"question": "q"})
+            assert ok.status_code == 200
