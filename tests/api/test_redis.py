@@ -16,7 +16,15 @@ import trio
 
 from flowqd.config import RedisConfig
 from flowqd.redis import open_redis
-from tests.api.conftest import FLOWS, open_api
+from tests.api.conftest import (
+    ADMIN_KEY,
+    ALICE_KEY,
+    BOB_KEY,
+    FLOWS,
+    bearer,
+    keyring,
+    open_api,
+)
 from tests.api.rawhttp import RawConnection
 from tests.api.sse import parse_sse
 from tests.api.test_predictions import parse_flowise_stream
@@ -176,3 +184,31 @@ async def test_2000_waiting_predictions_hold_few_redis_connections(
             assert all(status == 200 for status, _ in answers)
             assert sorted(orjson.loads(body)["text"] for _, body in answers) == sorted(
                 f"q{i}" for i in range(WAITING))
+
+
+async def test_job_id_squatting_and_a_cursor_past_the_stream_on_redis(
+        redis_url: str, queue_name: str) -> None:
+    with trio.fail_after(30):
+        async with open_api(keys=keyring(), environ=redis_env(redis_url, queue_name)) as api:
+            alice, bob = bearer(ALICE_KEY), bearer(BOB_KEY)
+            job = {"flow": "short", "inputs": {"question": "q"}, "job_id": "shared"}
+            assert (await api.client.post("/api/v1/jobs", json=job,
+                                          headers=alice)).status_code == 202
+            assert (await api.client.post("/api/v1/jobs", json=job,
+                                          headers=alice)).json()["id"] == "shared"
+            squat = await api.client.post("/api/v1/jobs", json=job, headers=bob)
+            assert squat.status_code == 409 and "alice" not in squat.text
+            bulk = await api.client.post("/api/v1/jobs", headers=bob, json={"jobs": [
+                {"flow": "echo", "inputs": {"question": "a"}, "job_id": "bob-1"}, job]})
+            assert bulk.status_code == 409
+            assert [p["path"] for p in bulk.json()["problems"]] == ["$.jobs[1].job_id"]
+            assert (await api.client.get("/api/v1/jobs/bob-1",
+                                         headers=bearer(ADMIN_KEY))).status_code == 404
+            # Running, resumed from an id past any the stream will get: ends with the job.
+            ahead = await api.client.get("/api/v1/jobs/shared/events", headers={
+                **alice, "Last-Event-ID": f"{2**64 - 1}-0"})
+            events, _ = parse_sse(ahead.content)
+            assert events[-1].name == "end" and events[-1].data == "q"
+            too_big = await api.client.get("/api/v1/jobs/shared/events", headers={
+                **alice, "Last-Event-ID": f"{2**64}-0"})
+            assert too_big.status_code == 400

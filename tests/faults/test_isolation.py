@@ -92,9 +92,10 @@ async def test_a_second_key_cannot_read_stream_cancel_or_see_credentials(
                                          ("POST", f"/api/v1/jobs/{target}/cancel")):
                         refused = await client.request(method, path, headers=who)
                         assert refused.status_code == 401, refused.text
-            # The same job id sent by bob makes nothing of his and shows nothing of alice's.
+            # The same job id sent by bob is refused (409) and shows nothing of alice's.
             reuse = await as_bob("POST", "/api/v1/jobs", json={"flow": "slow", "job_id": job})
-            assert reuse.status_code == 202
+            assert reuse.status_code == 409, reuse.text
+            assert "alice" not in reuse.text and "active" not in reuse.text
             assert (await as_bob("GET", f"/api/v1/jobs/{job}")).status_code == 404
             listed = await as_bob("GET", "/api/v1/jobs")
             assert listed.status_code == 200
@@ -106,9 +107,15 @@ async def test_a_second_key_cannot_read_stream_cancel_or_see_credentials(
             assert (await as_bob("PUT", "/api/v1/credentials/api-token",
                                  json={"value": "stolen"})).status_code == 403
             assert (await as_bob("DELETE", "/api/v1/credentials/api-token")).status_code == 403
+            # Any key may run a flow, so it sees its inputs; the document (URL,
+            # credential name) is for admin keys.
             flow = await as_bob("GET", "/api/v1/flows/call")
-            assert flow.status_code == 200 and "api-token" in flow.text  # names, not values
-            await as_bob("GET", "/api/v1/queue")
+            assert flow.status_code == 200 and flow.json() == {"id": "call", "version": 1,
+                                                               "inputs": []}
+            queue = await as_bob("GET", "/api/v1/queue")
+            assert queue.json()["workers"] and all(
+                set(w) == {"id", "ready", "jobs_held", "concurrency", "started_at",
+                           "last_seen"} for w in queue.json()["workers"])
             await as_bob("GET", "/metrics")
 
             # Alice's job was untouched by all of that, and she can still act on it.
