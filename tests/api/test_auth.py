@@ -172,3 +172,117 @@ def test_daemon_refuses_a_public_address_without_keys() -> None:
         capture_output=True, text=True, timeout=30, env=base_env())
     assert result.returncode == 2, result.stderr
     assert "auth.allow_anonymous" in result.stderr
+
+
+# --- What a web page may make a browser send (DNS rebinding, cross-site writes) ---
+
+async def test_host_header_must_name_this_server() -> None:
+    """DNS rebinding: evil.example made to resolve to 127.0.0.1 is refused by name."""
+    with trio.fail_after(15):
+        async with open_api() as api:
+            port = api.url.rsplit(":", 1)[1]
+            for host in ("evil.example", f"evil.example:{port}", "127.0.0.1.evil.example",
+                         "10.0.0.1"):
+                for method, path, body in (("GET", "/api/v1/queue", None),
+                                           ("GET", "/api/v1/ping", None),
+                                           ("PUT", "/api/v1/credentials/x", {"value": "v"}),
+                                           ("POST", "/api/v1/queue/pause", None)):
+                    response = await api.client.request(method, path, json=body,
+                                                        headers={"Host": host})
+                    assert response.status_code == 421, (host, path, response.text)
+                    assert "server.allowed_hosts" in response.json()["message"]
+            assert not await api.broker.is_paused()
+            assert (await api.client.get("/api/v1/credentials")).json() == {"credentials": []}
+            for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST", f"[::1]:{port}",
+                         "localhost."):
+                ok = await api.client.get("/api/v1/queue", headers={"Host": host})
+                assert ok.status_code == 200, (host, ok.text)
+
+
+async def test_allowed_hosts_and_listening_on_every_interface() -> None:
+    with trio.fail_after(15):
+        async with open_api('server.allowed_hosts=["api.example", "[::1]"]') as api:
+            named = await api.client.get("/api/v1/queue", headers={"Host": "api.example:443"})
+            assert named.status_code == 200
+            bracketed = await api.client.get("/api/v1/queue", headers={"Host": "[::1]:8080"})
+            assert bracketed.status_code == 200
+            loopback = await api.client.get("/api/v1/queue", headers={"Host": "localhost"})
+            assert loopback.status_code == 421  # the list replaces the defaults
+        async with open_api('server.allowed_hosts=["*"]') as api:
+            assert (await api.client.get("/api/v1/queue", headers={"Host": "evil.example"}
+                                         )).status_code == 200
+        # On 0.0.0.0 clients use whatever name reaches the machine (open_api still
+        # binds loopback; the rule follows server.host).
+        async with open_api("server.host=0.0.0.0", keys=keyring()) as api:
+            anywhere = await api.client.get("/api/v1/queue", headers={
+                "Host": "box.lan:3000", **ALICE})
+            assert anywhere.status_code == 200
+
+
+async def test_cross_origin_writes_are_403_and_same_origin_writes_pass() -> None:
+    with trio.fail_after(15):
+        async with open_api() as api:
+            port = api.url.rsplit(":", 1)[1]
+            for headers in ({"Origin": "http://evil.example"},
+                            {"Origin": f"http://localhost:{int(port) + 1}"},  # another port
+                            {"Origin": "null"},  # a sandboxed frame, a file:// page
+                            {"Sec-Fetch-Site": "cross-site"}):
+                for method, path in (("POST", "/api/v1/queue/pause"),
+                                     ("POST", "/api/v1/prediction/echo"),
+                                     ("POST", "/api/v1/jobs"),
+                                     ("PUT", "/api/v1/flows/evil"),
+                                     ("DELETE", "/api/v1/flows/echo")):
+                    response = await api.client.request(
+                        method, path, json={"question": "q", "flow": "echo"}, headers=headers)
+                    assert response.status_code == 403, (headers, path, response.text)
+                    message = response.json()["message"]
+                    assert "server.allowed_origins" in message and "own origin" in message
+            assert not await api.broker.is_paused()
+            assert (await api.client.get("/api/v1/flows/echo")).status_code == 200
+            # Reads are not refused: without CORS the page cannot read the answer.
+            read = await api.client.get("/api/v1/queue", headers={"Origin": "http://evil.example"})
+            assert read.status_code == 200
+            # The server's own page (the dashboard) and clients without Origin (curl, SDKs).
+            for headers in ({"Origin": f"http://127.0.0.1:{port}",
+                             "Sec-Fetch-Site": "same-origin"},
+                            {"Origin": f"http://localhost:{port}", "Host": f"localhost:{port}"},
+                            {}):
+                done = await api.client.post("/api/v1/prediction/echo",
+                                             json={"question": "q"}, headers=headers)
+                assert done.status_code == 200, (headers, done.text)
+            paused = await api.client.post("/api/v1/queue/pause")
+            assert paused.status_code == 200 and await api.broker.is_paused()
+
+
+async def test_allowed_origins_let_a_listed_page_write() -> None:
+    with trio.fail_after(15):
+        async with open_api('server.allowed_origins=["https://app.example"]') as api:
+            listed = await api.client.post("/api/v1/prediction/echo", json={"question": "q"},
+                                           headers={"Origin": "https://app.example:443",
+                                                    "Sec-Fetch-Site": "cross-site"})
+            assert listed.status_code == 200, listed.text
+            other = await api.client.post("/api/v1/prediction/echo", json={"question": "q"},
+                                          headers={"Origin": "http://app.example"})
+            assert other.status_code == 403
+        async with open_api('server.allowed_origins=["*"]') as api:
+            anyone = await api.client.post("/api/v1/prediction/echo", json={"question": "q"},
+                                           headers={"Origin": "http://evil.example"})
+            assert anyone.status_code == 200
+
+
+async def test_a_page_cannot_drive_the_api_with_a_simple_request() -> None:
+    """What a page on another site can send without a CORS preflight, end to end:
+    a text/plain body. Refused for its origin, and for its type from any origin."""
+    with trio.fail_after(15):
+        async with open_api() as api:
+            simple = await api.client.post(
+                "/api/v1/jobs", content=b'{"flow": "echo"}',
+                headers={"Content-Type": "text/plain;charset=UTF-8",
+                         "Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"})
+            assert simple.status_code == 403
+            same_origin = await api.client.post(
+                "/api/v1/jobs", content=b'{"flow": "echo"}',
+                headers={"Content-Type": "text/plain;charset=UTF-8"})
+            assert same_origin.status_code == 415
+            assert "text/plain" in same_origin.json()["message"]
+            assert sum((await api.broker.counts()).values()) == 0
