@@ -135,7 +135,8 @@ class StreamTranslator:
     def translate(self, event: Event) -> list[bytes]:
         name, data = event.name, event.data
         if name == "token":
-            if self.running == {self.flow.output} and isinstance(data, str):
+            if len(self.running) == 1 and self.flow.output in self.running \
+                    and isinstance(data, str):
                 self.streamed.append(data)
                 return [frame("token", data)]
             return []
