@@ -200,16 +200,20 @@ class _Connection(trio.abc.HalfCloseableStream):
         # a body left unread) from the request's task, which quart-trio may be
         # cancelling at that moment; unshielded, the close would be skipped and
         # the connection left open until the client went away. This never blocks.
+        self._count_out()
         with trio.CancelScope(shield=True):
             await self.stream.send_eof()
 
     async def aclose(self) -> None:
+        self._count_out()
+        await self.stream.aclose()
+
+    def _count_out(self) -> None:
+        # Before the client can see the connection end, so that its next
+        # connection finds the slot free.
         if not self.closed:
-            # Counted out before the client can see the close, so its next
-            # connection finds the slot free.
             self.closed = True
             self.server.connections -= 1
-        await self.stream.aclose()
 
     # The app hypercorn calls once a request head is complete.
     async def __call__(self, scope: Any, receive: Any, send: Any, sync_spawn: Any,
