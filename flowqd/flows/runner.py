@@ -85,6 +85,8 @@ class _Run:
         self.emit = emit
         self.credential = credential
         self.limits = limits
+        # Outputs up to this size pass both limits without looking further.
+        self.small_enough = min(limits.max_node_output_bytes, limits.max_result_bytes)
         self.encoded = encoded
         # Made when a node opens a credential: jobs that open none pay nothing.
         self.redactor: Redactor | None = None
@@ -147,7 +149,18 @@ class _Run:
                     "raise timeout_s or make the node faster"
                 )
             else:
-                output, doc, error = self._checked(node, output)
+                # Inline, not a method: this runs for every node of every job.
+                if self.redactor is not None:
+                    output = self.redactor.value(output)
+                try:
+                    data = _dumps(output)
+                except TypeError as exc:  # orjson.JSONEncodeError
+                    error = (f"output is not JSON: {not_json(output, exc)}; return "
+                             f"JSON-compatible data ({JSON_KINDS})")
+                else:
+                    if len(data) > self.small_enough:
+                        error = self._too_large(node, len(data))
+                    doc = _Fragment(data) if self.encoded else output
         if self.redactor is not None:
             error = self.redactor.text(error) if error is not None else None
             trace = self.redactor.text(trace)
@@ -179,30 +192,20 @@ class _Run:
         if self.done:
             self.done[node.id].set()
 
-    def _checked(self, node: CompiledNode, output: Any) -> tuple[Any, Any, str | None]:
-        """``(output, doc, error)``: the output (redacted), as it is written, or why it fails."""
-        if self.redactor is not None:
-            output = self.redactor.value(output)
-        try:
-            data = _dumps(output)
-        except TypeError as exc:  # orjson.JSONEncodeError
-            return output, None, (
-                f"output is not JSON: {not_json(output, exc)}; return JSON-compatible data "
-                f"({JSON_KINDS})"
-            )
-        size, limits = len(data), self.limits
+    def _too_large(self, node: CompiledNode, size: int) -> str | None:
+        limits = self.limits
         if size > limits.max_node_output_bytes:
-            return output, None, (
+            return (
                 f"output is {size:,} bytes of JSON, over limits.max_node_output_bytes "
                 f"({limits.max_node_output_bytes}); return less, or raise the limit"
             )
         if size > limits.max_result_bytes and node.id == self.flow.output:
-            return output, None, (
+            return (
                 f"output is the job's result and is {size:,} bytes of JSON, over "
                 f"limits.max_result_bytes ({limits.max_result_bytes}); return less, or "
                 "raise the limit"
             )
-        return output, _Fragment(data) if self.encoded else output, None
+        return None
 
     def _input_doc(self, node: CompiledNode, values: dict[str, Any]) -> dict[str, Any]:
         # Upstream outputs as their Fragments: not encoded a second time.
