@@ -26,15 +26,22 @@ ERROR: Schema = {
     },
 }
 ERRORS = {
-    "400": "malformed JSON (the message names line, column and byte) or a bad query parameter",
+    "400": "malformed JSON (the message names line, column and byte), JSON nested deeper "
+           "than server.max_json_depth, or a bad query parameter",
     "401": "missing or unknown API key (Authorization: Bearer <key>)",
-    "403": "the route needs an admin key",
+    "403": "the route needs an admin key, or a web page of another origin sent a write "
+           "(server.allowed_origins)",
+    "408": "the request body did not arrive within server.body_timeout_s",
     "404": "unknown flow, job or credential (another key's jobs are 404 too)",
     "409": "the request conflicts with the current state (say, cancelling a finished job)",
     "413": "body larger than server.max_body_bytes",
+    "415": "a body not sent as JSON: send Content-Type: application/json",
+    "421": "the Host header names a host this server does not answer for "
+           "(server.allowed_hosts)",
     "422": "well-formed JSON that is not a valid request; problems lists each with its path",
     "429": "the flow is past its rate limit ([limits]); Retry-After says when to retry",
-    "503": "the broker (Redis) is unreachable or slow, or the server is stopping",
+    "503": "the broker (Redis) is unreachable or slow, the server is stopping, or it holds "
+           "server.max_connections connections",
 }
 JSON_ANY: Schema = {"type": "object", "additionalProperties": True}
 
@@ -43,6 +50,17 @@ def _errors(*codes: str) -> dict[str, Any]:
     return {code: {"description": ERRORS[code], "content": {
         "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
         for code in codes}
+
+
+def _at_the_door(paths: dict[str, Any]) -> dict[str, Any]:
+    """Answers any route may give before it runs: the Host check, cross-origin writes,
+    a body not sent as JSON or too slow, too many connections."""
+    for methods in paths.values():
+        for method, op in methods.items():
+            codes = ["421", "503", *(["403"] if method != "get" else []),
+                     *(["400", "408", "415"] if "requestBody" in op else [])]
+            op["responses"] = {**_errors(*codes), **op["responses"]}
+    return paths
 
 
 def _json(description: str, schema: Schema | None = None) -> dict[str, Any]:
@@ -277,7 +295,7 @@ def spec() -> dict[str, Any]:
         "info": {"title": "flowqd", "version": __version__,
                  "description": "Queue-mode flow execution daemon, main role API. Every error "
                                 "body is JSON with statusCode, success and message."},
-        "paths": paths,
+        "paths": _at_the_door(paths),
         "components": {
             "schemas": {"Error": ERROR},
             "securitySchemes": {
