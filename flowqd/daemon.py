@@ -55,6 +55,9 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # Beyond the drain grace, how long the HTTP server and final writes may take.
 TEARDOWN_MARGIN_S = 5.0
 STARTUP_ERRORS = (ConfigError, PluginError, FlowValidationError)
+# How long the broker may take to answer a PING at start before start-up says
+# it is unreachable (and the worker's /readyz, which asks the same, says 503).
+BROKER_PROBE_S = 1.0
 
 
 @attrs.define(eq=False)
@@ -160,13 +163,14 @@ async def _serve(config: Config, life: Lifecycle, argv: Sequence[str]) -> None:
                 await infra.start(watch_parent, parent, life.begin_shutdown)
             await infra.start(broker.run)
             await _load_flows(flows, config, life)
+            unreachable = await _broker_problem(broker)
             async with trio.open_nursery() as roles:
                 life.roles_scope = roles.cancel_scope
                 if life.shutdown.is_set():
                     life.begin_shutdown()
                 if config.role in ("worker", "all"):
                     worker = Worker(broker, flows, config, WorkerMetrics(registry),
-                                    credential=credentials.get)
+                                    credential=credentials.get, broker_ok=unreachable is None)
                     binds = await _listen(
                         infra, HEALTH, HealthApp(worker, registry),
                         config.worker.health_host, config.worker.health_port,
@@ -191,11 +195,44 @@ async def _serve(config: Config, life: Lifecycle, argv: Sequence[str]) -> None:
                             processes - 1, life.shutdown)
                         endpoints["api_processes"] = str(processes)
                 ready = " ".join(f"{k}={v}" for k, v in endpoints.items())
-                # Only the parent says "ready:": a supervisor waits for that line.
-                log.info("%s: %s", "ready" if parent is None else "serving as an extra API "
-                         "process", ready)
-                life.notifier.ready(f"serving: {ready}")
+                _announce(life, ready, unreachable, extra=parent is not None)
+                if unreachable is not None and config.role == "main":
+                    # A worker says so itself, once it claims again.
+                    infra.start_soon(_await_broker, broker, life, ready, name="flowqd.await_broker")
             infra.cancel_scope.cancel()
+
+
+async def _broker_problem(broker: Broker) -> str | None:
+    """Why the broker does not answer now, or None."""
+    try:
+        with trio.fail_after(BROKER_PROBE_S):
+            await broker.ping()
+    except BrokerUnavailable as exc:
+        return str(exc)
+    except trio.TooSlowError:
+        return f"no answer to PING in {BROKER_PROBE_S:g}s; check Redis at redis.url / REDIS_URL"
+    return None
+
+
+def _announce(life: Lifecycle, ready: str, unreachable: str | None, *, extra: bool) -> None:
+    """Say the process is up, and whether it can work: not "ready" while the broker is away."""
+    if unreachable is not None:
+        log.warning("broker unreachable: %s; waiting for it", unreachable)
+        log.info("waiting for the broker: %s", ready)
+        life.notifier.ready(f"waiting for the broker: {ready}")
+        return
+    # Only the parent says "ready:": a supervisor waits for that line.
+    log.info("%s: %s", "serving as an extra API process" if extra else "ready", ready)
+    life.notifier.ready(f"serving: {ready}")
+
+
+async def _await_broker(broker: Broker, life: Lifecycle, ready: str) -> None:
+    """Say when the broker a main could not reach at start answers."""
+    backoff = Backoff(maximum=1.0)
+    while await _broker_problem(broker) is not None:
+        await backoff.wait()
+    log.info("broker reachable: ready: %s", ready)
+    life.notifier.status(f"serving: {ready}")
 
 
 @attrs.frozen

@@ -176,7 +176,11 @@ class Worker:
     _unstorable: dict[str, str] = attrs.field(init=False, factory=dict)
     _closing: bool = attrs.field(init=False, default=False)
     _draining: bool = attrs.field(init=False, default=False)
-    _broker_ok: bool = attrs.field(init=False, default=True)
+    # Whether the claim loop's last call to the broker worked (readiness says
+    # this, not a ping: Redis may answer a PING before claims work again), and
+    # why not. The daemon passes False when the broker did not answer at start.
+    _broker_ok: bool = attrs.field(default=True, kw_only=True)
+    _claim_problem: str = attrs.field(init=False, default="")
     _started_at: float = attrs.field(init=False, factory=time.time)
 
     def __attrs_post_init__(self) -> None:
@@ -203,7 +207,9 @@ class Worker:
             async with trio.open_nursery() as jobs:
                 self._jobs_nursery = jobs
                 task_status.started()
-                log.info("worker %s taking jobs (concurrency %d)", self.id, wc.concurrency)
+                log.info("worker %s %s (concurrency %d)", self.id,
+                         "taking jobs" if self._broker_ok else "waiting for the broker",
+                         wc.concurrency)
                 await self._claim_until(shutdown)
                 self._draining = True
                 if self._held:
@@ -230,6 +236,9 @@ class Worker:
     async def readiness(self) -> tuple[bool, str]:
         if self._draining:
             return False, "draining: shutting down, not taking jobs"
+        if not self._broker_ok:
+            return False, (f"broker unreachable: waiting for the broker, cannot claim jobs: "
+                           f"{self._claim_problem or 'it did not answer at start'}")
         try:
             with trio.fail_after(1.0):
                 await self.broker.ping()
@@ -253,7 +262,8 @@ class Worker:
 
     async def _claim_loop(self) -> None:
         wc = self.config.worker
-        backoff = Backoff()
+        # Short: once Redis is back, claims (and readiness) resume within a second.
+        backoff = Backoff(maximum=1.0)
         while True:
             # Claim again only once the runners have taken every job claimed
             # so far and a slot is free: jobs that finish fast are claimed as
@@ -263,13 +273,17 @@ class Worker:
                 await self._claim_gate.wait()
             free = min(wc.concurrency - self._busy, CLAIM_BATCH_MAX)
             try:
+                # While the broker is away, a claim that works returns at once
+                # (no blocking wait), so readiness turns true as soon as it does.
                 claimed = await self.broker.claim(
-                    self.id, free, lock_ttl_s=wc.lock_ttl_s, block_s=CLAIM_BLOCK_S
+                    self.id, free, lock_ttl_s=wc.lock_ttl_s,
+                    block_s=CLAIM_BLOCK_S if self._broker_ok else 0,
                 )
             except BrokerUnavailable as exc:
                 if self._broker_ok:
-                    log.warning("cannot claim jobs, retrying: %s", exc)
+                    log.warning("waiting for the broker, cannot claim jobs: %s", exc)
                 self._broker_ok = False
+                self._claim_problem = str(exc)
                 await backoff.wait()
                 continue
             if not self._broker_ok:

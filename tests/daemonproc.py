@@ -1,7 +1,8 @@
 """flowqd roles as real subprocesses, for tests and benchmarks.
 
-Readiness is the daemon's own ``ready:`` log line (which carries the bound
-addresses, so every test can ask for port 0); nothing here sleeps to wait.
+Start-up ends with the daemon's own ``ready:`` log line, or ``waiting for the
+broker:`` when Redis did not answer (both carry the bound addresses, so every
+test can ask for port 0); nothing here sleeps to wait.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from contextlib import asynccontextmanager
 
 import attrs
 import trio
+
+# The lines that end start-up, each followed by the bound addresses.
+STARTED = (" ready: ", " waiting for the broker: ")
 
 
 @attrs.define(eq=False)
@@ -71,7 +75,8 @@ async def start_daemon(
     ready_timeout: float = 20.0,
     command: Sequence[str] | None = None,
 ) -> AsyncIterator[Daemon]:
-    """Start ``flowqd ARGS`` on free ports and yield it once it logged ``ready:``.
+    """Start ``flowqd ARGS`` on free ports and yield it once it logged ``ready:``
+    (or ``waiting for the broker:``).
 
     On exit the process is killed if it is still running.
     """
@@ -126,8 +131,9 @@ async def _read_log(
             for text, arrived in waiters:
                 if text in line:
                     arrived.set()
-            if not ready.is_set() and " ready: " in line:
-                for part in line.split(" ready: ", 1)[1].split():
+            marker = next((m for m in STARTED if m in line), None)
+            if not ready.is_set() and marker is not None:
+                for part in line.split(marker, 1)[1].split():
                     key, _, value = part.partition("=")
                     endpoints[key] = value
                 ready.set()

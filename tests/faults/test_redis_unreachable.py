@@ -109,6 +109,8 @@ async def test_redis_unreachable_answers_503_fast_tells_the_truth_and_resumes(
                 with trio.fail_after(15):
                     await poll(lambda: _ready(client, worker))
                 ready_after = time.monotonic() - back
+                # Ready means claiming: the claim loop said so before /readyz did.
+                await worker.wait_for_log("broker reachable again, taking jobs", seconds=1)
                 assert await metric(client, main.api, "flowqd_broker_up") == 1
                 again = await client.post("/api/v1/prediction/echo", json={"question": "after"})
                 assert again.status_code == 200 and again.json()["text"] == "after"
