@@ -40,7 +40,9 @@ class Executor:
         into it when the flow is registered (unknown keys and wrong types are
         validation errors, each with its JSON path).
     :param run: ``async def run(ctx: NodeContext) -> Any``; its return value
-        is the node's output (keep it JSON-compatible: it is stored on the job).
+        is the node's output, stored on the job: it must be JSON-compatible and
+        within ``limits.max_node_output_bytes`` (``limits.max_result_bytes``
+        for the flow's output node), or the node fails.
     :param description: one line for ``flowqd plugins``.
     :param check: optional extra validation at registration time, called as
         ``check(params, input_names)``; yields ``(relative_path, message)``
@@ -82,7 +84,8 @@ class NodeContext:
         ``"progress"`` for progress reports, or a name of your own. The names
         the runner and the queue use (``node_start``, ``node_end``, ``end``,
         ``error``, ``cancelled``) raise ValueError. ``data`` must be
-        JSON-compatible.
+        JSON-compatible and within ``limits.max_event_bytes``, or this raises
+        NodeError (which fails the node unless caught).
         """
         if event in RESERVED_EVENTS:
             raise ValueError(f"executors may not emit {event!r}: that event name is flowqd's own")
@@ -92,6 +95,8 @@ class NodeContext:
         """The plaintext of the stored credential ``name``.
 
         Raises ``flowqd.CredentialError`` when it is not stored or cannot be
-        decrypted. Never put the value in events, outputs or error messages.
+        decrypted. Never put the value in events, outputs or error messages;
+        where it gets there anyway, the job writes ``[credential 'name'
+        redacted]`` instead.
         """
         return await self._credential(name)

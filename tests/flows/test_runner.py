@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
+import orjson
 import pytest
 import trio
 import trio.testing
@@ -15,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flowqd import Executor, NodeContext, NodeError
+from flowqd.config import LimitsConfig
 from flowqd.errors import CredentialError
 from flowqd.flows import CompiledFlow, NodeFailed, compile_flow, run_flow
 
@@ -413,3 +415,56 @@ def test_random_dags_start_each_node_when_its_inputs_are_done(data: st.DataObjec
         ready = max((recorder.at("node_end", f"n{j}") for j in deps[i]), default=0.0)
         assert recorder.at("node_start", f"n{i}") == pytest.approx(ready)
         assert recorder.at("node_end", f"n{i}") == pytest.approx(ready + delays[i] / 1000)
+
+
+async def test_an_encoded_run_writes_the_same_json_as_a_plain_one(
+    executors: dict[str, Executor],
+) -> None:
+    # The worker's runs carry outputs and event data as orjson Fragments; what
+    # they write must be byte for byte what the plain values encode to.
+    async def chatty(ctx: NodeContext) -> Any:
+        ctx.emit("progress", {"step": [1, 2.5, None, "ü"]})
+        return {"text": ctx.inputs["text"], "n": 3}
+
+    flow = compile_flow(
+        {"id": "f", "output": "out", "nodes": [
+            {"id": "p", "type": "template", "params": {"template": "Hi {question}"}},
+            {"id": "c", "type": "chatty", "inputs": {"text": "p"}},
+            {"id": "out", "type": "echo", "inputs": {"text": "c"}}]},
+        {**executors, "chatty": executor("chatty", chatty)},
+    )
+
+    def written(result: Any, recorder: Recorder) -> bytes:
+        nodes = [{k: v for k, v in r.items() if not k.endswith("At")} for r in result.nodes]
+        return orjson.dumps([result.output, nodes, [(n, d) for _t, n, d in recorder.events]])
+
+    plain, encoded = Recorder(), Recorder()
+    first = await run_flow(flow, job_id="j", inputs={"question": "Ann"}, emit=plain,
+                           credential=no_credentials)
+    second = await run_flow(flow, job_id="j", inputs={"question": "Ann"}, emit=encoded,
+                            credential=no_credentials, encoded=True)
+    assert isinstance(second.output, orjson.Fragment)
+    assert written(first, plain) == written(second, encoded)
+    assert first.output == {"text": "Hi Ann", "n": 3}
+
+
+async def test_outputs_and_events_are_checked_without_a_worker_too() -> None:
+    async def returns_set(ctx: NodeContext) -> Any:
+        return {"tags": {"a"}}
+
+    async def emits_much(ctx: NodeContext) -> Any:
+        ctx.emit("token", "x" * 100)
+        return "x" * 100
+
+    execs = {"s": executor("s", returns_set), "m": executor("m", emits_much)}
+    flow = compile_flow({"id": "f", "nodes": [{"id": "s", "type": "s"}], "output": "s"}, execs)
+    with pytest.raises(NodeFailed, match=r"output is not JSON: set at \$\.tags; ") as failed:
+        await run(flow, Recorder())
+    assert failed.value.node_id == "s"
+    flow = compile_flow({"id": "f", "nodes": [{"id": "m", "type": "m"}], "output": "m"}, execs)
+    with pytest.raises(NodeFailed, match=r"over limits\.max_event_bytes \(50\)"):
+        await run_flow(flow, job_id="j", inputs={}, emit=Recorder(), credential=no_credentials,
+                       limits=LimitsConfig(max_event_bytes=50))
+    with pytest.raises(NodeFailed, match=r"102 bytes of JSON, over limits\.max_result_bytes"):
+        await run_flow(flow, job_id="j", inputs={}, emit=Recorder(), credential=no_credentials,
+                       limits=LimitsConfig(max_result_bytes=101))
