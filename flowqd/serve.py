@@ -48,6 +48,8 @@ RESERVED_FILES = 1024
 MAX_REFUSING = 128
 REFUSAL_LINGER_S = 1.0
 LOG_EVERY_S = 60.0
+# A client must accept this much of an answer within server.body_timeout_s.
+SEND_PIECE = 256 * 1024
 
 
 class _Throttled:
@@ -184,13 +186,16 @@ class _Connection(trio.abc.HalfCloseableStream):
         return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        # hypercorn shields its writes from cancellation: without this bound a
-        # client that stops reading would hold the connection, and shutdown, forever.
-        with trio.move_on_after(self.server.send_timeout_s) as scope:
-            await self.stream.send_all(data)
-        if scope.cancelled_caught:
-            await trio.aclose_forcefully(self)
-            raise trio.BrokenResourceError("the client stopped reading")
+        # hypercorn shields its writes from cancellation: without a bound a client
+        # that stops reading would hold the connection, and shutdown, forever. A
+        # slow reader is fine as long as each piece goes out in time.
+        view = memoryview(data)
+        for start in range(0, len(view), SEND_PIECE):
+            with trio.move_on_after(self.server.send_timeout_s) as scope:
+                await self.stream.send_all(view[start:start + SEND_PIECE])
+            if scope.cancelled_caught:
+                await trio.aclose_forcefully(self)
+                raise trio.BrokenResourceError("the client stopped reading")
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.stream.wait_send_all_might_not_block()

@@ -9,6 +9,7 @@ Real main processes, raw sockets (a slow or silent client is what is tested).
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import trio
 
 from tests.api.rawhttp import RawConnection
 from tests.daemonproc import Daemon, start_daemon
-from tests.faults.helpers import assert_no_crash, redis_env, settings
+from tests.faults.helpers import ECHO, assert_no_crash, redis_env, settings, write_flows
 from tests.redisproc import RedisServer
 
 pytestmark = pytest.mark.slow
@@ -157,3 +158,38 @@ async def test_a_cap_above_the_file_limit_is_reported_at_start(
             assert "server.max_connections" in lines[0] and "LimitNOFILE" in lines[0]
         async with start_daemon(["--role", "main"], env=env, cwd=str(tmp_path)) as main:
             assert "file limit" not in main.text()
+
+
+async def test_a_client_that_stops_reading_its_answer_is_cut_off(tmp_path: Path) -> None:
+    """hypercorn shields its writes from cancellation: such a client used to hold its
+    connection, and the server's shutdown, for as long as it liked."""
+    flows = write_flows(tmp_path / "flows", [ECHO])
+    args = ["--role", "all", *settings(flows__paths=flows, server__body_timeout_s=1)]
+    question = "x" * 3_000_000  # the answer repeats it: megabytes no socket buffer holds
+    body = orjson.dumps({"question": question})
+    with trio.fail_after(60):
+        async with start_daemon(args, cwd=str(tmp_path)) as main:
+            host, port = main.api.removeprefix("http://").rsplit(":", 1)
+            sock = trio.socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            await sock.connect((host, int(port)))
+            async with trio.SocketStream(sock) as stream:
+                await stream.send_all(
+                    f"POST /api/v1/prediction/echo HTTP/1.1\r\nHost: {host}\r\n"
+                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                    .encode() + body)
+                await trio.sleep(3)  # the client under test reads nothing for a while
+                received = b""
+                try:
+                    while chunk := await stream.receive_some(1 << 20):
+                        received += chunk
+                except trio.BrokenResourceError:
+                    pass  # reset: the server closed with our unread request bytes pending
+            head, _, content = received.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200"), received[:300]
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            assert length > 3 * len(question)
+            assert len(content) < length  # cut off, not delivered late
+            async with await connect(main) as fresh:
+                assert await ping(fresh) == (200, b"pong")
+            assert_no_crash(main)
