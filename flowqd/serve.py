@@ -121,7 +121,7 @@ class _Server:
                 # The connection stands in for both the stream and the app (see _Connection).
                 await TCPServer(cast(Any, connection), self.config, self.context, self.state,
                                 cast(Any, connection)).run()
-            if connection.deadline.cancelled_caught:
+            if connection.deadline.cancelled_caught and not connection.hung_up:
                 self.log.warning("head", "closed connections that sent no complete request "
                                  "head within server.header_timeout_s (%gs)",
                                  self.header_timeout_s)
@@ -164,7 +164,7 @@ class _Connection(trio.abc.HalfCloseableStream):
     what matters for a clean stop is that every response went out.
     """
 
-    __slots__ = ("closed", "deadline", "owing", "server", "stream")
+    __slots__ = ("closed", "deadline", "hung_up", "owing", "server", "stream")
 
     def __init__(self, server: _Server, stream: trio.SocketStream) -> None:
         self.server = server
@@ -172,6 +172,7 @@ class _Connection(trio.abc.HalfCloseableStream):
         self.deadline = trio.CancelScope(deadline=trio.current_time() + server.header_timeout_s)
         self.owing = False
         self.closed = False
+        self.hung_up = False
 
     # The stream hypercorn reads and writes (it looks for ``socket`` on plain TCP).
     @property
@@ -180,7 +181,15 @@ class _Connection(trio.abc.HalfCloseableStream):
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         data = await self.stream.receive_some(max_bytes)
-        if data and not self.owing and self.deadline.deadline == math.inf:
+        if self.owing:
+            pass
+        elif not data:
+            # The client hung up between requests. hypercorn would hold the socket
+            # until its keep-alive timer ran out (75 s): a client that connects and
+            # closes in a loop could exhaust the descriptors.
+            self.hung_up = True
+            self.deadline.cancel()
+        elif self.deadline.deadline == math.inf:
             # The first bytes of the next request on a kept-alive connection.
             self.deadline.deadline = trio.current_time() + self.server.header_timeout_s
         return data

@@ -10,6 +10,7 @@ Real main processes, raw sockets (a slow or silent client is what is tested).
 from __future__ import annotations
 
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +24,9 @@ from tests.faults.helpers import ECHO, assert_no_crash, redis_env, settings, wri
 from tests.redisproc import RedisServer
 
 pytestmark = pytest.mark.slow
+
+# Enough descriptors for a main to start; clients then take the rest.
+FILE_LIMIT = 80
 
 
 async def connect(daemon: Daemon) -> trio.SocketStream:
@@ -193,3 +197,52 @@ async def test_a_client_that_stops_reading_its_answer_is_cut_off(tmp_path: Path)
             async with await connect(main) as fresh:
                 assert await ping(fresh) == (200, b"pong")
             assert_no_crash(main)
+
+
+async def test_out_of_file_descriptors_logs_one_line_and_recovers(
+    redis_server: RedisServer, queue_name: str, tmp_path: Path
+) -> None:
+    """Past the file limit accept() fails with EMFILE: one warning, no tracebacks,
+    and answers again once clients let go."""
+    env = redis_env(redis_server.url, queue_name)
+    command = ["prlimit", f"--nofile={FILE_LIMIT}:{FILE_LIMIT}", sys.executable, "-m", "flowqd"]
+    with trio.fail_after(60):
+        async with start_daemon(["--role", "main"], env=env, cwd=str(tmp_path),
+                                command=command) as main:
+            assert "does not fit the file limit" in main.text()
+            clients = [await connect(main) for _ in range(FILE_LIMIT + 20)]
+            await main.wait_for_log("cannot accept connections")
+            for stream in clients:
+                await stream.aclose()
+            with trio.move_on_after(10) as debug:
+                async with await connect(main) as fresh:
+                    assert await ping(fresh) == (200, b"pong")
+            assert not debug.cancelled_caught, main.text()
+            assert_no_crash(main)
+            assert main.text().count("cannot accept connections") == 1, main.text()
+
+
+async def test_connections_the_client_closes_are_released_at_once(
+    redis_server: RedisServer, queue_name: str, tmp_path: Path
+) -> None:
+    """hypercorn held a connection the client had closed until its keep-alive timer
+    ran out (75 s), so connect-and-close in a loop ran the server out of descriptors."""
+    env = redis_env(redis_server.url, queue_name)
+    with trio.fail_after(60):
+        async with start_daemon(["--role", "main", *settings(server__max_connections=100)],
+                                env=env, cwd=str(tmp_path)) as main:
+            clients = [await connect(main) for _ in range(100)]
+            for stream in clients[:50]:  # kept alive after an answer
+                assert await ping(stream) == (200, b"pong")
+            for stream in clients:
+                await stream.aclose()
+            # Every slot comes free at once: 100 more connections, each closed by its
+            # client after an answer, fit (a refusal, 503, is retried on a new one).
+            answered = 0
+            with trio.fail_after(3):  # the head deadline alone would take 10 s, keep-alive 75
+                while answered < 100:
+                    async with await connect(main) as stream:
+                        status, _ = await ping(stream)
+                    answered += status == 200
+            assert_no_crash(main)
+            assert "no complete request head" not in main.text()
