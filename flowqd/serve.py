@@ -89,6 +89,9 @@ class _Server:
         self.none_owed.set()
         self.log = _Throttled()
         self.refusal = _refusal(server.max_connections, cap_setting)
+        # Log lines name the settings only where they apply (not the health server).
+        self.cap_name = cap_setting or "a fixed limit"
+        self.head_name = "server.header_timeout_s" if cap_setting else "a fixed limit"
 
     async def accept(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         while True:
@@ -104,7 +107,7 @@ class _Server:
                 continue
             if self.connections >= self.max_connections:
                 self.log.warning("cap", "refusing connections with 503: %d are open, the "
-                                 "limit server.max_connections", self.connections)
+                                 "limit (%s)", self.connections, self.cap_name)
                 if self.refusing < MAX_REFUSING:
                     self.refusing += 1
                     nursery.start_soon(self.refuse, stream)
@@ -123,8 +126,7 @@ class _Server:
                                 cast(Any, connection)).run()
             if connection.deadline.cancelled_caught and not connection.hung_up:
                 self.log.warning("head", "closed connections that sent no complete request "
-                                 "head within server.header_timeout_s (%gs)",
-                                 self.header_timeout_s)
+                                 "head within %gs (%s)", self.header_timeout_s, self.head_name)
         finally:
             await trio.aclose_forcefully(connection)
 
