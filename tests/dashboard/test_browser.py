@@ -248,7 +248,9 @@ async def test_dashboard_in_a_real_browser(tmp_path: Path) -> None:
     key = new_key()
     fixable_port, closed_port = free_port(), free_port()
     args = ["--role", "all", "--set", "dashboard.enabled=true", "--set", "server.port=0",
-            "--set", "worker.health_port=0", "--set", f"auth.keys=admin:{hash_key(key)}:admin"]
+            "--set", "worker.health_port=0", "--set", f"auth.keys=admin:{hash_key(key)}:admin",
+            # With keys, loopback is refused to the http node unless allowed (egress.private).
+            "--set", "egress.allow=127.0.0.1"]
     with trio.fail_after(150):
         async with start_daemon(args, cwd=str(tmp_path)) as daemon:
             async with httpx.AsyncClient(base_url=daemon.api, timeout=10, headers={
