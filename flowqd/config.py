@@ -166,13 +166,25 @@ class FlowsConfig:
     max_nodes: int = attrs.field(default=1000, validator=_positive)
 
 
+def _egress_rules(_instance: object, _attribute: object, value: list[str]) -> None:
+    # The rule syntax lives with the policy; imported late because the policy
+    # module reads this one.
+    from flowqd.executors._egress import parse_rule
+
+    for index, entry in enumerate(value):
+        try:
+            parse_rule(entry)
+        except ValueError as exc:
+            raise ValueError(f"{exc} (entry {index})") from None
+
+
 @attrs.frozen
 class EgressConfig:
     # Hosts, addresses or networks (CIDR) the http and llm nodes may reach;
     # empty: any that deny and private do not refuse.
-    allow: list[str] = attrs.Factory(list)
+    allow: list[str] = attrs.field(factory=list, validator=lambda *a: _egress_rules(*a))
     # Hosts, addresses or networks they may never reach (checked first).
-    deny: list[str] = attrs.Factory(list)
+    deny: list[str] = attrs.field(factory=list, validator=lambda *a: _egress_rules(*a))
     # Loopback, private and link-local addresses: "auto" refuses them when API
     # keys are configured, "deny" always, "allow" never. An allow entry wins.
     private: Literal["auto", "allow", "deny"] = "auto"

@@ -297,3 +297,13 @@ def test_shipped_flowqd_toml_documents_every_key_with_its_default() -> None:
                 f"{section}.{field.name} has no comment above it"
             )
     assert re.search(r'^role = "all"', text, flags=re.M)
+
+
+def test_egress_entries_are_checked_when_the_config_loads() -> None:
+    # A main-only process runs no http node, but its check-config must still say so.
+    [line] = problems(environ={"FLOWQD_EGRESS__DENY": "10.0.0.0/8, http://metadata"})
+    assert line.startswith("environment variable FLOWQD_EGRESS__DENY: egress.deny: expected a "
+                           "host name")
+    assert "got 'http://metadata' (entry 1)" in line
+    config = load_config(environ={}, overrides=["egress.allow=*.example.com,10.1.2.3,::1/128"])
+    assert config.egress.allow == ["*.example.com", "10.1.2.3", "::1/128"]
