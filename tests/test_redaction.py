@@ -2,7 +2,7 @@
 
 Outputs, node records, events, the result, the error and its traceback, the
 log, the prediction's answer and every raw Redis key of the queue hold
-``[credential 'name' redacted]`` where the value was.
+``[credential NAME redacted]`` where the value was.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ broker_kind = test_worker.broker_kind
 harness_factory = test_worker.harness_factory
 
 SECRET = "sk-proj-Zq81xT0kens_redact-me-9f8e7d6c"
-MARK = "[credential 'openai' redacted]"
+MARK = "[credential openai redacted]"
 
 
 @attrs.frozen
@@ -136,3 +136,44 @@ async def test_an_upstream_echoing_the_key_leaks_it_nowhere(
             assert not [key for key, values in raw.items() if any(
                 SECRET.encode() in value for value in values)]
     assert SECRET not in caplog.text
+
+
+CUT_SECRET = "Zq81xT0kens9f8e7d6c5b4a3-cut-me"
+
+
+async def _echo_key_many_times(request: Request, stream: trio.SocketStream) -> None:
+    # Quoted over and over: the node's 300-character excerpt of the answer ends
+    # inside one copy, leaving a piece of the key no whole-value redaction finds.
+    said = f"{request.headers.get('authorization')} " * 30
+    await send_json(stream, 401, {"error": {"message": f"Incorrect API key provided: {said}"}})
+
+
+@pytest.mark.parametrize("node_type", ["http", "llm"])
+async def test_a_key_cut_short_in_an_error_excerpt_leaks_no_piece(
+    node_type: str, redis_url: str, queue_name: str
+) -> None:
+    with trio.fail_after(30):
+        async with open_http_server(_echo_key_many_times) as upstream, open_api(
+            f"queue.name={queue_name}", environ={"REDIS_URL": redis_url}, flows=[]
+        ) as api:
+            stored = await api.client.put("/api/v1/credentials/openai",
+                                          json={"value": CUT_SECRET})
+            assert stored.status_code == 204
+            params: dict[str, Any] = (
+                {"url": f"{upstream.url}/v1/models", "credential": "openai"}
+                if node_type == "http" else
+                {"base_url": f"{upstream.url}/v1", "model": "m", "credential": "openai"})
+            node: dict[str, Any] = {"id": "n", "type": node_type, "params": params}
+            if node_type == "llm":
+                node["inputs"] = {"prompt": "$question"}
+            put = await api.client.put("/api/v1/flows/cut",
+                                       json={"id": "cut", "output": "n", "nodes": [node]})
+            assert put.status_code in (200, 201), put.text
+            answer = await api.client.post("/api/v1/prediction/cut", json={"question": "q"})
+            assert answer.status_code == 500
+            message = answer.json()["message"]
+            assert "redacted]" in message  # the mark itself may be cut
+            # Not even the key's first characters survive the cut.
+            assert CUT_SECRET[:4] not in message
+            job = await api.client.get(f"/api/v1/jobs/{answer.json()['jobId']}")
+            assert CUT_SECRET[:4] not in job.text

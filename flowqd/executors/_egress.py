@@ -23,7 +23,7 @@ import httpcore
 import trio
 
 from flowqd.config import Config, LimitsConfig
-from flowqd.errors import ConfigError, NodeError
+from flowqd.errors import NodeError
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -105,24 +105,17 @@ class EgressPolicy:
 
     @classmethod
     def from_config(cls, config: Config) -> EgressPolicy:
-        """Raises ConfigError naming each entry that is not a host, address or network."""
-        egress, problems = config.egress, []
-        rules: dict[str, list[Rule]] = {"allow": [], "deny": []}
-        for key, entries in (("allow", egress.allow), ("deny", egress.deny)):
-            for index, text in enumerate(entries):
-                try:
-                    rules[key].append(parse_rule(text))
-                except ValueError as exc:
-                    problems.append(f"egress.{key}[{index}]: {exc}")
-        if problems:
-            raise ConfigError(problems)
+        egress = config.egress
+        # Entries were checked when the config was built (config._egress_rules).
+        allow = tuple(parse_rule(text) for text in egress.allow)
+        deny = tuple(parse_rule(text) for text in egress.deny)
         keys = bool(config.auth.keys or config.auth.keys_file)
         reason = None
         if egress.private == "deny":
             reason = 'egress.private is "deny"'
         elif egress.private == "auto" and keys:
             reason = "API keys are configured"
-        return cls(tuple(rules["allow"]), tuple(rules["deny"]), reason)
+        return cls(allow, deny, reason)
 
     def refusal(self, host: str, address: Address) -> str | None:
         """Why a connection to ``address`` for ``host`` is refused; None when it is permitted."""
@@ -161,11 +154,7 @@ _OUTBOUND: ContextVar[Outbound] = ContextVar("flowqd_outbound", default=OPEN)
 
 
 def install(config: Config) -> None:
-    """Give the calling task, and every task it starts from now on, ``config``'s settings.
-
-    Raises ConfigError for an ``egress.allow``/``egress.deny`` entry that is
-    not a host, address or network.
-    """
+    """Give the calling task, and every task it starts from now on, ``config``'s settings."""
     _OUTBOUND.set(Outbound(EgressPolicy.from_config(config), config.limits.max_response_bytes))
 
 

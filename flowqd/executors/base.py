@@ -31,6 +31,15 @@ def _check_params_class(_instance: object, _attribute: object, value: type) -> N
 Problems = Iterable[tuple[str, str]]
 
 
+def redaction_mark(credential: str) -> str:
+    """What a job writes where the value of ``credential`` was.
+
+    No quotes: messages that quote an upstream's answer with ``repr()`` would
+    escape them.
+    """
+    return f"[credential {credential} redacted]"
+
+
 @attrs.frozen
 class Executor:
     """A node type: what a plugin's ``flowqd_executors`` hook returns.
@@ -96,7 +105,7 @@ class NodeContext:
 
         Raises ``flowqd.CredentialError`` when it is not stored or cannot be
         decrypted. Never put the value in events, outputs or error messages;
-        where it gets there anyway, the job writes ``[credential 'name'
+        where it gets there anyway, the job writes ``[credential NAME
         redacted]`` instead.
         """
         return await self._credential(name)

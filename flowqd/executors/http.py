@@ -11,7 +11,14 @@ import orjson
 import trio
 
 from flowqd import Executor, NodeContext, NodeError, hookimpl
-from flowqd.executors._http import check_url, open_client, read_some, read_within, shown_url
+from flowqd.executors._http import (
+    Redactor,
+    check_url,
+    open_client,
+    read_some,
+    read_within,
+    shown_url,
+)
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 INPUTS = ("url", "json", "body")
@@ -54,9 +61,11 @@ async def run_http(ctx: NodeContext) -> dict[str, Any]:
         request["json"] = params.json
     elif params.body is not None:
         request["content"] = params.body
+    redactor = Redactor()
     if params.credential is not None:
         secret = await ctx.credential(params.credential)
         request["headers"][params.auth_header] = f"{params.auth_scheme} {secret}".strip()
+        redactor = Redactor(secret, params.credential)
     what = f"{params.method} {shown_url(url)}"
     answer: tuple[httpx.Response, bytes] | None = None
     with trio.move_on_after(params.timeout_s):
@@ -65,7 +74,7 @@ async def run_http(ctx: NodeContext) -> dict[str, Any]:
                 open_client(params.timeout_s) as client,
                 client.stream(params.method, url, **request) as response,
             ):
-                answer = response, await _read(response, what, params)
+                answer = response, await _read(response, what, params, redactor)
         except httpx.TimeoutException:
             pass
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
@@ -84,11 +93,13 @@ async def run_http(ctx: NodeContext) -> dict[str, Any]:
     return result
 
 
-async def _read(response: httpx.Response, what: str, params: HttpParams) -> bytes:
+async def _read(
+    response: httpx.Response, what: str, params: HttpParams, redactor: Redactor
+) -> bytes:
     """The body of an answer that is not a failure (limits.max_response_bytes applies)."""
     status = response.status_code
     if not 200 <= status < 300 and status not in params.allow_status:
-        start = _text(response, await read_some(response, 1200))
+        start = redactor.text(_text(response, await read_some(response, 1200)))
         raise NodeError(
             f"{what} answered HTTP {status} {response.reason_phrase}: {start[:300]!r}; "
             "add the status to params.allow_status if it is expected"

@@ -18,6 +18,7 @@ import trio
 from flowqd import Executor, NodeContext, NodeError, hookimpl
 from flowqd.executors._http import (
     Lines,
+    Redactor,
     check_url,
     consume_until,
     error_text,
@@ -90,8 +91,11 @@ async def run_llm(ctx: NodeContext) -> str:
     if params.max_tokens is not None:
         body["max_tokens"] = params.max_tokens
     headers = {"Accept": "text/event-stream"}
+    redactor = Redactor()
     if params.credential is not None:
-        headers["Authorization"] = f"Bearer {await ctx.credential(params.credential)}"
+        key = await ctx.credential(params.credential)
+        headers["Authorization"] = f"Bearer {key}"
+        redactor = Redactor(key, params.credential)
     server = f"LLM server {shown_url(params.base_url)}"
     answer = _Answer()
     with trio.move_on_after(params.timeout_s):
@@ -99,7 +103,7 @@ async def run_llm(ctx: NodeContext) -> str:
             async with open_client(params.timeout_s) as client:
                 url = params.base_url.rstrip("/") + "/chat/completions"
                 async with client.stream("POST", url, json=body, headers=headers) as response:
-                    await _read_answer(ctx, response, answer, server)
+                    await _read_answer(ctx, response, answer, server, redactor)
                     return answer.text
         except httpx.TimeoutException:
             pass
@@ -112,18 +116,20 @@ async def run_llm(ctx: NodeContext) -> str:
 
 
 async def _read_answer(
-    ctx: NodeContext, response: httpx.Response, answer: _Answer, server: str
+    ctx: NodeContext, response: httpx.Response, answer: _Answer, server: str,
+    redactor: Redactor,
 ) -> None:
     if not 200 <= response.status_code < 300:
-        detail = error_text(await read_some(response))
+        detail = error_text(redactor.bytes(await read_some(response)))
         raise NodeError(f"{server} answered HTTP {response.status_code}: {detail}")
     if "text/event-stream" not in response.headers.get("content-type", ""):
         # The server ignored "stream": true and sent the whole completion.
-        answer.parts.append(_whole_completion(await read_within(response, server), server))
+        answer.parts.append(
+            _whole_completion(redactor.bytes(await read_within(response, server)), server))
         ctx.emit("token", answer.parts[-1])
         return
     stream = _Stream(ctx, answer, server)
-    lines = Lines(server, stream.line)
+    lines = Lines(server, lambda line: stream.line(redactor.text(line)))
     await consume_until(response.aiter_bytes(), lines.feed)
     lines.end()
     stream.end()

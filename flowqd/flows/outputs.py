@@ -13,6 +13,8 @@ from typing import Any
 
 import orjson
 
+from flowqd.executors.base import redaction_mark
+
 JSON_KINDS = "dict, list, str, number, bool, null"
 # orjson refuses deeper documents ("Recursion limit reached").
 _MAX_DEPTH = 254
@@ -86,7 +88,7 @@ class Redactor:
     def add(self, name: str, value: str) -> None:
         if not value:
             return
-        mark = f"[credential {name!r} redacted]"
+        mark = redaction_mark(name)
         for form in (value, repr(value)[1:-1], orjson.dumps(value).decode()[1:-1]):
             self._marks.setdefault(form, mark)
         # Longest first: a value must not be half-replaced by a shorter one.

@@ -171,15 +171,16 @@ async def test_a_worker_applies_its_config_to_the_flows_it_runs() -> None:
             assert [r.path for r in server.requests] == ["/x"]
 
 
-def test_bad_entries_stop_the_worker_naming_them() -> None:
+def test_bad_entries_stop_start_up_naming_them() -> None:
     with pytest.raises(ConfigError) as info:
-        install(make_config("egress.allow=10.0.0.0/8,http://x.example.com",
-                            "egress.deny=10.0.0.0/33"))
+        make_config("egress.allow=10.0.0.0/8,http://x.example.com", "egress.deny=10.0.0.0/33")
     assert info.value.problems == [
-        "egress.allow[1]: expected a host name (api.example.com), *.domain (*.example.com), "
-        "an IP address or a CIDR network (10.0.0.0/8), got 'http://x.example.com'",
-        "egress.deny[0]: expected a host name (api.example.com), *.domain (*.example.com), "
-        "an IP address or a CIDR network (10.0.0.0/8), got '10.0.0.0/33'",
+        "--set egress.allow: egress.allow: expected a host name (api.example.com), *.domain "
+        "(*.example.com), an IP address or a CIDR network (10.0.0.0/8), got "
+        "'http://x.example.com' (entry 1)",
+        "--set egress.deny: egress.deny: expected a host name (api.example.com), *.domain "
+        "(*.example.com), an IP address or a CIDR network (10.0.0.0/8), got '10.0.0.0/33' "
+        "(entry 0)",
     ]
 
 
