@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
@@ -117,6 +118,19 @@ class Broker(abc.ABC):
         last event is taken as that event: the watch still ends with the
         terminal event when the job ends.
         """
+
+    @asynccontextmanager
+    async def open_event_watch(
+        self, job_id: str, *, after: str = "0"
+    ) -> AsyncIterator[AsyncIterator[list[Event]]]:
+        """``watch_event_batches`` as a block that releases the watch on leaving."""
+        batches = self.watch_event_batches(job_id, after=after)
+        try:
+            yield batches
+        finally:
+            aclose = getattr(batches, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     def watch_events(self, job_id: str, *, after: str = "0") -> AsyncIterator[Event]:
         """``watch_event_batches`` one event at a time."""
