@@ -38,6 +38,14 @@ from flowqd.jobs import (
     Outcome,
     WorkerInfo,
 )
+from flowqd.queue.roles import (
+    FlowDocuments,
+    JobStore,
+    QueueControl,
+    RateLimiter,
+    SealedSecrets,
+    WorkQueue,
+)
 
 
 class JobIdTaken(Exception):
@@ -53,6 +61,32 @@ class JobIdTaken(Exception):
 
 
 class Broker(abc.ABC):
+    # ---- roles (see queue/roles.py): what each part of flowqd depends on ----
+
+    @property
+    def work(self) -> WorkQueue:
+        return self
+
+    @property
+    def jobs(self) -> JobStore:
+        return self
+
+    @property
+    def control(self) -> QueueControl:
+        return self
+
+    @property
+    def flow_documents(self) -> FlowDocuments:
+        return self
+
+    @property
+    def secrets(self) -> SealedSecrets:
+        return self
+
+    @property
+    def limiter(self) -> RateLimiter:
+        return self
+
     # ---- lifecycle -------------------------------------------------------
 
     @abc.abstractmethod
