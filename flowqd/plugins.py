@@ -46,6 +46,18 @@ class FlowqdPluginManager(pluggy.PluginManager):
         super().__init__("flowqd")
         self.add_hookspecs(hookspecs)
         self.origins: dict[str, str] = {}
+        # What flowqd_executors gave, kept so that the check at load and the
+        # caller's collect_executors ask each plugin once; any registration
+        # may change it.
+        self.collected: dict[str, tuple[Executor, str]] | None = None
+
+    def register(self, plugin: object, name: str | None = None) -> str | None:
+        self.collected = None
+        return super().register(plugin, name)
+
+    def unregister(self, plugin: object | None = None, name: str | None = None) -> Any:
+        self.collected = None
+        return super().unregister(plugin, name)
 
 
 def load_plugins(config: PluginsConfig) -> pluggy.PluginManager:
@@ -169,6 +181,14 @@ def collect_executors(pm: pluggy.PluginManager) -> dict[str, Executor]:
 
 
 def _collect(pm: pluggy.PluginManager) -> dict[str, tuple[Executor, str]]:
+    if isinstance(pm, FlowqdPluginManager):
+        if pm.collected is None:
+            pm.collected = _call_hooks(pm)
+        return pm.collected
+    return _call_hooks(pm)
+
+
+def _call_hooks(pm: pluggy.PluginManager) -> dict[str, tuple[Executor, str]]:
     found: dict[str, tuple[Executor, str]] = {}
     for impl in pm.hook.flowqd_executors.get_hookimpls():
         name = impl.plugin_name
