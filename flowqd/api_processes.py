@@ -26,8 +26,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 import trio
 
+from flowqd.backoff import Backoff
 from flowqd.errors import ProcessError
-from flowqd.redis import Backoff
 
 log = logging.getLogger("flowqd")
 

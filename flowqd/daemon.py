@@ -28,6 +28,7 @@ from flowqd.api_processes import (
     run_api_processes,
     watch_parent,
 )
+from flowqd.backoff import Backoff
 from flowqd.config import Config
 from flowqd.credentials import CredentialStore, Sealer, load_secret
 from flowqd.errors import (
@@ -45,7 +46,6 @@ from flowqd.notify import Notifier
 from flowqd.plugins import collect_executors, load_plugins
 from flowqd.queue import open_broker
 from flowqd.queue.base import Broker
-from flowqd.redis import Backoff
 from flowqd.serve import bound_port, serve_asgi
 from flowqd.worker import Worker, WorkerMetrics
 

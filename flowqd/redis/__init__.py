@@ -5,7 +5,7 @@ Built on trio streams and hiredis (its reply parser and ``pack_command``).
 connections of their own (``Redis.dedicated``, ``Redis.subscribe``).
 """
 
-from flowqd.redis._backoff import Backoff as Backoff
+from flowqd.backoff import Backoff as Backoff
 from flowqd.redis._client import Redis as Redis
 from flowqd.redis._client import RedisStatistics as RedisStatistics
 from flowqd.redis._client import open_redis as open_redis

@@ -6,7 +6,7 @@ import pytest
 import trio
 import trio.testing
 
-from flowqd.redis import Backoff
+from flowqd.backoff import Backoff
 
 
 async def test_doubles_with_jitter_up_to_the_cap(autojump_clock: trio.testing.MockClock) -> None:
