@@ -58,10 +58,6 @@ class FlowValidationError(FlowqdError):
         super().__init__("; ".join(f"{path}: {message}" for path, message in problems))
 
 
-class JobNotFound(FlowqdError):
-    """Raised when a job id is unknown (never existed, or removed by retention)."""
-
-
 class CredentialError(FlowqdError):
     """Raised when a credential is missing or cannot be decrypted.
 
