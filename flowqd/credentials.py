@@ -10,13 +10,13 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from flowqd.config import SecurityConfig
 from flowqd.errors import ConfigError, CredentialError
+from flowqd.queue.roles import SealedSecrets
 
 _VERSION = b"\x01"
 _FINGERPRINT_LEN = 4
@@ -80,10 +80,10 @@ class Sealer:
 
 
 class CredentialStore:
-    """Named credentials kept sealed in the broker; plaintext only in memory, briefly."""
+    """Named credentials kept sealed by the backend; plaintext only in memory, briefly."""
 
-    def __init__(self, broker: _SecretBackend, sealer: Sealer | None) -> None:
-        self._broker = broker
+    def __init__(self, secrets: SealedSecrets, sealer: Sealer | None) -> None:
+        self._secrets = secrets
         self._sealer = sealer
 
     def _need_sealer(self) -> Sealer:
@@ -95,10 +95,10 @@ class CredentialStore:
         return self._sealer
 
     async def put(self, name: str, value: str) -> None:
-        await self._broker.put_secret(name, self._need_sealer().seal(name, value))
+        await self._secrets.put_secret(name, self._need_sealer().seal(name, value))
 
     async def get(self, name: str) -> str:
-        sealed = await self._broker.get_secret(name)
+        sealed = await self._secrets.get_secret(name)
         if sealed is None:
             raise CredentialError(
                 f"credential {name!r} does not exist: add it with PUT /api/v1/credentials/{name}"
@@ -106,14 +106,8 @@ class CredentialStore:
         return self._need_sealer().open(name, sealed)
 
     async def names(self) -> list[str]:
-        return sorted(await self._broker.list_secrets())
+        return sorted(await self._secrets.list_secrets())
 
     async def delete(self, name: str) -> bool:
-        return await self._broker.delete_secret(name)
+        return await self._secrets.delete_secret(name)
 
-
-class _SecretBackend(Protocol):
-    async def put_secret(self, name: str, sealed: bytes) -> None: ...
-    async def get_secret(self, name: str) -> bytes | None: ...
-    async def list_secrets(self) -> list[str]: ...
-    async def delete_secret(self, name: str) -> bool: ...

@@ -145,7 +145,8 @@ async def _open_components(config: Config) -> AsyncIterator[tuple[Broker, FlowSt
     pm = load_plugins(config.plugins)
     executors = collect_executors(pm)
     async with open_broker(config) as broker:
-        yield broker, FlowStore(broker, executors, max_nodes=config.flows.max_nodes), Registry()
+        flows = FlowStore(broker.flow_documents, executors, max_nodes=config.flows.max_nodes)
+        yield broker, flows, Registry()
 
 
 async def _serve(config: Config, life: Lifecycle, argv: Sequence[str]) -> None:
@@ -153,7 +154,7 @@ async def _serve(config: Config, life: Lifecycle, argv: Sequence[str]) -> None:
         secret = load_secret(config.security)
         sealer = Sealer(secret) if secret else (Sealer.ephemeral() if config.broker == "memory"
                                                 else None)
-        credentials = CredentialStore(broker, sealer)
+        credentials = CredentialStore(broker.secrets, sealer)
         endpoints: dict[str, str] = {"role": config.role, "broker": config.broker}
         async with trio.open_nursery() as infra:
             if life.notifier.watchdog_interval_s is not None:
@@ -169,7 +170,7 @@ async def _serve(config: Config, life: Lifecycle, argv: Sequence[str]) -> None:
                 if life.shutdown.is_set():
                     life.begin_shutdown()
                 if config.role in ("worker", "all"):
-                    worker = Worker(broker, flows, config, WorkerMetrics(registry),
+                    worker = Worker(broker.work, flows, config, WorkerMetrics(registry),
                                     credential=credentials.get, broker_ok=unreachable is None)
                     binds = await _listen(
                         infra, HEALTH, HealthApp(worker, registry),

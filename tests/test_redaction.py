@@ -69,7 +69,7 @@ async def test_a_plugin_output_and_its_events_are_redacted(
             job = await h.wait_terminal(job_id)
             assert job.status == JobStatus.COMPLETED
             assert job.result == {"said": f"key={MARK}", MARK: 1}
-            events = await h.broker.read_events(job_id)
+            events = await h.broker.jobs.read_events(job_id)
             by_name = {e.name: e.data for e in events}
             assert by_name["token"] == f"using {MARK}"
             assert by_name["progress"] == {MARK: [MARK]}
@@ -92,7 +92,7 @@ async def test_a_failing_node_error_and_traceback_are_redacted(
             assert job.status == JobStatus.FAILED and job.error is not None
             assert job.error["message"] == f"upstream said: Incorrect API key provided: '{MARK}'"
             assert MARK in job.error["traceback"]
-            events = await h.broker.read_events(job_id)
+            events = await h.broker.jobs.read_events(job_id)
             written = everything(job.error, job.nodes, [(e.name, e.data) for e in events])
             assert SECRET not in written
     assert SECRET not in caplog.text

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import aclosing, asynccontextmanager
+from contextlib import asynccontextmanager
 from typing import Any
 
 import attrs
@@ -17,8 +17,7 @@ from flowqd.flows import FlowStore
 from flowqd.jobs import END, ERROR, Job, JobSpec, JobStatus
 from flowqd.metrics import Registry
 from flowqd.plugins import collect_executors, load_plugins
-from flowqd.queue import open_broker
-from flowqd.queue.base import Broker
+from flowqd.queue import Broker, open_broker
 from flowqd.worker import FLUSH_EVENTS_MAX, Worker, WorkerMetrics
 
 
@@ -61,23 +60,23 @@ class Harness:
     async def enqueue(self, flow_id: str, n: int = 1, **spec: Any) -> list[str]:
         version = await self.flows.current_version(flow_id)
         assert version is not None
-        return await self.broker.enqueue(
+        return await self.broker.jobs.enqueue(
             [JobSpec(flow_id=flow_id, flow_version=version, inputs={"question": f"q{i}"}, **spec)
              for i in range(n)]
         )
 
     async def wait_event(self, job_id: str, name: str) -> None:
-        async with aclosing(self.broker.watch_events(job_id)) as events:
-            async for event in events:
-                if event.name == name:
+        async with self.broker.jobs.open_event_watch(job_id) as batches:
+            async for batch in batches:
+                if any(event.name == name for event in batch):
                     return
         raise AssertionError(f"job {job_id} ended without a {name!r} event")
 
     async def wait_terminal(self, job_id: str) -> Job:
-        async with aclosing(self.broker.watch_events(job_id)) as events:
-            async for _ in events:
+        async with self.broker.jobs.open_event_watch(job_id) as batches:
+            async for _ in batches:
                 pass  # the stream ends after the terminal event
-        job = await self.broker.get_job(job_id)
+        job = await self.broker.jobs.get_job(job_id)
         assert job is not None
         return job
 
@@ -127,10 +126,11 @@ def harness_factory(
 
         async with open_broker(config) as broker, trio.open_nursery() as nursery:
             await nursery.start(broker.run)
-            flows = FlowStore(broker, found)
+            flows = FlowStore(broker.flow_documents, found)
             for doc in FLOWS:
                 await flows.put(doc)
-            w = Worker(broker, flows, config, WorkerMetrics(Registry()), credential=no_credentials)
+            w = Worker(broker.work, flows, config, WorkerMetrics(Registry()),
+                       credential=no_credentials)
             shutdown, done = trio.Event(), trio.Event()
 
             async def run_worker(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -175,7 +175,7 @@ async def test_events_beyond_one_flush_arrive_in_order_before_the_outcome(
             for job_id in ids:
                 job = await h.wait_terminal(job_id)
                 assert job.status == JobStatus.COMPLETED and job.result == count
-                events = await h.broker.read_events(job_id, count=count + 10)
+                events = await h.broker.jobs.read_events(job_id, count=count + 10)
                 tokens = [e.data for e in events if e.name == "token"]
                 assert tokens == list(range(count))
                 assert events[-1].name == END
@@ -189,7 +189,7 @@ async def test_jobs_complete_with_results_and_events(harness_factory: Any) -> No
             jobs = [await h.wait_terminal(job_id) for job_id in ids]
             assert [j.status for j in jobs] == [JobStatus.COMPLETED] * 50
             assert [j.result for j in jobs] == [f"q{i}" for i in range(50)]
-            events = await h.broker.read_events(ids[0])
+            events = await h.broker.jobs.read_events(ids[0])
             names = [e.name for e in events]
             assert names[0] == "started" and names[-1] == END
             assert names.count(END) == 1
@@ -205,7 +205,7 @@ async def test_failing_node_fails_job_with_node_and_message(harness_factory: Any
             assert job.error is not None
             assert job.error["node"] == "b"
             assert "kaput" in job.error["message"]
-            events = await h.broker.read_events(job_id)
+            events = await h.broker.jobs.read_events(job_id)
             assert events[-1].name == ERROR
             assert "kaput" in events[-1].data["message"]
 
@@ -224,10 +224,10 @@ async def test_cancel_running_job(harness_factory: Any) -> None:
         async with harness_factory() as h:
             [job_id] = await h.enqueue("slow")
             await h.wait_event(job_id, "node_start")
-            await h.broker.cancel(job_id)
+            await h.broker.jobs.cancel(job_id)
             job = await h.wait_terminal(job_id)
             assert job.status == JobStatus.CANCELLED
-            assert [e.name for e in await h.broker.read_events(job_id)].count("cancelled") == 1
+            assert [e.name for e in await h.broker.jobs.read_events(job_id)].count("cancelled") == 1
 
 
 async def test_drain_requeues_unfinished_jobs_without_counting_the_attempt(
@@ -239,7 +239,7 @@ async def test_drain_requeues_unfinished_jobs_without_counting_the_attempt(
             for job_id in ids:
                 await h.wait_event(job_id, "node_start")
             await h.stop()
-            jobs = [await h.broker.get_job(job_id) for job_id in ids]
+            jobs = [await h.broker.jobs.get_job(job_id) for job_id in ids]
             assert all(j is not None and j.status == JobStatus.WAITING for j in jobs), [
                 (j.status, j.attempts) for j in jobs if j]
             assert all(j is not None and j.attempts == 0 for j in jobs)
@@ -252,14 +252,14 @@ async def test_drain_lets_short_jobs_finish(harness_factory: Any) -> None:
             for job_id in ids:
                 await h.wait_event(job_id, "node_start")
             await h.stop()
-            jobs = [await h.broker.get_job(job_id) for job_id in ids]
+            jobs = [await h.broker.jobs.get_job(job_id) for job_id in ids]
             assert all(j is not None and j.status == JobStatus.COMPLETED for j in jobs), jobs
 
 
 async def test_unknown_flow_version_fails_without_retry(harness_factory: Any) -> None:
     with trio.fail_after(20):
         async with harness_factory() as h:
-            [job_id] = await h.broker.enqueue(
+            [job_id] = await h.broker.jobs.enqueue(
                 [JobSpec(flow_id="echo", flow_version=99, max_attempts=3)]
             )
             job = await h.wait_terminal(job_id)
@@ -274,7 +274,7 @@ async def test_concurrency_limit_is_respected(harness_factory: Any) -> None:
             ids = await h.enqueue("slow", 5)
             for job_id in ids[:3]:
                 await h.wait_event(job_id, "node_start")
-            counts = await h.broker.counts()
+            counts = await h.broker.control.counts()
             assert counts[JobStatus.ACTIVE] == 3
             assert counts[JobStatus.WAITING] == 2
             assert len(h.worker._held) == 3
@@ -303,7 +303,7 @@ async def test_prompt_to_llm_flow_streams_tokens_in_order_through_the_worker(
             job = await h.wait_terminal(job_id)
             assert job.status == JobStatus.COMPLETED, job.error
             assert job.result == "Hello, world!"
-            events = await h.broker.read_events(job_id)
+            events = await h.broker.jobs.read_events(job_id)
             assert [e.data for e in events if e.name == "token"] == tokens
             names = [e.name for e in events]
             # Tokens come between the llm node's start and end, then the terminal event.

@@ -141,7 +141,7 @@ async def test_an_event_that_is_not_json_fails_the_node_at_emit(harness_factory:
             assert job.error["node"] == "x"
             assert job.error["message"].startswith(
                 "emitted a 'progress' event whose data is not JSON: set at $.seen; ")
-            names = [e.name for e in await h.broker.read_events(job.id)]
+            names = [e.name for e in await h.broker.jobs.read_events(job.id)]
             assert "progress" not in names and names[-1] == ERROR
             await still_works(h)
 
@@ -169,8 +169,9 @@ async def test_an_outcome_the_broker_cannot_encode_fails_only_its_job(
             [slow] = await h.enqueue("slow")
             await h.wait_event(slow, "node_start")
             token = h.worker._held[slow].claimed.token
-            h.worker._outcomes.append(Outcome(slow, token, OutcomeKind.COMPLETED, {"r": {1}}))
-            h.worker._flush_wanted.set()
+            h.worker._outbox.outcomes.append(
+                Outcome(slow, token, OutcomeKind.COMPLETED, {"r": {1}}))
+            h.worker._outbox.wanted.set()
             job = await h.wait_terminal(slow)
             assert job.status == JobStatus.FAILED and job.error is not None
             assert job.error["reason"] == "unstorable"
@@ -190,8 +191,8 @@ async def test_an_event_the_broker_cannot_encode_fails_its_running_job(
         async with harness_factory() as h:
             [slow] = await h.enqueue("slow")
             await h.wait_event(slow, "node_start")
-            h.worker._events.append(EmittedEvent(slow, "progress", {"seen": {1}}))
-            h.worker._flush_wanted.set()
+            h.worker._outbox.events.append(EmittedEvent(slow, "progress", {"seen": {1}}))
+            h.worker._outbox.wanted.set()
             job = await h.wait_terminal(slow)
             assert job.status == JobStatus.FAILED and job.error is not None
             assert job.error["message"].startswith(
@@ -205,7 +206,7 @@ async def largest_stored(h: test_worker.Harness, job: Job, broker_kind: str) -> 
     if broker_kind == "redis":
         values = await raw_values(h.worker.config)
         return max(len(v) for vs in values.values() for v in vs)
-    events = await h.broker.read_events(job.id)
+    events = await h.broker.jobs.read_events(job.id)
     parts = [job.result, job.error, job.nodes, *(e.data for e in events)]
     return max(len(orjson.dumps(p)) for p in parts)
 
@@ -246,7 +247,7 @@ async def test_a_result_over_the_result_limit_fails_the_job(harness_factory: Any
                 "output is the job's result and is 3,002 bytes of JSON, over "
                 "limits.max_result_bytes (1000); return less, or raise the limit")
             assert job.result is None and job.nodes[-1]["output"] is None
-            events = await h.broker.read_events(job.id)
+            events = await h.broker.jobs.read_events(job.id)
             assert max(len(orjson.dumps(e.data)) for e in events) < 1000
             await still_works(h)
 
@@ -262,12 +263,12 @@ async def test_an_event_over_the_event_limit_fails_the_node_at_emit(
             assert job.error["message"] == (
                 "emitted a 'progress' event of 5,002 bytes of JSON, over limits.max_event_bytes "
                 "(100); emit smaller events, or raise the limit")
-            events = await h.broker.read_events(job.id)
+            events = await h.broker.jobs.read_events(job.id)
             assert "progress" not in [e.name for e in events]
             # Smaller events still pass.
             ok = await run_one(h, flow("small", "emits", kind="big", size=50))
             assert ok.status == JobStatus.COMPLETED
-            names = [e.name for e in await h.broker.read_events(ok.id)]
+            names = [e.name for e in await h.broker.jobs.read_events(ok.id)]
             assert names.count("progress") == 1
 
 

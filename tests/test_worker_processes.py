@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import signal
 from collections.abc import AsyncIterator
-from contextlib import aclosing, asynccontextmanager
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -15,8 +15,7 @@ from flowqd.config import PluginsConfig, load_config
 from flowqd.flows import FlowStore
 from flowqd.jobs import TERMINAL_EVENTS, Job, JobSpec, JobStatus
 from flowqd.plugins import collect_executors, load_plugins
-from flowqd.queue import open_broker
-from flowqd.queue.base import Broker
+from flowqd.queue import Broker, open_broker
 from tests.daemonproc import Daemon, start_daemon
 from tests.redisproc import RedisServer
 
@@ -37,27 +36,27 @@ class Client:
     async def enqueue(self, flow_id: str, n: int) -> list[str]:
         version = await self.flows.current_version(flow_id)
         assert version is not None
-        return await self.broker.enqueue(
+        return await self.broker.jobs.enqueue(
             [JobSpec(flow_id=flow_id, flow_version=version, inputs={"question": f"q{i}"})
              for i in range(n)]
         )
 
     async def wait_event(self, job_id: str, name: str) -> None:
-        async with aclosing(self.broker.watch_events(job_id)) as events:
-            async for event in events:
-                if event.name == name:
+        async with self.broker.jobs.open_event_watch(job_id) as batches:
+            async for batch in batches:
+                if any(event.name == name for event in batch):
                     return
 
     async def finished(self, job_id: str) -> Job:
-        async with aclosing(self.broker.watch_events(job_id)) as events:
-            async for _ in events:
+        async with self.broker.jobs.open_event_watch(job_id) as batches:
+            async for _ in batches:
                 pass
-        job = await self.broker.get_job(job_id)
+        job = await self.broker.jobs.get_job(job_id)
         assert job is not None
         return job
 
     async def event_names(self, job_id: str) -> list[str]:
-        return [e.name for e in await self.broker.read_events(job_id)]
+        return [e.name for e in await self.broker.jobs.read_events(job_id)]
 
 
 @asynccontextmanager
@@ -65,7 +64,7 @@ async def open_client(redis_url: str, queue_name: str) -> AsyncIterator[Client]:
     config = load_config(environ={"REDIS_URL": redis_url, "QUEUE_NAME": queue_name})
     async with open_broker(config) as broker, trio.open_nursery() as nursery:
         await nursery.start(broker.run)
-        flows = FlowStore(broker, collect_executors(load_plugins(PluginsConfig())))
+        flows = FlowStore(broker.flow_documents, collect_executors(load_plugins(PluginsConfig())))
         for doc in FLOWS:
             await flows.put(doc)
         yield Client(broker, flows)
@@ -106,7 +105,7 @@ async def test_1000_jobs_through_4_worker_processes_one_outcome_each(
                 names = await client.event_names(job_id)
                 assert names.count("started") == 1
                 assert sum(name in TERMINAL_EVENTS for name in names) == 1
-            counts = await client.broker.counts()
+            counts = await client.broker.control.counts()
             assert counts[JobStatus.COMPLETED] == 1000
             assert counts[JobStatus.ACTIVE] == counts[JobStatus.WAITING] == 0
 
@@ -124,7 +123,7 @@ async def test_kill_9_worker_jobs_complete_on_another_worker(
                 doomed_id = worker_id(doomed)
                 doomed.signal(signal.SIGKILL)
                 assert await doomed.wait(5) == -signal.SIGKILL
-            held = [await client.broker.get_job(job_id) for job_id in ids]
+            held = [await client.broker.jobs.get_job(job_id) for job_id in ids]
             assert all(j is not None and j.status == JobStatus.ACTIVE for j in held)
             assert all(j is not None and j.worker == doomed_id for j in held)
             async with start_daemon(worker_args(), env=env, cwd=str(tmp_path)) as rescuer:
@@ -152,7 +151,7 @@ async def test_sigterm_drains_and_requeued_jobs_finish_elsewhere(
                     await client.wait_event(job_id, "node_start")
                 first.signal(signal.SIGTERM)
                 assert await first.wait(10) == 0
-            jobs = [await client.broker.get_job(job_id) for job_id in ids]
+            jobs = [await client.broker.jobs.get_job(job_id) for job_id in ids]
             assert all(j is not None and j.status == JobStatus.WAITING for j in jobs)
             assert all(j is not None and j.attempts == 0 for j in jobs)  # not counted
             async with start_daemon(worker_args("--set", "worker.job_timeout_s=0.5"),

@@ -36,7 +36,7 @@ async def test_waiting_jobs_each_get_a_runner(harness_factory: Any) -> None:
             for job_id in ids:
                 await h.wait_event(job_id, "node_start")
             # All 40 are sleeping at once: none waits behind another.
-            assert (await h.broker.counts())[JobStatus.ACTIVE] == 40
+            assert (await h.broker.control.counts())[JobStatus.ACTIVE] == 40
             assert _runner_tasks() >= 40
 
 
@@ -62,7 +62,7 @@ async def test_short_timeout_after_a_long_one_still_fires(harness_factory: Any) 
             job = await h.wait_terminal(short_job)
             assert job.status == JobStatus.FAILED
             assert job.error is not None and job.error["reason"] == "timeout"
-            still = await h.broker.get_job(long_job)
+            still = await h.broker.jobs.get_job(long_job)
             assert still is not None and still.status == JobStatus.ACTIVE
 
 
@@ -71,7 +71,7 @@ async def test_stopping_one_job_leaves_its_runner_usable(harness_factory: Any) -
         async with harness_factory() as h:
             [slow] = await h.enqueue("slow")
             await h.wait_event(slow, "node_start")
-            await h.broker.cancel(slow)
+            await h.broker.jobs.cancel(slow)
             assert (await h.wait_terminal(slow)).status == JobStatus.CANCELLED
             # The cancelled scope was its runner's; the jobs after it run in a
             # fresh one and complete.

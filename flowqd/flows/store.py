@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 import attrs
 import orjson
+import trio
 
 from flowqd.config import FlowsConfig
 from flowqd.errors import FlowValidationError
@@ -23,7 +24,11 @@ DEFAULT_MAX_NODES = FlowsConfig().max_nodes
 
 
 class FlowBackend(Protocol):
-    """The four flow methods of ``flowqd.queue.base.Broker``."""
+    """The ``FlowDocuments`` role of a queue backend (``broker.flow_documents``).
+
+    Restated here, not imported: flows run the same under any backend and
+    import nothing of ``flowqd.queue``.
+    """
 
     async def put_flow(self, flow_id: str, document: bytes) -> int: ...
     async def get_flow(
@@ -62,7 +67,13 @@ def canonical(document: Mapping[str, Any]) -> bytes:
 
 
 class FlowStore:
-    """Flows by id and version. Versions never change, so compiled ones are cached."""
+    """Flows by id and version. Versions never change, so compiled ones are cached.
+
+    The one flow cache of a process: an LRU of compiled versions that the
+    worker reads without an await for every job (``cached``), and a fetch
+    per version at a time, so a burst of jobs of an uncached flow costs one
+    backend call, not one per job.
+    """
 
     CACHE_SIZE = 1024
 
@@ -77,6 +88,8 @@ class FlowStore:
         self._executors = executors
         self._max_nodes = max_nodes
         self._cache: OrderedDict[tuple[str, int], CompiledFlow] = OrderedDict()
+        # Versions being fetched, and the event their waiters wait on.
+        self._loads: dict[tuple[str, int], trio.Event] = {}
 
     def compile(self, document: Mapping[str, Any]) -> CompiledFlow:
         """Validate a flow for registration (``flows.max_nodes`` applies); no broker call.
@@ -109,15 +122,38 @@ class FlowStore:
         self._remember(flow.id, version, flow)
         return flow.id, version
 
+    def cached(self, flow_id: str, version: int) -> CompiledFlow | None:
+        """The compiled flow if the cache holds it, else None; no await, no backend call."""
+        key = (flow_id, version)
+        flow = self._cache.get(key)
+        if flow is not None:
+            self._cache.move_to_end(key)
+        return flow
+
     async def get(self, flow_id: str, version: int | None = None) -> CompiledFlow | None:
         """The flow at ``version`` (None: current), compiled; None if unknown.
 
         Raises FlowValidationError if a stored version no longer validates
         (its node type's plugin was removed, say).
         """
-        if version is not None and (flow_id, version) in self._cache:
-            self._cache.move_to_end((flow_id, version))
-            return self._cache[(flow_id, version)]
+        if version is None:
+            return await self._fetch(flow_id, None)
+        key = (flow_id, version)
+        flow = self.cached(flow_id, version)
+        if flow is not None:
+            return flow
+        loading = self._loads.get(key)
+        if loading is not None:
+            await loading.wait()  # then from the cache, or a call of our own if it failed
+            return self.cached(flow_id, version) or await self._fetch(flow_id, version)
+        self._loads[key] = loading = trio.Event()
+        try:
+            return await self._fetch(flow_id, version)
+        finally:
+            del self._loads[key]
+            loading.set()
+
+    async def _fetch(self, flow_id: str, version: int | None) -> CompiledFlow | None:
         found = await self._backend.get_flow(flow_id, version)
         if found is None:
             return None

@@ -133,11 +133,11 @@ async def open_api(
     executors.update({e.type: e for e in TEST_EXECUTORS})
     async with open_broker(config) as broker, trio.open_nursery() as outer:
         await outer.start(broker.run)
-        store = FlowStore(broker, executors, max_nodes=config.flows.max_nodes)
+        store = FlowStore(broker.flow_documents, executors, max_nodes=config.flows.max_nodes)
         for doc in flows:
             await store.put(doc)
         registry = Registry()
-        credentials = CredentialStore(broker, Sealer("shared-test-secret"))
+        credentials = CredentialStore(broker.secrets, Sealer("shared-test-secret"))
         shutdown = trio.Event()
         state = ApiState(config, broker, store, credentials, registry, shutdown=shutdown,
                          keys=keys)
@@ -145,8 +145,8 @@ async def open_api(
         w = None
         async with trio.open_nursery() as roles:
             if worker:
-                worker_credentials = CredentialStore(broker, Sealer(worker_secret))
-                w = Worker(broker, store, config, WorkerMetrics(registry),
+                worker_credentials = CredentialStore(broker.secrets, Sealer(worker_secret))
+                w = Worker(broker.work, store, config, WorkerMetrics(registry),
                            credential=worker_credentials.get)
                 await roles.start(w.run, shutdown)
             binds = await roles.start(partial(
