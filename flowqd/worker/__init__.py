@@ -12,8 +12,8 @@ renewal call covers every held lock. Claimed jobs run in the long-lived
 runner tasks of a ``RunnerPool``, not in a task each.
 
 The worker sees the queue only through ``WorkQueue`` (flowqd/queue/roles.py).
-Modules: ``core`` (the Worker: claims, runs, timeouts, renewals, heartbeats,
-readiness), ``runners``, ``outbox``, ``held`` (a held job and its stop
+Modules: ``core`` (the Worker: claims, runs jobs, renewals, heartbeats,
+readiness), ``runners``, ``outbox``, ``timeouts``, ``held`` (a held job and its stop
 reason), ``metrics``.
 """
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-import math
 import os
 import socket
 import time
@@ -29,6 +28,7 @@ from flowqd.worker.held import Held, StopReason
 from flowqd.worker.metrics import WorkerMetrics
 from flowqd.worker.outbox import Outbox
 from flowqd.worker.runners import RunnerPool
+from flowqd.worker.timeouts import Timeouts
 
 log = logging.getLogger("flowqd.worker")
 
@@ -85,10 +85,7 @@ class Worker:
 
     _held: dict[str, Held] = attrs.field(init=False, factory=dict)
     _outbox: Outbox = attrs.field(init=False)
-    # The earliest deadline of a running job, as far as _run_timeouts knows,
-    # and the scope it sleeps in until then.
-    _next_timeout: float = attrs.field(init=False, default=math.inf)
-    _timeout_sleep: trio.CancelScope = attrs.field(init=False, factory=trio.CancelScope)
+    _timeouts: Timeouts = attrs.field(init=False)
     _draining: bool = attrs.field(init=False, default=False)
     # Whether the claim loop's last call to the broker worked (readiness says
     # this, not a ping: Redis may answer a PING before claims work again), and
@@ -99,6 +96,7 @@ class Worker:
 
     def __attrs_post_init__(self) -> None:
         self._outbox = Outbox(self.work, self.metrics, self._held, self._stop)
+        self._timeouts = Timeouts(self._held, self._stop)
         self.metrics.running.read = lambda: len(self._held)
 
     # ---- public ------------------------------------------------------------
@@ -117,7 +115,7 @@ class Worker:
             )
             nursery.start_soon(self._outbox.run, name="flowqd.worker.flusher")
             nursery.start_soon(self._run_renewals, name="flowqd.worker.renewals")
-            nursery.start_soon(self._run_timeouts, name="flowqd.worker.timeouts")
+            nursery.start_soon(self._timeouts.run, name="flowqd.worker.timeouts")
             nursery.start_soon(self._run_heartbeats, name="flowqd.worker.heartbeats")
             async with trio.open_nursery() as jobs:
                 pool = RunnerPool(jobs, self._run_job, wc.concurrency)
@@ -213,8 +211,8 @@ class Worker:
                 outcome = self._stopped(held)
             else:
                 held.deadline = deadline = started + self._timeout_of(job)
-                if deadline < self._next_timeout:
-                    self._next_timeout = self._timeout_sleep.deadline = deadline
+                if deadline < self._timeouts.earliest:
+                    self._timeouts.wake_at(deadline)
                 held.scope = scope
                 try:
                     outcome = await self._attempt(held)
@@ -318,24 +316,6 @@ class Worker:
                 held.scope.cancel()
 
     # ---- background loops -----------------------------------------------------------
-
-    async def _run_timeouts(self) -> None:
-        # One task stops jobs past their timeout: a deadline on a scope per job
-        # cost more than a no-op job. It sleeps until the earliest deadline it
-        # knows of; a job starting with an earlier one moves that (_run_job).
-        while True:
-            with trio.CancelScope(deadline=self._next_timeout) as self._timeout_sleep:
-                await trio.sleep_forever()
-            now = trio.current_time()
-            earliest = math.inf
-            for job_id, held in list(self._held.items()):
-                if held.scope is None:
-                    continue  # not running
-                if held.deadline <= now:
-                    self._stop(job_id, StopReason.TIMEOUT)
-                elif held.deadline < earliest:
-                    earliest = held.deadline
-            self._next_timeout = earliest
 
     async def _run_renewals(self) -> None:
         wc = self.config.worker

@@ -7,6 +7,8 @@ from typing import Any
 
 import orjson
 import pytest
+import trio
+import trio.testing
 
 from flowqd.errors import FlowValidationError
 from flowqd.executors.base import Executor
@@ -148,3 +150,44 @@ async def test_flows_paths_follow_flows_max_nodes(
     assert await FlowStore(backend, executors, max_nodes=4).load_paths([str(tmp_path)]) == [
         ("big", 1)
     ]
+
+
+class SlowBackend(DictBackend):
+    """get_flow waits for ``opened``: calls that arrive meanwhile overlap."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.opened = trio.Event()
+
+    async def get_flow(self, flow_id: str, version: int | None = None) -> tuple[int, bytes] | None:
+        await self.opened.wait()
+        return await super().get_flow(flow_id, version)
+
+
+async def test_a_burst_of_gets_of_one_version_costs_one_backend_call(
+    executors: dict[str, Executor],
+) -> None:
+    backend = SlowBackend()
+    backend.opened.set()
+    await FlowStore(backend, executors).put(echo_flow())
+    backend.opened = trio.Event()
+    store = FlowStore(backend, executors)  # a worker's: nothing cached yet
+    assert store.cached("f", 1) is None
+    backend.gets = 0
+    found: list[Any] = []
+
+    async def get() -> None:
+        found.append(await store.get("f", 1))
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            for _ in range(20):
+                nursery.start_soon(get)
+            await trio.testing.wait_all_tasks_blocked()
+            backend.opened.set()
+    assert backend.gets == 1
+    assert len(found) == 20 and all(flow is found[0] for flow in found)
+    assert found[0].version == 1
+    # From then on without an await: the worker's path for every job.
+    assert store.cached("f", 1) is found[0]
+    assert backend.gets == 1
