@@ -87,6 +87,33 @@ class Event:
     data: Any
 
 
+# Redis stream ids are two unsigned 64-bit numbers; a larger one is an error
+# from Redis, so it is refused here like any other malformed id.
+EVENT_ID_PART_MAX = 2**64 - 1
+_EVENT_ID_PART_DIGITS = len(str(EVENT_ID_PART_MAX))
+
+
+def _event_id_part(text: str) -> int | None:
+    if not (text.isascii() and text.isdigit()) or len(text) > _EVENT_ID_PART_DIGITS:
+        return None
+    value = int(text)
+    return value if value <= EVENT_ID_PART_MAX else None
+
+
+def parse_event_id(value: str) -> tuple[int, int]:
+    """``"<ms>-<seq>"`` (or ``"<ms>"``, ``"0"``) as a sortable pair, each part below 2**64.
+
+    Raises ValueError for anything else, so a bad ``Last-Event-ID`` is the
+    caller's 400, not a broker error.
+    """
+    ms_text, sep, seq_text = value.partition("-")
+    ms = _event_id_part(ms_text)
+    seq = _event_id_part(seq_text) if sep else 0
+    if ms is None or seq is None:
+        raise ValueError("bad event id: expected '<number>-<number>' (each below 2**64) or '0'")
+    return ms, seq
+
+
 def through_terminal(events: list[Event]) -> tuple[list[Event], bool]:
     """``events`` up to and including the first terminal one, and whether there was one.
 

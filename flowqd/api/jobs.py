@@ -16,9 +16,15 @@ from flowqd.api.http import ApiError, Problems, json_response, read_json, requir
 from flowqd.api.predictions import load_flow
 from flowqd.errors import BrokerUnavailable
 from flowqd.flows import CompiledFlow
-from flowqd.jobs import TERMINAL_STATUSES, Job, JobSpec, JobStatus, through_terminal
+from flowqd.jobs import (
+    TERMINAL_STATUSES,
+    Job,
+    JobSpec,
+    JobStatus,
+    parse_event_id,
+    through_terminal,
+)
 from flowqd.queue.base import JobIdTaken
-from flowqd.queue.policy import parse_event_id
 
 BULK_MAX = 1000
 JOB_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")

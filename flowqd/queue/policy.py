@@ -1,15 +1,25 @@
-"""Rules both brokers share: retry delays, error records, event ids.
+"""The job rules both backends share: retry delays, error records, cancel reasons.
 
-The Lua scripts implement the same rules; their constants come from here
-(passed as script arguments) so the two brokers cannot drift apart.
+One source: the embedded backend calls these functions, and the Redis
+backend's Lua scripts get every constant and message below from
+``lua_rules()``, generated into the prelude of each script as the key names
+are (see ``redis/scripts.py``). A rule changed here changes in both.
 """
 
 from __future__ import annotations
 
+import random
 from typing import Any
+
+import orjson
+
+from flowqd.jobs import EVENT_ID_PART_MAX
 
 # Exponential backoff doubles per attempt; past this it stops growing.
 RETRY_DELAY_CAP_S = 86400.0
+# 2**40 times any backoff is past the cap already; the exponent stops there
+# so the arithmetic never overflows.
+RETRY_EXPONENT_CAP = 40
 # Jitter adds up to this share of the delay (never subtracts: a retry is
 # never earlier than backoff_s * 2**(attempt-1)).
 JITTER_SHARE = 0.25
@@ -18,11 +28,19 @@ STALLED_MESSAGE = (
     "job stalled: its worker stopped renewing the lock (crashed, hung or cut off "
     "from the broker) more often than queue.max_stalled allows"
 )
+CANCELLED_MESSAGE_PREFIX = "job cancelled: "
+DEFAULT_CANCEL_REASON = "cancelled"
+
+
+def jitter() -> float:
+    """A retry's jitter draw, in [0, 1): both backends take it from here."""
+    return random.random()
 
 
 def retry_delay_s(backoff_s: float, attempt: int, jitter: float) -> float:
     """Delay before retry number ``attempt`` (1 = first retry); ``jitter`` in [0, 1)."""
-    base = min(backoff_s * 2.0 ** min(max(attempt - 1, 0), 40), RETRY_DELAY_CAP_S)
+    exponent = min(max(attempt - 1, 0), RETRY_EXPONENT_CAP)
+    base = min(backoff_s * 2.0**exponent, RETRY_DELAY_CAP_S)
     return base * (1.0 + JITTER_SHARE * jitter)
 
 
@@ -37,7 +55,7 @@ def stalled_error() -> dict[str, Any]:
 
 
 def cancelled_error(reason: str) -> dict[str, Any]:
-    return {"message": f"job cancelled: {reason}", "reason": reason}
+    return {"message": CANCELLED_MESSAGE_PREFIX + reason, "reason": reason}
 
 
 def cancel_reason(error: dict[str, Any] | None) -> str:
@@ -46,31 +64,35 @@ def cancel_reason(error: dict[str, Any] | None) -> str:
     return str(reason) if reason else ""
 
 
-# Redis stream ids are two unsigned 64-bit numbers; a larger one is an error
-# from Redis, so it is refused here like any other malformed id.
-EVENT_ID_PART_MAX = 2**64 - 1
-_EVENT_ID_PART_DIGITS = len(str(EVENT_ID_PART_MAX))
+def lua_rules() -> str:
+    """Lua locals carrying the rules above, for the prelude of every script.
 
-
-def _event_id_part(text: str) -> int | None:
-    if not (text.isascii() and text.isdigit()) or len(text) > _EVENT_ID_PART_DIGITS:
-        return None
-    value = int(text)
-    return value if value <= EVENT_ID_PART_MAX else None
-
-
-def parse_event_id(value: str) -> tuple[int, int]:
-    """``"<ms>-<seq>"`` (or ``"<ms>"``, ``"0"``) as a sortable pair, each part below 2**64.
-
-    Raises ValueError for anything else, so a bad ``Last-Event-ID`` is the
-    caller's 400, not a broker error.
+    Read at call time, not import time, so the rules a backend opens with are
+    the module's current ones (the contract tests change them to observe them).
     """
-    ms_text, sep, seq_text = value.partition("-")
-    ms = _event_id_part(ms_text)
-    seq = _event_id_part(seq_text) if sep else 0
-    if ms is None or seq is None:
-        raise ValueError("bad event id: expected '<number>-<number>' (each below 2**64) or '0'")
-    return ms, seq
+    stalled = stalled_error()
+    rules: dict[str, str | int | float] = {
+        "RETRY_DELAY_CAP_MS": round(RETRY_DELAY_CAP_S * 1000),
+        "RETRY_EXPONENT_CAP": RETRY_EXPONENT_CAP,
+        "JITTER_SHARE": JITTER_SHARE,
+        "CANCELLED_MESSAGE_PREFIX": CANCELLED_MESSAGE_PREFIX,
+        "DEFAULT_CANCEL_REASON": DEFAULT_CANCEL_REASON,
+        # Stored and sent as they are: JSON made here, not by cjson.
+        "STALLED_ERROR": orjson.dumps(stalled).decode(),
+        "STALLED_EVENT": orjson.dumps(error_event_data(stalled)).decode(),
+    }
+    return "".join(f"local {name} = {_lua_literal(value)}\n" for name, value in rules.items())
+
+
+def _lua_literal(value: str | int | float) -> str:
+    if isinstance(value, str):
+        # A three-digit decimal escape per byte outside printable ASCII (a digit
+        # after a shorter one would join it): any text survives.
+        return '"' + "".join(
+            c if " " <= c <= "~" and c not in '"\\' else "".join(f"\\{b:03d}" for b in c.encode())
+            for c in value
+        ) + '"'
+    return repr(value)
 
 
 def resume_point(cursor: tuple[int, int], last: tuple[int, int] | None) -> tuple[int, int]:

@@ -15,8 +15,7 @@ import trio
 
 from flowqd.config import Config, QueueConfig, RedisConfig
 from flowqd.jobs import Claimed, JobStatus
-from flowqd.queue import open_broker
-from flowqd.queue.base import Broker
+from flowqd.queue import Broker, open_broker
 from flowqd.queue.keys import QueueKeys
 from flowqd.redis import Redis, open_redis
 from tests.queue.helpers import claim_one, spec, wait_until
@@ -64,8 +63,8 @@ async def test_cancelled_blocked_claim_puts_back_what_its_queued_claim_took(
     keys = QueueKeys(config.queue.name)
     with trio.fail_after(10):
         # An empty claim first: the next one waits on the doorbell.
-        assert await broker.claim("w1", 5, lock_ttl_s=30, block_s=0) == []
-        [job_id] = await broker.enqueue([spec(delay_s=3600)])
+        assert await broker.work.claim("w1", 5, lock_ttl_s=30, block_s=0) == []
+        [job_id] = await broker.jobs.enqueue([spec(delay_s=3600)])
         got: list[Claimed] = []
         cancelled = False
         async with trio.open_nursery() as nursery:
@@ -73,7 +72,7 @@ async def test_cancelled_blocked_claim_puts_back_what_its_queued_claim_took(
             async def claimer() -> None:
                 nonlocal cancelled
                 try:
-                    got.extend(await broker.claim("w1", 5, lock_ttl_s=30, block_s=60))
+                    got.extend(await broker.work.claim("w1", 5, lock_ttl_s=30, block_s=60))
                 except trio.Cancelled:
                     cancelled = True
                     raise
@@ -86,7 +85,7 @@ async def test_cancelled_blocked_claim_puts_back_what_its_queued_claim_took(
             nursery.cancel_scope.cancel()
         assert cancelled and got == []
         assert await _blocked_clients(raw) == 0
-        job = await broker.get_job(job_id)
+        job = await broker.jobs.get_job(job_id)
         # The queued claim did take it (its worker is recorded), and it was
         # put back: waiting, attempt not counted.
         assert job is not None and job.worker == "w1"
@@ -99,21 +98,21 @@ async def test_blocked_claim_takes_the_job_in_the_same_round_trip(
     broker: Broker, raw: Redis
 ) -> None:
     with trio.fail_after(10):
-        assert await broker.claim("w1", 5, lock_ttl_s=30, block_s=0) == []
+        assert await broker.work.claim("w1", 5, lock_ttl_s=30, block_s=0) == []
         got: list[Claimed] = []
         async with trio.open_nursery() as nursery:
 
             async def claimer() -> None:
-                got.extend(await broker.claim("w1", 5, lock_ttl_s=30, block_s=60))
+                got.extend(await broker.work.claim("w1", 5, lock_ttl_s=30, block_s=60))
 
             nursery.start_soon(claimer)
             await wait_until(lambda: _blocked_clients(raw))
-            [job_id] = await broker.enqueue([spec()])
+            [job_id] = await broker.jobs.enqueue([spec()])
         assert [c.job.id for c in got] == [job_id]
         # The ring ended the wait and the claim queued behind it on the same
         # connection took the job: no further command was sent for it.
         assert await _last_command_of(raw, "flowqd-claim") == "evalsha"
-        assert (await broker.counts())[JobStatus.ACTIVE] == 1
+        assert (await broker.control.counts())[JobStatus.ACTIVE] == 1
 
 
 async def _last_command_of(raw: Redis, name: str) -> str:

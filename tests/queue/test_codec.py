@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from flowqd.jobs import Event
-from flowqd.queue.codec import decode_entries
-from flowqd.queue.policy import parse_event_id
+from flowqd.jobs import Event, parse_event_id
+from flowqd.queue.redis.codec import decode_entries
 
 
 def test_entries_decode_with_sortable_ids_in_either_field_order() -> None:

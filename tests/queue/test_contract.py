@@ -17,7 +17,7 @@ from flowqd.jobs import (
     OutcomeKind,
     WorkerInfo,
 )
-from flowqd.queue.base import Broker, JobIdTaken
+from flowqd.queue import Broker, JobIdTaken
 from tests.queue.conftest import BrokerFactory
 from tests.queue.helpers import (
     claim_one,
@@ -27,97 +27,102 @@ from tests.queue.helpers import (
     terminal,
     wait_terminal,
     wait_until,
+    watch_events,
 )
 
 
 async def test_enqueue_claim_complete(broker: Broker) -> None:
     with trio.fail_after(10):
-        [job_id] = await broker.enqueue([spec(7, owner="k1", timeout_s=12.5)])
-        job = await broker.get_job(job_id)
+        [job_id] = await broker.jobs.enqueue([spec(7, owner="k1", timeout_s=12.5)])
+        job = await broker.jobs.get_job(job_id)
         assert job is not None
         assert job.status == JobStatus.WAITING and job.attempts == 0 and job.max_attempts == 1
         assert job.created_at > 1e9 and job.owner == "k1" and job.timeout_s == 12.5
 
-        [claimed] = await broker.claim("w1", 10, lock_ttl_s=30, block_s=1)
+        [claimed] = await broker.work.claim("w1", 10, lock_ttl_s=30, block_s=1)
         assert claimed.job.id == job_id and claimed.job.inputs == {"n": 7}
         assert claimed.job.status == JobStatus.ACTIVE and claimed.job.attempts == 1
         assert claimed.job.worker == "w1" and claimed.job.started_at is not None
         assert claimed.job.flow_id == "f" and claimed.job.flow_version == 1
 
-        assert await broker.flush(
+        assert await broker.work.flush(
             [EmittedEvent(job_id, "token", "a"), EmittedEvent(job_id, "token", "b")], []
         ) == []
         outcome = Outcome(
             job_id, claimed.token, OutcomeKind.COMPLETED, result={"text": "ab"},
             nodes=[{"id": "n1", "status": "FINISHED"}],
         )
-        assert await broker.flush([EmittedEvent(job_id, "node", {"id": "n1"})], [outcome]) == [True]
+        assert await broker.work.flush(
+            [EmittedEvent(job_id, "node", {"id": "n1"})], [outcome]
+        ) == [True]
 
-        events = await broker.read_events(job_id)
+        events = await broker.jobs.read_events(job_id)
         assert [(e.name, e.data) for e in events] == [
             ("token", "a"), ("token", "b"), ("node", {"id": "n1"}), ("end", {"text": "ab"}),
         ]
-        job = await broker.get_job(job_id)
+        job = await broker.jobs.get_job(job_id)
         assert job is not None and job.status == JobStatus.COMPLETED
         assert job.result == {"text": "ab"} and job.nodes == [{"id": "n1", "status": "FINISHED"}]
         assert job.finished_at is not None and job.finished_at >= job.created_at
         # Nothing is appended after the terminal event, and the outcome is not recorded twice.
-        assert await broker.flush([EmittedEvent(job_id, "late", 1)], [done(claimed)]) == [False]
-        assert await broker.read_events(job_id) == events
+        assert await broker.work.flush(
+            [EmittedEvent(job_id, "late", 1)], [done(claimed)]
+        ) == [False]
+        assert await broker.jobs.read_events(job_id) == events
 
 
 async def test_bulk_enqueue_is_fifo(broker: Broker) -> None:
     with trio.fail_after(10):
-        ids = await broker.enqueue([spec(i) for i in range(50)])
+        ids = await broker.jobs.enqueue([spec(i) for i in range(50)])
         assert len(set(ids)) == 50
-        assert (await broker.counts())[JobStatus.WAITING] == 50
-        first = await broker.claim("w1", 20, lock_ttl_s=30, block_s=0)
+        assert (await broker.control.counts())[JobStatus.WAITING] == 50
+        first = await broker.work.claim("w1", 20, lock_ttl_s=30, block_s=0)
         assert [c.job.id for c in first] == ids[:20]
         assert len({c.token for c in first}) == 20
-        rest = await broker.claim("w1", 100, lock_ttl_s=30, block_s=0)
+        rest = await broker.work.claim("w1", 100, lock_ttl_s=30, block_s=0)
         assert [c.job.id for c in rest] == ids[20:]
-        counts = await broker.counts()
+        counts = await broker.control.counts()
         assert counts[JobStatus.WAITING] == 0 and counts[JobStatus.ACTIVE] == 50
         outcomes = [done(c, c.job.inputs["n"]) for c in first + rest]
-        assert await broker.flush([], outcomes) == [True] * 50
-        assert (await broker.counts())[JobStatus.COMPLETED] == 50
+        assert await broker.work.flush([], outcomes) == [True] * 50
+        assert (await broker.control.counts())[JobStatus.COMPLETED] == 50
 
 
 async def test_duplicate_job_id_makes_one_job(broker: Broker) -> None:
     with trio.fail_after(10):
-        ids = await broker.enqueue([spec(1, job_id="dup"), spec(2, job_id="dup")])
+        ids = await broker.jobs.enqueue([spec(1, job_id="dup"), spec(2, job_id="dup")])
         assert ids == ["dup", "dup"]
-        assert await broker.enqueue([spec(3, job_id="dup")]) == ["dup"]
-        assert (await broker.counts())[JobStatus.WAITING] == 1
+        assert await broker.jobs.enqueue([spec(3, job_id="dup")]) == ["dup"]
+        assert (await broker.control.counts())[JobStatus.WAITING] == 1
         claimed = await claim_one(broker)
         assert claimed.job.inputs == {"n": 1}
-        await broker.flush([], [done(claimed)])
-        assert await broker.enqueue([spec(4, job_id="dup")]) == ["dup"]
-        job = await broker.get_job("dup")
+        await broker.work.flush([], [done(claimed)])
+        assert await broker.jobs.enqueue([spec(4, job_id="dup")]) == ["dup"]
+        job = await broker.jobs.get_job("dup")
         assert job is not None and job.status == JobStatus.COMPLETED
-        assert await broker.claim("w1", 5, lock_ttl_s=30, block_s=0) == []
+        assert await broker.work.claim("w1", 5, lock_ttl_s=30, block_s=0) == []
 
 
 async def test_job_id_of_another_owner_refuses_the_whole_call(broker: Broker) -> None:
     with trio.fail_after(10):
-        assert await broker.enqueue([spec(1, job_id="mine", owner="alice")]) == ["mine"]
+        assert await broker.jobs.enqueue([spec(1, job_id="mine", owner="alice")]) == ["mine"]
         # The same owner again: idempotent, as before.
-        assert await broker.enqueue([spec(2, job_id="mine", owner="alice")]) == ["mine"]
+        assert await broker.jobs.enqueue([spec(2, job_id="mine", owner="alice")]) == ["mine"]
         for owner in ("bob", None):
             with pytest.raises(JobIdTaken) as taken:
-                await broker.enqueue([spec(3, job_id="fresh", owner=owner),
+                await broker.jobs.enqueue([spec(3, job_id="fresh", owner=owner),
                                       spec(4, job_id="mine", owner=owner)])
             assert taken.value.positions == [1]
         # Nothing of a refused call was added, and the first job is untouched.
-        assert await broker.get_job("fresh") is None
-        assert (await broker.counts())[JobStatus.WAITING] == 1
+        assert await broker.jobs.get_job("fresh") is None
+        assert (await broker.control.counts())[JobStatus.WAITING] == 1
         claimed = await claim_one(broker)
         assert claimed.job.inputs == {"n": 1} and claimed.job.owner == "alice"
         # Jobs without an owner (no API keys) share one: a resend is idempotent.
-        assert await broker.enqueue([spec(5, job_id="open")]) == ["open"]
-        assert await broker.enqueue([spec(6, job_id="open")]) == ["open"]
+        assert await broker.jobs.enqueue([spec(5, job_id="open")]) == ["open"]
+        assert await broker.jobs.enqueue([spec(6, job_id="open")]) == ["open"]
         with pytest.raises(JobIdTaken):
-            await broker.enqueue([spec(7, job_id="open", owner="alice")])
+            await broker.jobs.enqueue([spec(7, job_id="open", owner="alice")])
 
 
 async def test_watch_with_a_cursor_past_the_stream_still_ends(broker: Broker) -> None:
@@ -126,41 +131,41 @@ async def test_watch_with_a_cursor_past_the_stream_still_ends(broker: Broker) ->
     # began before the stream existed, while the job ran, or after it ended.
     far = f"{2**64 - 1}-{2**64 - 1}"
     with trio.fail_after(10):
-        [job_id] = await broker.enqueue([spec()])
+        [job_id] = await broker.jobs.enqueue([spec()])
         ends: list[str] = []
         async with trio.open_nursery() as nursery:
 
             async def watch() -> None:
-                names = [e.name async for e in broker.watch_events(job_id, after=far)]
+                names = [e.name async for e in watch_events(broker.jobs, job_id, after=far)]
                 ends.append(names[-1])
 
             nursery.start_soon(watch)
             claimed = await claim_one(broker)
-            await broker.flush([EmittedEvent(job_id, "token", 0)], [])
+            await broker.work.flush([EmittedEvent(job_id, "token", 0)], [])
             nursery.start_soon(watch)
-            await broker.flush([EmittedEvent(job_id, "token", 1)], [done(claimed, "r")])
+            await broker.work.flush([EmittedEvent(job_id, "token", 1)], [done(claimed, "r")])
         assert ends == ["end", "end"]
-        after_the_end = [e async for e in broker.watch_events(job_id, after=far)]
+        after_the_end = [e async for e in watch_events(broker.jobs, job_id, after=far)]
         assert [(e.name, e.data) for e in after_the_end] == [("end", "r")]
 
 
 async def test_malformed_or_huge_event_ids_are_value_errors(broker: Broker) -> None:
-    [job_id] = await broker.enqueue([spec()])
+    [job_id] = await broker.jobs.enqueue([spec()])
     for bad in ("x", "1-", "-1", "²", f"{2**64}-0", f"0-{2**64}", "9" * 5000):
         with pytest.raises(ValueError):
-            broker.watch_event_batches(job_id, after=bad)
+            broker.jobs.open_event_watch(job_id, after=bad)
         with pytest.raises(ValueError):
-            await broker.read_events(job_id, after=bad)
+            await broker.jobs.read_events(job_id, after=bad)
 
 
 async def test_delayed_job(broker: Broker, clock: trio.testing.MockClock | None) -> None:
     with trio.fail_after(10):
         start = trio.current_time()
-        [job_id] = await broker.enqueue([spec(delay_s=0.3)])
-        job = await broker.get_job(job_id)
+        [job_id] = await broker.jobs.enqueue([spec(delay_s=0.3)])
+        job = await broker.jobs.get_job(job_id)
         assert job is not None and job.status == JobStatus.DELAYED
-        assert (await broker.counts())[JobStatus.DELAYED] == 1
-        assert await broker.claim("w1", 5, lock_ttl_s=30, block_s=0) == []
+        assert (await broker.control.counts())[JobStatus.DELAYED] == 1
+        assert await broker.work.claim("w1", 5, lock_ttl_s=30, block_s=0) == []
         claimed = await claim_one(broker)
         assert claimed.job.id == job_id
         assert trio.current_time() - start >= 0.3
@@ -171,20 +176,20 @@ async def test_retry_with_backoff_then_success(
 ) -> None:
     with trio.fail_after(10):
         async with open_test_broker(max_attempts=3, backoff_s=0.2) as broker:
-            [job_id] = await broker.enqueue([spec()])
+            [job_id] = await broker.jobs.enqueue([spec()])
             first = await claim_one(broker)
             failed_at = trio.current_time()
-            assert await broker.flush([], [failed(first)]) == [True]
-            job = await broker.get_job(job_id)
+            assert await broker.work.flush([], [failed(first)]) == [True]
+            job = await broker.jobs.get_job(job_id)
             assert job is not None and job.status == JobStatus.DELAYED
             assert job.error is not None and job.error["message"] == "boom"
-            assert terminal(await broker.read_events(job_id)) == []
+            assert terminal(await broker.jobs.read_events(job_id)) == []
 
             second = await claim_one(broker)
             assert trio.current_time() - failed_at >= 0.2
             assert second.job.attempts == 2 and second.token != first.token
-            assert await broker.flush([], [done(second, "ok")]) == [True]
-            events = await broker.read_events(job_id)
+            assert await broker.work.flush([], [done(second, "ok")]) == [True]
+            events = await broker.jobs.read_events(job_id)
             assert [(e.name, e.data) for e in terminal(events)] == [("end", "ok")]
 
 
@@ -193,11 +198,11 @@ async def test_backoff_doubles(
 ) -> None:
     with trio.fail_after(20):
         async with open_test_broker(max_attempts=3, backoff_s=0.25) as broker:
-            await broker.enqueue([spec()])
-            await broker.flush([], [failed(await claim_one(broker))])
+            await broker.jobs.enqueue([spec()])
+            await broker.work.flush([], [failed(await claim_one(broker))])
             second = await claim_one(broker)
             failed_at = trio.current_time()
-            await broker.flush([], [failed(second)])
+            await broker.work.flush([], [failed(second)])
             third = await claim_one(broker)
             assert third.job.attempts == 3
             assert trio.current_time() - failed_at >= 0.5
@@ -208,47 +213,48 @@ async def test_attempts_exhausted_fails_with_error_event(
 ) -> None:
     with trio.fail_after(10):
         async with open_test_broker(max_attempts=2) as broker:
-            [job_id] = await broker.enqueue([spec()])
-            await broker.flush([], [failed(await claim_one(broker), "first")])
-            assert await broker.flush([], [failed(await claim_one(broker), "second")]) == [True]
-            job = await broker.get_job(job_id)
+            [job_id] = await broker.jobs.enqueue([spec()])
+            await broker.work.flush([], [failed(await claim_one(broker), "first")])
+            second = failed(await claim_one(broker), "second")
+            assert await broker.work.flush([], [second]) == [True]
+            job = await broker.jobs.get_job(job_id)
             assert job is not None and job.status == JobStatus.FAILED and job.attempts == 2
             assert job.error == {"message": "second", "node": "n1", "traceback": "tb"}
-            events = await broker.read_events(job_id)
+            events = await broker.jobs.read_events(job_id)
             assert [(e.name, e.data) for e in events] == [
                 ("error", {"message": "second", "node": "n1"})
             ]
-            assert (await broker.counts())[JobStatus.FAILED] == 1
-            assert [j.id for j in await broker.list_jobs(JobStatus.FAILED)] == [job_id]
+            assert (await broker.control.counts())[JobStatus.FAILED] == 1
+            assert [j.id for j in await broker.jobs.list_jobs(JobStatus.FAILED)] == [job_id]
 
 
 async def test_failure_without_retry_is_final(open_test_broker: BrokerFactory) -> None:
     with trio.fail_after(10):
         async with open_test_broker(max_attempts=5) as broker:
-            [job_id] = await broker.enqueue([spec(max_attempts=5)])
-            await broker.flush([], [failed(await claim_one(broker), retry=False)])
-            job = await broker.get_job(job_id)
+            [job_id] = await broker.jobs.enqueue([spec(max_attempts=5)])
+            await broker.work.flush([], [failed(await claim_one(broker), retry=False)])
+            job = await broker.jobs.get_job(job_id)
             assert job is not None and job.status == JobStatus.FAILED and job.attempts == 1
 
 
 async def test_cancel_queued_and_delayed(broker: Broker) -> None:
     with trio.fail_after(10):
-        a, b, c = await broker.enqueue([spec(1), spec(2), spec(3, delay_s=0.05)])
+        a, b, c = await broker.jobs.enqueue([spec(1), spec(2), spec(3, delay_s=0.05)])
         for job_id in (a, c):
-            job = await broker.cancel(job_id, reason="user")
+            job = await broker.jobs.cancel(job_id, reason="user")
             assert job is not None and job.status == JobStatus.CANCELLED and job.cancel_requested
-            events = await broker.read_events(job_id)
+            events = await broker.jobs.read_events(job_id)
             assert [(e.name, e.data) for e in events] == [("cancelled", {"reason": "user"})]
         assert (await claim_one(broker)).job.id == b
         # Neither cancelled job comes back, even after the delay has passed.
-        assert await broker.claim("w1", 5, lock_ttl_s=30, block_s=0.3) == []
-        counts = await broker.counts()
+        assert await broker.work.claim("w1", 5, lock_ttl_s=30, block_s=0.3) == []
+        counts = await broker.control.counts()
         assert counts[JobStatus.CANCELLED] == 2 and counts[JobStatus.DELAYED] == 0
         # Cancelling a finished job changes nothing.
-        again = await broker.cancel(a)
+        again = await broker.jobs.cancel(a)
         assert again is not None and again.status == JobStatus.CANCELLED
-        assert len(await broker.read_events(a)) == 1
-        assert await broker.cancel("nope") is None
+        assert len(await broker.jobs.read_events(a)) == 1
+        assert await broker.jobs.cancel("nope") is None
 
 
 async def test_cancel_active(broker: Broker) -> None:
@@ -262,64 +268,66 @@ async def test_cancel_active(broker: Broker) -> None:
 
         async with trio.open_nursery() as nursery:
             await nursery.start(
-                lambda task_status: broker.watch_cancels(on_cancel, task_status=task_status)
+                lambda task_status: broker.work.watch_cancels(on_cancel, task_status=task_status)
             )
-            [job_id] = await broker.enqueue([spec()])
+            [job_id] = await broker.jobs.enqueue([spec()])
             claimed = await claim_one(broker)
-            job = await broker.cancel(job_id, reason="stop")
+            job = await broker.jobs.cancel(job_id, reason="stop")
             assert job is not None and job.status == JobStatus.ACTIVE and job.cancel_requested
             await noticed.wait()
             assert notices == [job_id]
-            assert await broker.renew("w1", {job_id: claimed.token}, lock_ttl_s=30) == (
+            assert await broker.work.renew("w1", {job_id: claimed.token}, lock_ttl_s=30) == (
                 set(), {job_id},
             )
             outcome = Outcome(job_id, claimed.token, OutcomeKind.CANCELLED)
-            assert await broker.flush([], [outcome]) == [True]
+            assert await broker.work.flush([], [outcome]) == [True]
             nursery.cancel_scope.cancel()
-        job = await broker.get_job(job_id)
+        job = await broker.jobs.get_job(job_id)
         assert job is not None and job.status == JobStatus.CANCELLED
         assert job.error is not None and job.error["reason"] == "stop"
-        events = await broker.read_events(job_id)
+        events = await broker.jobs.read_events(job_id)
         assert [(e.name, e.data) for e in events] == [("cancelled", {"reason": "stop"})]
 
 
 async def test_cancelled_running_job_never_runs_again(broker: Broker) -> None:
     with trio.fail_after(10):
-        [job_id] = await broker.enqueue([spec()])
+        [job_id] = await broker.jobs.enqueue([spec()])
         claimed = await claim_one(broker)
-        await broker.cancel(job_id)
+        await broker.jobs.cancel(job_id)
         # The worker tries to put it back (shutdown drain) or to retry a failure.
         requeue = Outcome(job_id, claimed.token, OutcomeKind.REQUEUE)
-        assert await broker.flush([], [requeue]) == [True]
-        job = await broker.get_job(job_id)
+        assert await broker.work.flush([], [requeue]) == [True]
+        job = await broker.jobs.get_job(job_id)
         assert job is not None and job.status == JobStatus.CANCELLED
-        assert len(terminal(await broker.read_events(job_id))) == 1
-        assert await broker.claim("w1", 5, lock_ttl_s=30, block_s=0) == []
+        assert len(terminal(await broker.jobs.read_events(job_id))) == 1
+        assert await broker.work.claim("w1", 5, lock_ttl_s=30, block_s=0) == []
 
 
 async def test_cancelled_failure_is_not_retried(open_test_broker: BrokerFactory) -> None:
     with trio.fail_after(10):
         async with open_test_broker(max_attempts=3) as broker:
-            [job_id] = await broker.enqueue([spec()])
+            [job_id] = await broker.jobs.enqueue([spec()])
             claimed = await claim_one(broker)
-            await broker.cancel(job_id)
-            assert await broker.flush([], [failed(claimed)]) == [True]
-            job = await broker.get_job(job_id)
+            await broker.jobs.cancel(job_id)
+            assert await broker.work.flush([], [failed(claimed)]) == [True]
+            job = await broker.jobs.get_job(job_id)
             assert job is not None and job.status == JobStatus.FAILED
-            assert len(terminal(await broker.read_events(job_id))) == 1
+            assert len(terminal(await broker.jobs.read_events(job_id))) == 1
 
 
 async def test_stale_token_refused(broker: Broker) -> None:
     with trio.fail_after(10):
-        [job_id] = await broker.enqueue([spec()])
+        [job_id] = await broker.jobs.enqueue([spec()])
         claimed = await claim_one(broker)
         stale = Outcome(job_id, "not-the-token", OutcomeKind.COMPLETED, result=1)
-        assert await broker.flush([], [stale, done(claimed, 2)]) == [False, True]
-        assert await broker.flush([], [done(claimed, 3)]) == [False]
-        job = await broker.get_job(job_id)
+        assert await broker.work.flush([], [stale, done(claimed, 2)]) == [False, True]
+        assert await broker.work.flush([], [done(claimed, 3)]) == [False]
+        job = await broker.jobs.get_job(job_id)
         assert job is not None and job.result == 2
-        assert len(terminal(await broker.read_events(job_id))) == 1
-        assert await broker.renew("w1", {job_id: claimed.token}, lock_ttl_s=30) == ({job_id}, set())
+        assert len(terminal(await broker.jobs.read_events(job_id))) == 1
+        assert await broker.work.renew("w1", {job_id: claimed.token}, lock_ttl_s=30) == (
+            {job_id}, set(),
+        )
 
 
 async def test_expired_lock_puts_job_back(
@@ -327,17 +335,17 @@ async def test_expired_lock_puts_job_back(
 ) -> None:
     with trio.fail_after(10):
         async with open_test_broker(max_stalled=1, stalled_interval_s=0.1) as broker:
-            [job_id] = await broker.enqueue([spec()])
+            [job_id] = await broker.jobs.enqueue([spec()])
             first = await claim_one(broker, "w1", lock_ttl_s=0.2)
             # w1 stops renewing; the stalled check hands the job to w2.
             second = await claim_one(broker, "w2", lock_ttl_s=30)
             assert second.job.id == job_id and second.job.attempts == 2
             assert second.job.worker == "w2"
-            lost = await broker.renew("w1", {job_id: first.token}, lock_ttl_s=30)
+            lost = await broker.work.renew("w1", {job_id: first.token}, lock_ttl_s=30)
             assert lost == ({job_id}, set())
-            assert await broker.flush([], [done(first, "late")]) == [False]
-            assert await broker.flush([], [done(second, "ok")]) == [True]
-            job = await broker.get_job(job_id)
+            assert await broker.work.flush([], [done(first, "late")]) == [False]
+            assert await broker.work.flush([], [done(second, "ok")]) == [True]
+            job = await broker.jobs.get_job(job_id)
             assert job is not None and job.result == "ok"
 
 
@@ -346,14 +354,14 @@ async def test_renewed_lock_is_kept(
 ) -> None:
     with trio.fail_after(10):
         async with open_test_broker(stalled_interval_s=0.05) as broker:
-            [job_id] = await broker.enqueue([spec()])
+            [job_id] = await broker.jobs.enqueue([spec()])
             claimed = await claim_one(broker, lock_ttl_s=0.3)
             for _ in range(8):  # 0.8 s, far past the first lock's end
-                assert await broker.renew("w1", {job_id: claimed.token}, lock_ttl_s=0.3) == (
+                assert await broker.work.renew("w1", {job_id: claimed.token}, lock_ttl_s=0.3) == (
                     set(), set(),
                 )
                 await trio.sleep(0.1)
-            assert await broker.flush([], [done(claimed)]) == [True]
+            assert await broker.work.flush([], [done(claimed)]) == [True]
 
 
 async def test_max_stalled_fails_job(
@@ -361,12 +369,12 @@ async def test_max_stalled_fails_job(
 ) -> None:
     with trio.fail_after(10):
         async with open_test_broker(max_stalled=0, stalled_interval_s=0.1) as broker:
-            [job_id] = await broker.enqueue([spec()])
+            [job_id] = await broker.jobs.enqueue([spec()])
             await claim_one(broker, lock_ttl_s=0.2)
             events = await wait_terminal(broker, job_id)
             assert [e.name for e in events] == ["error"]
             assert "stalled" in events[0].data["message"] and events[0].data["node"] is None
-            job = await broker.get_job(job_id)
+            job = await broker.jobs.get_job(job_id)
             assert job is not None and job.status == JobStatus.FAILED
             assert job.error is not None and job.error["reason"] == "stalled"
 
@@ -376,33 +384,33 @@ async def test_stalled_cancelled_job_ends_cancelled(
 ) -> None:
     with trio.fail_after(10):
         async with open_test_broker(max_stalled=5, stalled_interval_s=0.1) as broker:
-            [job_id] = await broker.enqueue([spec()])
+            [job_id] = await broker.jobs.enqueue([spec()])
             await claim_one(broker, lock_ttl_s=0.2)
-            await broker.cancel(job_id, reason="gone")
+            await broker.jobs.cancel(job_id, reason="gone")
             events = await wait_terminal(broker, job_id)
             assert [(e.name, e.data) for e in events] == [("cancelled", {"reason": "gone"})]
 
 
 async def test_requeue_does_not_count_attempt(broker: Broker) -> None:
     with trio.fail_after(10):
-        [job_id] = await broker.enqueue([spec()])
+        [job_id] = await broker.jobs.enqueue([spec()])
         claimed = await claim_one(broker)
         requeue = Outcome(job_id, claimed.token, OutcomeKind.REQUEUE)
-        assert await broker.flush([], [requeue]) == [True]
-        job = await broker.get_job(job_id)
+        assert await broker.work.flush([], [requeue]) == [True]
+        job = await broker.jobs.get_job(job_id)
         assert job is not None and job.status == JobStatus.WAITING and job.attempts == 0
-        assert await broker.read_events(job_id) == []
+        assert await broker.jobs.read_events(job_id) == []
         again = await claim_one(broker)
         assert again.job.id == job_id and again.job.attempts == 1
 
 
 async def test_pause_and_resume(broker: Broker) -> None:
     with trio.fail_after(10):
-        assert not await broker.is_paused()
-        await broker.pause()
-        assert await broker.is_paused()
-        [job_id] = await broker.enqueue([spec()])
-        assert await broker.claim("w1", 5, lock_ttl_s=30, block_s=0) == []
+        assert not await broker.control.is_paused()
+        await broker.control.pause()
+        assert await broker.control.is_paused()
+        [job_id] = await broker.jobs.enqueue([spec()])
+        assert await broker.work.claim("w1", 5, lock_ttl_s=30, block_s=0) == []
         got: list[str] = []
         async with trio.open_nursery() as nursery:
 
@@ -412,19 +420,19 @@ async def test_pause_and_resume(broker: Broker) -> None:
             nursery.start_soon(claimer)
             await trio.testing.wait_all_tasks_blocked(0.05)
             assert got == []
-            await broker.resume()
+            await broker.control.resume()
         assert got == [job_id]
-        assert not await broker.is_paused()
+        assert not await broker.control.is_paused()
 
 
 async def test_counts_and_list_jobs(broker: Broker) -> None:
     with trio.fail_after(10):
-        ids = await broker.enqueue([spec(i) for i in range(6)])
-        await broker.enqueue([spec(9, delay_s=60)])
-        a, b, c = await broker.claim("w1", 3, lock_ttl_s=30, block_s=0)
-        await broker.flush([], [done(a), failed(b, retry=False)])
-        await broker.cancel(ids[3])
-        assert await broker.counts() == {
+        ids = await broker.jobs.enqueue([spec(i) for i in range(6)])
+        await broker.jobs.enqueue([spec(9, delay_s=60)])
+        a, b, c = await broker.work.claim("w1", 3, lock_ttl_s=30, block_s=0)
+        await broker.work.flush([], [done(a), failed(b, retry=False)])
+        await broker.jobs.cancel(ids[3])
+        assert await broker.control.counts() == {
             JobStatus.WAITING: 2,
             JobStatus.DELAYED: 1,
             JobStatus.ACTIVE: 1,
@@ -432,30 +440,31 @@ async def test_counts_and_list_jobs(broker: Broker) -> None:
             JobStatus.FAILED: 1,
             JobStatus.CANCELLED: 1,
         }
-        assert [j.id for j in await broker.list_jobs(JobStatus.WAITING)] == [ids[5], ids[4]]
-        page = await broker.list_jobs(JobStatus.WAITING, offset=1, limit=1)
+        assert [j.id for j in await broker.jobs.list_jobs(JobStatus.WAITING)] == [ids[5], ids[4]]
+        page = await broker.jobs.list_jobs(JobStatus.WAITING, offset=1, limit=1)
         assert [j.id for j in page] == [ids[4]]
-        assert [j.id for j in await broker.list_jobs(JobStatus.ACTIVE)] == [c.job.id]
-        assert [j.id for j in await broker.list_jobs(JobStatus.COMPLETED)] == [a.job.id]
-        assert [j.status for j in await broker.list_jobs(JobStatus.DELAYED)] == [JobStatus.DELAYED]
+        assert [j.id for j in await broker.jobs.list_jobs(JobStatus.ACTIVE)] == [c.job.id]
+        assert [j.id for j in await broker.jobs.list_jobs(JobStatus.COMPLETED)] == [a.job.id]
+        delayed = await broker.jobs.list_jobs(JobStatus.DELAYED)
+        assert [j.status for j in delayed] == [JobStatus.DELAYED]
 
 
 async def test_retention_by_count(open_test_broker: BrokerFactory) -> None:
     with trio.fail_after(10):
         async with open_test_broker(remove_on_count=2) as broker:
-            ids = await broker.enqueue([spec(i) for i in range(4)])
+            ids = await broker.jobs.enqueue([spec(i) for i in range(4)])
             for job_id in ids:
                 claimed = await claim_one(broker)
                 assert claimed.job.id == job_id
-                await broker.flush([EmittedEvent(job_id, "x", 1)], [done(claimed)])
-            assert (await broker.counts())[JobStatus.COMPLETED] == 2
+                await broker.work.flush([EmittedEvent(job_id, "x", 1)], [done(claimed)])
+            assert (await broker.control.counts())[JobStatus.COMPLETED] == 2
             for old in ids[:2]:
-                assert await broker.get_job(old) is None
-                assert await broker.read_events(old) == []
+                assert await broker.jobs.get_job(old) is None
+                assert await broker.jobs.read_events(old) == []
             for kept in ids[2:]:
-                assert await broker.get_job(kept) is not None
-                assert len(await broker.read_events(kept)) == 2
-            assert [j.id for j in await broker.list_jobs(JobStatus.COMPLETED)] == ids[:1:-1]
+                assert await broker.jobs.get_job(kept) is not None
+                assert len(await broker.jobs.read_events(kept)) == 2
+            assert [j.id for j in await broker.jobs.list_jobs(JobStatus.COMPLETED)] == ids[:1:-1]
 
 
 async def test_retention_by_age(
@@ -463,72 +472,73 @@ async def test_retention_by_age(
 ) -> None:
     with trio.fail_after(20):
         async with open_test_broker(remove_on_age_s=0.3, stalled_interval_s=0.1) as broker:
-            [job_id, kept] = await broker.enqueue([spec(1), spec(2)])
+            [job_id, kept] = await broker.jobs.enqueue([spec(1), spec(2)])
             claimed = await claim_one(broker)
-            await broker.flush([EmittedEvent(job_id, "x", 1)], [done(claimed)])
+            await broker.work.flush([EmittedEvent(job_id, "x", 1)], [done(claimed)])
 
             async def gone() -> bool:
-                counts = await broker.counts()
-                return await broker.get_job(job_id) is None and not counts[JobStatus.COMPLETED]
+                counts = await broker.control.counts()
+                return await broker.jobs.get_job(job_id) is None and not counts[JobStatus.COMPLETED]
 
             await wait_until(gone, 0.05)
-            assert await broker.read_events(job_id) == []
-            assert await broker.list_jobs(JobStatus.COMPLETED) == []
-            assert await broker.get_job(kept) is not None  # unfinished jobs never expire
+            assert await broker.jobs.read_events(job_id) == []
+            assert await broker.jobs.list_jobs(JobStatus.COMPLETED) == []
+            assert await broker.jobs.get_job(kept) is not None  # unfinished jobs never expire
 
 
 async def test_watch_events_live(broker: Broker) -> None:
     with trio.fail_after(10):
-        [job_id] = await broker.enqueue([spec()])
+        [job_id] = await broker.jobs.enqueue([spec()])
         seen: list[tuple[str, object]] = []
         async with trio.open_nursery() as nursery:
 
             async def watcher() -> None:
-                async for event in broker.watch_events(job_id):
+                async for event in watch_events(broker.jobs, job_id):
                     seen.append((event.name, event.data))
 
             nursery.start_soon(watcher)
             claimed = await claim_one(broker)
             for i in range(3):
-                await broker.flush([EmittedEvent(job_id, "token", i)], [])
-            await broker.flush([], [done(claimed, "r")])
+                await broker.work.flush([EmittedEvent(job_id, "token", i)], [])
+            await broker.work.flush([], [done(claimed, "r")])
         assert seen == [("token", 0), ("token", 1), ("token", 2), ("end", "r")]
 
 
 async def test_watch_events_replay_and_resume(broker: Broker) -> None:
     with trio.fail_after(10):
-        [job_id] = await broker.enqueue([spec()])
+        [job_id] = await broker.jobs.enqueue([spec()])
         claimed = await claim_one(broker)
-        await broker.flush([EmittedEvent(job_id, "token", i) for i in range(5)], [])
-        await broker.flush([], [done(claimed, "r")])
+        await broker.work.flush([EmittedEvent(job_id, "token", i) for i in range(5)], [])
+        await broker.work.flush([], [done(claimed, "r")])
         events = await wait_terminal(broker, job_id)
         assert [e.name for e in events] == ["token"] * 5 + ["end"]
-        assert [e.id for e in events] == [e.id for e in await broker.read_events(job_id)]
-        resumed = [e async for e in broker.watch_events(job_id, after=events[2].id)]
+        assert [e.id for e in events] == [e.id for e in await broker.jobs.read_events(job_id)]
+        resumed = [e async for e in watch_events(broker.jobs, job_id, after=events[2].id)]
         assert resumed == events[3:]
-        assert await broker.read_events(job_id, after=events[3].id, count=2) == events[4:6]
-        assert await broker.read_events(job_id, after=events[-1].id) == []
+        assert await broker.jobs.read_events(job_id, after=events[3].id, count=2) == events[4:6]
+        assert await broker.jobs.read_events(job_id, after=events[-1].id) == []
 
 
 async def test_watch_event_batches_deliver_a_flush_together(broker: Broker) -> None:
     # What one flush wrote reaches a caught-up watcher as one batch (one write
     # to an SSE client), the terminal event last; nothing after it is read.
     with trio.fail_after(10):
-        [job_id] = await broker.enqueue([spec()])
+        [job_id] = await broker.jobs.enqueue([spec()])
         claimed = await claim_one(broker)
-        await broker.flush([EmittedEvent(job_id, "token", "first")], [])
+        await broker.work.flush([EmittedEvent(job_id, "token", "first")], [])
         batches: list[list[tuple[str, object]]] = []
         async with trio.open_nursery() as nursery:
             first_seen = trio.Event()
 
             async def watcher() -> None:
-                async for batch in broker.watch_event_batches(job_id):
-                    batches.append([(e.name, e.data) for e in batch])
-                    first_seen.set()
+                async with broker.jobs.open_event_watch(job_id) as watch:
+                    async for batch in watch:
+                        batches.append([(e.name, e.data) for e in batch])
+                        first_seen.set()
 
             nursery.start_soon(watcher)
             await first_seen.wait()
-            await broker.flush([EmittedEvent(job_id, "token", i) for i in range(300)],
+            await broker.work.flush([EmittedEvent(job_id, "token", i) for i in range(300)],
                                [done(claimed, "r")])
         assert batches[0] == [("token", "first")]
         later = [event for batch in batches[1:] for event in batch]
@@ -540,20 +550,22 @@ async def test_watch_event_batches_deliver_a_flush_together(broker: Broker) -> N
 
 async def test_many_watchers_of_many_jobs(broker: Broker) -> None:
     with trio.fail_after(20):
-        ids = await broker.enqueue([spec(i) for i in range(5)])
-        claimed = await broker.claim("w1", 5, lock_ttl_s=30, block_s=1)
+        ids = await broker.jobs.enqueue([spec(i) for i in range(5)])
+        claimed = await broker.work.claim("w1", 5, lock_ttl_s=30, block_s=1)
         results: dict[tuple[str, int], list[object]] = {}
         async with trio.open_nursery() as nursery:
             for job_id in ids:
                 for n in range(20):
 
                     async def watcher(job_id: str = job_id, n: int = n) -> None:
-                        results[job_id, n] = [e.data async for e in broker.watch_events(job_id)]
+                        results[job_id, n] = [
+                            e.data async for e in watch_events(broker.jobs, job_id)
+                        ]
 
                     nursery.start_soon(watcher)
             for i in range(10):
-                await broker.flush([EmittedEvent(j, "t", i) for j in ids], [])
-            await broker.flush([], [done(c, "end") for c in claimed])
+                await broker.work.flush([EmittedEvent(j, "t", i) for j in ids], [])
+            await broker.work.flush([], [done(c, "end") for c in claimed])
         assert len(results) == 100
         assert [d for d in results.values() if d != [*range(10), "end"]] == []
 
@@ -564,43 +576,44 @@ async def test_heartbeat_and_workers(broker: Broker, clock: trio.testing.MockClo
             id="w1", host="h", pid=1, started_at=1.0, last_seen=2.0,
             jobs_held=3, concurrency=10, ready=True,
         )
-        await broker.heartbeat(info, ttl_s=0.3)
-        await broker.heartbeat(WorkerInfo("w2", "h", 2, 1.0, 2.0, 0, 5, False), ttl_s=30)
-        assert sorted(w.id for w in await broker.workers()) == ["w1", "w2"]
-        assert info in await broker.workers()
+        await broker.work.heartbeat(info, ttl_s=0.3)
+        await broker.work.heartbeat(WorkerInfo("w2", "h", 2, 1.0, 2.0, 0, 5, False), ttl_s=30)
+        assert sorted(w.id for w in await broker.control.workers()) == ["w1", "w2"]
+        assert info in await broker.control.workers()
         await trio.sleep(0.5)  # past w1's ttl: the scenario, not synchronisation
-        assert [w.id for w in await broker.workers()] == ["w2"]
+        assert [w.id for w in await broker.control.workers()] == ["w2"]
 
 
 async def test_flows_versions(broker: Broker) -> None:
     with trio.fail_after(10):
-        assert await broker.get_flow("greet") is None
-        assert await broker.put_flow("greet", b'{"v": 1}') == 1
-        assert await broker.put_flow("greet", b'{"v": 1}') == 1
-        assert await broker.put_flow("greet", b'{"v": 2}') == 2
-        assert await broker.put_flow("other", b"{}") == 1
-        assert await broker.get_flow("greet") == (2, b'{"v": 2}')
-        assert await broker.get_flow("greet", 1) == (1, b'{"v": 1}')
-        assert await broker.get_flow("greet", 3) is None
-        assert await broker.list_flows() == {"greet": 2, "other": 1}
-        assert await broker.delete_flow("greet")
-        assert not await broker.delete_flow("greet")
-        assert await broker.get_flow("greet") is None
-        assert await broker.get_flow("greet", 2) == (2, b'{"v": 2}')  # queued jobs still run it
-        assert await broker.put_flow("greet", b'{"v": 1}') == 3
-        assert await broker.list_flows() == {"greet": 3, "other": 1}
+        assert await broker.flow_documents.get_flow("greet") is None
+        assert await broker.flow_documents.put_flow("greet", b'{"v": 1}') == 1
+        assert await broker.flow_documents.put_flow("greet", b'{"v": 1}') == 1
+        assert await broker.flow_documents.put_flow("greet", b'{"v": 2}') == 2
+        assert await broker.flow_documents.put_flow("other", b"{}") == 1
+        assert await broker.flow_documents.get_flow("greet") == (2, b'{"v": 2}')
+        assert await broker.flow_documents.get_flow("greet", 1) == (1, b'{"v": 1}')
+        assert await broker.flow_documents.get_flow("greet", 3) is None
+        assert await broker.flow_documents.list_flows() == {"greet": 2, "other": 1}
+        assert await broker.flow_documents.delete_flow("greet")
+        assert not await broker.flow_documents.delete_flow("greet")
+        assert await broker.flow_documents.get_flow("greet") is None
+        # Queued jobs still run it.
+        assert await broker.flow_documents.get_flow("greet", 2) == (2, b'{"v": 2}')
+        assert await broker.flow_documents.put_flow("greet", b'{"v": 1}') == 3
+        assert await broker.flow_documents.list_flows() == {"greet": 3, "other": 1}
 
 
 async def test_secrets(broker: Broker) -> None:
     with trio.fail_after(10):
-        assert await broker.get_secret("openai") is None
-        await broker.put_secret("openai", b"\x00sealed\xff")
-        await broker.put_secret("other", b"x")
-        assert await broker.get_secret("openai") == b"\x00sealed\xff"
-        assert sorted(await broker.list_secrets()) == ["openai", "other"]
-        assert await broker.delete_secret("openai")
-        assert not await broker.delete_secret("openai")
-        assert await broker.list_secrets() == ["other"]
+        assert await broker.secrets.get_secret("openai") is None
+        await broker.secrets.put_secret("openai", b"\x00sealed\xff")
+        await broker.secrets.put_secret("other", b"x")
+        assert await broker.secrets.get_secret("openai") == b"\x00sealed\xff"
+        assert sorted(await broker.secrets.list_secrets()) == ["openai", "other"]
+        assert await broker.secrets.delete_secret("openai")
+        assert not await broker.secrets.delete_secret("openai")
+        assert await broker.secrets.list_secrets() == ["other"]
 
 
 async def test_rate_limit_allows_a_burst_then_says_how_long_to_wait(broker: Broker) -> None:
@@ -608,50 +621,50 @@ async def test_rate_limit_allows_a_burst_then_says_how_long_to_wait(broker: Brok
         # 60 a minute (one a second), bursts of 3: three go, the fourth waits
         # about a second; another limit's name is counted apart.
         for _ in range(3):
-            assert await broker.rate_limit("flow:a", per_minute=60, burst=3) == 0
-        wait = await broker.rate_limit("flow:a", per_minute=60, burst=3)
+            assert await broker.limiter.rate_limit("flow:a", per_minute=60, burst=3) == 0
+        wait = await broker.limiter.rate_limit("flow:a", per_minute=60, burst=3)
         assert 0.5 < wait <= 1.0
         # A refused request is not counted: asking again waits no longer.
-        assert await broker.rate_limit("flow:a", per_minute=60, burst=3) <= wait
-        assert await broker.rate_limit("flow:b", per_minute=60, burst=3) == 0
+        assert await broker.limiter.rate_limit("flow:a", per_minute=60, burst=3) <= wait
+        assert await broker.limiter.rate_limit("flow:b", per_minute=60, burst=3) == 0
 
 
 async def test_rate_limit_refills_with_time(broker: Broker) -> None:
     with trio.fail_after(10):
         # 6000 a minute is one per 10 ms: after a refused request, waiting the
         # answer lets the next one through.
-        assert await broker.rate_limit("r", per_minute=6000, burst=1) == 0
-        wait = await broker.rate_limit("r", per_minute=6000, burst=1)
+        assert await broker.limiter.rate_limit("r", per_minute=6000, burst=1) == 0
+        wait = await broker.limiter.rate_limit("r", per_minute=6000, burst=1)
         assert 0 < wait <= 0.01
         await trio.sleep(wait + 0.002)
-        assert await broker.rate_limit("r", per_minute=6000, burst=1) == 0
+        assert await broker.limiter.rate_limit("r", per_minute=6000, burst=1) == 0
 
 
 async def test_retry_of_failed_job(broker: Broker) -> None:
     with trio.fail_after(10):
-        [job_id] = await broker.enqueue([spec()])
-        await broker.flush([], [failed(await claim_one(broker), retry=False)])
-        job = await broker.retry(job_id)
+        [job_id] = await broker.jobs.enqueue([spec()])
+        await broker.work.flush([], [failed(await claim_one(broker), retry=False)])
+        job = await broker.jobs.retry(job_id)
         assert job is not None and job.status == JobStatus.WAITING and job.attempts == 0
-        assert job.error is None and await broker.read_events(job_id) == []
-        assert (await broker.counts())[JobStatus.FAILED] == 0
+        assert job.error is None and await broker.jobs.read_events(job_id) == []
+        assert (await broker.control.counts())[JobStatus.FAILED] == 0
         claimed = await claim_one(broker)
         assert claimed.job.id == job_id and claimed.job.attempts == 1
-        await broker.flush([], [done(claimed, "second time")])
+        await broker.work.flush([], [done(claimed, "second time")])
         assert [e.name for e in await wait_terminal(broker, job_id)] == ["end"]
-        completed = await broker.retry(job_id)  # not failed or cancelled: unchanged
+        completed = await broker.jobs.retry(job_id)  # not failed or cancelled: unchanged
         assert completed is not None and completed.status == JobStatus.COMPLETED
-        assert await broker.retry("nope") is None
+        assert await broker.jobs.retry("nope") is None
 
 
 async def test_unknown_job(broker: Broker) -> None:
     with trio.fail_after(10):
-        assert await broker.get_job("nope") is None
-        assert await broker.read_events("nope") == []
-        assert await broker.flush(
+        assert await broker.jobs.get_job("nope") is None
+        assert await broker.jobs.read_events("nope") == []
+        assert await broker.work.flush(
             [EmittedEvent("nope", "x", 1)], [Outcome("nope", "t", OutcomeKind.COMPLETED)]
         ) == [False]
-        assert await broker.renew("w1", {"nope": "t"}, lock_ttl_s=1) == ({"nope"}, set())
+        assert await broker.work.renew("w1", {"nope": "t"}, lock_ttl_s=1) == ({"nope"}, set())
 
 
 async def test_ping(broker: Broker) -> None:

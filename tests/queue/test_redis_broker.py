@@ -15,11 +15,10 @@ import trio.testing
 from flowqd.config import Config, QueueConfig, RedisConfig
 from flowqd.errors import BrokerUnavailable
 from flowqd.jobs import Claimed, EmittedEvent, Event, JobStatus
-from flowqd.queue import open_broker
-from flowqd.queue.base import Broker
+from flowqd.queue import Broker, open_broker
 from flowqd.queue.keys import prefix_of
 from flowqd.redis import Redis, open_redis
-from tests.queue.helpers import claim_one, done, spec, terminal, wait_until
+from tests.queue.helpers import claim_one, done, spec, terminal, wait_until, watch_events
 from tests.redisproc import RedisServer, free_port
 
 
@@ -55,7 +54,7 @@ async def test_concurrent_claimers_never_share_a_job(open_running: Callable[...,
     total = 1000
     with trio.fail_after(30):
         async with open_running() as b1, open_running() as b2:
-            ids = await b1.enqueue([spec(i) for i in range(total)])
+            ids = await b1.jobs.enqueue([spec(i) for i in range(total)])
             claimed: list[str] = []
             recorded: list[bool] = []
             finished = trio.Event()
@@ -63,9 +62,9 @@ async def test_concurrent_claimers_never_share_a_job(open_running: Callable[...,
             async def claimer(broker: Broker, name: str) -> None:
                 while len(recorded) < total:
                     n = random.randint(1, 40)
-                    got = await broker.claim(name, n, lock_ttl_s=30, block_s=0.2)
+                    got = await broker.work.claim(name, n, lock_ttl_s=30, block_s=0.2)
                     claimed.extend(c.job.id for c in got)
-                    recorded.extend(await broker.flush([], [done(c, name) for c in got]))
+                    recorded.extend(await broker.work.flush([], [done(c, name) for c in got]))
                 finished.set()
 
             async with trio.open_nursery() as nursery:
@@ -75,11 +74,11 @@ async def test_concurrent_claimers_never_share_a_job(open_running: Callable[...,
                 nursery.cancel_scope.cancel()
             assert sorted(claimed) == sorted(ids)
             assert recorded == [True] * total
-            counts = await b1.counts()
+            counts = await b1.control.counts()
             assert counts[JobStatus.COMPLETED] == total
             assert counts[JobStatus.ACTIVE] == counts[JobStatus.WAITING] == 0
             for job_id in ids[::50]:
-                assert [e.name for e in await b1.read_events(job_id)] == ["end"]
+                assert [e.name for e in await b1.jobs.read_events(job_id)] == ["end"]
 
 
 async def _is_blocked(raw: Redis) -> bool:
@@ -95,12 +94,12 @@ async def test_blocked_claim_cancelled_leaves_queue_intact(
         async with open_running() as broker:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(
-                    lambda: broker.claim("w1", 10, lock_ttl_s=30, block_s=30)
+                    lambda: broker.work.claim("w1", 10, lock_ttl_s=30, block_s=30)
                 )
                 await wait_until(lambda: _is_blocked(raw))
                 nursery.cancel_scope.cancel()
-            [job_id] = await broker.enqueue([spec()])
-            assert (await broker.counts())[JobStatus.WAITING] == 1
+            [job_id] = await broker.jobs.enqueue([spec()])
+            assert (await broker.control.counts())[JobStatus.WAITING] == 1
             claimed = await claim_one(broker)
             assert claimed.job.id == job_id and claimed.job.attempts == 1
 
@@ -110,25 +109,25 @@ async def test_cancelled_claims_lose_nothing(open_running: Callable[..., Any]) -
     rounds = 150
     with trio.fail_after(30):
         async with open_running() as broker:
-            ids = await broker.enqueue([spec(i) for i in range(rounds)])
+            ids = await broker.jobs.enqueue([spec(i) for i in range(rounds)])
             outcomes = Counter[str]()
             for _ in range(rounds):
                 got: list[Claimed] = []
                 with trio.move_on_after(random.random() * 0.002):
-                    got = await broker.claim("w1", 2, lock_ttl_s=30, block_s=0)
-                counts = await broker.counts()
+                    got = await broker.work.claim("w1", 2, lock_ttl_s=30, block_s=0)
+                counts = await broker.control.counts()
                 assert counts[JobStatus.ACTIVE] == len(got)
                 for c in got:
                     assert c.job.attempts == 1
                     outcomes[c.job.id] += 1
-                await broker.flush([], [done(c) for c in got])
+                await broker.work.flush([], [done(c) for c in got])
             while True:
-                got = await broker.claim("w1", 50, lock_ttl_s=30, block_s=0)
+                got = await broker.work.claim("w1", 50, lock_ttl_s=30, block_s=0)
                 if not got:
                     break
                 assert all(c.job.attempts == 1 for c in got)
                 outcomes.update(c.job.id for c in got)
-                await broker.flush([], [done(c) for c in got])
+                await broker.work.flush([], [done(c) for c in got])
             assert outcomes == Counter({job_id: 1 for job_id in ids})
 
 
@@ -139,11 +138,11 @@ async def test_idle_claim_wakes_on_enqueue(open_running: Callable[..., Any], raw
             async with trio.open_nursery() as nursery:
 
                 async def claimer() -> None:
-                    got.extend(await broker.claim("w1", 5, lock_ttl_s=30, block_s=60))
+                    got.extend(await broker.work.claim("w1", 5, lock_ttl_s=30, block_s=60))
 
                 nursery.start_soon(claimer)
                 await wait_until(lambda: _is_blocked(raw))
-                [job_id] = await broker.enqueue([spec()])
+                [job_id] = await broker.jobs.enqueue([spec()])
             assert [c.job.id for c in got] == [job_id]
 
 
@@ -152,10 +151,10 @@ async def test_no_subscription_without_watchers(open_running: Callable[..., Any]
     # doorbell of every flush in the cluster.
     with trio.fail_after(20):
         async with open_running() as broker:
-            [job_id] = await broker.enqueue([spec()])
+            [job_id] = await broker.jobs.enqueue([spec()])
             claimed = await claim_one(broker)
-            await broker.flush([EmittedEvent(job_id, "t", 1)], [done(claimed)])
-            stats = await broker.statistics()
+            await broker.work.flush([EmittedEvent(job_id, "t", 1)], [done(claimed)])
+            stats = await broker.control.statistics()
             assert stats["dedicated_connections"] == 0
             assert stats["event_rings"] == 0
 
@@ -163,25 +162,25 @@ async def test_no_subscription_without_watchers(open_running: Callable[..., Any]
 async def test_many_watchers_share_one_subscription(open_running: Callable[..., Any]) -> None:
     with trio.fail_after(20):
         async with open_running() as broker:
-            ids = await broker.enqueue([spec(i) for i in range(300)])
-            claimed = await broker.claim("w1", 300, lock_ttl_s=30, block_s=1)
+            ids = await broker.jobs.enqueue([spec(i) for i in range(300)])
+            claimed = await broker.work.claim("w1", 300, lock_ttl_s=30, block_s=1)
             received: dict[str, list[str]] = {}
             async with trio.open_nursery() as nursery:
                 for job_id in ids:
 
                     async def watcher(job_id: str = job_id) -> None:
-                        received[job_id] = [e.name async for e in broker.watch_events(job_id)]
+                        received[job_id] = [e.name async for e in watch_events(broker.jobs, job_id)]
 
                     nursery.start_soon(watcher)
-                await broker.flush([EmittedEvent(j, "t", 1) for j in ids], [])
+                await broker.work.flush([EmittedEvent(j, "t", 1) for j in ids], [])
 
                 async def subscribed() -> bool:
-                    stats = await broker.statistics()
+                    stats = await broker.control.statistics()
                     # The doorbell subscription, opened for the first watcher.
                     return bool(stats["dedicated_connections"] == 1)
 
                 await wait_until(subscribed)
-                await broker.flush([], [done(c) for c in claimed])
+                await broker.work.flush([], [done(c) for c in claimed])
             assert received == {j: ["t", "end"] for j in ids}
 
 
@@ -195,20 +194,20 @@ async def test_watchers_joining_while_events_flow_miss_nothing(
     rounds, per_round = 12, 3
     with trio.fail_after(30):
         async with open_running() as broker:
-            ids = await broker.enqueue([spec(i) for i in range(20)])
-            claimed = await broker.claim("w1", 20, lock_ttl_s=30, block_s=1)
+            ids = await broker.jobs.enqueue([spec(i) for i in range(20)])
+            claimed = await broker.work.claim("w1", 20, lock_ttl_s=30, block_s=1)
             results: list[list[object]] = []
             async with trio.open_nursery() as nursery:
 
                 async def watcher(job_id: str) -> None:
-                    results.append([e.data async for e in broker.watch_events(job_id)])
+                    results.append([e.data async for e in watch_events(broker.jobs, job_id)])
 
                 for i in range(rounds):
                     for job_id in ids:
                         for _ in range(per_round):
                             nursery.start_soon(watcher, job_id)
-                    await broker.flush([EmittedEvent(j, "t", i) for j in ids], [])
-                await broker.flush([], [done(c, "end") for c in claimed])
+                    await broker.work.flush([EmittedEvent(j, "t", i) for j in ids], [])
+                await broker.work.flush([], [done(c, "end") for c in claimed])
             assert len(results) == rounds * per_round * len(ids)
             assert [data for data in results if data != [*range(rounds), "end"]] == []
 
@@ -216,7 +215,7 @@ async def test_watchers_joining_while_events_flow_miss_nothing(
 async def test_slow_watcher_does_not_stall_others(open_running: Callable[..., Any]) -> None:
     with trio.fail_after(20):
         async with open_running() as broker:
-            [job_id] = await broker.enqueue([spec()])
+            [job_id] = await broker.jobs.enqueue([spec()])
             claimed = await claim_one(broker)
             release = trio.Event()
             slow: list[Event] = []
@@ -224,23 +223,23 @@ async def test_slow_watcher_does_not_stall_others(open_running: Callable[..., An
             async with trio.open_nursery() as nursery:
 
                 async def slow_watcher() -> None:
-                    async for event in broker.watch_events(job_id):
+                    async for event in watch_events(broker.jobs, job_id):
                         slow.append(event)
                         if len(slow) == 3:
                             await release.wait()
 
                 async def fast_watcher() -> None:
-                    fast.extend([e async for e in broker.watch_events(job_id)])
+                    fast.extend([e async for e in watch_events(broker.jobs, job_id)])
                     release.set()
 
                 nursery.start_soon(slow_watcher)
                 for start in range(0, 2000, 100):
-                    await broker.flush(
+                    await broker.work.flush(
                         [EmittedEvent(job_id, "t", i) for i in range(start, start + 100)], []
                     )
                 nursery.start_soon(fast_watcher)
-                await broker.flush([], [done(claimed)])
-            expected = await broker.read_events(job_id, count=5000)
+                await broker.work.flush([], [done(claimed)])
+            expected = await broker.jobs.read_events(job_id, count=5000)
             assert len(expected) == 2001
             assert fast == expected and slow == expected
 
@@ -250,20 +249,20 @@ async def test_events_survive_lost_subscription(
 ) -> None:
     with trio.fail_after(20):
         async with open_running() as broker:
-            [job_id] = await broker.enqueue([spec()])
+            [job_id] = await broker.jobs.enqueue([spec()])
             claimed = await claim_one(broker)
             seen: list[object] = []
             async with trio.open_nursery() as nursery:
 
                 async def watcher() -> None:
-                    seen.extend([e.data async for e in broker.watch_events(job_id)])
+                    seen.extend([e.data async for e in watch_events(broker.jobs, job_id)])
 
                 nursery.start_soon(watcher)
-                await broker.flush([EmittedEvent(job_id, "t", 0)], [])
+                await broker.work.flush([EmittedEvent(job_id, "t", 0)], [])
                 await raw.execute(b"CLIENT", b"KILL", b"TYPE", b"pubsub")
                 for i in range(1, 4):
-                    await broker.flush([EmittedEvent(job_id, "t", i)], [])
-                await broker.flush([], [done(claimed, "r")])
+                    await broker.work.flush([EmittedEvent(job_id, "t", i)], [])
+                await broker.work.flush([], [done(claimed, "r")])
             assert seen == [0, 1, 2, 3, "r"]
 
 
@@ -278,9 +277,9 @@ async def test_unreachable_redis(queue_name: str) -> None:
     with trio.fail_after(10):
         async with open_broker(config) as broker:  # entering needs no Redis
             with pytest.raises(BrokerUnavailable):
-                await broker.enqueue([spec()])
+                await broker.jobs.enqueue([spec()])
             with pytest.raises(BrokerUnavailable):
-                await broker.claim("w1", 1, lock_ttl_s=1, block_s=0.1)
+                await broker.work.claim("w1", 1, lock_ttl_s=1, block_s=0.1)
             with pytest.raises(BrokerUnavailable):
                 await broker.ping()
 
@@ -290,31 +289,33 @@ async def test_every_key_has_the_queue_hash_tag(
 ) -> None:
     with trio.fail_after(10):
         async with open_running() as broker:
-            ids = await broker.enqueue([spec(i) for i in range(3)])
-            await broker.enqueue([spec(delay_s=30)])
-            await broker.put_flow("f", b"{}")
-            await broker.put_secret("s", b"x")
-            await broker.pause()
+            ids = await broker.jobs.enqueue([spec(i) for i in range(3)])
+            await broker.jobs.enqueue([spec(delay_s=30)])
+            await broker.flow_documents.put_flow("f", b"{}")
+            await broker.secrets.put_secret("s", b"x")
+            await broker.control.pause()
             c = await claim_one_unpaused(broker)
-            await broker.flush([EmittedEvent(c.job.id, "t", 1)], [done(c)])
-            await broker.cancel(ids[1])
+            await broker.work.flush([EmittedEvent(c.job.id, "t", 1)], [done(c)])
+            await broker.jobs.cancel(ids[1])
             keys = await raw.execute(b"KEYS", f"*{queue_name}*")
             assert len(keys) >= 10
             assert all(k.decode().startswith(prefix_of(queue_name)) for k in keys)
 
 
 async def claim_one_unpaused(broker: Broker) -> Claimed:
-    await broker.resume()
+    await broker.control.resume()
     return await claim_one(broker)
 
 
-async def test_job_record_is_small(open_running: Callable[..., Any], raw: Redis) -> None:
+async def test_job_record_is_small(
+    open_running: Callable[..., Any], raw: Redis, queue_name: str
+) -> None:
     """Jobs reference their flow by id and version; no graph is copied into them."""
     with trio.fail_after(10):
         async with open_running() as broker:
-            await broker.put_flow("f", b'{"nodes": "' + b"x" * 5000 + b'"}')
-            [job_id] = await broker.enqueue([spec()])
-            job_key = prefix_of(broker._keys.queue) + "job:" + job_id  # type: ignore[attr-defined]
+            await broker.flow_documents.put_flow("f", b'{"nodes": "' + b"x" * 5000 + b'"}')
+            [job_id] = await broker.jobs.enqueue([spec()])
+            job_key = prefix_of(queue_name) + "job:" + job_id
             fields = await raw.execute(b"HGETALL", job_key)
             assert sum(len(v) for v in fields) < 300
 
@@ -324,10 +325,10 @@ async def test_finished_job_expires_by_age(
 ) -> None:
     with trio.fail_after(10):
         async with open_running() as broker:
-            [job_id] = await broker.enqueue([spec()])
+            [job_id] = await broker.jobs.enqueue([spec()])
             claimed = await claim_one(broker)
-            await broker.flush([EmittedEvent(job_id, "t", 1)], [done(claimed)])
-            events = await broker.read_events(job_id)
+            await broker.work.flush([EmittedEvent(job_id, "t", 1)], [done(claimed)])
+            events = await broker.jobs.read_events(job_id)
             assert len(terminal(events)) == 1
             prefix = prefix_of(config.queue.name)
             ttl = await raw.execute(b"PTTL", f"{prefix}job:{job_id}")

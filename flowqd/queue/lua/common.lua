@@ -1,5 +1,6 @@
--- Shared by every script (after the generated key names). ARGV[1..5] are
--- the queue settings, the same for every call; script arguments start at 6.
+-- Shared by every script (after the generated key names and job rules, see
+-- redis/scripts.py). ARGV[1..5] are the queue settings, the same for every
+-- call; script arguments start at 6.
 local CFG = {
   maxlen = ARGV[1],                -- queue.event_stream_max_len
   age_ms = tonumber(ARGV[2]),      -- queue.remove_on_age_s in ms
@@ -103,7 +104,7 @@ local function trim_finished()
 end
 
 local function finish_cancelled(id, reason, now)
-  local err = cjson.encode({message = 'job cancelled: ' .. reason, reason = reason})
+  local err = cjson.encode({message = CANCELLED_MESSAGE_PREFIX .. reason, reason = reason})
   terminal(id, 'cancelled', 'cancelled', cjson.encode({reason = reason}), now,
     {'cx', reason, 'err', err})
 end

@@ -33,7 +33,6 @@ for _ = 1, n_runs do
   i = i + 2 * count
 end
 
-local cap_ms = 86400000
 local results = {}
 local unlocked = {}  -- left active: removed from K_ACTIVE at once, at the end
 local rang = false
@@ -63,8 +62,10 @@ while i <= #ARGV do
       extra[#extra + 1] = stored
       local att = tonumber(f[3])
       if ARGV[i + 6] == '1' and not cx and att < tonumber(f[4]) then
-        local delay = math.min(CFG.backoff_ms * 2 ^ math.min(att - 1, 40), cap_ms)
-        delay = math.floor(delay * (1 + 0.25 * tonumber(ARGV[i + 7])))
+        -- policy.retry_delay_s
+        local delay = math.min(CFG.backoff_ms * 2 ^ math.min(att - 1, RETRY_EXPONENT_CAP),
+          RETRY_DELAY_CAP_MS)
+        delay = math.floor(delay * (1 + JITTER_SHARE * tonumber(ARGV[i + 7])))
         redis.call('HSET', jk, 'st', 'delayed', unpack(extra))
         redis.call('ZADD', K_DELAYED, now + delay, id)
       else
@@ -75,7 +76,7 @@ while i <= #ARGV do
       local reason = cx
       if not reason then
         reason = stored
-        if reason == '' then reason = 'cancelled' end
+        if reason == '' then reason = DEFAULT_CANCEL_REASON end
       end
       finish_cancelled(id, reason, now)
     elseif cx then

@@ -1,8 +1,8 @@
 -- Stalled check: jobs whose lock deadline passed go back to wait (attempt
 -- counted) or, past max_stalled, fail. Also trims finished sets by age.
--- Args: check key ttl ms (0: this caller already won this round), limit,
--- error record JSON, error event JSON. Returns -1 if another process runs
--- this round, else the number of stalled jobs handled.
+-- Args: check key ttl ms (0: this caller already won this round), limit.
+-- Returns -1 if another process runs this round, else the number of stalled
+-- jobs handled.
 if ARGV[A] ~= '0' then
   if not redis.call('SET', K_STALLED_CHECK, '1', 'NX', 'PX', ARGV[A]) then return -1 end
 end
@@ -19,7 +19,7 @@ for _, id in ipairs(ids) do
     if f[2] then
       finish_cancelled(id, f[2], now)
     elseif stalls > CFG.max_stalled then
-      terminal(id, 'failed', 'error', ARGV[A + 3], now, {'err', ARGV[A + 2]})
+      terminal(id, 'failed', 'error', STALLED_EVENT, now, {'err', STALLED_ERROR})
     else
       redis.call('HSET', jk, 'st', 'waiting')
       redis.call('RPUSH', K_WAIT, id)

@@ -1,4 +1,4 @@
-"""Event delivery for the Redis broker: one subscription and one reader for all watchers.
+"""Event delivery for the Redis backend: one subscription and one reader for all watchers.
 
 Streams are the record, pub/sub only a doorbell. Every script that appends
 to job streams publishes the job ids on the queue's events channel. The hub
@@ -27,17 +27,18 @@ from that cursor, so nothing is lost either.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 
 import orjson
 import trio
 
+from flowqd.backoff import Backoff
 from flowqd.errors import BrokerUnavailable
 from flowqd.jobs import Event, through_terminal
-from flowqd.queue.codec import decode_entries
 from flowqd.queue.keys import QueueKeys
-from flowqd.queue.policy import parse_event_id, resume_point
-from flowqd.redis import Arg, Backoff, Redis
+from flowqd.queue.policy import resume_point
+from flowqd.queue.redis.codec import checked, decode_entries
+from flowqd.redis import Arg, Redis
 
 BUFFER = 256  # events a watcher may have waiting before it reads for itself
 BATCH = 256  # entries per stream per XREAD / XRANGE page
@@ -93,8 +94,11 @@ class EventHub:
             nursery.start_soon(self._subscribe_loop, name="flowqd-event-doorbell")
             task_status.started()
 
-    async def watch(self, job_id: str, after: str) -> AsyncIterator[list[Event]]:
-        watcher = _Watcher(job_id, parse_event_id(after))
+    async def watch(
+        self, job_id: str, cursor: tuple[int, int]
+    ) -> AsyncGenerator[list[Event], None]:
+        """The job's events after ``cursor``, in batches; ``run()`` must be running."""
+        watcher = _Watcher(job_id, cursor)
         if watcher.cursor > (0, 0):
             await self._clamp(watcher)
         job_watchers = self._watchers.setdefault(job_id, set())
@@ -239,9 +243,7 @@ class EventHub:
             )
         prefix_len = len(self._keys.events(""))
         starts = dict(requests)
-        for reply in await self._redis.pipeline(commands):
-            if isinstance(reply, Exception):
-                raise reply
+        for reply in checked(await self._redis.pipeline(commands)):
             for key, entries in reply or ():
                 job_id = key[prefix_len:].decode()
                 decoded = decode_entries(entries)

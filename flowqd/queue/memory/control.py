@@ -1,0 +1,53 @@
+"""``QueueControl`` of the embedded backend: pausing, counts, live workers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import trio
+
+from flowqd.jobs import JobStatus, WorkerInfo
+from flowqd.queue.memory.state import FINISHED, MemoryState
+
+
+@attrs.define(eq=False)
+class MemoryControl:
+    _state: MemoryState
+
+    async def pause(self) -> None:
+        await trio.lowlevel.checkpoint()
+        self._state.paused = True
+
+    async def resume(self) -> None:
+        await trio.lowlevel.checkpoint()
+        self._state.paused = False
+        self._state.ring_claimers()
+
+    async def is_paused(self) -> bool:
+        await trio.lowlevel.checkpoint()
+        return self._state.paused
+
+    async def counts(self) -> dict[JobStatus, int]:
+        await trio.lowlevel.checkpoint()
+        state = self._state
+        result = {s: len(state.finished[s]) for s in FINISHED}
+        result[JobStatus.WAITING] = len(state.wait)
+        result[JobStatus.ACTIVE] = len(state.active)
+        result[JobStatus.DELAYED] = sum(
+            1 for r in state.jobs.values() if r.status == JobStatus.DELAYED
+        )
+        return result
+
+    async def workers(self) -> list[WorkerInfo]:
+        await trio.lowlevel.checkpoint()
+        now = trio.current_time()
+        workers = self._state.workers
+        for worker_id, (_, expires) in list(workers.items()):
+            if expires <= now:
+                del workers[worker_id]
+        return sorted((info for info, _ in workers.values()), key=lambda w: w.id)
+
+    async def statistics(self) -> dict[str, Any]:
+        await trio.lowlevel.checkpoint()
+        return {}

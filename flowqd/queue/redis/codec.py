@@ -1,0 +1,145 @@
+"""Job hashes, stream entries and script arguments of the Redis backend, to and from records."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import orjson
+
+from flowqd.jobs import Claimed, EmittedEvent, Event, Job, JobStatus, Outcome, OutcomeKind
+from flowqd.queue import policy
+from flowqd.queue.keys import JOB_FIELDS
+
+_N_FIELDS = len(JOB_FIELDS)
+_STATUSES = {status.value.encode(): status for status in JobStatus}
+_OUTCOME_CODES = {
+    OutcomeKind.COMPLETED: b"c",
+    OutcomeKind.FAILED: b"f",
+    OutcomeKind.CANCELLED: b"x",
+    OutcomeKind.REQUEUE: b"r",
+}
+
+
+def checked(replies: list[Any]) -> list[Any]:
+    """A pipeline's replies, once none is an error (the first one is raised)."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
+
+
+def decode_job(job_id: str, fields: list[Any]) -> Job | None:
+    """A job from its ``HMGET JOB_FIELDS`` reply; None if the hash is gone.
+
+    Fields the claim script has just set come back as Lua values (integers
+    for numbers); ``int()`` takes both.
+    """
+    flow, ver, inputs, st, att, mx, timeout, owner, ct, sat, ft, res, err, nodes, wk, cx = fields
+    if st is None:
+        return None
+    # Positional, in Job's field order: every claimed job passes through here,
+    # and keywords cost a third more.
+    return Job(
+        job_id,
+        flow.decode(),
+        int(ver),
+        orjson.loads(inputs),
+        _STATUSES[st],
+        int(att) if att else 0,  # absent until the first claim
+        int(mx),
+        float(timeout) if timeout else None,
+        owner.decode() if owner else None,
+        int(ct) / 1000.0,
+        int(sat) / 1000.0 if sat else None,
+        int(ft) / 1000.0 if ft else None,
+        orjson.loads(res) if res is not None else None,
+        orjson.loads(err) if err else None,
+        orjson.loads(nodes) if nodes else [],
+        wk.decode() if wk else None,
+        cx is not None,
+    )
+
+
+def decode_entries(entries: list[Any] | None) -> list[tuple[tuple[int, int], Event]]:
+    """Stream entries ``[id, [field, value, ...]]`` written as ``n``/``d``, each
+    with its id as a sortable pair (see ``policy.parse_event_id``)."""
+    out = []
+    loads = orjson.loads
+    for entry_id, values in entries or ():
+        if len(values) == 4 and values[0] == b"n" and values[2] == b"d":
+            name, data = values[1], values[3]  # as add_event writes them: every event
+        else:
+            fields = dict(zip(values[0::2], values[1::2], strict=True))
+            name, data = fields.get(b"n", b""), fields.get(b"d", b"null")
+        # Redis made the id: "<ms>-<seq>", no need to check it.
+        ms, _, seq = entry_id.partition(b"-")
+        out.append(((int(ms), int(seq)), Event(entry_id.decode(), name.decode(), loads(data))))
+    return out
+
+
+def decode_claim(reply: Any) -> list[Claimed] | None:
+    """The claim script's reply (id, token, fields, ...); None while the queue is paused."""
+    if reply is None:
+        return None
+    claimed: list[Claimed] = []
+    for i in range(0, len(reply), 3):
+        job_id = reply[i].decode()
+        job = decode_job(job_id, reply[i + 2])
+        assert job is not None  # the script has just written it
+        claimed.append(Claimed(job, reply[i + 1].decode()))
+    return claimed
+
+
+def flush_args(events: Sequence[EmittedEvent], outcomes: Sequence[Outcome]) -> list[Any]:
+    """The flush script's arguments (see ``lua/flush.lua``)."""
+    dumps = orjson.dumps
+    # Events as runs of one job's consecutive events: job id and count
+    # once per run (a job's events mostly come together), then name and
+    # data per event.
+    args: list[Any] = [0]
+    runs = 0
+    run_job: str | None = None
+    count_at = 0
+    for event in events:
+        if event.job_id != run_job:
+            run_job = event.job_id
+            runs += 1
+            count_at = len(args) + 1
+            args += (run_job, 0)
+        args[count_at] += 1
+        args += (event.name, dumps(event.data))
+    args[0] = runs
+    for outcome in outcomes:
+        kind = outcome.kind
+        stored: bytes | str = b""
+        event_data = b""
+        if kind == OutcomeKind.COMPLETED:
+            stored = dumps(outcome.result)
+        elif kind == OutcomeKind.FAILED:
+            error = outcome.error or {"message": "job failed"}
+            stored = dumps(error)
+            event_data = dumps(policy.error_event_data(error))
+        elif kind == OutcomeKind.CANCELLED:
+            stored = policy.cancel_reason(outcome.error)
+        args += (
+            outcome.job_id,
+            outcome.token,
+            _OUTCOME_CODES[kind],
+            stored,
+            event_data,
+            dumps(outcome.nodes) if outcome.nodes else b"",
+            b"1" if outcome.retry else b"0",
+            repr(policy.jitter()) if kind == OutcomeKind.FAILED else b"",
+        )
+    return args
+
+
+assert _N_FIELDS == 16  # decode_job unpacks exactly these
+# ... and passes them to Job in this order.
+assert [a.name for a in attrs.fields(Job)] == [
+    "id", "flow_id", "flow_version", "inputs", "status", "attempts", "max_attempts",
+    "timeout_s", "owner", "created_at", "started_at", "finished_at", "result", "error",
+    "nodes", "worker", "cancel_requested",
+]

@@ -1,0 +1,54 @@
+"""``QueueControl`` of the Redis backend: pausing, counts, live workers, figures."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import orjson
+import trio
+
+from flowqd.jobs import JobStatus, WorkerInfo
+from flowqd.queue.keys import MARKER_MEMBER
+from flowqd.queue.redis.backend import RedisBackend
+from flowqd.queue.redis.codec import checked
+
+_FINISHED = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
+_COUNTED = (JobStatus.WAITING, JobStatus.DELAYED, JobStatus.ACTIVE, *_FINISHED)
+
+
+@attrs.define(eq=False)
+class RedisControl:
+    _backend: RedisBackend
+
+    async def pause(self) -> None:
+        await self._backend.redis.execute(b"SET", self._backend.keys.paused, b"1")
+
+    async def resume(self) -> None:
+        keys = self._backend.keys
+        checked(await self._backend.redis.pipeline(
+            [(b"DEL", keys.paused), (b"ZADD", keys.marker, 0, MARKER_MEMBER)]
+        ))
+
+    async def is_paused(self) -> bool:
+        return bool(await self._backend.redis.execute(b"EXISTS", self._backend.keys.paused))
+
+    async def counts(self) -> dict[JobStatus, int]:
+        k = self._backend.keys
+        replies = checked(await self._backend.redis.pipeline([
+            (b"LLEN", k.wait),
+            (b"ZCARD", k.delayed),
+            (b"ZCARD", k.active),
+            *((b"ZCARD", k.finished(s.value)) for s in _FINISHED),
+        ]))
+        return {status: int(reply) for status, reply in zip(_COUNTED, replies, strict=True)}
+
+    async def workers(self) -> list[WorkerInfo]:
+        records = await self._backend.scripts.workers()
+        return [WorkerInfo(**orjson.loads(record)) for record in records]
+
+    async def statistics(self) -> dict[str, Any]:
+        await trio.lowlevel.checkpoint()
+        stats = attrs.asdict(self._backend.redis.statistics())
+        stats["event_rings"] = self._backend.events.rings
+        return stats
