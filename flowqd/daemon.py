@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 import trio
 
-from flowqd.api.app import ApiState, create_app
+from flowqd.api.app import ApiContext, create_app
 from flowqd.api_processes import (
     child_command,
     parent_of_this_process,
@@ -180,8 +180,10 @@ async def _serve(config: Config, life: Lifecycle, argv: Sequence[str]) -> None:
                     endpoints["health"] = binds[0]
                     await roles.start(worker.run, life.shutdown)
                 if config.role in ("main", "all"):
-                    app = create_app(ApiState(config, broker, flows, credentials, registry,
-                                              shutdown=life.shutdown))
+                    app = create_app(ApiContext(
+                        config, jobs=broker.jobs, control=broker.control, limiter=broker.limiter,
+                        flows=flows, credentials=credentials, registry=registry,
+                        shutdown=life.shutdown))
                     processes = config.server.processes
                     binds = await _listen(
                         roles, API, app, config.server.host, config.server.port,

@@ -8,44 +8,26 @@ Sign-in: when API keys are configured the page asks for one, and
 ``POST /admin/queues/session`` keeps it in an HttpOnly, SameSite=Strict
 cookie, so page scripts never hold the key. The API accepts that cookie
 instead of the bearer header, but only for same-origin requests (see
-``cookie_principal``).
+``cookie_token``, the credential source the app's authentication adds).
 """
 
 from __future__ import annotations
 
-import hashlib
-from importlib import resources
+from quart import Blueprint, Request, Response, request
 
-import attrs
-from quart import Response, request
-from quart_trio import QuartTrio
-
-from flowqd.api.context import ApiContext, principal
+from flowqd.api.authn import self_authenticated
+from flowqd.api.context import context, principal
 from flowqd.api.http import ApiError, json_response, read_json, require_object
 from flowqd.auth import ANONYMOUS, KeyRing, Principal
-from flowqd.errors import ConfigError
 
-__all__ = ["COOKIE", "CSRF_HEADER", "SELF_AUTHENTICATED", "authenticate", "register"]
+__all__ = ["COOKIE", "CSRF_HEADER", "blueprint", "cookie_token"]
 
-PAGE = "/admin/queues"
+blueprint = Blueprint("dashboard", __name__)
+
 COOKIE = "flowqd_session"
 CSRF_HEADER = "X-Flowqd-CSRF"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 COOKIE_MAX_AGE_S = 12 * 3600
-# These routes answer without a key themselves (the page shows its sign-in
-# form, the session route checks the key it is given); the app's hook must
-# not refuse them with 401.
-SELF_AUTHENTICATED = frozenset({
-    "dashboard_page", "dashboard_static", "dashboard_session", "dashboard_sign_in",
-    "dashboard_sign_out",
-})
-ASSETS = ("index.html", "dashboard.js", "dashboard.css", "favicon.svg")
-CONTENT_TYPES = {
-    ".html": "text/html; charset=utf-8",
-    ".css": "text/css; charset=utf-8",
-    ".js": "text/javascript; charset=utf-8",
-    ".svg": "image/svg+xml",
-}
 # Everything the page loads comes from this server: no inline script, no CDN.
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -57,50 +39,8 @@ SECURITY_HEADERS = {
 }
 
 
-@attrs.frozen
-class Asset:
-    body: bytes
-    content_type: str
-    etag: str
-
-
-def load_assets() -> dict[str, Asset]:
-    """The page's files from ``flowqd/api/static``, read once at start-up.
-
-    Named one by one (not listed from the folder) so a build that lost one
-    fails here, at start-up, with the setting to change.
-    """
-    assets: dict[str, Asset] = {}
-    folder = resources.files("flowqd.api") / "static"
-    for name in ASSETS:
-        try:
-            body = (folder / name).read_bytes()
-        except OSError:
-            raise ConfigError([
-                f"dashboard.enabled: the dashboard's file flowqd/api/static/{name} is missing "
-                "from this installation; reinstall flowqd (or rebuild the binary with "
-                "packaging/flowqd.spec), or set dashboard.enabled = false"]) from None
-        content_type = CONTENT_TYPES["." + name.rpartition(".")[2]]
-        assets[name] = Asset(body, content_type,
-                             '"' + hashlib.sha256(body).hexdigest()[:16] + '"')
-    return assets
-
-
-def authenticate(keys: KeyRing, *, accept_cookie: bool) -> Principal | None:
-    """The caller from the bearer header, else from the session cookie; None: refuse (401).
-
-    The header wins when both are sent. ``accept_cookie`` is ``dashboard.enabled``:
-    with the dashboard off, nothing signs browsers in and no cookie is honoured.
-    """
-    header = request.headers.get("Authorization")
-    cookie = request.cookies.get(COOKIE) if accept_cookie else None
-    if header or not cookie:
-        return keys.authenticate(header)
-    return cookie_principal(keys, cookie)
-
-
-def cookie_principal(keys: KeyRing, cookie: str) -> Principal | None:
-    """The cookie's key holder, for same-origin requests only; 403 for anything else.
+def cookie_token(req: Request) -> str | None:
+    """The key in the sign-in cookie, for same-origin requests only; 403 for anything else.
 
     A cookie rides along on requests other sites make, so it proves nothing
     about who wrote the request. SameSite=Strict keeps it off cross-site
@@ -114,18 +54,21 @@ def cookie_principal(keys: KeyRing, cookie: str) -> Principal | None:
     current browsers send on every request, additionally turns away
     cross-origin reads and writes before they reach a route.
     """
-    site = request.headers.get("Sec-Fetch-Site")
+    cookie = req.cookies.get(COOKIE)
+    if not cookie:
+        return None
+    site = req.headers.get("Sec-Fetch-Site")
     # "none": the user typed the address or used a bookmark; fine for reading.
     if site is not None and site not in ("same-origin", "none"):
         raise ApiError(403, "the dashboard's sign-in cookie is accepted only on requests from "
                             "the dashboard's own origin; other clients send "
                             "Authorization: Bearer <key>")
-    if request.method not in SAFE_METHODS and (
-            site == "none" or not request.headers.get(CSRF_HEADER)):
+    if req.method not in SAFE_METHODS and (
+            site == "none" or not req.headers.get(CSRF_HEADER)):
         raise ApiError(403, f"a request signed in with the dashboard's cookie must carry the "
                             f"{CSRF_HEADER} header (the dashboard's scripts send it); other "
                             "clients send Authorization: Bearer <key>")
-    return keys.authenticate(f"Bearer {cookie}")
+    return cookie
 
 
 def _signed_in(keys: KeyRing, who: Principal) -> bool:
@@ -143,91 +86,99 @@ def _set_cookie(response: Response, value: str, max_age: int) -> None:
                         samesite="Strict", secure=request.scheme == "https")
 
 
-def register(app: QuartTrio, ctx: ApiContext) -> None:
-    enabled = ctx.state.config.dashboard.enabled
-    assets = load_assets() if enabled else {}
-    keys = ctx.keys
+def _require_enabled() -> None:
+    if not context().config.dashboard.enabled:
+        raise ApiError(404, "the queue dashboard is off: set dashboard.enabled = true in "
+                            "flowqd.toml (or ENABLE_BULLMQ_DASHBOARD=true) and restart")
 
-    def require_enabled() -> None:
-        if not enabled:
-            raise ApiError(404, "the queue dashboard is off: set dashboard.enabled = true in "
-                                "flowqd.toml (or ENABLE_BULLMQ_DASHBOARD=true) and restart")
 
-    @app.get(PAGE)
-    async def dashboard_page() -> Response:
-        require_enabled()
-        page = assets["index.html"]
-        who = principal()
-        cookie = request.cookies.get(COOKIE)
-        if cookie and not _signed_in(keys, who):
-            # A navigation from a sibling origin (same site, another port) gets the
-            # cookie refused by the hook; the page itself holds no data, so it may
-            # open signed in, and its own requests are same-origin.
-            who = keys.authenticate(f"Bearer {cookie}") or who
-        signed_in = _signed_in(keys, who)
-        # Browsers name text/html when they navigate; scripts and curl (*/*) get JSON.
-        wants_html = "text/html" in request.headers.get("Accept", "")
-        if not signed_in and not wants_html:
-            raise ApiError(401, "sign in: open this page in a browser, or send "
-                                "Authorization: Bearer <key>",
-                           headers={"WWW-Authenticate": "Bearer"})
-        # The same page either way: it opens on its sign-in form when the status is 401.
-        body = page.body.replace(b"{{view}}", b"app" if signed_in else b"signin")
-        headers = {**SECURITY_HEADERS, "Cache-Control": "no-store"}
-        if not signed_in:
-            headers["WWW-Authenticate"] = "Bearer"
-        return Response(body, status=200 if signed_in else 401, headers=headers,
-                        content_type=page.content_type)
+@blueprint.get("/admin/queues")
+@self_authenticated
+async def dashboard_page() -> Response:
+    _require_enabled()
+    ctx = context()
+    page = ctx.assets["index.html"]
+    who = principal()
+    cookie = request.cookies.get(COOKIE)
+    if cookie and not _signed_in(ctx.keys, who):
+        # A navigation from a sibling origin (same site, another port) gets the
+        # cookie refused by the hook; the page itself holds no data, so it may
+        # open signed in, and its own requests are same-origin.
+        who = ctx.keys.authenticate(f"Bearer {cookie}") or who
+    signed_in = _signed_in(ctx.keys, who)
+    # Browsers name text/html when they navigate; scripts and curl (*/*) get JSON.
+    wants_html = "text/html" in request.headers.get("Accept", "")
+    if not signed_in and not wants_html:
+        raise ApiError(401, "sign in: open this page in a browser, or send "
+                            "Authorization: Bearer <key>",
+                       headers={"WWW-Authenticate": "Bearer"})
+    # The same page either way: it opens on its sign-in form when the status is 401.
+    body = page.body.replace(b"{{view}}", b"app" if signed_in else b"signin")
+    headers = {**SECURITY_HEADERS, "Cache-Control": "no-store"}
+    if not signed_in:
+        headers["WWW-Authenticate"] = "Bearer"
+    return Response(body, status=200 if signed_in else 401, headers=headers,
+                    content_type=page.content_type)
 
-    @app.get(f"{PAGE}/static/<path:name>")
-    async def dashboard_static(name: str) -> Response:
-        # Code and styles only, no data: loading them needs no key (the sign-in form uses them).
-        require_enabled()
-        asset = assets.get(name)
-        if asset is None or name == "index.html":
-            raise ApiError(404, f"no dashboard file {name!r}")
-        headers = {**SECURITY_HEADERS, "Cache-Control": "no-cache", "ETag": asset.etag}
-        if request.headers.get("If-None-Match") == asset.etag:
-            return Response(b"", status=304, headers=headers)
-        return Response(asset.body, headers=headers, content_type=asset.content_type)
 
-    @app.get(f"{PAGE}/session")
-    async def dashboard_session() -> Response:
-        require_enabled()
-        who = principal()
-        if not _signed_in(keys, who):
-            raise ApiError(401, "not signed in", headers={"WWW-Authenticate": "Bearer"})
-        return json_response(_who(keys, who))
+@blueprint.get("/admin/queues/static/<path:name>")
+@self_authenticated
+async def dashboard_static(name: str) -> Response:
+    # Code and styles only, no data: loading them needs no key (the sign-in form uses them).
+    _require_enabled()
+    asset = context().assets.get(name)
+    if asset is None or name == "index.html":
+        raise ApiError(404, f"no dashboard file {name!r}")
+    headers = {**SECURITY_HEADERS, "Cache-Control": "no-cache", "ETag": asset.etag}
+    if request.headers.get("If-None-Match") == asset.etag:
+        return Response(b"", status=304, headers=headers)
+    return Response(asset.body, headers=headers, content_type=asset.content_type)
 
-    @app.post(f"{PAGE}/session")
-    async def dashboard_sign_in() -> Response:
-        require_enabled()
-        # Sign-in is held to the same rule as actions: another origin must not
-        # sign a browser in with a key of its choosing.
-        if request.headers.get("Sec-Fetch-Site", "same-origin") != "same-origin" \
-                or not request.headers.get(CSRF_HEADER):
-            raise ApiError(403, f"sign in from the dashboard page (its requests carry "
-                                f"{CSRF_HEADER})")
-        body = require_object(await read_json(request))
-        key = body.get("key")
-        if not isinstance(key, str) or not key.strip():
-            raise ApiError(422, "send {\"key\": \"<an API key>\"}",
-                           problems=[{"path": "$.key", "message": "expected a non-empty string"}])
-        if not keys.has_keys:
-            return json_response(_who(keys, principal()))
-        who = keys.authenticate(f"Bearer {key.strip()}")
-        if who is None or who is ANONYMOUS or who.name is None:
-            raise ApiError(401, "unknown API key: use a key printed by `flowqd keys add NAME`")
-        response = json_response(_who(keys, who))
-        _set_cookie(response, key.strip(), COOKIE_MAX_AGE_S)
-        return response
 
-    @app.delete(f"{PAGE}/session")
-    async def dashboard_sign_out() -> Response:
-        require_enabled()
-        if not request.headers.get(CSRF_HEADER):
-            raise ApiError(403, f"sign out from the dashboard page (its requests carry "
-                                f"{CSRF_HEADER})")
-        response = Response(b"", status=204)
-        _set_cookie(response, "", 0)
-        return response
+@blueprint.get("/admin/queues/session")
+@self_authenticated
+async def dashboard_session() -> Response:
+    _require_enabled()
+    keys = context().keys
+    who = principal()
+    if not _signed_in(keys, who):
+        raise ApiError(401, "not signed in", headers={"WWW-Authenticate": "Bearer"})
+    return json_response(_who(keys, who))
+
+
+@blueprint.post("/admin/queues/session")
+@self_authenticated
+async def dashboard_sign_in() -> Response:
+    _require_enabled()
+    # Sign-in is held to the same rule as actions: another origin must not
+    # sign a browser in with a key of its choosing.
+    if request.headers.get("Sec-Fetch-Site", "same-origin") != "same-origin" \
+            or not request.headers.get(CSRF_HEADER):
+        raise ApiError(403, f"sign in from the dashboard page (its requests carry "
+                            f"{CSRF_HEADER})")
+    body = require_object(await read_json(request))
+    key = body.get("key")
+    if not isinstance(key, str) or not key.strip():
+        raise ApiError(422, "send {\"key\": \"<an API key>\"}",
+                       problems=[{"path": "$.key", "message": "expected a non-empty string"}])
+    keys = context().keys
+    if not keys.has_keys:
+        return json_response(_who(keys, principal()))
+    who = keys.authenticate(f"Bearer {key.strip()}")
+    if who is None or who is ANONYMOUS or who.name is None:
+        raise ApiError(401, "unknown API key: use a key printed by `flowqd keys add NAME`")
+    response = json_response(_who(keys, who))
+    _set_cookie(response, key.strip(), COOKIE_MAX_AGE_S)
+    return response
+
+
+@blueprint.delete("/admin/queues/session")
+@self_authenticated
+async def dashboard_sign_out() -> Response:
+    _require_enabled()
+    if not request.headers.get(CSRF_HEADER):
+        raise ApiError(403, f"sign out from the dashboard page (its requests carry "
+                            f"{CSRF_HEADER})")
+    response = Response(b"", status=204)
+    _set_cookie(response, "", 0)
+    return response

@@ -7,13 +7,11 @@ from typing import Any
 
 import attrs
 import trio
-from quart import Response, request
-from quart_trio import QuartTrio
+from quart import Blueprint, Response, request
 
 from flowqd.api import sse
-from flowqd.api.context import JOB_ID_HEADER, ApiContext, principal, watching
+from flowqd.api.context import JOB_ID_HEADER, ApiContext, context, principal
 from flowqd.api.http import ApiError, Problems, json_response, read_json, require_object
-from flowqd.api.predictions import load_flow
 from flowqd.errors import BrokerUnavailable
 from flowqd.flows import CompiledFlow
 from flowqd.jobs import (
@@ -25,6 +23,8 @@ from flowqd.jobs import (
     through_terminal,
 )
 from flowqd.queue.base import JobIdTaken
+
+blueprint = Blueprint("jobs", __name__)
 
 BULK_MAX = 1000
 JOB_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
@@ -155,7 +155,7 @@ async def build_specs(ctx: ApiContext, body: Any) -> tuple[list[JobSpec], bool]:
         flow_id = draft["flow"]
         if flow_id not in flows:
             try:
-                flows[flow_id] = await load_flow(ctx, flow_id)
+                flows[flow_id] = await ctx.runnable_flow(flow_id)
             except ApiError as exc:
                 if exc.status != 404:
                     raise
@@ -212,13 +212,13 @@ async def _search(ctx: ApiContext, states: list[JobStatus], flow: str | None,
     its start, or part of a flow id) and by what the caller may see, paged after
     filtering. The broker lists by state only, so this reads at most
     ``SEARCH_SCAN`` jobs per state; ``scan_limited`` says the search stopped there."""
-    broker = ctx.state.broker
+    jobs = ctx.jobs
     who = principal()
     wanted = offset + limit + 1
     found: list[Job] = []
     limited = False
-    with ctx.broker("searching jobs"):
-        exact = await broker.get_job(search) if search and JOB_ID.fullmatch(search) else None
+    with ctx.deadline("searching jobs"):
+        exact = await jobs.get_job(search) if search and JOB_ID.fullmatch(search) else None
         if exact is not None and who.may_see(exact.owner) and exact.status in states \
                 and _matches(exact, flow, None):
             return json_response({"jobs": [] if offset else [job_json(exact, who.admin)],
@@ -233,7 +233,7 @@ async def _search(ctx: ApiContext, states: list[JobStatus], flow: str | None,
                 # First exactly what a page needs (all an admin's unfiltered list
                 # reads, every poll of the dashboard), then larger pages.
                 size = min(SEARCH_PAGE, wanted) if scanned == 0 else SEARCH_PAGE
-                page = await broker.list_jobs(state, offset=scanned, limit=size)
+                page = await jobs.list_jobs(state, offset=scanned, limit=size)
                 scanned += size
                 matched += [j for j in page
                             if who.may_see(j.owner) and _matches(j, flow, search)]
@@ -259,107 +259,114 @@ def _taken(exc: JobIdTaken, bulk: bool) -> ApiError:
                     problems=[{"path": p, "message": message} for p in paths])
 
 
-def register(app: QuartTrio, ctx: ApiContext) -> None:
-    broker = ctx.state.broker
+@blueprint.post("/api/v1/jobs")
+async def enqueue() -> Response:
+    ctx = context()
+    specs, bulk = await build_specs(ctx, await read_json(request))
+    # A request counts once per flow it names, however many jobs it holds.
+    for flow_id in dict.fromkeys(spec.flow_id for spec in specs):
+        await ctx.check_rate(flow_id)
+    try:
+        with ctx.deadline("enqueueing"):
+            ids = await ctx.jobs.enqueue(specs)
+    except JobIdTaken as exc:
+        raise _taken(exc, bulk) from None
+    ctx.metrics.enqueued.inc(len(ids))
+    if bulk:
+        return json_response({"jobs": [{"id": i, "location": f"/api/v1/jobs/{i}"}
+                                        for i in ids]}, 202)
+    location = f"/api/v1/jobs/{ids[0]}"
+    status = JobStatus.DELAYED if specs[0].delay_s > 0 else JobStatus.WAITING
+    return json_response({"id": ids[0], "status": status.value, "location": location,
+                          "events": f"{location}/events"}, 202,
+                         {"Location": location, JOB_ID_HEADER: ids[0]})
 
-    @app.post("/api/v1/jobs")
-    async def enqueue() -> Response:
-        specs, bulk = await build_specs(ctx, await read_json(request))
-        # A request counts once per flow it names, however many jobs it holds.
-        for flow_id in dict.fromkeys(spec.flow_id for spec in specs):
-            await ctx.check_rate(flow_id)
-        try:
-            with ctx.broker("enqueueing"):
-                ids = await broker.enqueue(specs)
-        except JobIdTaken as exc:
-            raise _taken(exc, bulk) from None
-        ctx.metrics.enqueued.inc(len(ids))
-        if bulk:
-            return json_response({"jobs": [{"id": i, "location": f"/api/v1/jobs/{i}"}
-                                            for i in ids]}, 202)
-        location = f"/api/v1/jobs/{ids[0]}"
-        status = JobStatus.DELAYED if specs[0].delay_s > 0 else JobStatus.WAITING
-        return json_response({"id": ids[0], "status": status.value, "location": location,
-                              "events": f"{location}/events"}, 202,
-                             {"Location": location, JOB_ID_HEADER: ids[0]})
 
-    @app.get("/api/v1/jobs")
-    async def list_jobs() -> Response:
-        raw = request.args.get("status")
-        try:
-            states = [JobStatus(raw)] if raw else list(JobStatus)
-        except ValueError:
-            raise ApiError(400, f"status must be one of {', '.join(s.value for s in JobStatus)}"
-                           ) from None
-        limit = _query_int("limit", 50, 1000)
-        offset = _query_int("offset", 0, 1_000_000)
-        flow = request.args.get("flow") or None
-        search = (request.args.get("q") or "").strip() or None
-        who = principal()
-        if flow is None and search is None and who.admin and len(states) == 1:
-            with ctx.broker("listing jobs"):
-                found = await broker.list_jobs(states[0], offset=offset, limit=limit + 1)
-            return json_response({"jobs": [job_json(j, who.admin) for j in found[:limit]],
-                                  "has_more": len(found) > limit, "scan_limited": False})
-        # Several states, another key's jobs to skip, or a filter: page after merging.
-        return await _search(ctx, states, flow, search, offset, limit)
+@blueprint.get("/api/v1/jobs")
+async def list_jobs() -> Response:
+    raw = request.args.get("status")
+    try:
+        states = [JobStatus(raw)] if raw else list(JobStatus)
+    except ValueError:
+        raise ApiError(400, f"status must be one of {', '.join(s.value for s in JobStatus)}"
+                       ) from None
+    limit = _query_int("limit", 50, 1000)
+    offset = _query_int("offset", 0, 1_000_000)
+    flow = request.args.get("flow") or None
+    search = (request.args.get("q") or "").strip() or None
+    who = principal()
+    ctx = context()
+    if flow is None and search is None and who.admin and len(states) == 1:
+        with ctx.deadline("listing jobs"):
+            found = await ctx.jobs.list_jobs(states[0], offset=offset, limit=limit + 1)
+        return json_response({"jobs": [job_json(j, who.admin) for j in found[:limit]],
+                              "has_more": len(found) > limit, "scan_limited": False})
+    # Several states, another key's jobs to skip, or a filter: page after merging.
+    return await _search(ctx, states, flow, search, offset, limit)
 
-    @app.get("/api/v1/jobs/<job_id>")
-    async def get_job(job_id: str) -> Response:
-        return json_response(job_json(await ctx.visible_job(job_id), principal().admin))
 
-    @app.post("/api/v1/jobs/<job_id>/cancel")
-    async def cancel(job_id: str) -> Response:
-        job = await ctx.visible_job(job_id)
-        if job.status in (JobStatus.COMPLETED, JobStatus.FAILED):
-            raise ApiError(409, f"job {job_id} already {job.status.value}; nothing to cancel")
-        who = principal().name
-        with ctx.broker("cancelling the job"):
-            now = await broker.cancel(job_id, reason=f"cancelled by {who or 'an API call'}")
-        if now is None:
-            raise ApiError(404, f"job {job_id} not found (removed by retention)")
-        # 202: a running job stops when its worker hears of it.
-        return json_response(job_json(now, principal().admin),
-                             200 if now.status in TERMINAL_STATUSES else 202)
+@blueprint.get("/api/v1/jobs/<job_id>")
+async def get_job(job_id: str) -> Response:
+    return json_response(job_json(await context().visible_job(job_id), principal().admin))
 
-    @app.post("/api/v1/jobs/<job_id>/retry")
-    async def retry(job_id: str) -> Response:
-        job = await ctx.visible_job(job_id)
-        if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
-            raise ApiError(409, f"job {job_id} is {job.status.value}; only failed or cancelled "
-                                "jobs can be retried")
-        with ctx.broker("retrying the job"):
-            now = await broker.retry(job_id)
-        if now is None:
-            raise ApiError(404, f"job {job_id} not found (removed by retention)")
-        if now.status in (JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.COMPLETED):
-            raise ApiError(409, f"job {job_id} could not be retried (it is {now.status.value})")
-        # 202: queued again with attempts reset and a fresh event stream.
-        return json_response(job_json(now, principal().admin), 202)
 
-    @app.get("/api/v1/jobs/<job_id>/events")
-    async def events(job_id: str) -> Response:
-        after = request.headers.get("Last-Event-ID") or request.args.get("after") or "0"
-        try:
-            parse_event_id(after)
-        except ValueError:
-            raise ApiError(400, "Last-Event-ID (or ?after=) must be an event id such as "
-                                "'1712345678901-0' from this stream's id: lines (two whole "
-                                "numbers below 2**64), or '0'") from None
-        job = await ctx.visible_job(job_id)
-        return event_stream(ctx, job, after)
+@blueprint.post("/api/v1/jobs/<job_id>/cancel")
+async def cancel(job_id: str) -> Response:
+    ctx = context()
+    job = await ctx.visible_job(job_id)
+    if job.status in (JobStatus.COMPLETED, JobStatus.FAILED):
+        raise ApiError(409, f"job {job_id} already {job.status.value}; nothing to cancel")
+    who = principal().name
+    with ctx.deadline("cancelling the job"):
+        now = await ctx.jobs.cancel(job_id, reason=f"cancelled by {who or 'an API call'}")
+    if now is None:
+        raise ApiError(404, f"job {job_id} not found (removed by retention)")
+    # 202: a running job stops when its worker hears of it.
+    return json_response(job_json(now, principal().admin),
+                         200 if now.status in TERMINAL_STATUSES else 202)
+
+
+@blueprint.post("/api/v1/jobs/<job_id>/retry")
+async def retry(job_id: str) -> Response:
+    ctx = context()
+    job = await ctx.visible_job(job_id)
+    if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+        raise ApiError(409, f"job {job_id} is {job.status.value}; only failed or cancelled "
+                            "jobs can be retried")
+    with ctx.deadline("retrying the job"):
+        now = await ctx.jobs.retry(job_id)
+    if now is None:
+        raise ApiError(404, f"job {job_id} not found (removed by retention)")
+    if now.status in (JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.COMPLETED):
+        raise ApiError(409, f"job {job_id} could not be retried (it is {now.status.value})")
+    # 202: queued again with attempts reset and a fresh event stream.
+    return json_response(job_json(now, principal().admin), 202)
+
+
+@blueprint.get("/api/v1/jobs/<job_id>/events")
+async def events(job_id: str) -> Response:
+    after = request.headers.get("Last-Event-ID") or request.args.get("after") or "0"
+    try:
+        parse_event_id(after)
+    except ValueError:
+        raise ApiError(400, "Last-Event-ID (or ?after=) must be an event id such as "
+                            "'1712345678901-0' from this stream's id: lines (two whole "
+                            "numbers below 2**64), or '0'") from None
+    ctx = context()
+    job = await ctx.visible_job(job_id)
+    return event_stream(ctx, job, after)
 
 
 def event_stream(ctx: ApiContext, job: Job, after: str) -> Response:
-    broker = ctx.state.broker
-    server = ctx.state.config.server
+    jobs = ctx.jobs
+    server = ctx.config.server
 
     async def replay(send: sse.Send) -> None:
         # The job ended before we looked: its stream is complete, read it in pages.
         cursor = after
         while True:
             with trio.fail_after(server.broker_timeout_s * 5):
-                page = await broker.read_events(job.id, after=cursor, count=REPLAY_PAGE)
+                page = await jobs.read_events(job.id, after=cursor, count=REPLAY_PAGE)
             events, ended = through_terminal(page)
             if events:
                 await send.send(sse.sse_events(events))
@@ -368,7 +375,7 @@ def event_stream(ctx: ApiContext, job: Job, after: str) -> Response:
             cursor = page[-1].id
 
     async def live(send: sse.Send) -> None:
-        async with watching(broker, job.id, after) as batches:
+        async with jobs.open_event_watch(job.id, after=after) as batches:
             async for batch in batches:
                 await send.send(sse.sse_events(batch))
 
@@ -385,13 +392,8 @@ def event_stream(ctx: ApiContext, job: Job, after: str) -> Response:
                                                 "Last-Event-ID to resume"))
 
         await sse.drive(send, run_pump, heartbeat=KEEP_ALIVE, heartbeat_s=server.heartbeat_s,
-                        shutdown=ctx.state.shutdown)
-
-    def opened() -> None:
-        ctx.metrics.open_streams += 1
-
-    def closed() -> None:
-        ctx.metrics.open_streams -= 1
+                        shutdown=ctx.shutdown)
 
     return sse.stream_response(ctx.background(), produce, name=f"events of job {job.id}",
-                               on_open=opened, on_close=closed)
+                               on_open=ctx.metrics.stream_opened,
+                               on_close=ctx.metrics.stream_closed)

@@ -45,3 +45,9 @@ class ApiMetrics:
         self.waiting = add(Gauge("flowqd_api_predictions_waiting",
                                  "Predictions waiting for their result now.",
                                  read=lambda: self.open_waits))
+
+    def stream_opened(self) -> None:
+        self.open_streams += 1
+
+    def stream_closed(self) -> None:
+        self.open_streams -= 1

@@ -11,15 +11,16 @@ from typing import Any
 
 import attrs
 import trio
-from quart import Response, request
-from quart_trio import QuartTrio
+from quart import Blueprint, Response, request
 
 from flowqd.api import flowise, sse
-from flowqd.api.context import JOB_ID_HEADER, ApiContext, principal, watching
+from flowqd.api.authn import open_route
+from flowqd.api.context import JOB_ID_HEADER, ApiContext, context, principal
 from flowqd.api.http import ApiError, Problems, error_response, json_response, read_json
-from flowqd.errors import FlowValidationError
 from flowqd.flows import CompiledFlow
 from flowqd.jobs import CANCELLED, END, ERROR, TERMINAL_EVENTS, Event, JobSpec, new_job_id
+
+blueprint = Blueprint("predictions", __name__)
 
 # Flowise body keys carried into the job's inputs when present.
 PASSED_THROUGH = ("uploads", "form")
@@ -97,61 +98,49 @@ def check_inputs(flow: CompiledFlow, req: PredictionRequest, inputs: dict[str, A
     problems.raise_if_any("the flow cannot run with this request")
 
 
-async def load_flow(ctx: ApiContext, flow_id: str) -> CompiledFlow:
+@blueprint.post("/api/v1/prediction/<flow_id>")
+async def prediction(flow_id: str) -> Response:
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise ApiError(422, "the request body must be a JSON object such as "
+                            "{\"question\": \"hi\"}")
+    req = parse_request(body)
+    ctx = context()
+    flow = await ctx.runnable_flow(flow_id)
+    await ctx.check_rate(flow.id)
+    job_id = new_job_id()
+    chat = flowise.Chat.new(req.question, req.chat_id, req.override.get("sessionId"), job_id)
+    inputs = job_inputs(req, chat)
+    check_inputs(flow, req, inputs)
+    spec = JobSpec(flow_id=flow.id, flow_version=flow.version or 0, inputs=inputs,
+                   job_id=job_id, owner=principal().name)
     try:
-        with ctx.broker("looking up the flow"):
-            flow = await ctx.state.flows.get(flow_id)
-    except FlowValidationError as exc:
-        raise ApiError(409, f"flow {flow_id!r} is stored but no longer valid (a node type's "
-                            f"plugin removed?): {exc}; register it again with PUT",
-                       problems=[{"path": p, "message": m} for p, m in exc.problems]) from None
-    if flow is None:
-        raise ApiError(404, f"Chatflow {flow_id} not found: register it with "
-                            f"PUT /api/v1/flows/{flow_id} (GET /api/v1/flows lists flows)")
-    return flow
+        with ctx.deadline("enqueueing the job"):
+            await ctx.jobs.enqueue([spec])
+    except ApiError as exc:
+        # A command that timed out may still reach Redis and run: name the
+        # job so a client can look before it sends the question again.
+        exc.message += f"; job {job_id} may still run: see GET /api/v1/jobs/{job_id}"
+        exc.extra["jobId"] = job_id
+        exc.headers[JOB_ID_HEADER] = job_id
+        raise
+    ctx.metrics.enqueued.inc()
+    if req.streaming:
+        return stream(ctx, flow, chat, inputs)
+    return await wait(ctx, chat)
 
 
-def register(app: QuartTrio, ctx: ApiContext) -> None:
-    @app.post("/api/v1/prediction/<flow_id>")
-    async def prediction(flow_id: str) -> Response:
-        body = await read_json(request)
-        if not isinstance(body, dict):
-            raise ApiError(422, "the request body must be a JSON object such as "
-                                "{\"question\": \"hi\"}")
-        req = parse_request(body)
-        flow = await load_flow(ctx, flow_id)
-        await ctx.check_rate(flow.id)
-        job_id = new_job_id()
-        chat = flowise.Chat.new(req.question, req.chat_id, req.override.get("sessionId"), job_id)
-        inputs = job_inputs(req, chat)
-        check_inputs(flow, req, inputs)
-        spec = JobSpec(flow_id=flow.id, flow_version=flow.version or 0, inputs=inputs,
-                       job_id=job_id, owner=principal().name)
-        try:
-            with ctx.broker("enqueueing the job"):
-                await ctx.state.broker.enqueue([spec])
-        except ApiError as exc:
-            # A command that timed out may still reach Redis and run: name the
-            # job so a client can look before it sends the question again.
-            exc.message += f"; job {job_id} may still run: see GET /api/v1/jobs/{job_id}"
-            exc.extra["jobId"] = job_id
-            exc.headers[JOB_ID_HEADER] = job_id
-            raise
-        ctx.metrics.enqueued.inc()
-        if req.streaming:
-            return stream(ctx, flow, chat, inputs)
-        return await wait(ctx, chat)
-
-    @app.get("/api/v1/chatflows-streaming/<flow_id>")
-    async def chatflow_streaming(flow_id: str) -> Response:
-        # The Flowise SDKs ask this (without credentials) before every
-        # prediction; every flowqd flow can stream, so the answer reveals nothing.
-        return json_response({"isStreaming": True})
+@blueprint.get("/api/v1/chatflows-streaming/<flow_id>")
+@open_route
+async def chatflow_streaming(flow_id: str) -> Response:
+    # The Flowise SDKs ask this (without credentials) before every
+    # prediction; every flowqd flow can stream, so the answer reveals nothing.
+    return json_response({"isStreaming": True})
 
 
 async def _cancel_job(ctx: ApiContext, job_id: str) -> None:
-    with trio.move_on_after(ctx.state.config.server.broker_timeout_s * 5):
-        await ctx.state.broker.cancel(job_id, reason="client disconnected")
+    with trio.move_on_after(ctx.config.server.broker_timeout_s * 5):
+        await ctx.jobs.cancel(job_id, reason="client disconnected")
 
 
 def _only_cancelled(exc: BaseException) -> bool:
@@ -160,43 +149,57 @@ def _only_cancelled(exc: BaseException) -> bool:
     return isinstance(exc, trio.Cancelled)
 
 
-async def wait(ctx: ApiContext, chat: flowise.Chat) -> Response:
-    """Wait for the job's terminal event under the deadline; answer as Flowise does."""
-    server = ctx.state.config.server
-    job_id = chat.execution_id
+async def _terminal_event(ctx: ApiContext, job_id: str) -> tuple[Event | None, bool]:
+    """The job's terminal event, or None past the deadline; and whether the
+    server's shutdown shortened that deadline."""
     terminal: Event | None = None
     shortened = False
+    async with trio.open_nursery() as nursery:
+        scope = trio.CancelScope(deadline=trio.current_time()
+                                 + ctx.config.server.prediction_timeout_s)
+
+        async def shorten_on_shutdown() -> None:
+            # The result may still come while the server drains; answer
+            # before hypercorn's graceful stop would cut the connection.
+            nonlocal shortened
+            await ctx.shutdown.wait()
+            drain = ctx.config.worker.shutdown_grace_s / 2
+            if trio.current_time() + drain < scope.deadline:
+                shortened = True
+                scope.deadline = trio.current_time() + drain
+
+        nursery.start_soon(shorten_on_shutdown)
+        with scope:
+            async with ctx.jobs.open_event_watch(job_id) as batches:
+                async for batch in batches:
+                    if batch[-1].name in TERMINAL_EVENTS:
+                        terminal = batch[-1]
+        nursery.cancel_scope.cancel()
+    return terminal, shortened
+
+
+async def wait(ctx: ApiContext, chat: flowise.Chat) -> Response:
+    """Wait for the job's terminal event under the deadline; answer as Flowise does."""
+    job_id = chat.execution_id
     ctx.metrics.open_waits += 1
     try:
-        async with trio.open_nursery() as nursery:
-            scope = trio.CancelScope(deadline=trio.current_time() + server.prediction_timeout_s)
-
-            async def shorten_on_shutdown() -> None:
-                # The result may still come while the server drains; answer
-                # before hypercorn's graceful stop would cut the connection.
-                nonlocal shortened
-                await ctx.state.shutdown.wait()
-                drain = ctx.state.config.worker.shutdown_grace_s / 2
-                if trio.current_time() + drain < scope.deadline:
-                    shortened = True
-                    scope.deadline = trio.current_time() + drain
-
-            nursery.start_soon(shorten_on_shutdown)
-            with scope:
-                async with watching(ctx.state.broker, job_id) as batches:
-                    async for batch in batches:
-                        if batch[-1].name in TERMINAL_EVENTS:
-                            terminal = batch[-1]
-            nursery.cancel_scope.cancel()
+        terminal, shortened = await _terminal_event(ctx, job_id)
     except BaseException as exc:
         # Cancelled: the client went away (or hypercorn gave up on us at shutdown).
-        if _only_cancelled(exc) and server.cancel_on_disconnect \
-                and not ctx.state.shutdown.is_set():
+        if _only_cancelled(exc) and ctx.config.server.cancel_on_disconnect \
+                and not ctx.shutdown.is_set():
             with trio.CancelScope(shield=True):
                 await _cancel_job(ctx, job_id)
         raise
     finally:
         ctx.metrics.open_waits -= 1
+    return await _answer(ctx, chat, terminal, shortened)
+
+
+async def _answer(ctx: ApiContext, chat: flowise.Chat, terminal: Event | None,
+                  shortened: bool) -> Response:
+    server = ctx.config.server
+    job_id = chat.execution_id
     where = {"jobId": job_id, "executionId": job_id, "chatId": chat.chat_id}
     named = {JOB_ID_HEADER: job_id}
     location = {"Location": f"/api/v1/jobs/{job_id}"}
@@ -222,7 +225,7 @@ async def wait(ctx: ApiContext, chat: flowise.Chat) -> Response:
         job = None
         with trio.move_on_after(server.broker_timeout_s):
             # Per-node data only; the result itself came with the event.
-            job = await ctx.state.broker.get_job(job_id)
+            job = await ctx.jobs.get_job(job_id)
         return json_response(flowise.answer(chat, terminal.data, job), headers=named)
     if terminal.name == ERROR:
         ctx.metrics.jobs.inc(outcome="failed")
@@ -237,7 +240,7 @@ async def wait(ctx: ApiContext, chat: flowise.Chat) -> Response:
 
 def stream(ctx: ApiContext, flow: CompiledFlow, chat: flowise.Chat,
            inputs: dict[str, Any]) -> Response:
-    server = ctx.state.config.server
+    server = ctx.config.server
     job_id = chat.execution_id
 
     async def produce(send: sse.Send, stream: sse.Stream) -> None:
@@ -252,7 +255,7 @@ def stream(ctx: ApiContext, flow: CompiledFlow, chat: flowise.Chat,
             await send.send(chunk)
 
         async def pump() -> None:
-            async with watching(ctx.state.broker, job_id) as batches:
+            async with ctx.jobs.open_event_watch(job_id) as batches:
                 async for batch in batches:
                     # One write per batch: per-write costs (ASGI, h11, the
                     # socket) dwarf the framing of a token.
@@ -262,7 +265,7 @@ def stream(ctx: ApiContext, flow: CompiledFlow, chat: flowise.Chat,
                         await send.send(chunk)
 
         outcome = await sse.drive(send, pump, heartbeat=flowise.HEARTBEAT,
-                                  heartbeat_s=server.heartbeat_s, shutdown=ctx.state.shutdown,
+                                  heartbeat_s=server.heartbeat_s, shutdown=ctx.shutdown,
                                   deadline_s=server.prediction_timeout_s)
         if translator.outcome is not None:
             ctx.metrics.jobs.inc(outcome=translator.outcome)
@@ -278,12 +281,7 @@ def stream(ctx: ApiContext, flow: CompiledFlow, chat: flowise.Chat,
         for chunk in translator.fail(message):
             await send.send(chunk)
 
-    def opened() -> None:
-        ctx.metrics.open_streams += 1
-
-    def closed() -> None:
-        ctx.metrics.open_streams -= 1
-
     return sse.stream_response(ctx.background(), produce, name=f"prediction {job_id}",
-                               headers={JOB_ID_HEADER: job_id}, on_open=opened,
-                               on_close=closed)
+                               headers={JOB_ID_HEADER: job_id},
+                               on_open=ctx.metrics.stream_opened,
+                               on_close=ctx.metrics.stream_closed)

@@ -19,7 +19,7 @@ import attrs
 import trio
 
 from flowqd.jobs import Job, JobStatus
-from flowqd.queue.base import Broker
+from flowqd.queue.roles import JobStore
 
 STATES = (JobStatus.COMPLETED, JobStatus.FAILED)
 PAGE = 500
@@ -39,7 +39,7 @@ class _Cursor:
 class FinishRate:
     """Finishes per ``bucket_s`` over ``window_s``; ``sample`` brings it up to date."""
 
-    broker: Broker
+    jobs: JobStore
     window_s: float = 900.0
     bucket_s: float = 30.0
     scan_limit: int = 2000
@@ -88,7 +88,7 @@ class FinishRate:
         seen: dict[str, Job] = {}
         offset = 0
         while offset < self.scan_limit:
-            page = await self.broker.list_jobs(state, offset=offset, limit=PAGE)
+            page = await self.jobs.list_jobs(state, offset=offset, limit=PAGE)
             # Jobs finishing while we page push older ones down: ids dedupe the overlap.
             fresh = [job for job in page if cursor.is_new(job)]
             seen.update((job.id, job) for job in fresh)

@@ -15,9 +15,10 @@ import attrs
 import httpx
 import orjson
 import trio
+from quart_trio import QuartTrio
 
 from flowqd import Executor, NodeContext, NodeError
-from flowqd.api.app import ApiState, create_app
+from flowqd.api.app import ApiContext, create_app
 from flowqd.auth import KeyEntry, KeyRing, hash_key
 from flowqd.config import Config, PluginsConfig, load_config
 from flowqd.credentials import CredentialStore, Sealer
@@ -106,10 +107,11 @@ class Api:
     url: str
     client: httpx.AsyncClient
     broker: Broker
-    state: ApiState
+    context: ApiContext
     config: Config
     shutdown: trio.Event
     worker: Worker | None
+    app: QuartTrio
 
 
 def make_config(*overrides: str, environ: dict[str, str] | None = None) -> Config:
@@ -139,9 +141,10 @@ async def open_api(
         registry = Registry()
         credentials = CredentialStore(broker.secrets, Sealer("shared-test-secret"))
         shutdown = trio.Event()
-        state = ApiState(config, broker, store, credentials, registry, shutdown=shutdown,
-                         keys=keys)
-        app = create_app(state)
+        context = ApiContext(config, broker.jobs, broker.control, broker.limiter, store,
+                             credentials, registry, shutdown=shutdown,
+                             keys=keys if keys is not None else KeyRing.from_config(config))
+        app = create_app(context)
         w = None
         async with trio.open_nursery() as roles:
             if worker:
@@ -153,7 +156,7 @@ async def open_api(
                 serve_asgi, app, "127.0.0.1", 0, shutdown_trigger=shutdown.wait,
                 graceful_timeout_s=graceful_s))
             async with httpx.AsyncClient(base_url=binds[0], timeout=10) as client:
-                yield Api(binds[0], client, broker, state, config, shutdown, w)
+                yield Api(binds[0], client, broker, context, config, shutdown, w, app)
             shutdown.set()
         outer.cancel_scope.cancel()
 

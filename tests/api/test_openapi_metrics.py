@@ -14,7 +14,7 @@ async def test_openapi_describes_every_route_and_method() -> None:
     with trio.fail_after(15):
         async with open_api() as api:
             spec = (await api.client.get("/api/v1/openapi.json")).json()
-            app = create_app(api.state)
+            app = create_app(api.context)
             routes = 0
             for rule in app.url_map.iter_rules():
                 if rule.endpoint == "static":

@@ -15,7 +15,8 @@ import httpx
 import trio
 
 from flowqd.api import dashboard
-from flowqd.api.dashboard import ASSETS, COOKIE, CSRF_HEADER, load_assets
+from flowqd.api.assets import ASSETS, load_assets
+from flowqd.api.dashboard import COOKIE, CSRF_HEADER
 from flowqd.api.throughput import FinishRate
 from tests.api.conftest import ADMIN_KEY, ALICE_KEY, Api, bearer, keyring, open_api
 from tests.api.sse import parse_sse
@@ -284,7 +285,7 @@ async def test_throughput_counts_each_finish_once(broker_env: dict[str, str]) ->
 
             # A sampler of its own, with explicit clocks: the second sample reads only
             # what finished since the first, however the pages overlap.
-            rate = FinishRate(api.broker, min_interval_s=0)
+            rate = FinishRate(api.broker.jobs, min_interval_s=0)
             await rate.sample(time.time())
             more = [(await api.client.post("/api/v1/jobs", json={
                 "flow": "echo", "inputs": {"question": "q"}})).json()["id"] for _ in range(4)]
