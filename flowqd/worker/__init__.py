@@ -13,8 +13,8 @@ runner tasks of a ``RunnerPool``, not in a task each.
 
 The worker sees the queue only through ``WorkQueue`` (flowqd/queue/roles.py).
 Modules: ``core`` (the Worker: claims, runs jobs, renewals, heartbeats,
-readiness), ``runners``, ``outbox``, ``timeouts``, ``held`` (a held job and its stop
-reason), ``metrics``.
+readiness), ``runners``, ``outbox``, ``timeouts``, ``held`` (a held job and
+its stop reason), ``metrics``.
 """
 
 from flowqd.worker.core import Worker as Worker

@@ -83,6 +83,8 @@ class Worker:
     credential: Callable[[str], Awaitable[str]]
     id: str = attrs.Factory(make_worker_id)
 
+    # Jobs by id, from claim until their outcome is written (the outbox
+    # releases them) or their lock is lost.
     _held: dict[str, Held] = attrs.field(init=False, factory=dict)
     _outbox: Outbox = attrs.field(init=False)
     _timeouts: Timeouts = attrs.field(init=False)
