@@ -33,14 +33,14 @@ async def bench(url: str, jobs: int, batch: int, events: int) -> None:
     async with open_broker(config) as broker:
         specs = [JobSpec(flow_id="noop", flow_version=1, inputs={"i": i}) for i in range(jobs)]
         wall, cpu = time.perf_counter(), time.process_time()
-        await broker.enqueue(specs)
+        await broker.jobs.enqueue(specs)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         print(f"enqueue: {jobs / wall:9,.0f} jobs/s   cpu {cpu / jobs * 1e6:6.1f} us/job")
 
         done = 0
         wall, cpu = time.perf_counter(), time.process_time()
         while done < jobs:
-            claimed = await broker.claim("bench", batch, lock_ttl_s=30, block_s=0.1)
+            claimed = await broker.work.claim("bench", batch, lock_ttl_s=30, block_s=0.1)
             emitted = [
                 EmittedEvent(c.job.id, "token", "x") for c in claimed for _ in range(events)
             ]
@@ -48,7 +48,7 @@ async def bench(url: str, jobs: int, batch: int, events: int) -> None:
                 Outcome(c.job.id, c.token, OutcomeKind.COMPLETED, result={"text": "x"})
                 for c in claimed
             ]
-            recorded = await broker.flush(emitted, outcomes)
+            recorded = await broker.work.flush(emitted, outcomes)
             assert all(recorded)
             done += len(claimed)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -56,7 +56,7 @@ async def bench(url: str, jobs: int, batch: int, events: int) -> None:
             f"drain:   {jobs / wall:9,.0f} jobs/s   cpu {cpu / jobs * 1e6:6.1f} us/job"
             f"   (batch {batch}, {events} event(s) + outcome per job)"
         )
-        counts = await broker.counts()
+        counts = await broker.control.counts()
         assert counts[JobStatus.COMPLETED] == min(jobs, config.queue.remove_on_count), counts
 
 

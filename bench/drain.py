@@ -36,6 +36,7 @@ from flowqd.flows import FlowStore
 from flowqd.jobs import JobSpec, JobStatus
 from flowqd.plugins import collect_executors, load_plugins
 from flowqd.queue import open_broker
+from flowqd.redis import open_redis
 from tests.daemonproc import start_daemon
 from tests.redisproc import RedisServer
 
@@ -64,19 +65,20 @@ async def bench(
     env = {"REDIS_URL": url, "QUEUE_NAME": "bench-drain", "REMOVE_ON_COUNT": str(jobs)}
     config = load_config(environ=env, overrides=["redis.command_timeout_s=60"])
     results: dict[str, float] = {}
-    async with open_broker(config) as broker, trio.open_nursery() as nursery:
+    async with open_broker(config) as broker, open_redis(config.redis, name="bench") as redis, \
+            trio.open_nursery() as nursery:
         await nursery.start(broker.run)
-        flows = FlowStore(broker, collect_executors(load_plugins(PluginsConfig())))
+        flows = FlowStore(broker.flow_documents, collect_executors(load_plugins(PluginsConfig())))
         flow_id, version = await flows.put(
             {"id": "noop", "nodes": [{"id": "e", "type": "echo"}], "output": "e"}
         )
-        await broker.pause()
+        await broker.control.pause()
 
         # One at a time (a round trip each), on a sample.
         sample = min(jobs, 2000)
         t = time.perf_counter()
         for i in range(sample):
-            await broker.enqueue([JobSpec(flow_id, version, {"question": f"s{i}"})])
+            await broker.jobs.enqueue([JobSpec(flow_id, version, {"question": f"s{i}"})])
         results["enqueue_single_jobs_s"] = sample / (time.perf_counter() - t)
 
         # Bulk: calls of --batch jobs, first from one producer (each call
@@ -92,13 +94,13 @@ async def bench(
         serial, concurrent = batches[: len(batches) // 2], batches[len(batches) // 2 :]
         t = time.perf_counter()
         for specs in serial:
-            await broker.enqueue(specs)
+            await broker.jobs.enqueue(specs)
         results["enqueue_bulk_serial_jobs_s"] = (
             sum(map(len, serial)) / (time.perf_counter() - t))
 
         async def producer(share: list[list[JobSpec]]) -> None:
             for specs in share:
-                await broker.enqueue(specs)
+                await broker.jobs.enqueue(specs)
 
         t = time.perf_counter()
         async with trio.open_nursery() as producers:
@@ -119,10 +121,10 @@ async def bench(
                 await trio.sleep(1.0)
             cpu0, t0 = cpu_seconds(pid), time.perf_counter()
             redis_cpu0 = cpu_seconds(redis_pid)
-            await broker._redis.execute(b"CONFIG", b"RESETSTAT")
-            await broker.resume()
+            await redis.execute(b"CONFIG", b"RESETSTAT")
+            await broker.control.resume()
             # Polling the counts costs the worker nothing, unlike 20k watchers.
-            while (await broker.counts())[JobStatus.COMPLETED] < jobs:  # noqa: ASYNC110
+            while (await broker.control.counts())[JobStatus.COMPLETED] < jobs:  # noqa: ASYNC110
                 await trio.sleep(0.02)
             wall, cpu = time.perf_counter() - t0, cpu_seconds(pid) - cpu0
             results["drain_jobs_s"] = jobs / wall
@@ -132,7 +134,7 @@ async def bench(
             results["worker_rss_mb"] = rss_mb(pid)
             # Where Redis spends its time: the commands run inside scripts count
             # both on their own lines and in their script's EVALSHA line.
-            stats = (await broker._redis.execute(b"INFO", b"commandstats")).decode()
+            stats = (await redis.execute(b"INFO", b"commandstats")).decode()
             for line in stats.splitlines():
                 if line.startswith("cmdstat_"):
                     name, _, fields = line[8:].partition(":")

@@ -34,8 +34,7 @@ from flowqd.config import PluginsConfig, load_config
 from flowqd.flows import FlowStore
 from flowqd.jobs import JobSpec, JobStatus, new_job_id
 from flowqd.plugins import collect_executors, load_plugins
-from flowqd.queue import open_broker
-from flowqd.queue.base import Broker
+from flowqd.queue import Broker, open_broker
 from flowqd.queue.keys import QueueKeys
 from flowqd.redis import Redis, open_redis
 from tests.daemonproc import start_daemon
@@ -71,13 +70,13 @@ async def run_jobs(
             job_id = new_job_id()
             ids.append(job_id)
             sent[job_id] = time.perf_counter()
-            await broker.enqueue(
+            await broker.jobs.enqueue(
                 [JobSpec(flow[0], flow[1], {"question": f"q{i}"}, job_id=job_id)]
             )
         while any(job_id not in rung for job_id in ids):  # noqa: ASYNC110
             await trio.sleep(0.01)
         # Rings published before the outcome was recorded are not the last.
-        while (await broker.counts())[JobStatus.COMPLETED] < len(rung):  # noqa: ASYNC110
+        while (await broker.control.counts())[JobStatus.COMPLETED] < len(rung):  # noqa: ASYNC110
             await trio.sleep(0.01)
         await trio.sleep(0.05)
     return ids, sent
@@ -92,7 +91,7 @@ async def bench(url: str, jobs: int, rate: float, warmup: int) -> dict[str, floa
     async with open_broker(config) as broker, open_redis(config.redis) as redis, \
             trio.open_nursery() as nursery:
         await nursery.start(listen, redis, QueueKeys(queue).events_channel, rung)
-        flows = FlowStore(broker, collect_executors(load_plugins(PluginsConfig())))
+        flows = FlowStore(broker.flow_documents, collect_executors(load_plugins(PluginsConfig())))
         flow = await flows.put(
             {"id": "noop", "nodes": [{"id": "e", "type": "echo"}], "output": "e"}
         )
@@ -113,7 +112,7 @@ async def bench(url: str, jobs: int, rate: float, warmup: int) -> dict[str, floa
             results["latency_mean_ms"] = statistics.fmean(latencies)
             recorded = []
             for job_id in ids:
-                job = await broker.get_job(job_id)
+                job = await broker.jobs.get_job(job_id)
                 assert job is not None and job.status == JobStatus.COMPLETED, job
                 assert job.finished_at is not None
                 recorded.append((job.finished_at - job.created_at) * 1000)

@@ -57,16 +57,16 @@ async def one_size(url: str, n: int, delay_s: float) -> dict[str, float]:
     results: dict[str, float] = {}
     async with open_broker(config) as broker, trio.open_nursery() as nursery:
         await nursery.start(broker.run)
-        flows = FlowStore(broker, collect_executors(load_plugins(PluginsConfig())))
+        flows = FlowStore(broker.flow_documents, collect_executors(load_plugins(PluginsConfig())))
         flow_id, version = await flows.put(
             {"id": "wait", "nodes": [{"id": "d", "type": "delay",
                                       "params": {"ms": round(delay_s * 1000)}}],
              "output": "d"}
         )
-        await broker.pause()
+        await broker.control.pause()
         ids: list[str] = []
         for start in range(0, n, 1000):
-            ids += await broker.enqueue(
+            ids += await broker.jobs.enqueue(
                 [JobSpec(flow_id, version, {"question": f"q{i}"})
                  for i in range(start, min(n, start + 1000))]
             )
@@ -76,14 +76,14 @@ async def one_size(url: str, n: int, delay_s: float) -> dict[str, float]:
             pid = worker.process.pid
             results["idle_rss_mb"] = rss_mb(pid)
             cpu0, t0 = cpu_seconds(pid), time.perf_counter()
-            await broker.resume()
+            await broker.control.resume()
             peak = 0.0
-            while (await broker.counts())[JobStatus.ACTIVE] < n:
+            while (await broker.control.counts())[JobStatus.ACTIVE] < n:
                 peak = max(peak, rss_mb(pid))
                 await trio.sleep(0.05)
             results["all_running_s"] = time.perf_counter() - t0
             while True:
-                counts = await broker.counts()
+                counts = await broker.control.counts()
                 peak = max(peak, rss_mb(pid))
                 if counts[JobStatus.COMPLETED] + counts[JobStatus.FAILED] >= n:
                     break
@@ -94,7 +94,7 @@ async def one_size(url: str, n: int, delay_s: float) -> dict[str, float]:
             results["worker_cpu_us_per_job"] = (cpu_seconds(pid) - cpu0) / n * 1e6
             results["renewal_calls"] = await metric(
                 worker.health, "flowqd_worker_lock_renewals_total")
-        results["completed"] = (await broker.counts())[JobStatus.COMPLETED]
+        results["completed"] = (await broker.control.counts())[JobStatus.COMPLETED]
         # Stalls: the stalled check counts them on the job ("stl"); a job
         # taken back is also claimed again, so its attempts exceed 1.
         keys = QueueKeys(queue)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from contextlib import aclosing, asynccontextmanager
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,8 +24,7 @@ from flowqd.config import PluginsConfig, RedisConfig, load_config
 from flowqd.flows import FlowStore
 from flowqd.jobs import TERMINAL_EVENTS, Event, Job, JobSpec, JobStatus
 from flowqd.plugins import collect_executors, load_plugins
-from flowqd.queue import open_broker
-from flowqd.queue.base import Broker
+from flowqd.queue import Broker, open_broker
 from flowqd.queue.keys import QueueKeys
 from flowqd.redis import Redis, open_redis
 from tests.daemonproc import Daemon
@@ -95,25 +94,26 @@ class Observer:
         assert version is not None, flow_id
         ids: list[str] = []
         for start in range(0, n, 1000):
-            ids += await self.broker.enqueue(
+            ids += await self.broker.jobs.enqueue(
                 [JobSpec(flow_id=flow_id, flow_version=version,
                          inputs={"question": f"{prefix}{i}"})
                  for i in range(start, min(n, start + 1000))])
         return ids
 
     async def wait_event(self, job_id: str, name: str) -> Event:
-        async with aclosing(self.broker.watch_events(job_id)) as events:
-            async for event in events:
-                if event.name == name:
-                    return event
+        async with self.broker.jobs.open_event_watch(job_id) as batches:
+            async for batch in batches:
+                for event in batch:
+                    if event.name == name:
+                        return event
         raise AssertionError(f"job {job_id} ended without a {name!r} event")
 
     async def finished(self, job_id: str) -> Job:
         """The job once its terminal event is written."""
-        async with aclosing(self.broker.watch_events(job_id)) as events:
-            async for _ in events:
+        async with self.broker.jobs.open_event_watch(job_id) as batches:
+            async for _ in batches:
                 pass
-        job = await self.broker.get_job(job_id)
+        job = await self.broker.jobs.get_job(job_id)
         assert job is not None, job_id
         return job
 
@@ -121,7 +121,7 @@ class Observer:
         return await gather(self.finished, ids, at_once=at_once)
 
     async def events(self, job_id: str) -> list[Event]:
-        return await self.broker.read_events(job_id)
+        return await self.broker.jobs.read_events(job_id)
 
     async def token(self, job_id: str) -> str | None:
         """The job's current lock token (what a worker must show to finish it)."""
@@ -148,7 +148,7 @@ async def open_observer(redis_url: str, queue: str) -> AsyncIterator[Observer]:
         trio.open_nursery() as nursery,
     ):
         await nursery.start(broker.run)
-        flows = FlowStore(broker, collect_executors(load_plugins(PluginsConfig())))
+        flows = FlowStore(broker.flow_documents, collect_executors(load_plugins(PluginsConfig())))
         yield Observer(broker, flows, redis, QueueKeys(queue))
         nursery.cancel_scope.cancel()
 
@@ -199,7 +199,7 @@ async def metric(client: httpx.AsyncClient, base: str, name: str) -> float:
 
 
 async def count_in(observer: Observer, status: JobStatus) -> int:
-    return (await observer.broker.counts())[status]
+    return (await observer.broker.control.counts())[status]
 
 
 def now_ms() -> int:

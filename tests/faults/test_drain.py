@@ -55,9 +55,9 @@ async def test_sigterm_drains_finishes_what_fits_requeues_the_rest_uncounted(
                 await first.wait_for_log("draining")
                 assert await first.wait(GRACE_S + 10) == 0, first.text()[-3000:]
             assert "stopped cleanly" in first.text()
-            ended = await gather(observer.broker.get_job, fits)
-            requeued = await gather(observer.broker.get_job, long)
-            untouched = await gather(observer.broker.get_job, queued)
+            ended = await gather(observer.broker.jobs.get_job, fits)
+            requeued = await gather(observer.broker.jobs.get_job, long)
+            untouched = await gather(observer.broker.jobs.get_job, queued)
             assert all(j is not None and j.status == JobStatus.COMPLETED for j in ended)
             assert all(j is not None and j.worker == first_id and j.attempts == 1 for j in ended)
             assert all(j is not None and j.status == JobStatus.WAITING for j in requeued)

@@ -127,7 +127,7 @@ async def test_redis_restart_mid_load_every_job_ends_once_and_nobody_restarts(
                 jobs = await observer.all_finished(ids)
                 events = await gather(observer.events, ids)
                 where = await gather(observer.in_finished_sets, ids)
-                counts = await observer.broker.counts()
+                counts = await observer.broker.control.counts()
             assert_no_crash(main, w1, w2)
             for daemon in (main, w1, w2):
                 daemon.signal(signal.SIGTERM)

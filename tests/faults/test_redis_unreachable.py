@@ -115,8 +115,8 @@ async def test_redis_unreachable_answers_503_fast_tells_the_truth_and_resumes(
                 again = await client.post("/api/v1/prediction/echo", json={"question": "after"})
                 assert again.status_code == 200 and again.json()["text"] == "after"
             async with open_observer(own_redis_server.url, queue_name) as observer:
-                counts = await observer.broker.counts()
-                done = await observer.broker.list_jobs(JobStatus.COMPLETED, limit=1000)
+                counts = await observer.broker.control.counts()
+                done = await observer.broker.jobs.list_jobs(JobStatus.COMPLETED, limit=1000)
             assert_no_crash(main, worker)
             for daemon in (main, worker):
                 daemon.signal(signal.SIGTERM)

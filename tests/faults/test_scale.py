@@ -55,7 +55,7 @@ async def test_10000_concurrent_jobs_in_one_worker_no_false_stalls(
 
                 async def all_done() -> bool:
                     nonlocal peak
-                    counts = await observer.broker.counts()
+                    counts = await observer.broker.control.counts()
                     peak = max(peak, counts[JobStatus.ACTIVE])
                     return counts[JobStatus.COMPLETED] + counts[JobStatus.FAILED] >= JOBS
 
@@ -64,7 +64,7 @@ async def test_10000_concurrent_jobs_in_one_worker_no_false_stalls(
                 assert_no_crash(daemon)
                 daemon.signal(signal.SIGTERM)
                 assert await daemon.wait(15) == 0
-            jobs = await gather(observer.broker.get_job, ids, at_once=200)
+            jobs = await gather(observer.broker.jobs.get_job, ids, at_once=200)
             events = await gather(observer.events, ids, at_once=200)
             failed = await count_in(observer, JobStatus.FAILED)
     attempts = Counter(j.attempts if j is not None else None for j in jobs)

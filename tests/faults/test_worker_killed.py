@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import signal
 import time
-from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +48,7 @@ WORKER = ["--role", "worker", *settings(worker__lock_ttl_s=LOCK_TTL_S,
 
 
 async def active_on(observer: Observer, worker: str, n: int) -> bool:
-    active = await observer.broker.list_jobs(JobStatus.ACTIVE, limit=1000)
+    active = await observer.broker.jobs.list_jobs(JobStatus.ACTIVE, limit=1000)
     return sum(j.worker == worker for j in active) >= n
 
 
@@ -80,7 +79,7 @@ async def test_kill_9_jobs_finish_once_on_the_other_worker_and_clients_get_answe
                     clients.start_soon(predict, i)
                 with trio.fail_after(20):
                     await poll(lambda: active_on(observer, doomed_id, JOBS))
-                ids = [j.id for j in await observer.broker.list_jobs(JobStatus.ACTIVE,
+                ids = [j.id for j in await observer.broker.jobs.list_jobs(JobStatus.ACTIVE,
                                                                       limit=1000)]
                 assert len(ids) == JOBS
                 await gather(lambda i: observer.wait_event(i, "node_start"), ids)
@@ -98,7 +97,7 @@ async def test_kill_9_jobs_finish_once_on_the_other_worker_and_clients_get_answe
                     # The dead worker's token, once the job is another's: refused.
                     late = [Outcome(i, dead_tokens[i], OutcomeKind.COMPLETED,
                                     result="late") for i in ids]
-                    assert await observer.broker.flush([], late) == [False] * JOBS
+                    assert await observer.broker.work.flush([], late) == [False] * JOBS
                     jobs = await observer.all_finished(ids)
                     finished_at = time.time()
                     assert_no_crash(main, rescuer)
@@ -131,10 +130,11 @@ async def test_kill_9_jobs_finish_once_on_the_other_worker_and_clients_get_answe
 async def nth_started(observer: Observer, job_id: str, n: int) -> Event:
     """The job's ``n``-th ``started`` event, once written."""
     seen = 0
-    async with aclosing(observer.broker.watch_events(job_id)) as events:
-        async for event in events:
-            if event.name == "started":
-                seen += 1
-                if seen == n:
-                    return event
+    async with observer.broker.jobs.open_event_watch(job_id) as batches:
+        async for batch in batches:
+            for event in batch:
+                if event.name == "started":
+                    seen += 1
+                    if seen == n:
+                        return event
     raise AssertionError(f"job {job_id} ended after {seen} starts, expected {n}")
