@@ -9,11 +9,14 @@ time, so an upper bound on a wait allows for its promotion interval.
 
 from __future__ import annotations
 
+import re
+from importlib import resources
+
 import pytest
 import trio
 import trio.testing
 
-from flowqd.jobs import JobStatus, Outcome, OutcomeKind
+from flowqd.jobs import CANCELLED, END, ERROR, JobStatus, Outcome, OutcomeKind
 from flowqd.queue import policy
 from flowqd.queue.redis.maintenance import PROMOTE_INTERVAL_S
 from tests.queue.conftest import BrokerFactory
@@ -164,3 +167,17 @@ async def test_cancelled_message_comes_from_policy(
         {"message": "stopped: user", "reason": "user"},
         {"message": "stopped: no reason", "reason": "no reason"},
     ]
+
+
+def test_lua_scripts_write_no_rule_of_their_own() -> None:
+    # Every state, event name, outcome code, constant and message of the job
+    # rules reaches the scripts from Python (the generated prelude).
+    names = {s.value for s in JobStatus} | {END, ERROR, CANCELLED} | {"c", "f", "x", "r"}
+    numbers = {str(policy.RETRY_EXPONENT_CAP), repr(policy.JITTER_SHARE),
+               str(round(policy.RETRY_DELAY_CAP_S * 1000))}
+    for script in (resources.files("flowqd.queue") / "lua").iterdir():
+        code = re.sub(r"--[^\n]*", "", script.read_text(encoding="utf-8"))
+        strings = set(re.findall(r"'([^']*)'", code)) | set(re.findall(r'"([^"]*)"', code))
+        assert not strings & names, (script.name, strings & names)
+        assert not [s for s in strings if "cancelled" in s or "stalled" in s], script.name
+        assert not numbers & set(re.findall(r"\d+(?:\.\d+)?", code)), script.name

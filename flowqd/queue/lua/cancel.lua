@@ -4,14 +4,14 @@ local id, reason = ARGV[A], ARGV[A + 1]
 local jk = job_key(id)
 local status = redis.call('HGET', jk, 'st')
 if not status then return false end
-if status == 'waiting' or status == 'delayed' then
-  if status == 'waiting' then
+if status == S_WAITING or status == S_DELAYED then
+  if status == S_WAITING then
     redis.call('LREM', K_WAIT, 0, id)
   else
     redis.call('ZREM', K_DELAYED, id)
   end
   finish_cancelled(id, reason, now_ms())
-elseif status == 'active' then
+elseif status == S_ACTIVE then
   redis.call('HSETNX', jk, 'cx', reason)
   redis.call('PUBLISH', CH_CANCEL, id)
 end

@@ -14,7 +14,7 @@ while got < want do
     local jk = job_key(id)
     local f = redis.call('HMGET', jk, unpack(JOB_FIELDS))
     -- Anything but a waiting job is a stale entry: dropped.
-    if f[F_ST] == 'waiting' then
+    if f[F_ST] == S_WAITING then
       if f[F_CX] then
         -- Cancelled while it was being put back: it never runs again.
         finish_cancelled(id, f[F_CX], now)
@@ -22,11 +22,11 @@ while got < want do
         got = got + 1
         local token = base .. ':' .. got
         local attempts = (tonumber(f[F_ATT]) or 0) + 1
-        redis.call('HSET', jk, 'st', 'active', 'att', attempts, 'sat', now, 'wk', worker,
+        redis.call('HSET', jk, 'st', S_ACTIVE, 'att', attempts, 'sat', now, 'wk', worker,
           'tok', token)
         locks[#locks + 1] = now + ttl
         locks[#locks + 1] = id
-        f[F_ST] = 'active'
+        f[F_ST] = S_ACTIVE
         f[F_ATT] = attempts
         f[F_SAT] = now
         f[F_WK] = worker

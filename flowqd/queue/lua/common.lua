@@ -105,7 +105,7 @@ end
 
 local function finish_cancelled(id, reason, now)
   local err = cjson.encode({message = CANCELLED_MESSAGE_PREFIX .. reason, reason = reason})
-  terminal(id, 'cancelled', 'cancelled', cjson.encode({reason = reason}), now,
+  terminal(id, S_CANCELLED, EV_CANCELLED, cjson.encode({reason = reason}), now,
     {'cx', reason, 'err', err})
 end
 

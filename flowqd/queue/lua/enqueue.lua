@@ -22,8 +22,8 @@ for i = A, #ARGV, 8 do
     -- Marked now: the same id twice in one call adds one job.
     exists[id] = true
     local delay = tonumber(ARGV[i + 4])
-    local status = 'waiting'
-    if delay > 0 then status = 'delayed' end
+    local status = S_WAITING
+    if delay > 0 then status = S_DELAYED end
     -- Absent fields read as 0 (attempts, stalls) or none (timeout, owner):
     -- a smaller hash is cheaper to build, and bulk enqueue makes thousands.
     local timeout, owner = ARGV[i + 6], ARGV[i + 7]

@@ -24,7 +24,7 @@ for _ = 1, n_runs do
   if ok == nil then
     -- Never after the terminal event.
     local f = read[id]
-    if f then ok = f[1] == 'active' else ok = redis.call('HGET', job_key(id), 'st') == 'active' end
+    if f then ok = f[1] == S_ACTIVE else ok = redis.call('HGET', job_key(id), 'st') == S_ACTIVE end
     live[id] = ok
   end
   if ok then
@@ -44,7 +44,7 @@ while i <= #ARGV do
   local f = read[id]
   if not f then f = redis.call('HMGET', jk, 'st', 'tok', 'att', 'max', 'cx') end
   read[id] = false
-  if f[1] ~= 'active' or f[2] ~= token then
+  if f[1] ~= S_ACTIVE or f[2] ~= token then
     results[#results + 1] = 0
   else
     results[#results + 1] = 1
@@ -53,11 +53,11 @@ while i <= #ARGV do
     local extra = {}
     if nodes ~= '' then extra = {'nodes', nodes} end
     local cx = f[5]
-    if kind == 'c' then
+    if kind == O_COMPLETED then
       extra[#extra + 1] = 'res'
       extra[#extra + 1] = stored
-      terminal(id, 'completed', 'end', stored, now, extra)
-    elseif kind == 'f' then
+      terminal(id, S_COMPLETED, EV_END, stored, now, extra)
+    elseif kind == O_FAILED then
       extra[#extra + 1] = 'err'
       extra[#extra + 1] = stored
       local att = tonumber(f[3])
@@ -66,12 +66,12 @@ while i <= #ARGV do
         local delay = math.min(CFG.backoff_ms * 2 ^ math.min(att - 1, RETRY_EXPONENT_CAP),
           RETRY_DELAY_CAP_MS)
         delay = math.floor(delay * (1 + JITTER_SHARE * tonumber(ARGV[i + 7])))
-        redis.call('HSET', jk, 'st', 'delayed', unpack(extra))
+        redis.call('HSET', jk, 'st', S_DELAYED, unpack(extra))
         redis.call('ZADD', K_DELAYED, now + delay, id)
       else
-        terminal(id, 'failed', 'error', event_data, now, extra)
+        terminal(id, S_FAILED, EV_ERROR, event_data, now, extra)
       end
-    elseif kind == 'x' then
+    elseif kind == O_CANCELLED then
       if #extra > 0 then redis.call('HSET', jk, unpack(extra)) end
       local reason = cx
       if not reason then
@@ -85,7 +85,7 @@ while i <= #ARGV do
     else
       -- Requeue (shutdown drain): next in line, the attempt not counted.
       redis.call('HDEL', jk, 'tok')
-      redis.call('HSET', jk, 'st', 'waiting', 'att', tonumber(f[3]) - 1, unpack(extra))
+      redis.call('HSET', jk, 'st', S_WAITING, 'att', tonumber(f[3]) - 1, unpack(extra))
       redis.call('RPUSH', K_WAIT, id)
       rang = true
     end

@@ -6,8 +6,8 @@ local moved = 0
 for _, id in ipairs(ids) do
   redis.call('ZREM', K_DELAYED, id)
   local jk = job_key(id)
-  if redis.call('HGET', jk, 'st') == 'delayed' then
-    redis.call('HSET', jk, 'st', 'waiting')
+  if redis.call('HGET', jk, 'st') == S_DELAYED then
+    redis.call('HSET', jk, 'st', S_WAITING)
     redis.call('LPUSH', K_WAIT, id)
     moved = moved + 1
   end

@@ -5,7 +5,7 @@ local lost, cancelled = {}, {}
 for i = A + 1, #ARGV, 2 do
   local id = ARGV[i]
   local f = redis.call('HMGET', job_key(id), 'st', 'tok', 'cx')
-  if f[1] == 'active' and f[2] == ARGV[i + 1] then
+  if f[1] == S_ACTIVE and f[2] == ARGV[i + 1] then
     redis.call('ZADD', K_ACTIVE, deadline, id)
     if f[3] then cancelled[#cancelled + 1] = id end
   else

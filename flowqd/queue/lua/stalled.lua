@@ -13,15 +13,15 @@ for _, id in ipairs(ids) do
   redis.call('ZREM', K_ACTIVE, id)
   local jk = job_key(id)
   local f = redis.call('HMGET', jk, 'st', 'cx')
-  if f[1] == 'active' then
+  if f[1] == S_ACTIVE then
     redis.call('HDEL', jk, 'tok')
     local stalls = redis.call('HINCRBY', jk, 'stl', 1)
     if f[2] then
       finish_cancelled(id, f[2], now)
     elseif stalls > CFG.max_stalled then
-      terminal(id, 'failed', 'error', STALLED_EVENT, now, {'err', STALLED_ERROR})
+      terminal(id, S_FAILED, EV_ERROR, STALLED_EVENT, now, {'err', STALLED_ERROR})
     else
-      redis.call('HSET', jk, 'st', 'waiting')
+      redis.call('HSET', jk, 'st', S_WAITING)
       redis.call('RPUSH', K_WAIT, id)
       rang = true
     end
@@ -29,7 +29,7 @@ for _, id in ipairs(ids) do
 end
 if rang then ring_workers() end
 local cutoff = now - CFG.age_ms
-for _, status in ipairs({'completed', 'failed', 'cancelled'}) do
+for _, status in ipairs({S_COMPLETED, S_FAILED, S_CANCELLED}) do
   redis.call('ZREMRANGEBYSCORE', finished_key(status), '-inf', cutoff)
 end
 announce()

@@ -8,7 +8,18 @@ from typing import Any
 import attrs
 import orjson
 
-from flowqd.jobs import Claimed, EmittedEvent, Event, Job, JobStatus, Outcome, OutcomeKind
+from flowqd.jobs import (
+    CANCELLED,
+    END,
+    ERROR,
+    Claimed,
+    EmittedEvent,
+    Event,
+    Job,
+    JobStatus,
+    Outcome,
+    OutcomeKind,
+)
 from flowqd.queue import policy
 from flowqd.queue.keys import JOB_FIELDS
 
@@ -20,6 +31,16 @@ _OUTCOME_CODES = {
     OutcomeKind.CANCELLED: b"x",
     OutcomeKind.REQUEUE: b"r",
 }
+
+
+def lua_names() -> str:
+    """Lua locals for the values scripts store and compare: job states (``S_WAITING``),
+    terminal event names (``EV_END``) and the flush script's outcome codes
+    (``O_COMPLETED``), all from the Python definitions."""
+    lines = [f"local S_{status.name} = '{status.value}'" for status in JobStatus]
+    lines += [f"local EV_{name.upper()} = '{name}'" for name in (END, ERROR, CANCELLED)]
+    lines += [f"local O_{kind.name} = '{code.decode()}'" for kind, code in _OUTCOME_CODES.items()]
+    return "\n".join(lines) + "\n"
 
 
 def checked(replies: list[Any]) -> list[Any]:

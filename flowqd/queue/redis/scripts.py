@@ -1,7 +1,8 @@
 """The Lua scripts of the Redis backend, read from ``queue/lua/`` and assembled.
 
-Each script is the generated key names (``keys.lua_prelude``), the generated
-job rules (``policy.lua_rules``), then ``common.lua`` (settings, events,
+Each script is the generated key names (``keys.lua_prelude``), job states,
+event names and outcome codes (``codec.lua_names``) and job rules
+(``policy.lua_rules``), then ``common.lua`` (settings, events,
 terminal handling, retention), then its own file. A ``QueueScript`` binds a
 script to one queue: calling it passes the queue's key prefix as ``KEYS[1]``
 and the five queue settings as ``ARGV[1..5]`` (see ``common.lua``) ahead of
@@ -20,6 +21,7 @@ import attrs
 from flowqd.config import QueueConfig
 from flowqd.queue import policy
 from flowqd.queue.keys import QueueKeys, lua_prelude
+from flowqd.queue.redis.codec import lua_names
 from flowqd.redis import Arg, Redis, Script, ScriptCall
 
 
@@ -27,7 +29,7 @@ def source(name: str) -> str:
     lua = resources.files("flowqd.queue") / "lua"
     common = (lua / "common.lua").read_text(encoding="utf-8")
     own = (lua / f"{name}.lua").read_text(encoding="utf-8")
-    return lua_prelude() + policy.lua_rules() + common + own
+    return lua_prelude() + lua_names() + policy.lua_rules() + common + own
 
 
 def queue_settings(queue: QueueConfig) -> tuple[int, ...]:
