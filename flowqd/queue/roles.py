@@ -1,7 +1,8 @@
 """What each part of flowqd needs from a queue backend, one small interface per role.
 
-A backend (the embedded broker, the Redis broker) implements every role; a
-part of flowqd depends only on the roles it uses:
+Each backend (``queue/memory``, ``queue/redis``) implements every role as a
+small class of its own over one shared state; ``queue.Broker`` bundles them
+for the daemon, and a part of flowqd depends only on the roles it uses:
 
 - ``WorkQueue``: the worker (claim, renew, flush, cancel notices, maintenance,
   heartbeats).
@@ -13,7 +14,8 @@ part of flowqd depends only on the roles it uses:
 - ``RateLimiter``: request budgets shared by every main process.
 
 Semantics every backend keeps (the contract suite in tests/queue runs them
-all on both backends):
+on both backends, through these roles; the job rules themselves, delays and
+messages, are ``policy.py``'s):
 
 - At-least-once execution, exactly one recorded outcome per job: ``flush``
   refuses an outcome whose lock token is not the job's current one.

@@ -1,4 +1,4 @@
-"""The broker contract, run against every broker (memory and Redis).
+"""The broker contract, run against both backends (memory and Redis) through their roles.
 
 Every test is bounded by ``trio.fail_after``; waits are on broker events
 (claims, watched events), never sleeps standing in for synchronisation.
