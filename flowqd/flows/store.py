@@ -123,12 +123,12 @@ class FlowStore:
         return flow.id, version
 
     def cached(self, flow_id: str, version: int) -> CompiledFlow | None:
-        """The compiled flow if the cache holds it, else None; no await, no backend call."""
-        key = (flow_id, version)
-        flow = self._cache.get(key)
-        if flow is not None:
-            self._cache.move_to_end(key)
-        return flow
+        """The compiled flow if the cache holds it, else None; no await, no backend call.
+
+        The worker's look-up for every job, so as cheap as can be: it leaves
+        the LRU order alone (a busy version evicted is fetched once more).
+        """
+        return self._cache.get((flow_id, version))
 
     async def get(self, flow_id: str, version: int | None = None) -> CompiledFlow | None:
         """The flow at ``version`` (None: current), compiled; None if unknown.
@@ -139,8 +139,9 @@ class FlowStore:
         if version is None:
             return await self._fetch(flow_id, None)
         key = (flow_id, version)
-        flow = self.cached(flow_id, version)
+        flow = self._cache.get(key)
         if flow is not None:
+            self._cache.move_to_end(key)
             return flow
         loading = self._loads.get(key)
         if loading is not None:

@@ -237,9 +237,7 @@ class Worker:
                 self._held.pop(job.id, None)
                 self._outbox.forget(job.id)
             else:
-                self._outbox.add(outcome)
-                self.metrics.duration.observe(trio.current_time() - started,
-                                              outcome=outcome.kind.value)
+                self._outbox.add(outcome, trio.current_time() - started)
 
     def _timeout_of(self, job: Job) -> float:
         return job.timeout_s or self.config.worker.job_timeout_s

@@ -54,13 +54,14 @@ class Outbox:
     _closing: bool = attrs.field(init=False, default=False)
     _flushed_all: trio.Event = attrs.field(init=False, factory=trio.Event)
 
-    def add(self, outcome: Outcome) -> None:
-        """A job's outcome, to be written with the events it emitted before."""
+    def add(self, outcome: Outcome, seconds: float) -> None:
+        """A job's outcome after ``seconds`` of running, to be written after its events."""
         self.outcomes.append(outcome)
         self.wanted.set()
         kind = outcome.kind.value
         # Counted here, added to the counter once per kind per flush.
         self._finished[kind] = self._finished.get(kind, 0) + 1
+        self.metrics.duration.observe(seconds, outcome=kind)
 
     def forget(self, job_id: str) -> None:
         """The job's lock went to another worker: nothing of it is to be reported."""
