@@ -191,7 +191,7 @@ async def test_host_header_must_name_this_server() -> None:
                                                         headers={"Host": host})
                     assert response.status_code == 421, (host, path, response.text)
                     assert "server.allowed_hosts" in response.json()["message"]
-            assert not await api.broker.is_paused()
+            assert not await api.broker.control.is_paused()
             assert (await api.client.get("/api/v1/credentials")).json() == {"credentials": []}
             for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST", f"[::1]:{port}",
                          "localhost."):
@@ -237,7 +237,7 @@ async def test_cross_origin_writes_are_403_and_same_origin_writes_pass() -> None
                     assert response.status_code == 403, (headers, path, response.text)
                     message = response.json()["message"]
                     assert "server.allowed_origins" in message and "own origin" in message
-            assert not await api.broker.is_paused()
+            assert not await api.broker.control.is_paused()
             assert (await api.client.get("/api/v1/flows/echo")).status_code == 200
             # Reads are not refused: without CORS the page cannot read the answer.
             read = await api.client.get("/api/v1/queue", headers={"Origin": "http://evil.example"})
@@ -251,7 +251,7 @@ async def test_cross_origin_writes_are_403_and_same_origin_writes_pass() -> None
                                              json={"question": "q"}, headers=headers)
                 assert done.status_code == 200, (headers, done.text)
             paused = await api.client.post("/api/v1/queue/pause")
-            assert paused.status_code == 200 and await api.broker.is_paused()
+            assert paused.status_code == 200 and await api.broker.control.is_paused()
 
 
 async def test_allowed_origins_let_a_listed_page_write() -> None:
@@ -285,4 +285,4 @@ async def test_a_page_cannot_drive_the_api_with_a_simple_request() -> None:
                 headers={"Content-Type": "text/plain;charset=UTF-8"})
             assert same_origin.status_code == 415
             assert "text/plain" in same_origin.json()["message"]
-            assert sum((await api.broker.counts()).values()) == 0
+            assert sum((await api.broker.control.counts()).values()) == 0

@@ -214,7 +214,7 @@ async def test_bodies_not_sent_as_json_are_415() -> None:
                     message = assert_error(response, 415)["message"]
                     assert named in message and "application/json" in message, message
                     assert response.headers["connection"] == "close"  # body left unread
-            assert (await api.broker.counts())[JobStatus.WAITING] == 0
+            assert (await api.broker.control.counts())[JobStatus.WAITING] == 0
             for sent in ("application/json; charset=utf-8", "Application/JSON",
                          "application/vnd.api+json"):
                 response = await api.client.post("/api/v1/prediction/echo", content=body,

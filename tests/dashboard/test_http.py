@@ -152,9 +152,9 @@ async def test_cookie_sign_in_then_the_api_accepts_the_cookie() -> None:
                 paused = await browser.post("/api/v1/queue/pause",
                                             headers={**CSRF, **SAME_ORIGIN})
                 assert paused.status_code == 200 and paused.json() == {"paused": True}
-                assert await api.broker.is_paused()
+                assert await api.broker.control.is_paused()
                 await browser.post("/api/v1/queue/resume", headers={**CSRF, **SAME_ORIGIN})
-                assert not await api.broker.is_paused()
+                assert not await api.broker.control.is_paused()
                 out = await browser.delete("/admin/queues/session",
                                            headers={**CSRF, **SAME_ORIGIN})
                 assert out.status_code == 204
@@ -189,8 +189,8 @@ async def test_cross_site_post_with_only_the_cookie_is_refused(broker_env: dict[
                 read = await browser.get(f"/api/v1/jobs/{job}",
                                          headers={"Sec-Fetch-Site": "cross-site"})
                 assert read.status_code == 403
-                assert (await api.broker.get_job(job)).cancel_requested is False  # type: ignore[union-attr]
-                status = (await api.broker.get_job(job)).status  # type: ignore[union-attr]
+                assert (await api.broker.jobs.get_job(job)).cancel_requested is False  # type: ignore[union-attr]
+                status = (await api.broker.jobs.get_job(job)).status  # type: ignore[union-attr]
                 assert status.value in ("waiting", "active")
 
                 done = await browser.post(f"/api/v1/jobs/{job}/cancel",
