@@ -41,9 +41,7 @@ async def bench(url: str, jobs: int, batch: int, events: int) -> None:
         wall, cpu = time.perf_counter(), time.process_time()
         while done < jobs:
             claimed = await broker.work.claim("bench", batch, lock_ttl_s=30, block_s=0.1)
-            emitted = [
-                EmittedEvent(c.job.id, "token", "x") for c in claimed for _ in range(events)
-            ]
+            emitted = [EmittedEvent(c.job.id, "token", "x") for c in claimed for _ in range(events)]
             outcomes = [
                 Outcome(c.job.id, c.token, OutcomeKind.COMPLETED, result={"text": "x"})
                 for c in claimed

@@ -65,8 +65,11 @@ async def bench(
     env = {"REDIS_URL": url, "QUEUE_NAME": "bench-drain", "REMOVE_ON_COUNT": str(jobs)}
     config = load_config(environ=env, overrides=["redis.command_timeout_s=60"])
     results: dict[str, float] = {}
-    async with open_broker(config) as broker, open_redis(config.redis, name="bench") as redis, \
-            trio.open_nursery() as nursery:
+    async with (
+        open_broker(config) as broker,
+        open_redis(config.redis, name="bench") as redis,
+        trio.open_nursery() as nursery,
+    ):
         await nursery.start(broker.run)
         flows = FlowStore(broker.flow_documents, collect_executors(load_plugins(PluginsConfig())))
         flow_id, version = await flows.put(
@@ -87,16 +90,17 @@ async def bench(
         # encodes the next. The first half of the rest goes serially.
         bulk = jobs - sample
         batches = [
-            [JobSpec(flow_id, version, {"question": f"q{start + i}"})
-             for i in range(min(batch, bulk - start))]
+            [
+                JobSpec(flow_id, version, {"question": f"q{start + i}"})
+                for i in range(min(batch, bulk - start))
+            ]
             for start in range(0, bulk, batch)
         ]
         serial, concurrent = batches[: len(batches) // 2], batches[len(batches) // 2 :]
         t = time.perf_counter()
         for specs in serial:
             await broker.jobs.enqueue(specs)
-        results["enqueue_bulk_serial_jobs_s"] = (
-            sum(map(len, serial)) / (time.perf_counter() - t))
+        results["enqueue_bulk_serial_jobs_s"] = sum(map(len, serial)) / (time.perf_counter() - t)
 
         async def producer(share: list[list[JobSpec]]) -> None:
             for specs in share:
@@ -108,15 +112,28 @@ async def bench(
             producers.start_soon(producer, concurrent[1::2])
         results["enqueue_bulk_jobs_s"] = sum(map(len, concurrent)) / (time.perf_counter() - t)
 
-        async with start_daemon(["--role", "worker", "--set", "log.level=info",
-                                 "--set", "redis.command_timeout_s=60"], env=env) as worker:
+        async with start_daemon(
+            ["--role", "worker", "--set", "log.level=info", "--set", "redis.command_timeout_s=60"],
+            env=env,
+        ) as worker:
             pid = worker.process.pid
             spy = None
             if py_spy:
                 # Sample the worker during the drain only (--format raw: collapsed stacks).
                 spy = await trio.lowlevel.open_process(
-                    [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid),
-                     "--rate", "500", "--gil", "--format", "raw", "--output", py_spy]
+                    [
+                        str(Path(sys.executable).parent / "py-spy"),
+                        "record",
+                        "--pid",
+                        str(pid),
+                        "--rate",
+                        "500",
+                        "--gil",
+                        "--format",
+                        "raw",
+                        "--output",
+                        py_spy,
+                    ]
                 )
                 await trio.sleep(1.0)
             cpu0, t0 = cpu_seconds(pid), time.perf_counter()
@@ -141,13 +158,19 @@ async def bench(
                     values = dict(part.split("=") for part in fields.split(","))
                     usec_per_job = int(values["usec"]) / jobs
                     if usec_per_job >= 0.5:
-                        print(f"   redis {name:12} {int(values['calls']) / jobs:8.2f} calls/job "
-                              f"{usec_per_job:8.2f} us/job", file=sys.stderr)
+                        print(
+                            f"   redis {name:12} {int(values['calls']) / jobs:8.2f} calls/job "
+                            f"{usec_per_job:8.2f} us/job",
+                            file=sys.stderr,
+                        )
             # Batching as the worker saw it: its own counters.
             async with httpx.AsyncClient() as client:
                 text = (await client.get(f"{worker.health}/metrics")).text
-            flushes = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                          if line.startswith("flowqd_worker_flushes_total"))
+            flushes = sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("flowqd_worker_flushes_total")
+            )
             results["jobs_per_flush_jobs"] = jobs / max(flushes, 1)
             if spy is not None:
                 spy.send_signal(2)
@@ -160,9 +183,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=20000)
     parser.add_argument("--batch", type=int, default=1000, help="jobs per bulk enqueue call")
-    parser.add_argument("--py-spy", metavar="FILE",
-                        help="sample the worker with py-spy during the drain "
-                        "(collapsed stacks, GIL held)")
+    parser.add_argument(
+        "--py-spy",
+        metavar="FILE",
+        help="sample the worker with py-spy during the drain (collapsed stacks, GIL held)",
+    )
     args = parser.parse_args()
     server = RedisServer()
     server.start()

@@ -58,8 +58,11 @@ def process_figures(daemon: Daemon) -> tuple[float, float]:
     """
     pid = daemon.process.pid
     # Per thread: trio spawns processes from a worker thread.
-    children = [child for task in Path(f"/proc/{pid}/task").iterdir()
-                for child in (task / "children").read_text().split()]
+    children = [
+        child
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for child in (task / "children").read_text().split()
+    ]
     figures = [_pid_figures(p) for p in (pid, *map(int, children))]
     return max(rss for rss, _ in figures), sum(cpu for _, cpu in figures)
 
@@ -87,7 +90,8 @@ async def load(api: str, clients: int, seconds: float) -> tuple[int, list[float]
             while trio.current_time() < deadline:
                 started = time.perf_counter()
                 status, body = await connection.request(
-                    "POST", "/api/v1/prediction/echo", {"question": f"c{n}-{i}"})
+                    "POST", "/api/v1/prediction/echo", {"question": f"c{n}-{i}"}
+                )
                 latencies.append(time.perf_counter() - started)
                 if status != 200 or orjson.loads(body)["text"] != f"c{n}-{i}":
                     errors += 1
@@ -127,8 +131,9 @@ async def hold_waiting(api: str, url: str, count: int) -> None:
         async def predict(i: int) -> None:
             connection = RawConnection.for_url(api)
             try:
-                status, _ = await connection.request("POST", "/api/v1/prediction/echo",
-                                                     {"question": f"w{i}"})
+                status, _ = await connection.request(
+                    "POST", "/api/v1/prediction/echo", {"question": f"w{i}"}
+                )
                 statuses.append(status)
             finally:
                 await connection.aclose()
@@ -141,13 +146,17 @@ async def hold_waiting(api: str, url: str, count: int) -> None:
                 await waiting_at_least(control, min(count, step + 200))
             opened = time.perf_counter() - started
             clients = await redis_clients(url)
-            print(f"{count} waiting predictions (opened in {opened:.1f}s): Redis connections "
-                  f"held: main {clients.get('flowqd-main', 0)}, all {clients}")
+            print(
+                f"{count} waiting predictions (opened in {opened:.1f}s): Redis connections "
+                f"held: main {clients.get('flowqd-main', 0)}, all {clients}"
+            )
             resumed = time.perf_counter()
             await control.post("/api/v1/queue/resume")
         ok = sum(1 for s in statuses if s == 200)
-        print(f"  all {count} answered {time.perf_counter() - resumed:.1f}s after resume; "
-              f"{ok} with 200")
+        print(
+            f"  all {count} answered {time.perf_counter() - resumed:.1f}s after resume; "
+            f"{ok} with 200"
+        )
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -159,30 +168,44 @@ async def main(args: argparse.Namespace) -> None:
             flows.mkdir()
             (flows / "echo.json").write_bytes(orjson.dumps(ECHO))
             env = {"REDIS_URL": redis.url, "QUEUE_NAME": "bench-http"}
-            main_args = ["--role", "main", "--set", f"flows.paths={flows}",
-                         "--set", "server.prediction_timeout_s=120",
-                         "--set", f"server.processes={args.processes}"]
-            async with start_daemon(main_args, env=env, cwd=tmp) as main_role, \
-                    start_daemon(["--role", "worker"],
-                                 env=env, cwd=tmp) as worker:
+            main_args = [
+                "--role",
+                "main",
+                "--set",
+                f"flows.paths={flows}",
+                "--set",
+                "server.prediction_timeout_s=120",
+                "--set",
+                f"server.processes={args.processes}",
+            ]
+            async with (
+                start_daemon(main_args, env=env, cwd=tmp) as main_role,
+                start_daemon(["--role", "worker"], env=env, cwd=tmp) as worker,
+            ):
                 await load(main_role.api, 10, 1.0)  # warm-up
                 for clients in args.clients:
-                    main_cpu0, worker_cpu0 = (process_figures(main_role)[1],
-                                              process_figures(worker)[1])
+                    main_cpu0, worker_cpu0 = (
+                        process_figures(main_role)[1],
+                        process_figures(worker)[1],
+                    )
                     wall = time.perf_counter()
                     done, latencies, errors = await load(main_role.api, clients, args.seconds)
                     wall = time.perf_counter() - wall
                     main_rss, main_cpu = process_figures(main_role)
                     worker_rss, worker_cpu = process_figures(worker)
                     held = await redis_clients(redis.url)
-                    print(f"{clients:4d} clients: {done / wall:7.0f} predictions/s  "
-                          f"p50 {percentile(latencies, 0.5) * 1e3:6.1f} ms  "
-                          f"p99 {percentile(latencies, 0.99) * 1e3:6.1f} ms  errors {errors}")
-                    print(f"      CPU per prediction: main "
-                          f"{(main_cpu - main_cpu0) / done * 1e3:.2f} ms, worker "
-                          f"{(worker_cpu - worker_cpu0) / done * 1e3:.2f} ms;  RSS main "
-                          f"{main_rss:.0f} MB, worker {worker_rss:.0f} MB;  Redis connections "
-                          f"{held}")
+                    print(
+                        f"{clients:4d} clients: {done / wall:7.0f} predictions/s  "
+                        f"p50 {percentile(latencies, 0.5) * 1e3:6.1f} ms  "
+                        f"p99 {percentile(latencies, 0.99) * 1e3:6.1f} ms  errors {errors}"
+                    )
+                    print(
+                        f"      CPU per prediction: main "
+                        f"{(main_cpu - main_cpu0) / done * 1e3:.2f} ms, worker "
+                        f"{(worker_cpu - worker_cpu0) / done * 1e3:.2f} ms;  RSS main "
+                        f"{main_rss:.0f} MB, worker {worker_rss:.0f} MB;  Redis connections "
+                        f"{held}"
+                    )
                     # With extra API processes the figures say so (http_p2_20_...).
                     processes = f"p{args.processes}_" if args.processes > 1 else ""
                     prefix = f"http_{processes}{clients}_"
@@ -192,8 +215,11 @@ async def main(args: argparse.Namespace) -> None:
                         ("p99_ms", percentile(latencies, 0.99) * 1e3, "ms"),
                         ("errors", errors, "requests"),
                         ("main_cpu_ms_per_req", (main_cpu - main_cpu0) / done * 1e3, "ms/req"),
-                        ("worker_cpu_ms_per_req", (worker_cpu - worker_cpu0) / done * 1e3,
-                         "ms/req"),
+                        (
+                            "worker_cpu_ms_per_req",
+                            (worker_cpu - worker_cpu0) / done * 1e3,
+                            "ms/req",
+                        ),
                         ("main_rss_mb", main_rss, "MB"),
                         ("worker_rss_mb", worker_rss, "MB"),
                         ("main_redis_connections", held.get("flowqd-main", 0), "connections"),
@@ -209,10 +235,15 @@ async def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", default="20,100",
-                        type=lambda s: [int(x) for x in s.split(",")])
+    parser.add_argument(
+        "--clients", default="20,100", type=lambda s: [int(x) for x in s.split(",")]
+    )
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--waiting", type=int, default=2000)
-    parser.add_argument("--processes", type=int, default=1,
-                        help="server.processes of the main role (API processes on the port)")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="server.processes of the main role (API processes on the port)",
+    )
     trio.run(main, parser.parse_args())

@@ -47,8 +47,11 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def listen(
-    redis: Redis, channel: str, rung: dict[str, float],
-    *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    redis: Redis,
+    channel: str,
+    rung: dict[str, float],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     async with redis.subscribe(channel) as subscription:
         task_status.started()
@@ -88,23 +91,26 @@ async def bench(url: str, jobs: int, rate: float, warmup: int) -> dict[str, floa
     config = load_config(environ=env, overrides=["redis.command_timeout_s=60"])
     results: dict[str, float] = {}
     rung: dict[str, float] = {}
-    async with open_broker(config) as broker, open_redis(config.redis) as redis, \
-            trio.open_nursery() as nursery:
+    async with (
+        open_broker(config) as broker,
+        open_redis(config.redis) as redis,
+        trio.open_nursery() as nursery,
+    ):
         await nursery.start(listen, redis, QueueKeys(queue).events_channel, rung)
         flows = FlowStore(broker.flow_documents, collect_executors(load_plugins(PluginsConfig())))
         flow = await flows.put(
             {"id": "noop", "nodes": [{"id": "e", "type": "echo"}], "output": "e"}
         )
-        async with start_daemon(["--role", "worker", "--set", "log.level=info"],
-                                env=env) as worker:
+        async with start_daemon(["--role", "worker", "--set", "log.level=info"], env=env) as worker:
             pid = worker.process.pid
             await run_jobs(broker, flow, warmup, rate, rung)
             cpu0, t0 = cpu_seconds(pid), time.perf_counter()
             ids, sent = await run_jobs(broker, flow, jobs, rate, rung)
             wall, cpu = time.perf_counter() - t0, cpu_seconds(pid) - cpu0
             latencies = [(rung[job_id] - sent[job_id]) * 1000 for job_id in ids]
-            results["offered_jobs_s"] = jobs / (max(sent.values()) - min(sent.values())) * (
-                (jobs - 1) / jobs)
+            results["offered_jobs_s"] = (
+                jobs / (max(sent.values()) - min(sent.values())) * ((jobs - 1) / jobs)
+            )
             results["latency_p50_ms"] = percentile(latencies, 50)
             results["latency_p90_ms"] = percentile(latencies, 90)
             results["latency_p99_ms"] = percentile(latencies, 99)

@@ -36,8 +36,11 @@ SCRIPTS: list[tuple[str, list[str], list[str]]] = [
     ("latency", [], ["--jobs", "1000", "--warmup", "50"]),
     ("http_api", [], ["--clients", "20", "--seconds", "3", "--waiting", "0"]),
     # The same through a main role with server.processes = 2 (SO_REUSEPORT).
-    ("http_api", ["--processes", "2", "--waiting", "0"],
-     ["--processes", "2", "--clients", "20", "--seconds", "3", "--waiting", "0"]),
+    (
+        "http_api",
+        ["--processes", "2", "--waiting", "0"],
+        ["--processes", "2", "--clients", "20", "--seconds", "3", "--waiting", "0"],
+    ),
     ("stream", [], ["--quick"]),
     ("scale", [], ["--quick"]),
 ]
@@ -75,6 +78,7 @@ TARGETS = [
 # Targets a full run must show but a quick run may leave out (http_api --clients 20 only).
 OPTIONAL_IN_QUICK = {"http_api.http_100_main_rss_mb", "http_api.http_100_worker_rss_mb"}
 
+
 @attrs.frozen
 class Figure:
     name: str
@@ -88,8 +92,9 @@ def run_script(script: str, options: list[str]) -> tuple[list[Figure], str | Non
     print(f"== {script} {' '.join(options)}", flush=True)
     started = time.perf_counter()
     try:
-        done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=900,
-                              check=False)
+        done = subprocess.run(
+            argv, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False
+        )
     except subprocess.TimeoutExpired:
         return [], "timed out after 900 s"
     figures = []
@@ -121,8 +126,12 @@ def verdict(target: Target | None, value: float | None) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small runs, under 2 minutes")
-    parser.add_argument("--only", type=lambda s: s.split(","), default=None,
-                        help="comma-separated scripts to run (default: all)")
+    parser.add_argument(
+        "--only",
+        type=lambda s: s.split(","),
+        default=None,
+        help="comma-separated scripts to run (default: all)",
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     values: dict[str, Figure] = {}
@@ -138,9 +147,12 @@ def main() -> None:
         for figure in figures:
             values[f"{script}.{figure.name}"] = figure
 
-    targets = {t.figure: t for t in TARGETS if t.figure.split(".")[0] in ran
-               and not (args.quick and t.figure in OPTIONAL_IN_QUICK
-                        and t.figure not in values)}
+    targets = {
+        t.figure: t
+        for t in TARGETS
+        if t.figure.split(".")[0] in ran
+        and not (args.quick and t.figure in OPTIONAL_IN_QUICK and t.figure not in values)
+    }
     print()
     print(f"{'figure':42} {'value':>12} {'unit':10} {'target':>11}  verdict")
     for name in [*values, *(t for t in targets if t not in values)]:
@@ -148,13 +160,20 @@ def main() -> None:
         target = targets.get(name)
         shown = f"{figure.value:12,.2f}" if figure else f"{'-':>12}"
         unit = figure.unit if figure else ""
-        print(f"{name:42} {shown} {unit:10} {target.text if target else '':>11}  "
-              f"{verdict(target, figure.value if figure else None)}")
-    met = sum(1 for name, t in targets.items()
-              if name in values and t.compare(values[name].value, t.bound))
-    print(f"\ntargets met: {met} of {len(targets)}"
-          + (" (quick run: small sizes, noisier figures)" if args.quick else "")
-          + f"; total {time.perf_counter() - started:.0f} s")
+        print(
+            f"{name:42} {shown} {unit:10} {target.text if target else '':>11}  "
+            f"{verdict(target, figure.value if figure else None)}"
+        )
+    met = sum(
+        1
+        for name, t in targets.items()
+        if name in values and t.compare(values[name].value, t.bound)
+    )
+    print(
+        f"\ntargets met: {met} of {len(targets)}"
+        + (" (quick run: small sizes, noisier figures)" if args.quick else "")
+        + f"; total {time.perf_counter() - started:.0f} s"
+    )
     for script, failure in failures.items():
         print(f"{script}: {failure}")
     sys.exit(1 if failures else 0)

@@ -46,8 +46,11 @@ LOCK_TTL_S = 5
 async def metric(health: str, name: str) -> float:
     async with httpx.AsyncClient() as client:
         text = (await client.get(f"{health}/metrics")).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name) and not line.startswith("#"))
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name) and not line.startswith("#")
+    )
 
 
 async def one_size(url: str, n: int, delay_s: float) -> dict[str, float]:
@@ -59,19 +62,31 @@ async def one_size(url: str, n: int, delay_s: float) -> dict[str, float]:
         await nursery.start(broker.run)
         flows = FlowStore(broker.flow_documents, collect_executors(load_plugins(PluginsConfig())))
         flow_id, version = await flows.put(
-            {"id": "wait", "nodes": [{"id": "d", "type": "delay",
-                                      "params": {"ms": round(delay_s * 1000)}}],
-             "output": "d"}
+            {
+                "id": "wait",
+                "nodes": [{"id": "d", "type": "delay", "params": {"ms": round(delay_s * 1000)}}],
+                "output": "d",
+            }
         )
         await broker.control.pause()
         ids: list[str] = []
         for start in range(0, n, 1000):
             ids += await broker.jobs.enqueue(
-                [JobSpec(flow_id, version, {"question": f"q{i}"})
-                 for i in range(start, min(n, start + 1000))]
+                [
+                    JobSpec(flow_id, version, {"question": f"q{i}"})
+                    for i in range(start, min(n, start + 1000))
+                ]
             )
-        args = ["--role", "worker", "--set", "log.level=info",
-                "--set", f"worker.lock_ttl_s={LOCK_TTL_S}", "--set", "redis.command_timeout_s=60"]
+        args = [
+            "--role",
+            "worker",
+            "--set",
+            "log.level=info",
+            "--set",
+            f"worker.lock_ttl_s={LOCK_TTL_S}",
+            "--set",
+            "redis.command_timeout_s=60",
+        ]
         async with start_daemon(args, env=env) as worker:
             pid = worker.process.pid
             results["idle_rss_mb"] = rss_mb(pid)
@@ -93,14 +108,16 @@ async def one_size(url: str, n: int, delay_s: float) -> dict[str, float]:
             results["rss_mb_per_1k_jobs"] = (peak - results["idle_rss_mb"]) / n * 1000
             results["worker_cpu_us_per_job"] = (cpu_seconds(pid) - cpu0) / n * 1e6
             results["renewal_calls"] = await metric(
-                worker.health, "flowqd_worker_lock_renewals_total")
+                worker.health, "flowqd_worker_lock_renewals_total"
+            )
         results["completed"] = (await broker.control.counts())[JobStatus.COMPLETED]
         # Stalls: the stalled check counts them on the job ("stl"); a job
         # taken back is also claimed again, so its attempts exceed 1.
         keys = QueueKeys(queue)
         async with open_redis(config.redis) as redis:
             replies = await redis.pipeline(
-                [(b"HMGET", keys.job(job_id), b"stl", b"att") for job_id in ids])
+                [(b"HMGET", keys.job(job_id), b"stl", b"att") for job_id in ids]
+            )
         results["stalls"] = sum(int(stl or 0) for stl, _ in replies)
         results["retried_jobs"] = sum(1 for _, att in replies if int(att or 0) != 1)
         nursery.cancel_scope.cancel()
@@ -111,8 +128,16 @@ async def bench(url: str, sizes: list[int], delay_s: float) -> dict[int, dict[st
     return {n: await one_size(url, n, delay_s) for n in sizes}
 
 
-UNITS = {"_mb": "MB", "_s": "s", "_calls": "calls", "stalls": "jobs", "retried_jobs": "jobs",
-         "completed": "jobs", "_us_per_job": "us/job", "_per_1k_jobs": "MB/1k jobs"}
+UNITS = {
+    "_mb": "MB",
+    "_s": "s",
+    "_calls": "calls",
+    "stalls": "jobs",
+    "retried_jobs": "jobs",
+    "completed": "jobs",
+    "_us_per_job": "us/job",
+    "_per_1k_jobs": "MB/1k jobs",
+}
 
 
 def unit_of(name: str) -> str:

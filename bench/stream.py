@@ -83,8 +83,9 @@ async def stream_one(client: httpx.AsyncClient, question: str) -> tuple[int, boo
     tokens = 0
     ended = failed = False
     buffer = b""
-    async with client.stream("POST", f"/api/v1/prediction/{FLOW_ID}",
-                             json={"question": question, "streaming": True}) as response:
+    async with client.stream(
+        "POST", f"/api/v1/prediction/{FLOW_ID}", json={"question": question, "streaming": True}
+    ) as response:
         if response.status_code != 200:
             await response.aread()
             return 0, False
@@ -136,12 +137,19 @@ async def bench(url: str, clients: int, tokens: int) -> dict[str, float]:
         (plugins / "bench_tokens.py").write_text(PLUGIN)
         env = {"REDIS_URL": url, "QUEUE_NAME": "bench-stream"}
         common = ["--set", f'plugins.paths=["{plugins}"]']
-        async with start_daemon(["--role", "main", *common,
-                                 "--set", "server.prediction_timeout_s=180"],
-                                env=env, cwd=tmp) as main_role, \
-                start_daemon(["--role", "worker", *common], env=env, cwd=tmp) as worker:
-            flow = {"id": FLOW_ID, "output": "t",
-                    "nodes": [{"id": "t", "type": "tokens", "params": {"count": tokens}}]}
+        async with (
+            start_daemon(
+                ["--role", "main", *common, "--set", "server.prediction_timeout_s=180"],
+                env=env,
+                cwd=tmp,
+            ) as main_role,
+            start_daemon(["--role", "worker", *common], env=env, cwd=tmp) as worker,
+        ):
+            flow = {
+                "id": FLOW_ID,
+                "output": "t",
+                "nodes": [{"id": "t", "type": "tokens", "params": {"count": tokens}}],
+            }
             async with httpx.AsyncClient(base_url=main_role.api, timeout=30) as control:
                 response = await control.put(f"/api/v1/flows/{FLOW_ID}", json=flow)
                 if response.status_code >= 300:
@@ -151,8 +159,9 @@ async def bench(url: str, clients: int, tokens: int) -> dict[str, float]:
             cpu0 = [cpu_seconds(pid) for pid in pids], time.process_time()
             wall, durations, counts, failures = await load(main_role.api, clients)
             # Whose CPU bounds the rate: the clients (this process) share the machine.
-            main_cpu, worker_cpu = (cpu_seconds(pid) - c for pid, c in zip(pids, cpu0[0],
-                                                                            strict=True))
+            main_cpu, worker_cpu = (
+                cpu_seconds(pid) - c for pid, c in zip(pids, cpu0[0], strict=True)
+            )
             client_cpu = time.process_time() - cpu0[1]
             delivered = sum(counts)
             results["stream_events_s"] = delivered / wall
@@ -171,8 +180,13 @@ async def bench(url: str, clients: int, tokens: int) -> dict[str, float]:
     return results
 
 
-UNITS = {"_events_s": "events/s", "_s": "s", "_events": "events", "_streams": "streams",
-         "_mb": "MB"}
+UNITS = {
+    "_events_s": "events/s",
+    "_s": "s",
+    "_events": "events",
+    "_streams": "streams",
+    "_mb": "MB",
+}
 
 
 def unit_of(name: str) -> str:

@@ -41,12 +41,23 @@ KILL_AFTER_S = 5.0
 
 def child_command(argv: Sequence[str], port: int) -> list[str]:
     """The command line of an extra API process: this daemon's, as ``--role main`` on ``port``."""
-    launcher = [sys.executable] if getattr(sys, "frozen", False) else [
-        sys.executable, "-m", "flowqd"]
+    launcher = (
+        [sys.executable] if getattr(sys, "frozen", False) else [sys.executable, "-m", "flowqd"]
+    )
     # Later flags win: the child serves the API only, on the port the parent
     # bound, and leaves loading flow files to the parent.
-    return [*launcher, *argv, "--role", "main", "--set", f"server.port={port}",
-            "--set", "server.processes=1", "--set", "flows.paths=[]"]
+    return [
+        *launcher,
+        *argv,
+        "--role",
+        "main",
+        "--set",
+        f"server.port={port}",
+        "--set",
+        "server.processes=1",
+        "--set",
+        "flows.paths=[]",
+    ]
 
 
 async def run_api_processes(
@@ -68,8 +79,11 @@ async def run_api_processes(
 
 
 async def _supervise(
-    command: list[str], number: int, shutdown: trio.Event,
-    *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    command: list[str],
+    number: int,
+    shutdown: trio.Event,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     backoff = Backoff(initial=0.5, maximum=10.0)
     first = True
@@ -83,7 +97,9 @@ async def _supervise(
 
 
 async def _run_once(
-    command: list[str], number: int, shutdown: trio.Event,
+    command: list[str],
+    number: int,
+    shutdown: trio.Event,
     task_status: trio.TaskStatus[None] | None,
 ) -> int:
     with trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
@@ -92,12 +108,15 @@ async def _run_once(
         # Its own session: a signal to our process group (Ctrl-C, `timeout`)
         # reaches the child once, from us, not twice (a second one forces it).
         process = await trio.lowlevel.open_process(
-            command, env=_child_env(os.environ, name), start_new_session=True)
+            command, env=_child_env(os.environ, name), start_new_session=True
+        )
         try:
             if not await _wait_ready(notify, process):
-                message = (f"API process {number} (server.processes) exited with code "
-                           f"{process.returncode} before it was ready; its log lines above "
-                           "say why")
+                message = (
+                    f"API process {number} (server.processes) exited with code "
+                    f"{process.returncode} before it was ready; its log lines above "
+                    "say why"
+                )
                 if task_status is not None:
                     raise ProcessError(message)
                 log.error("%s", message)
@@ -162,8 +181,12 @@ def parent_of_this_process(environ: Mapping[str, str] | None = None) -> int | No
     return int(value) if value else None
 
 
-async def watch_parent(pid: int, on_gone: Callable[[], None],
-                       *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+async def watch_parent(
+    pid: int,
+    on_gone: Callable[[], None],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
     """Call ``on_gone`` when process ``pid`` exits (at once if it already has)."""
     try:
         fd: int | None = os.pidfd_open(pid)

@@ -108,8 +108,10 @@ def load_keys(config: AuthConfig) -> list[KeyEntry]:
     problems: list[str] = []
     for entry in entries:
         if entry.name in seen:
-            problems.append(f"auth: key name {entry.name!r} is configured twice; names must "
-                            "be unique (a job's owner is its key's name)")
+            problems.append(
+                f"auth: key name {entry.name!r} is configured twice; names must "
+                "be unique (a job's owner is its key's name)"
+            )
         seen[entry.name] = entry
     if problems:
         raise ConfigError(problems)
@@ -130,8 +132,9 @@ class KeyRing:
 
     def __init__(self, entries: Iterable[KeyEntry], *, allow_anonymous: bool) -> None:
         self._by_digest = {e.digest: Principal(e.name, e.admin) for e in entries}
-        self._anonymous = OPEN_ACCESS if not self._by_digest else (
-            ANONYMOUS if allow_anonymous else None)
+        self._anonymous = (
+            OPEN_ACCESS if not self._by_digest else (ANONYMOUS if allow_anonymous else None)
+        )
 
     @classmethod
     def from_config(cls, config: Config) -> KeyRing:
@@ -142,11 +145,13 @@ class KeyRing:
         """
         entries = load_keys(config.auth)
         if not entries and not config.auth.allow_anonymous and not is_loopback(config.server.host):
-            raise ConfigError([
-                f"server.host is {config.server.host!r}, not a loopback address, and no API keys "
-                "are configured: add one with `flowqd keys add NAME` (auth.keys or "
-                "auth.keys_file), or set auth.allow_anonymous = true to serve without keys"
-            ])
+            raise ConfigError(
+                [
+                    f"server.host is {config.server.host!r}, not a loopback address, and no API "
+                    "keys are configured: add one with `flowqd keys add NAME` (auth.keys or "
+                    "auth.keys_file), or set auth.allow_anonymous = true to serve without keys"
+                ]
+            )
         return cls(entries, allow_anonymous=config.auth.allow_anonymous)
 
     @property
@@ -182,10 +187,14 @@ def add_keys_parser(
     sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     add = sub.add_parser("add", help="create a key for NAME and print it once")
     add.add_argument("name", help="who the key is for; jobs record it as their owner")
-    add.add_argument("--admin", action="store_true",
-                     help="the key sees every job and may change flows, credentials, the queue")
-    add.add_argument("--file", metavar="PATH",
-                     help="key file to append to (default: auth.keys_file)")
+    add.add_argument(
+        "--admin",
+        action="store_true",
+        help="the key sees every job and may change flows, credentials, the queue",
+    )
+    add.add_argument(
+        "--file", metavar="PATH", help="key file to append to (default: auth.keys_file)"
+    )
     return add
 
 
@@ -193,30 +202,38 @@ def run_keys_command(args: argparse.Namespace, config: Config) -> int:
     """``flowqd keys add``: print a new key on stdout once, store only its hash."""
     name: str = args.name
     if not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", name):
-        print(f"flowqd: error: key name {name!r}: use 1-64 letters, digits and _ . @ -",
-              file=sys.stderr)
+        print(
+            f"flowqd: error: key name {name!r}: use 1-64 letters, digits and _ . @ -",
+            file=sys.stderr,
+        )
         return 2
     try:
-        existing = load_keys(attrs.evolve(config.auth, keys_file=args.file or
-                                          config.auth.keys_file))
+        existing = load_keys(
+            attrs.evolve(config.auth, keys_file=args.file or config.auth.keys_file)
+        )
     except ConfigError as exc:
         for line in exc.problems:
             print(f"flowqd: error: {line}", file=sys.stderr)
         return 2
     if any(e.name == name for e in existing):
-        print(f"flowqd: error: a key named {name!r} already exists; pick another name "
-              "(remove its line from the keys file to replace it)", file=sys.stderr)
+        print(
+            f"flowqd: error: a key named {name!r} already exists; pick another name "
+            "(remove its line from the keys file to replace it)",
+            file=sys.stderr,
+        )
         return 2
     key = new_key()
     entry = KeyEntry(name, hash_key(key), bool(args.admin))
     target = args.file or config.auth.keys_file
     if target:
         append_entry(Path(target), entry)
-        print(f"flowqd: key {name!r} added to {target}; it is shown only once:",
-              file=sys.stderr)
+        print(f"flowqd: key {name!r} added to {target}; it is shown only once:", file=sys.stderr)
     else:
-        print("flowqd: no auth.keys_file is configured; add this entry to auth.keys in "
-              f"flowqd.toml:\n  {entry.line}\nThe key is shown only once:", file=sys.stderr)
+        print(
+            "flowqd: no auth.keys_file is configured; add this entry to auth.keys in "
+            f"flowqd.toml:\n  {entry.line}\nThe key is shown only once:",
+            file=sys.stderr,
+        )
     print(key)
     return 0
 

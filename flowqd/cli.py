@@ -19,14 +19,26 @@ def _common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     # Subcommands repeat the options so they work on either side of the
     # command name; SUPPRESS keeps a subparser from resetting a value given before it.
     default = argparse.SUPPRESS if suppress else None
-    parser.add_argument("--config", metavar="FILE", default=default,
-                        help="TOML file (else $FLOWQD_CONFIG, ./flowqd.toml, "
-                        "/etc/flowqd/flowqd.toml)")
-    parser.add_argument("--role", choices=ROLES, default=default,
-                        help="main (HTTP API), worker (runs jobs) or all (both, one process)")
-    parser.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append",
-                        default=argparse.SUPPRESS if suppress else [],
-                        help="override one key, e.g. --set worker.concurrency=100 (repeatable)")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=default,
+        help="TOML file (else $FLOWQD_CONFIG, ./flowqd.toml, /etc/flowqd/flowqd.toml)",
+    )
+    parser.add_argument(
+        "--role",
+        choices=ROLES,
+        default=default,
+        help="main (HTTP API), worker (runs jobs) or all (both, one process)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="KEY=VALUE",
+        action="append",
+        default=argparse.SUPPRESS if suppress else [],
+        help="override one key, e.g. --set worker.concurrency=100 (repeatable)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,6 +24,7 @@ from flowqd.errors import ConfigError
 Role = Literal["main", "worker", "all"]
 ROLES: tuple[Role, ...] = ("main", "worker", "all")
 
+
 def _check(test: Any, wanted: str) -> Any:
     def validator(_instance: object, _attribute: object, value: Any) -> None:
         if value is not None and not test(value):
@@ -345,8 +346,9 @@ def _parse_env_value(raw: str, tp: Any) -> Any:
         try:
             return tomllib.loads(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError as exc:
-            raise ValueError(f"expected a TOML {'array' if origin is list else 'table'}, "
-                             f"got {raw!r} ({exc})") from None
+            raise ValueError(
+                f"expected a TOML {'array' if origin is list else 'table'}, got {raw!r} ({exc})"
+            ) from None
     if origin is list:
         item = get_args(tp)[0]
         return [_parse_env_value(part.strip(), item) for part in raw.split(",") if part.strip()]
@@ -468,8 +470,9 @@ class _Layers:
                     + (f"; did you mean {_env_name(guess)}?" if guess else "")
                 )
             elif section not in SECTIONS or key not in _field_types(section):
-                self.problems.append(f"environment variable {name}: "
-                                     f"{unknown_key((section, key), _env_name)}")
+                self.problems.append(
+                    f"environment variable {name}: {unknown_key((section, key), _env_name)}"
+                )
             else:
                 self.add_env_value(name, (section, key), raw)
 
@@ -572,7 +575,9 @@ def _check_role(config: Config, broker_source: str | None) -> None:
                 "server.processes = 1"
             ]
         )
-    set_redis = "set REDIS_URL (or redis.url in flowqd.toml), e.g. REDIS_URL=redis://127.0.0.1:6379/0"
+    set_redis = (
+        "set REDIS_URL (or redis.url in flowqd.toml), e.g. REDIS_URL=redis://127.0.0.1:6379/0"
+    )
     if config.broker == "redis" and not config.redis_configured:
         # Never fall back to localhost:6379 unasked: a forgotten REDIS_URL would
         # otherwise look like a working setup that loses everything on restart.
@@ -584,8 +589,10 @@ def _check_role(config: Config, broker_source: str | None) -> None:
             why = f"queue.broker = 'redis' ({broker_source}) selects the Redis broker"
             other = "--role all with queue.broker 'auto'"
         raise ConfigError(
-            [f"{why}, but no Redis is configured: {set_redis}; only {other} runs on the "
-             "embedded broker (one process, nothing durable)"]
+            [
+                f"{why}, but no Redis is configured: {set_redis}; only {other} runs on the "
+                "embedded broker (one process, nothing durable)"
+            ]
         )
     if config.role != "all" and config.broker == "memory":
         raise ConfigError(

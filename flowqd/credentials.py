@@ -110,4 +110,3 @@ class CredentialStore:
 
     async def delete(self, name: str) -> bool:
         return await self._secrets.delete_secret(name)
-

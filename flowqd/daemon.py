@@ -131,8 +131,11 @@ async def _watch_signals(
 ) -> None:
     async for signum in signals:
         if not life.shutdown.is_set():
-            log.info("%s: draining (grace %.1fs); send it again to stop at once",
-                     signal.Signals(signum).name, life.grace_s)
+            log.info(
+                "%s: draining (grace %.1fs); send it again to stop at once",
+                signal.Signals(signum).name,
+                life.grace_s,
+            )
             life.begin_shutdown()
         else:
             life.forced_by = signum
@@ -152,8 +155,11 @@ async def _open_components(config: Config) -> AsyncIterator[tuple[Broker, FlowSt
 async def _serve(config: Config, life: Lifecycle, argv: Sequence[str]) -> None:
     async with _open_components(config) as (broker, flows, registry):
         secret = load_secret(config.security)
-        sealer = Sealer(secret) if secret else (Sealer.ephemeral() if config.broker == "memory"
-                                                else None)
+        sealer = (
+            Sealer(secret)
+            if secret
+            else (Sealer.ephemeral() if config.broker == "memory" else None)
+        )
         credentials = CredentialStore(broker.secrets, sealer)
         endpoints: dict[str, str] = {"role": config.role, "broker": config.broker}
         async with trio.open_nursery() as infra:
@@ -170,32 +176,58 @@ async def _serve(config: Config, life: Lifecycle, argv: Sequence[str]) -> None:
                 if life.shutdown.is_set():
                     life.begin_shutdown()
                 if config.role in ("worker", "all"):
-                    worker = Worker(broker.work, flows, config, WorkerMetrics(registry),
-                                    credential=credentials.get, broker_ok=unreachable is None)
+                    worker = Worker(
+                        broker.work,
+                        flows,
+                        config,
+                        WorkerMetrics(registry),
+                        credential=credentials.get,
+                        broker_ok=unreachable is None,
+                    )
                     binds = await _listen(
-                        infra, HEALTH, HealthApp(worker, registry),
-                        config.worker.health_host, config.worker.health_port,
-                        shutdown_trigger=trio.sleep_forever, graceful_timeout_s=1.0,
+                        infra,
+                        HEALTH,
+                        HealthApp(worker, registry),
+                        config.worker.health_host,
+                        config.worker.health_port,
+                        shutdown_trigger=trio.sleep_forever,
+                        graceful_timeout_s=1.0,
                     )
                     endpoints["health"] = binds[0]
                     await roles.start(worker.run, life.shutdown)
                 if config.role in ("main", "all"):
-                    app = create_app(ApiContext(
-                        config, jobs=broker.jobs, control=broker.control, limiter=broker.limiter,
-                        flows=flows, credentials=credentials, registry=registry,
-                        shutdown=life.shutdown))
+                    app = create_app(
+                        ApiContext(
+                            config,
+                            jobs=broker.jobs,
+                            control=broker.control,
+                            limiter=broker.limiter,
+                            flows=flows,
+                            credentials=credentials,
+                            registry=registry,
+                            shutdown=life.shutdown,
+                        )
+                    )
                     processes = config.server.processes
                     binds = await _listen(
-                        roles, API, app, config.server.host, config.server.port,
+                        roles,
+                        API,
+                        app,
+                        config.server.host,
+                        config.server.port,
                         shutdown_trigger=life.shutdown.wait,
                         graceful_timeout_s=config.worker.shutdown_grace_s,
-                        reuse_port=processes > 1 or parent is not None, server=config.server,
+                        reuse_port=processes > 1 or parent is not None,
+                        server=config.server,
                     )
                     endpoints["api"] = binds[0]
                     if processes > 1:
                         await roles.start(
-                            run_api_processes, child_command(argv, bound_port(binds)),
-                            processes - 1, life.shutdown)
+                            run_api_processes,
+                            child_command(argv, bound_port(binds)),
+                            processes - 1,
+                            life.shutdown,
+                        )
                         endpoints["api_processes"] = str(processes)
                 ready = " ".join(f"{k}={v}" for k, v in endpoints.items())
                 _announce(life, ready, unreachable, extra=parent is not None)
@@ -249,8 +281,9 @@ class Listener:
 
 
 API = Listener("the HTTP API", "server.host", "server.port", "PORT")
-HEALTH = Listener("the worker's health server", "worker.health_host", "worker.health_port",
-                  "WORKER_PORT")
+HEALTH = Listener(
+    "the worker's health server", "worker.health_host", "worker.health_port", "WORKER_PORT"
+)
 
 
 async def _listen(
@@ -268,17 +301,25 @@ async def _listen(
 def _cannot_listen(listener: Listener, host: str, port: int, exc: OSError) -> str:
     where = f"cannot listen on {f'[{host}]' if ':' in host else host}:{port} for {listener.what}"
     other = port + 1 if port < 65535 else 8080
-    choose = (f"choose another port with {listener.port_key} in flowqd.toml, "
-              f"{listener.port_env}={other} or --set {listener.port_key}={other}")
+    choose = (
+        f"choose another port with {listener.port_key} in flowqd.toml, "
+        f"{listener.port_env}={other} or --set {listener.port_key}={other}"
+    )
     if exc.errno == errno.EADDRINUSE:
-        return (f"{where}: port {port} is already in use by another process (another flowqd?); "
-                f"stop it, or {choose}")
+        return (
+            f"{where}: port {port} is already in use by another process (another flowqd?); "
+            f"stop it, or {choose}"
+        )
     if exc.errno == errno.EACCES:
-        return (f"{where}: permission denied (ports below 1024 need root or "
-                f"CAP_NET_BIND_SERVICE); {choose}")
+        return (
+            f"{where}: permission denied (ports below 1024 need root or "
+            f"CAP_NET_BIND_SERVICE); {choose}"
+        )
     if exc.errno == errno.EADDRNOTAVAIL or isinstance(exc, socket.gaierror):
-        return (f"{where}: {host!r} is not an address of this machine; set "
-                f"{listener.host_key} to 127.0.0.1, 0.0.0.0 or one of its addresses")
+        return (
+            f"{where}: {host!r} is not an address of this machine; set "
+            f"{listener.host_key} to 127.0.0.1, 0.0.0.0 or one of its addresses"
+        )
     return f"{where} ({listener.host_key} / {listener.port_key}): {exc.strerror or exc}"
 
 

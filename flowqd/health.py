@@ -42,13 +42,19 @@ class HealthApp:
             await _reply(send, 200, {"status": "ok"})
         elif path == "/readyz":
             ready, reason = await self._readiness.readiness()
-            await _reply(send, 200 if ready else 503,
-                         {"status": "ready" if ready else "not ready", "reason": reason})
+            await _reply(
+                send,
+                200 if ready else 503,
+                {"status": "ready" if ready else "not ready", "reason": reason},
+            )
         elif path == "/metrics":
             await _send(send, 200, self._registry.render(), CONTENT_TYPE)
         else:
-            await _reply(send, 404, {"error": "not found",
-                                     "message": "health endpoints: /healthz, /readyz, /metrics"})
+            await _reply(
+                send,
+                404,
+                {"error": "not found", "message": "health endpoints: /healthz, /readyz, /metrics"},
+            )
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
@@ -66,11 +72,15 @@ async def _reply(send: Send, status: int, body: dict[str, Any]) -> None:
 
 
 async def _send(send: Send, status: int, body: bytes, content_type: str) -> None:
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [(b"content-type", content_type.encode()),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"cache-control", b"no-store")],
-    })
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type.encode()),
+                (b"content-length", str(len(body)).encode()),
+                (b"cache-control", b"no-store"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

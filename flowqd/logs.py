@@ -32,8 +32,9 @@ class TextFormatter(logging.Formatter):
     converter = time.gmtime  # type: ignore[assignment]  # UTC timestamps
 
     def __init__(self) -> None:
-        super().__init__("%(asctime)s.%(msecs)03dZ %(levelname)-7s %(name)s: %(message)s",
-                         "%Y-%m-%dT%H:%M:%S")
+        super().__init__(
+            "%(asctime)s.%(msecs)03dZ %(levelname)-7s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S"
+        )
 
 
 def setup_logging(config: LogConfig) -> None:

@@ -44,8 +44,10 @@ class Notifier:
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> Notifier:
         """The notifier ``$NOTIFY_SOCKET``, ``$WATCHDOG_USEC`` and ``$WATCHDOG_PID`` ask for."""
         env = os.environ if environ is None else environ
-        return cls(address=_socket_address(env.get("NOTIFY_SOCKET", "")),
-                   watchdog_interval_s=_watchdog_interval(env))
+        return cls(
+            address=_socket_address(env.get("NOTIFY_SOCKET", "")),
+            watchdog_interval_s=_watchdog_interval(env),
+        )
 
     @property
     def enabled(self) -> bool:
@@ -81,8 +83,9 @@ class Notifier:
     def status(self, status: str) -> bool:
         return self.notify(_status(status))
 
-    async def run_watchdog(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                           ) -> None:
+    async def run_watchdog(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Ping the watchdog every ``watchdog_interval_s`` until cancelled.
 
         From the trio loop on purpose: if the loop stops running tasks, the

@@ -73,8 +73,9 @@ class _Throttled:
 class _Server:
     """Connections of one listening socket: counts, deadlines, the drain at shutdown."""
 
-    def __init__(self, app: AppWrapper, config: HyperConfig, server: ServerConfig,
-                 cap_setting: str | None) -> None:
+    def __init__(
+        self, app: AppWrapper, config: HyperConfig, server: ServerConfig, cap_setting: str | None
+    ) -> None:
         self.app = app
         self.config = config
         self.header_timeout_s = server.header_timeout_s
@@ -100,14 +101,23 @@ class _Server:
             except OSError as exc:
                 if exc.errno not in CAPACITY_ERRNOS:
                     raise
-                self.log.warning("accept", "cannot accept connections: %s (%d open); raise "
-                                 "the file limit (LimitNOFILE, ulimit -n) or lower "
-                                 "server.max_connections", exc.strerror, self.connections)
+                self.log.warning(
+                    "accept",
+                    "cannot accept connections: %s (%d open); raise "
+                    "the file limit (LimitNOFILE, ulimit -n) or lower "
+                    "server.max_connections",
+                    exc.strerror,
+                    self.connections,
+                )
                 await trio.sleep(CAPACITY_BACKOFF_S)
                 continue
             if self.connections >= self.max_connections:
-                self.log.warning("cap", "refusing connections with 503: %d are open, the "
-                                 "limit (%s)", self.connections, self.cap_name)
+                self.log.warning(
+                    "cap",
+                    "refusing connections with 503: %d are open, the limit (%s)",
+                    self.connections,
+                    self.cap_name,
+                )
                 if self.refusing < MAX_REFUSING:
                     self.refusing += 1
                     nursery.start_soon(self.refuse, stream)
@@ -122,11 +132,20 @@ class _Server:
         try:
             with connection.deadline:
                 # The connection stands in for both the stream and the app (see _Connection).
-                await TCPServer(cast(Any, connection), self.config, self.context, self.state,
-                                cast(Any, connection)).run()
+                await TCPServer(
+                    cast(Any, connection),
+                    self.config,
+                    self.context,
+                    self.state,
+                    cast(Any, connection),
+                ).run()
             if connection.deadline.cancelled_caught and not connection.hung_up:
-                self.log.warning("head", "closed connections that sent no complete request "
-                                 "head within %gs (%s)", self.header_timeout_s, self.head_name)
+                self.log.warning(
+                    "head",
+                    "closed connections that sent no complete request head within %gs (%s)",
+                    self.header_timeout_s,
+                    self.head_name,
+                )
         finally:
             await trio.aclose_forcefully(connection)
 
@@ -203,7 +222,7 @@ class _Connection(trio.abc.HalfCloseableStream):
         view = memoryview(data)
         for start in range(0, len(view), SEND_PIECE):
             with trio.move_on_after(self.server.send_timeout_s) as scope:
-                await self.stream.send_all(view[start:start + SEND_PIECE])
+                await self.stream.send_all(view[start : start + SEND_PIECE])
             if scope.cancelled_caught:
                 await trio.aclose_forcefully(self)
                 raise trio.BrokenResourceError("the client stopped reading")
@@ -232,8 +251,9 @@ class _Connection(trio.abc.HalfCloseableStream):
             self.server.connections -= 1
 
     # The app hypercorn calls once a request head is complete.
-    async def __call__(self, scope: Any, receive: Any, send: Any, sync_spawn: Any,
-                       call_soon: Any) -> None:
+    async def __call__(
+        self, scope: Any, receive: Any, send: Any, sync_spawn: Any, call_soon: Any
+    ) -> None:
         if scope["type"] != "http":
             await self.server.app(scope, receive, send, sync_spawn, call_soon)
             return
@@ -251,8 +271,11 @@ class _Connection(trio.abc.HalfCloseableStream):
 
         async def send_tracked(message: Any) -> None:
             await send(message)
-            if message is not None and message["type"] == "http.response.body" \
-                    and not message.get("more_body"):
+            if (
+                message is not None
+                and message["type"] == "http.response.body"
+                and not message.get("more_body")
+            ):
                 done()
 
         try:
@@ -290,8 +313,10 @@ async def serve_asgi(
     served = _Server(wrapped, config, limits, "server.max_connections" if server else None)
     lifespan_state: LifespanState = {}
     lifespan = Lifespan(wrapped, config, lifespan_state)
-    with _bind(host, port, reuse_port=reuse_port) as sock, \
-            trio.socket.from_stdlib_socket(sock) as trio_sock:
+    with (
+        _bind(host, port, reuse_port=reuse_port) as sock,
+        trio.socket.from_stdlib_socket(sock) as trio_sock,
+    ):
         async with trio.open_nursery() as lifespan_nursery:
             await lifespan_nursery.start(lifespan.handle_lifespan)
             await lifespan.wait_for_startup()
@@ -301,16 +326,27 @@ async def serve_asgi(
             sock.listen(config.backlog)
             listener = trio.SocketListener(trio_sock)
             bound = repr_socket_addr(sock.family, sock.getsockname())
-            await _serve(served, listener, f"http://{bound}", shutdown_trigger,
-                         graceful_timeout_s, task_status)
+            await _serve(
+                served,
+                listener,
+                f"http://{bound}",
+                shutdown_trigger,
+                graceful_timeout_s,
+                task_status,
+            )
             with trio.move_on_after(graceful_timeout_s):
                 await lifespan.wait_for_shutdown()
             lifespan_nursery.cancel_scope.cancel()
 
 
-async def _serve(served: _Server, listener: trio.SocketListener, bind: str,
-                 shutdown_trigger: Callable[[], Awaitable[None]], graceful_timeout_s: float,
-                 task_status: trio.TaskStatus[list[str]]) -> None:
+async def _serve(
+    served: _Server,
+    listener: trio.SocketListener,
+    bind: str,
+    shutdown_trigger: Callable[[], Awaitable[None]],
+    graceful_timeout_s: float,
+    task_status: trio.TaskStatus[list[str]],
+) -> None:
     async with trio.open_nursery() as connections:
         async with trio.open_nursery() as acceptor:
             acceptor.start_soon(served.accept, listener, connections)
@@ -356,21 +392,32 @@ def raise_file_limit(max_connections: int) -> None:
         soft = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     if soft != resource.RLIM_INFINITY and soft < wanted:
-        log.warning("server.max_connections = %d does not fit the file limit of this process "
-                    "(%d, with %d kept for Redis and files): connections past about %d will "
-                    "fail; raise the limit (LimitNOFILE= in the systemd unit, ulimit -n) or "
-                    "lower server.max_connections", max_connections, soft, RESERVED_FILES,
-                    max(soft - RESERVED_FILES, 0))
+        log.warning(
+            "server.max_connections = %d does not fit the file limit of this process "
+            "(%d, with %d kept for Redis and files): connections past about %d will "
+            "fail; raise the limit (LimitNOFILE= in the systemd unit, ulimit -n) or "
+            "lower server.max_connections",
+            max_connections,
+            soft,
+            RESERVED_FILES,
+            max(soft - RESERVED_FILES, 0),
+        )
 
 
 def _refusal(max_connections: int, setting: str | None) -> bytes:
     limit = f"the limit {setting}" if setting else "its limit"
-    body = orjson.dumps({
-        "statusCode": 503, "success": False,
-        "message": f"too many open connections: this server holds {max_connections}, "
-                   f"{limit}; retry shortly"})
-    head = ("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n")
+    body = orjson.dumps(
+        {
+            "statusCode": 503,
+            "success": False,
+            "message": f"too many open connections: this server holds {max_connections}, "
+            f"{limit}; retry shortly",
+        }
+    )
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+    )
     return head.encode() + body
 
 

@@ -61,6 +61,7 @@ echo "== installing flowqd with its test extras and the example plugin into $VEN
 
 echo "== ruff"
 "$VENV/bin/ruff" check flowqd tests plugins bench
+"$VENV/bin/ruff" format --check flowqd tests plugins bench
 echo "== mypy"
 "$VENV/bin/mypy"
 echo "== pytest"

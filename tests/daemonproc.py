@@ -58,9 +58,12 @@ class Daemon:
 
 def base_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment minus anything that would configure flowqd by accident."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("FLOWQD_", "REDIS_")) and k not in (
-               "MODE", "PORT", "WORKER_PORT", "QUEUE_NAME", "WORKER_CONCURRENCY")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("FLOWQD_", "REDIS_"))
+        and k not in ("MODE", "PORT", "WORKER_PORT", "QUEUE_NAME", "WORKER_CONCURRENCY")
+    }
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
     return env
@@ -86,8 +89,12 @@ async def start_daemon(
     if "worker.health_port" not in " ".join(args):
         argv += ["--set", "worker.health_port=0"]
     process = await trio.lowlevel.open_process(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        env=base_env(env), cwd=cwd,
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=base_env(env),
+        cwd=cwd,
     )
     log: list[str] = []
     waiters: list[tuple[str, trio.Event]] = []

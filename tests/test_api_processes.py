@@ -19,8 +19,11 @@ from tests.redisproc import RedisServer
 
 def children(pid: int) -> list[int]:
     # Per thread: trio spawns processes from a worker thread.
-    return sorted(int(child) for task in Path(f"/proc/{pid}/task").iterdir()
-                  for child in (task / "children").read_text().split())
+    return sorted(
+        int(child)
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for child in (task / "children").read_text().split()
+    )
 
 
 def listening_ports(pid: int) -> set[int]:
@@ -75,11 +78,14 @@ async def test_extra_processes_share_the_port_and_stop_with_the_main_one(
     flows = tmp_path / "flows"
     flows.mkdir()
     (flows / "echo.json").write_text(
-        '{"id": "echo", "nodes": [{"id": "e", "type": "echo"}], "output": "e"}')
+        '{"id": "echo", "nodes": [{"id": "e", "type": "echo"}], "output": "e"}'
+    )
     with trio.fail_after(60):
-        async with start_daemon(["--role", "all", "--set", "server.processes=3",
-                                 "--set", f"flows.paths={flows}"], env=env,
-                                cwd=str(tmp_path)) as main:
+        async with start_daemon(
+            ["--role", "all", "--set", "server.processes=3", "--set", f"flows.paths={flows}"],
+            env=env,
+            cwd=str(tmp_path),
+        ) as main:
             assert main.endpoints["api_processes"] == "3"
             port = int(main.api.rsplit(":", 1)[1])
             extra = children(main.process.pid)
@@ -90,8 +96,9 @@ async def test_extra_processes_share_the_port_and_stop_with_the_main_one(
             # the worker in the main process and its answer comes back.
             for n in range(12):
                 async with httpx.AsyncClient(timeout=10) as client:
-                    answer = await client.post(f"{main.api}/api/v1/prediction/echo",
-                                               json={"question": f"q{n}"})
+                    answer = await client.post(
+                        f"{main.api}/api/v1/prediction/echo", json={"question": f"q{n}"}
+                    )
                     assert answer.status_code == 200, answer.text
                     assert answer.json()["text"] == f"q{n}"
             main.signal(signal.SIGTERM)
@@ -105,8 +112,9 @@ async def test_extra_processes_share_the_port_and_stop_with_the_main_one(
 
 async def test_a_dead_extra_process_is_restarted(env: dict[str, str], tmp_path: Path) -> None:
     with trio.fail_after(60):
-        async with start_daemon(["--role", "main", "--set", "server.processes=2"], env=env,
-                                cwd=str(tmp_path)) as main:
+        async with start_daemon(
+            ["--role", "main", "--set", "server.processes=2"], env=env, cwd=str(tmp_path)
+        ) as main:
             [first] = children(main.process.pid)
             os.kill(first, signal.SIGKILL)
             await main.wait_for_log("API process 2 exited with code -9; restarting it")
@@ -124,8 +132,9 @@ async def test_extra_processes_drain_and_exit_when_the_main_one_is_killed(
     env: dict[str, str], tmp_path: Path
 ) -> None:
     with trio.fail_after(60):
-        async with start_daemon(["--role", "main", "--set", "server.processes=3"], env=env,
-                                cwd=str(tmp_path)) as main:
+        async with start_daemon(
+            ["--role", "main", "--set", "server.processes=3"], env=env, cwd=str(tmp_path)
+        ) as main:
             extra = children(main.process.pid)
             main.signal(signal.SIGKILL)
             await main.wait(10)
@@ -135,16 +144,17 @@ async def test_extra_processes_drain_and_exit_when_the_main_one_is_killed(
 
 
 async def test_a_child_that_exits_before_ready_fails_the_start() -> None:
-    command = [sys.executable, "-c", "import sys; print('bad port', file=sys.stderr); "
-               "sys.exit(3)"]
+    command = [sys.executable, "-c", "import sys; print('bad port', file=sys.stderr); sys.exit(3)"]
     errors: list[str] = []
     with trio.fail_after(30):
         try:
             await run_api_processes(command, 1, trio.Event())
         except* ProcessError as group:
             errors = [str(exc) for exc in group.exceptions]
-    assert errors == ["API process 2 (server.processes) exited with code 3 before it was "
-                      "ready; its log lines above say why"]
+    assert errors == [
+        "API process 2 (server.processes) exited with code 3 before it was "
+        "ready; its log lines above say why"
+    ]
 
 
 # A stand-in child: says READY=1 the way flowqd's notifier does, then waits
@@ -166,8 +176,7 @@ async def test_supervisor_waits_for_ready_and_stops_children_on_shutdown() -> No
     shutdown = trio.Event()
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
-            await nursery.start(run_api_processes, [sys.executable, "-c", READY_CHILD], 2,
-                                shutdown)
+            await nursery.start(run_api_processes, [sys.executable, "-c", READY_CHILD], 2, shutdown)
             # started() came after both READY=1: each child is running now.
             shutdown.set()
         # Returned: both children took the SIGTERM and exited 0 (else this
@@ -178,7 +187,10 @@ async def test_processes_need_redis(tmp_path: Path) -> None:
     with trio.fail_after(30):
         process = await trio.run_process(
             [sys.executable, "-m", "flowqd", "--role", "all", "--set", "server.processes=2"],
-            capture_stderr=True, check=False, cwd=str(tmp_path),
-            env={k: v for k, v in os.environ.items() if k != "REDIS_URL"})
+            capture_stderr=True,
+            check=False,
+            cwd=str(tmp_path),
+            env={k: v for k, v in os.environ.items() if k != "REDIS_URL"},
+        )
     assert process.returncode == 2
     assert b"server.processes = 2 needs Redis" in process.stderr

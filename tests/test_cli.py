@@ -13,11 +13,16 @@ from flowqd import __version__
 from tests.daemonproc import base_env
 
 
-def flowqd(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None
-           ) -> subprocess.CompletedProcess[str]:
+def flowqd(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "flowqd", *args], capture_output=True, text=True,
-        env=base_env(env), cwd=cwd, timeout=60,
+        [sys.executable, "-m", "flowqd", *args],
+        capture_output=True,
+        text=True,
+        env=base_env(env),
+        cwd=cwd,
+        timeout=60,
     )
 
 
@@ -56,8 +61,11 @@ def test_worker_without_redis_names_the_setting(tmp_path: Path) -> None:
 
 
 def test_check_config_prints_effective_config_with_secrets_masked(tmp_path: Path) -> None:
-    env = {"REDIS_URL": "redis://flow:hunter2@10.0.0.5:6380/1", "WORKER_CONCURRENCY": "64",
-           "FLOWQD_SECRET_KEY": "do-not-print"}
+    env = {
+        "REDIS_URL": "redis://flow:hunter2@10.0.0.5:6380/1",
+        "WORKER_CONCURRENCY": "64",
+        "FLOWQD_SECRET_KEY": "do-not-print",
+    }
     result = flowqd("check-config", "--role", "worker", env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     out = result.stdout
@@ -81,8 +89,16 @@ def test_check_config_lists_every_problem(tmp_path: Path) -> None:
 def test_check_config_reports_what_start_up_would_refuse(tmp_path: Path) -> None:
     # Serving beyond loopback without API keys, and a plugin folder that does
     # not exist: check-config says so instead of printing a config that fails.
-    result = flowqd("check-config", "--role", "all", "--set", "server.host=0.0.0.0",
-                    "--set", "security.secret_key_file=/nonexistent/key", cwd=tmp_path)
+    result = flowqd(
+        "check-config",
+        "--role",
+        "all",
+        "--set",
+        "server.host=0.0.0.0",
+        "--set",
+        "security.secret_key_file=/nonexistent/key",
+        cwd=tmp_path,
+    )
     assert result.returncode == 2
     assert "auth.allow_anonymous" in result.stderr
     assert "security.secret_key_file" in result.stderr
@@ -99,8 +115,13 @@ def test_mode_queue_without_redis_is_refused_like_role_worker(tmp_path: Path) ->
 
 
 def test_misspelt_key_in_environment_and_flag_lists_the_keys(tmp_path: Path) -> None:
-    result = flowqd("check-config", "--set", "worker.concurency=5", cwd=tmp_path,
-                    env={"FLOWQD_WORKER__CONCURENCY": "5"})
+    result = flowqd(
+        "check-config",
+        "--set",
+        "worker.concurency=5",
+        cwd=tmp_path,
+        env={"FLOWQD_WORKER__CONCURENCY": "5"},
+    )
     assert result.returncode == 2
     lines = result.stderr.splitlines()
     assert len(lines) == 2
@@ -120,23 +141,34 @@ def held_port() -> Iterator[int]:
 
 def test_api_port_in_use_names_address_and_setting(tmp_path: Path) -> None:
     with held_port() as port:
-        result = flowqd("--role", "all", "--set", f"server.port={port}",
-                        "--set", "worker.health_port=0", cwd=tmp_path)
+        result = flowqd(
+            "--role",
+            "all",
+            "--set",
+            f"server.port={port}",
+            "--set",
+            "worker.health_port=0",
+            cwd=tmp_path,
+        )
     assert result.returncode == 2
     [line] = [x for x in result.stderr.splitlines() if "ERROR" in x]
     assert line.endswith(
         f"cannot start: cannot listen on 127.0.0.1:{port} for the HTTP API: port {port} is "
         "already in use by another process (another flowqd?); stop it, or choose another port "
-        f"with server.port in flowqd.toml, PORT={port + 1} or --set server.port={port + 1}")
+        f"with server.port in flowqd.toml, PORT={port + 1} or --set server.port={port + 1}"
+    )
     assert "Traceback" not in result.stderr
 
 
 def test_health_port_in_use_names_address_and_setting(tmp_path: Path) -> None:
     with held_port() as port:
-        result = flowqd("--role", "all", "--set", "server.port=0", cwd=tmp_path,
-                        env={"WORKER_PORT": str(port)})
+        result = flowqd(
+            "--role", "all", "--set", "server.port=0", cwd=tmp_path, env={"WORKER_PORT": str(port)}
+        )
     assert result.returncode == 2
-    assert (f"cannot listen on 127.0.0.1:{port} for the worker's health server: port {port} is "
-            "already in use") in result.stderr
+    assert (
+        f"cannot listen on 127.0.0.1:{port} for the worker's health server: port {port} is "
+        "already in use"
+    ) in result.stderr
     assert f"worker.health_port in flowqd.toml, WORKER_PORT={port + 1}" in result.stderr
     assert "Traceback" not in result.stderr

@@ -51,8 +51,9 @@ def test_defaults_without_file_or_env(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_precedence_flag_over_env_over_file_over_default(tmp_path: Path) -> None:
-    path = write(tmp_path, "[worker]\nlock_ttl_s = 11\nstalled_interval_s = 12\n"
-                           "shutdown_grace_s = 13\n")
+    path = write(
+        tmp_path, "[worker]\nlock_ttl_s = 11\nstalled_interval_s = 12\nshutdown_grace_s = 13\n"
+    )
     env = {"FLOWQD_WORKER__STALLED_INTERVAL_S": "22", "FLOWQD_WORKER__SHUTDOWN_GRACE_S": "23"}
     config = load_config(config_file=path, environ=env, overrides=["worker.shutdown_grace_s=33"])
     assert config.worker.lock_ttl_s == 11  # file over default
@@ -132,20 +133,27 @@ def test_main_and_worker_need_redis(role: str) -> None:
     assert load_config(environ={"REDIS_URL": "redis://127.0.0.1:1"}, role=role).broker == "redis"
 
 
-@pytest.mark.parametrize(("how", "said"), [
-    ({"environ": {"MODE": "queue"}}, "MODE=queue selects the Redis broker"),
-    ({"environ": {}, "overrides": ["queue.broker=redis"]},
-     "queue.broker = 'redis' (--set queue.broker) selects the Redis broker"),
-    ({"environ": {"MODE": "queue"}, "role": "main"}, "MODE=queue selects the Redis broker"),
-])
+@pytest.mark.parametrize(
+    ("how", "said"),
+    [
+        ({"environ": {"MODE": "queue"}}, "MODE=queue selects the Redis broker"),
+        (
+            {"environ": {}, "overrides": ["queue.broker=redis"]},
+            "queue.broker = 'redis' (--set queue.broker) selects the Redis broker",
+        ),
+        ({"environ": {"MODE": "queue"}, "role": "main"}, "MODE=queue selects the Redis broker"),
+    ],
+)
 def test_redis_broker_without_redis_setting_is_refused_for_every_role(
     how: dict[str, typing.Any], said: str
 ) -> None:
     # It used to go to localhost:6379 for role all without a word.
     [line] = problems(**how)
     assert line.startswith(f"{said}, but no Redis is configured: set REDIS_URL (or redis.url ")
-    assert load_config(**{**how, "environ": {**how["environ"], "REDIS_URL": "redis://h"}}
-                       ).broker == "redis"
+    assert (
+        load_config(**{**how, "environ": {**how["environ"], "REDIS_URL": "redis://h"}}).broker
+        == "redis"
+    )
 
 
 def test_unknown_key_in_file_names_file_and_key(tmp_path: Path) -> None:
@@ -169,8 +177,10 @@ def test_wrong_type_in_file(tmp_path: Path) -> None:
 
 def test_bad_value_in_env_names_variable() -> None:
     [line] = problems(environ={"WORKER_PORT": "70000"})
-    assert line == ("environment variable WORKER_PORT: worker.health_port: "
-                    "expected a port number from 0 to 65535, got 70000")
+    assert line == (
+        "environment variable WORKER_PORT: worker.health_port: "
+        "expected a port number from 0 to 65535, got 70000"
+    )
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
@@ -183,8 +193,10 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     assert any(x.startswith("environment variable REDIS_PORT: redis.port") for x in lines)
 
 
-WORKER_KEYS = ("known keys in [worker]: concurrency, health_host, health_port, job_timeout_s, "
-               "lock_ttl_s, shutdown_grace_s, stalled_interval_s")
+WORKER_KEYS = (
+    "known keys in [worker]: concurrency, health_host, health_port, job_timeout_s, "
+    "lock_ttl_s, shutdown_grace_s, stalled_interval_s"
+)
 SECTION_LIST = "known top-level keys: role, [server], [worker], [queue], [redis], [log]"
 
 
@@ -196,8 +208,9 @@ def test_unknown_key_reads_the_same_from_file_environment_and_flag(tmp_path: Pat
     [in_flag] = problems(environ={}, overrides=["worker.concurency=5"])
     said = f"worker.concurency: unknown key; {WORKER_KEYS}; did you mean worker.concurrency"
     assert in_file == f"{path}: {said}?"
-    assert in_env == (f"environment variable FLOWQD_WORKER__CONCURENCY: {said} "
-                      "(FLOWQD_WORKER__CONCURRENCY)?")
+    assert in_env == (
+        f"environment variable FLOWQD_WORKER__CONCURENCY: {said} (FLOWQD_WORKER__CONCURRENCY)?"
+    )
     assert in_flag == f"--set worker.concurency: {said}?"
 
 
@@ -216,9 +229,11 @@ def test_unknown_section_lists_the_sections_from_every_source(tmp_path: Path) ->
 
 def test_unknown_flowqd_variable_without_section_suggests_one() -> None:
     [line] = problems(environ={"FLOWQD_CONCURRENCY": "5"})
-    assert line == ("environment variable FLOWQD_CONCURRENCY: unknown setting; use FLOWQD_ROLE "
-                    "or FLOWQD_<SECTION>__<KEY> naming a key of flowqd.toml; did you mean "
-                    "worker.concurrency (FLOWQD_WORKER__CONCURRENCY)?")
+    assert line == (
+        "environment variable FLOWQD_CONCURRENCY: unknown setting; use FLOWQD_ROLE "
+        "or FLOWQD_<SECTION>__<KEY> naming a key of flowqd.toml; did you mean "
+        "worker.concurrency (FLOWQD_WORKER__CONCURRENCY)?"
+    )
 
 
 def test_no_suggestion_when_nothing_is_close() -> None:
@@ -241,8 +256,9 @@ def test_list_values_from_env() -> None:
     config = load_config(environ={}, overrides=["limits.flows={ greet = 5 }"])
     assert config.limits.flows == {"greet": 5}
     [line] = problems(environ={"FLOWQD_PLUGINS__PATHS": '["/a"'})
-    assert line.startswith("environment variable FLOWQD_PLUGINS__PATHS: plugins.paths: "
-                           "expected a TOML array")
+    assert line.startswith(
+        "environment variable FLOWQD_PLUGINS__PATHS: plugins.paths: expected a TOML array"
+    )
 
 
 def test_file_search_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -270,8 +286,13 @@ def test_invalid_toml_is_reported(tmp_path: Path) -> None:
 
 
 def test_secrets_are_masked() -> None:
-    config = load_config(environ={"REDIS_URL": "redis://u:hunter2@h:1", "REDIS_PASSWORD": "pw",
-                                  "FLOWQD_SECRET_KEY": "topsecret"})
+    config = load_config(
+        environ={
+            "REDIS_URL": "redis://u:hunter2@h:1",
+            "REDIS_PASSWORD": "pw",
+            "FLOWQD_SECRET_KEY": "topsecret",
+        }
+    )
     shown = repr(as_toml_dict(config))
     assert "hunter2" not in shown and "'pw'" not in shown and "topsecret" not in shown
     assert mask_url("redis://u:hunter2@h:1") == "redis://u:***@h:1"
@@ -302,8 +323,9 @@ def test_shipped_flowqd_toml_documents_every_key_with_its_default() -> None:
 def test_egress_entries_are_checked_when_the_config_loads() -> None:
     # A main-only process runs no http node, but its check-config must still say so.
     [line] = problems(environ={"FLOWQD_EGRESS__DENY": "10.0.0.0/8, http://metadata"})
-    assert line.startswith("environment variable FLOWQD_EGRESS__DENY: egress.deny: expected a "
-                           "host name")
+    assert line.startswith(
+        "environment variable FLOWQD_EGRESS__DENY: egress.deny: expected a host name"
+    )
     assert "got 'http://metadata' (entry 1)" in line
     config = load_config(environ={}, overrides=["egress.allow=*.example.com,10.1.2.3,::1/128"])
     assert config.egress.allow == ["*.example.com", "10.1.2.3", "::1/128"]

@@ -50,9 +50,18 @@ async def test_worker_readiness_follows_redis(
 ) -> None:
     env = {"REDIS_URL": own_redis_server.url, "QUEUE_NAME": "readiness"}
     with trio.fail_after(60):
-        async with start_daemon(["--role", "worker", "--set", "redis.command_timeout_s=0.5",
-                                 "--set", "redis.connect_timeout_s=0.5"],
-                                env=env, cwd=str(tmp_path)) as daemon:
+        async with start_daemon(
+            [
+                "--role",
+                "worker",
+                "--set",
+                "redis.command_timeout_s=0.5",
+                "--set",
+                "redis.connect_timeout_s=0.5",
+            ],
+            env=env,
+            cwd=str(tmp_path),
+        ) as daemon:
             async with httpx.AsyncClient(timeout=5) as client:
                 ready = await client.get(f"{daemon.health}/readyz")
                 assert ready.status_code == 200, ready.text
@@ -81,16 +90,20 @@ async def test_worker_readiness_is_whether_it_can_claim_not_whether_redis_answer
     with trio.fail_after(60):
         async with (
             open_redis(RedisConfig(url=own_redis_server.url)) as redis,
-            start_daemon(["--role", "worker", "--set", "redis.command_timeout_s=0.5"],
-                         env=env, cwd=str(tmp_path)) as daemon,
+            start_daemon(
+                ["--role", "worker", "--set", "redis.command_timeout_s=0.5"],
+                env=env,
+                cwd=str(tmp_path),
+            ) as daemon,
             httpx.AsyncClient(timeout=5) as client,
         ):
             await poll(lambda: _readyz_is(client, daemon.health, 200))
             await redis.execute(b"CLIENT", b"PAUSE", b"60000", b"WRITE")
             await poll(lambda: _readyz_is(client, daemon.health, 503))
             reason = (await client.get(f"{daemon.health}/readyz")).json()["reason"]
-            assert reason.startswith("broker unreachable: waiting for the broker, cannot claim "
-                                     "jobs: "), reason
+            assert reason.startswith(
+                "broker unreachable: waiting for the broker, cannot claim jobs: "
+            ), reason
             await daemon.wait_for_log("waiting for the broker, cannot claim jobs: ")
             await redis.execute(b"CLIENT", b"UNPAUSE")
             await poll(lambda: _readyz_is(client, daemon.health, 200))
@@ -105,11 +118,14 @@ async def test_main_started_while_redis_is_down_says_so_and_when_it_is_back(
     await trio.to_thread.run_sync(own_redis_server.stop)
     env = {"REDIS_URL": own_redis_server.url, "QUEUE_NAME": "late-redis-main"}
     with trio.fail_after(60):
-        async with start_daemon(["--role", "main", "--set", "redis.connect_timeout_s=0.5"],
-                                env=env, cwd=str(tmp_path)) as daemon:
+        async with start_daemon(
+            ["--role", "main", "--set", "redis.connect_timeout_s=0.5"], env=env, cwd=str(tmp_path)
+        ) as daemon:
             text = daemon.text()
-            assert f"broker unreachable: Redis at 127.0.0.1:{own_redis_server.port} cannot be " \
-                   "reached" in text, text
+            assert (
+                f"broker unreachable: Redis at 127.0.0.1:{own_redis_server.port} cannot be "
+                "reached" in text
+            ), text
             assert " waiting for the broker: role=main broker=redis api=" in text
             assert " ready: " not in text
             await trio.to_thread.run_sync(own_redis_server.start)
@@ -142,9 +158,18 @@ async def test_worker_started_while_redis_is_down_comes_up_and_waits(
     await trio.to_thread.run_sync(own_redis_server.stop)
     env = {"REDIS_URL": own_redis_server.url, "QUEUE_NAME": "late-redis"}
     with trio.fail_after(60):
-        async with start_daemon(["--role", "worker", "--set", "redis.command_timeout_s=0.5",
-                                 "--set", "redis.connect_timeout_s=0.5"],
-                                env=env, cwd=str(tmp_path)) as daemon:
+        async with start_daemon(
+            [
+                "--role",
+                "worker",
+                "--set",
+                "redis.command_timeout_s=0.5",
+                "--set",
+                "redis.connect_timeout_s=0.5",
+            ],
+            env=env,
+            cwd=str(tmp_path),
+        ) as daemon:
             # Up, and saying it cannot work yet instead of "ready".
             assert "waiting for the broker (concurrency" in daemon.text()
             assert " waiting for the broker: role=worker" in daemon.text()

@@ -32,7 +32,7 @@ def readme_curls() -> list[Curl]:
     text = "\n".join(blocks).replace("\\\n", " ")
     commands = []
     for found in re.finditer(r"^curl ", text, flags=re.M):
-        command, comment = _split_line(text[found.start():])
+        command, comment = _split_line(text[found.start() :])
         commands.append(_parse(shlex.split(command)[1:], comment))
     return commands
 
@@ -46,7 +46,7 @@ def _split_line(text: str) -> tuple[str, str]:
         elif not quoted and char == "\n":
             return text[:i], ""
         elif not quoted and char == "#" and text[i - 1].isspace():
-            return text[:i], text[i + 1:].partition("\n")[0].strip()
+            return text[:i], text[i + 1 :].partition("\n")[0].strip()
     return text, ""
 
 
@@ -69,8 +69,11 @@ def _parse(words: list[str], comment: str) -> Curl:
 def test_readme_lists_the_quick_start_requests() -> None:
     routes = [(c.method, re.sub(r"^http://[^/]+", "", c.url)) for c in readme_curls()]
     assert routes == [
-        ("GET", "/api/v1/ping"), ("GET", "/readyz"), ("PUT", "/api/v1/flows/greet"),
-        ("POST", "/api/v1/prediction/greet"), ("POST", "/api/v1/jobs"),
+        ("GET", "/api/v1/ping"),
+        ("GET", "/readyz"),
+        ("PUT", "/api/v1/flows/greet"),
+        ("POST", "/api/v1/prediction/greet"),
+        ("POST", "/api/v1/jobs"),
         ("GET", "/api/v1/jobs/<id>"),
     ]
 
@@ -78,8 +81,10 @@ def test_readme_lists_the_quick_start_requests() -> None:
 async def test_readme_quick_start_works_as_written(tmp_path: Path) -> None:
     curls = readme_curls()
     with trio.fail_after(30):
-        async with start_daemon(["--role", "all"], cwd=str(tmp_path)) as daemon, \
-                httpx.AsyncClient(timeout=5) as client:
+        async with (
+            start_daemon(["--role", "all"], cwd=str(tmp_path)) as daemon,
+            httpx.AsyncClient(timeout=5) as client,
+        ):
             bases = {"http://127.0.0.1:3000": daemon.api, "http://127.0.0.1:5566": daemon.health}
             job_id = None
             for curl in curls:
@@ -92,9 +97,11 @@ async def test_readme_quick_start_works_as_written(tmp_path: Path) -> None:
                     # The job runs meanwhile: the README shows its finished state.
                     async def finished(url: str = url) -> bool:
                         return (await client.get(url)).json()["status"] == "completed"
+
                     await poll(finished)
-                answer = await client.request(curl.method, url, headers=curl.headers,
-                                              content=curl.body)
+                answer = await client.request(
+                    curl.method, url, headers=curl.headers, content=curl.body
+                )
                 assert answer.status_code < 300, (curl, answer.text)
                 if curl.url.endswith("/api/v1/jobs"):
                     assert answer.status_code == 202
@@ -122,7 +129,7 @@ def test_the_test_script_keeps_the_readme_venv_clean() -> None:
     # The example plugin adds node type `reverse`: it belongs in the tests'
     # virtualenv, never in the .venv the README's first command runs flowqd from.
     script = (README.parent / "scripts" / "test.sh").read_text()
-    assert 'VENV=${FLOWQD_TEST_VENV:-.venv-test}' in script
+    assert "VENV=${FLOWQD_TEST_VENV:-.venv-test}" in script
     [install] = re.findall(r'^"\$VENV/bin/python" -m pip install .*\n.*$', script, flags=re.M)
     assert "plugins/flowqd-example" in install
     assert ".venv/" not in script.replace(".venv-test", "")

@@ -44,14 +44,23 @@ async def _leaky(ctx: NodeContext) -> Any:
     return {"said": f"key={key}", key: 1}
 
 
-LEAKY = Executor(type="leaky", params=LeakyParams, run=_leaky,
-                 description="puts the credential it opens everywhere it can")
+LEAKY = Executor(
+    type="leaky",
+    params=LeakyParams,
+    run=_leaky,
+    description="puts the credential it opens everywhere it can",
+)
 
 
 def leaky_flow(fail: bool) -> dict[str, Any]:
-    return {"id": "leaky", "output": "out", "nodes": [
-        {"id": "l", "type": "leaky", "params": {"fail": fail}},
-        {"id": "out", "type": "echo", "inputs": {"text": "l"}}]}
+    return {
+        "id": "leaky",
+        "output": "out",
+        "nodes": [
+            {"id": "l", "type": "leaky", "params": {"fail": fail}},
+            {"id": "out", "type": "echo", "inputs": {"text": "l"}},
+        ],
+    }
 
 
 def everything(*parts: Any) -> str:
@@ -101,8 +110,15 @@ async def test_a_failing_node_error_and_traceback_are_redacted(
 
 async def _echo_key_with_401(request: Request, stream: trio.SocketStream) -> None:
     # As OpenAI-compatible servers do: the key that was sent, quoted back.
-    await send_json(stream, 401, {"error": {
-        "message": f"Incorrect API key provided: {request.headers.get('authorization')}"}})
+    await send_json(
+        stream,
+        401,
+        {
+            "error": {
+                "message": f"Incorrect API key provided: {request.headers.get('authorization')}"
+            }
+        },
+    )
 
 
 async def test_an_upstream_echoing_the_key_leaks_it_nowhere(
@@ -110,14 +126,23 @@ async def test_an_upstream_echoing_the_key_leaks_it_nowhere(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     with trio.fail_after(30):
-        async with open_http_server(_echo_key_with_401) as upstream, open_api(
-            f"queue.name={queue_name}", environ={"REDIS_URL": redis_url}, flows=[]
-        ) as api:
+        async with (
+            open_http_server(_echo_key_with_401) as upstream,
+            open_api(f"queue.name={queue_name}", environ={"REDIS_URL": redis_url}, flows=[]) as api,
+        ):
             stored = await api.client.put("/api/v1/credentials/openai", json={"value": SECRET})
             assert stored.status_code == 204
-            flow = {"id": "call", "output": "h", "nodes": [
-                {"id": "h", "type": "http", "params": {
-                    "url": f"{upstream.url}/v1/models", "credential": "openai"}}]}
+            flow = {
+                "id": "call",
+                "output": "h",
+                "nodes": [
+                    {
+                        "id": "h",
+                        "type": "http",
+                        "params": {"url": f"{upstream.url}/v1/models", "credential": "openai"},
+                    }
+                ],
+            }
             put = await api.client.put("/api/v1/flows/call", json=flow)
             assert put.status_code in (200, 201), put.text
             answer = await api.client.post("/api/v1/prediction/call", json={"question": "q"})
@@ -133,8 +158,11 @@ async def test_an_upstream_echoing_the_key_leaks_it_nowhere(
             assert MARK in job.json()["error"]["message"]
             raw = await raw_values(api.config)
             assert any(job_id.encode() in key for key in raw)
-            assert not [key for key, values in raw.items() if any(
-                SECRET.encode() in value for value in values)]
+            assert not [
+                key
+                for key, values in raw.items()
+                if any(SECRET.encode() in value for value in values)
+            ]
     assert SECRET not in caplog.text
 
 
@@ -153,21 +181,23 @@ async def test_a_key_cut_short_in_an_error_excerpt_leaks_no_piece(
     node_type: str, redis_url: str, queue_name: str
 ) -> None:
     with trio.fail_after(30):
-        async with open_http_server(_echo_key_many_times) as upstream, open_api(
-            f"queue.name={queue_name}", environ={"REDIS_URL": redis_url}, flows=[]
-        ) as api:
-            stored = await api.client.put("/api/v1/credentials/openai",
-                                          json={"value": CUT_SECRET})
+        async with (
+            open_http_server(_echo_key_many_times) as upstream,
+            open_api(f"queue.name={queue_name}", environ={"REDIS_URL": redis_url}, flows=[]) as api,
+        ):
+            stored = await api.client.put("/api/v1/credentials/openai", json={"value": CUT_SECRET})
             assert stored.status_code == 204
             params: dict[str, Any] = (
                 {"url": f"{upstream.url}/v1/models", "credential": "openai"}
-                if node_type == "http" else
-                {"base_url": f"{upstream.url}/v1", "model": "m", "credential": "openai"})
+                if node_type == "http"
+                else {"base_url": f"{upstream.url}/v1", "model": "m", "credential": "openai"}
+            )
             node: dict[str, Any] = {"id": "n", "type": node_type, "params": params}
             if node_type == "llm":
                 node["inputs"] = {"prompt": "$question"}
-            put = await api.client.put("/api/v1/flows/cut",
-                                       json={"id": "cut", "output": "n", "nodes": [node]})
+            put = await api.client.put(
+                "/api/v1/flows/cut", json={"id": "cut", "output": "n", "nodes": [node]}
+            )
             assert put.status_code in (200, 201), put.text
             answer = await api.client.post("/api/v1/prediction/cut", json={"question": "q"})
             assert answer.status_code == 500

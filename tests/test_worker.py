@@ -45,8 +45,9 @@ async def _chatty(ctx: Any) -> Any:
     return ctx.params.count
 
 
-CHATTY = Executor(type="chatty", params=ChattyParams, run=_chatty,
-                  description="emits `count` token events")
+CHATTY = Executor(
+    type="chatty", params=ChattyParams, run=_chatty, description="emits `count` token events"
+)
 
 
 @attrs.define(eq=False)
@@ -61,8 +62,10 @@ class Harness:
         version = await self.flows.current_version(flow_id)
         assert version is not None
         return await self.broker.jobs.enqueue(
-            [JobSpec(flow_id=flow_id, flow_version=version, inputs={"question": f"q{i}"}, **spec)
-             for i in range(n)]
+            [
+                JobSpec(flow_id=flow_id, flow_version=version, inputs={"question": f"q{i}"}, **spec)
+                for i in range(n)
+            ]
         )
 
     async def wait_event(self, job_id: str, name: str) -> None:
@@ -85,8 +88,7 @@ class Harness:
         await self.done.wait()
 
 
-def make_config(kind: str, redis_url: str, queue_name: str, *extra: str, **worker: Any
-                ) -> Config:
+def make_config(kind: str, redis_url: str, queue_name: str, *extra: str, **worker: Any) -> Config:
     worker.setdefault("shutdown_grace_s", 0.5)
     overrides = [f"worker.{k}={v}" for k, v in worker.items()]
     overrides += [f"queue.name={queue_name}", "worker.stalled_interval_s=1", *extra]
@@ -100,9 +102,7 @@ def broker_kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def harness_factory(
-    broker_kind: str, redis_url: str, queue_name: str
-) -> Callable[..., Any]:
+def harness_factory(broker_kind: str, redis_url: str, queue_name: str) -> Callable[..., Any]:
     @asynccontextmanager
     async def factory(
         *,
@@ -129,12 +129,14 @@ def harness_factory(
             flows = FlowStore(broker.flow_documents, found)
             for doc in FLOWS:
                 await flows.put(doc)
-            w = Worker(broker.work, flows, config, WorkerMetrics(Registry()),
-                       credential=no_credentials)
+            w = Worker(
+                broker.work, flows, config, WorkerMetrics(Registry()), credential=no_credentials
+            )
             shutdown, done = trio.Event(), trio.Event()
 
-            async def run_worker(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                                 ) -> None:
+            async def run_worker(
+                task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+            ) -> None:
                 try:
                     await w.run(shutdown, task_status=task_status)
                 finally:
@@ -152,12 +154,17 @@ def harness_factory(
 
 FLOWS = [
     {"id": "echo", "nodes": [{"id": "e", "type": "echo"}], "output": "e"},
-    {"id": "slow", "nodes": [{"id": "d", "type": "delay", "params": {"ms": 60_000}}],
-     "output": "d"},
-    {"id": "short", "nodes": [{"id": "d", "type": "delay", "params": {"ms": 50}}],
-     "output": "d"},
-    {"id": "boom", "nodes": [{"id": "b", "type": "boom", "params": {"message": "kaput"}}],
-     "output": "b"},
+    {
+        "id": "slow",
+        "nodes": [{"id": "d", "type": "delay", "params": {"ms": 60_000}}],
+        "output": "d",
+    },
+    {"id": "short", "nodes": [{"id": "d", "type": "delay", "params": {"ms": 50}}], "output": "d"},
+    {
+        "id": "boom",
+        "nodes": [{"id": "b", "type": "boom", "params": {"message": "kaput"}}],
+        "output": "b",
+    },
 ]
 
 
@@ -169,8 +176,13 @@ async def test_events_beyond_one_flush_arrive_in_order_before_the_outcome(
     count = FLUSH_EVENTS_MAX + 1000
     with trio.fail_after(60):
         async with harness_factory() as h:
-            await h.flows.put({"id": "chatty", "output": "c", "nodes": [
-                {"id": "c", "type": "chatty", "params": {"count": count}}]})
+            await h.flows.put(
+                {
+                    "id": "chatty",
+                    "output": "c",
+                    "nodes": [{"id": "c", "type": "chatty", "params": {"count": count}}],
+                }
+            )
             ids = await h.enqueue("chatty", 3)
             for job_id in ids:
                 job = await h.wait_terminal(job_id)
@@ -241,7 +253,8 @@ async def test_drain_requeues_unfinished_jobs_without_counting_the_attempt(
             await h.stop()
             jobs = [await h.broker.jobs.get_job(job_id) for job_id in ids]
             assert all(j is not None and j.status == JobStatus.WAITING for j in jobs), [
-                (j.status, j.attempts) for j in jobs if j]
+                (j.status, j.attempts) for j in jobs if j
+            ]
             assert all(j is not None and j.attempts == 0 for j in jobs)
 
 
@@ -288,17 +301,25 @@ async def test_prompt_to_llm_flow_streams_tokens_in_order_through_the_worker(
     tokens = ["Hel", "lo", ", ", "wor", "ld", "!"]
     with trio.fail_after(20):
         async with open_http_server(streaming_llm(tokens)) as llm, harness_factory() as h:
-            flow_id, _ = await h.flows.put({
-                "id": "greet",
-                "nodes": [
-                    {"id": "prompt", "type": "template",
-                     "params": {"template": "Say hello to {question}"}},
-                    {"id": "answer", "type": "llm",
-                     "params": {"base_url": f"{llm.url}/v1", "model": "m"},
-                     "inputs": {"prompt": "prompt"}},
-                ],
-                "output": "answer",
-            })
+            flow_id, _ = await h.flows.put(
+                {
+                    "id": "greet",
+                    "nodes": [
+                        {
+                            "id": "prompt",
+                            "type": "template",
+                            "params": {"template": "Say hello to {question}"},
+                        },
+                        {
+                            "id": "answer",
+                            "type": "llm",
+                            "params": {"base_url": f"{llm.url}/v1", "model": "m"},
+                            "inputs": {"prompt": "prompt"},
+                        },
+                    ],
+                    "output": "answer",
+                }
+            )
             [job_id] = await h.enqueue(flow_id)
             job = await h.wait_terminal(job_id)
             assert job.status == JobStatus.COMPLETED, job.error

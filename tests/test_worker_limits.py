@@ -71,8 +71,11 @@ EXECUTORS = [
 
 
 def flow(flow_id: str, node_type: str, **params: Any) -> dict[str, Any]:
-    return {"id": flow_id, "nodes": [{"id": "x", "type": node_type, "params": params}],
-            "output": "x"}
+    return {
+        "id": flow_id,
+        "nodes": [{"id": "x", "type": node_type, "params": params}],
+        "output": "x",
+    }
 
 
 async def run_one(h: test_worker.Harness, document: dict[str, Any]) -> Job:
@@ -95,7 +98,8 @@ async def raw_values(config: Config) -> dict[bytes, list[bytes]]:
         cursor = b"0"
         while True:
             cursor, keys = await redis.execute(
-                "SCAN", cursor, "MATCH", prefix_of(config.queue.name) + "*", "COUNT", 1000)
+                "SCAN", cursor, "MATCH", prefix_of(config.queue.name) + "*", "COUNT", 1000
+            )
             for key in keys:
                 kind = await redis.execute("TYPE", key)
                 if kind == b"hash":
@@ -127,7 +131,8 @@ async def test_a_node_returning_what_is_not_json_fails_its_job_and_the_worker_go
             assert job.error is not None and job.error["node"] == "x"
             assert job.error["message"] == (
                 f"output is not JSON: {NOT_JSON[kind][1]}; return JSON-compatible data "
-                "(dict, list, str, number, bool, null)")
+                "(dict, list, str, number, bool, null)"
+            )
             [record] = job.nodes
             assert record["status"] == "ERROR" and record["output"] is None
             await still_works(h)
@@ -140,7 +145,8 @@ async def test_an_event_that_is_not_json_fails_the_node_at_emit(harness_factory:
             assert job.status == JobStatus.FAILED and job.error is not None
             assert job.error["node"] == "x"
             assert job.error["message"].startswith(
-                "emitted a 'progress' event whose data is not JSON: set at $.seen; ")
+                "emitted a 'progress' event whose data is not JSON: set at $.seen; "
+            )
             names = [e.name for e in await h.broker.jobs.read_events(job.id)]
             assert "progress" not in names and names[-1] == ERROR
             await still_works(h)
@@ -170,14 +176,16 @@ async def test_an_outcome_the_broker_cannot_encode_fails_only_its_job(
             await h.wait_event(slow, "node_start")
             token = h.worker._held[slow].claimed.token
             h.worker._outbox.outcomes.append(
-                Outcome(slow, token, OutcomeKind.COMPLETED, {"r": {1}}))
+                Outcome(slow, token, OutcomeKind.COMPLETED, {"r": {1}})
+            )
             h.worker._outbox.wanted.set()
             job = await h.wait_terminal(slow)
             assert job.status == JobStatus.FAILED and job.error is not None
             assert job.error["reason"] == "unstorable"
             assert job.error["message"] == (
                 "the job failed because its result could not be stored: not JSON (set at $.r); "
-                "a plugin returned, raised or emitted data that is not JSON-compatible")
+                "a plugin returned, raised or emitted data that is not JSON-compatible"
+            )
             assert job.attempts == 1  # not retried
             await still_works(h)
 
@@ -197,7 +205,8 @@ async def test_an_event_the_broker_cannot_encode_fails_its_running_job(
             assert job.status == JobStatus.FAILED and job.error is not None
             assert job.error["message"].startswith(
                 "the job failed because its 'progress' event could not be stored: not JSON "
-                "(set at $.seen)")
+                "(set at $.seen)"
+            )
             await still_works(h)
 
 
@@ -215,37 +224,65 @@ async def test_an_output_over_the_node_limit_fails_and_is_not_stored(
     harness_factory: Any, broker_kind: str
 ) -> None:
     with trio.fail_after(20):
-        async with harness_factory(executors=EXECUTORS,
-                                   overrides=["limits.max_node_output_bytes=1000"]) as h:
+        async with harness_factory(
+            executors=EXECUTORS, overrides=["limits.max_node_output_bytes=1000"]
+        ) as h:
             # Not the output node: the node limit holds for every node.
-            job = await run_one(h, {"id": "big", "output": "e", "nodes": [
-                {"id": "x", "type": "returns", "params": {"kind": "big", "size": 5_000_000}},
-                {"id": "e", "type": "echo", "inputs": {"text": "x"}}]})
+            job = await run_one(
+                h,
+                {
+                    "id": "big",
+                    "output": "e",
+                    "nodes": [
+                        {
+                            "id": "x",
+                            "type": "returns",
+                            "params": {"kind": "big", "size": 5_000_000},
+                        },
+                        {"id": "e", "type": "echo", "inputs": {"text": "x"}},
+                    ],
+                },
+            )
             assert job.status == JobStatus.FAILED and job.error is not None
             assert job.error["node"] == "x"
             assert job.error["message"] == (
                 "output is 5,000,002 bytes of JSON, over limits.max_node_output_bytes (1000); "
-                "return less, or raise the limit")
+                "return less, or raise the limit"
+            )
             assert await largest_stored(h, job, broker_kind) < 2000
             await still_works(h)
 
 
 async def test_a_result_over_the_result_limit_fails_the_job(harness_factory: Any) -> None:
     with trio.fail_after(20):
-        async with harness_factory(executors=EXECUTORS,
-                                   overrides=["limits.max_result_bytes=1000"]) as h:
+        async with harness_factory(
+            executors=EXECUTORS, overrides=["limits.max_result_bytes=1000"]
+        ) as h:
             # An inner node may be larger than a result may: only the result is held.
-            fine = await run_one(h, {"id": "inner", "output": "s", "nodes": [
-                {"id": "x", "type": "returns", "params": {"kind": "big", "size": 3000}},
-                {"id": "s", "type": "template", "params": {"template": "short"},
-                 "inputs": {"x": "x"}}]})
+            fine = await run_one(
+                h,
+                {
+                    "id": "inner",
+                    "output": "s",
+                    "nodes": [
+                        {"id": "x", "type": "returns", "params": {"kind": "big", "size": 3000}},
+                        {
+                            "id": "s",
+                            "type": "template",
+                            "params": {"template": "short"},
+                            "inputs": {"x": "x"},
+                        },
+                    ],
+                },
+            )
             assert fine.status == JobStatus.COMPLETED and fine.result == "short"
             job = await run_one(h, flow("big", "returns", kind="big", size=3000))
             assert job.status == JobStatus.FAILED and job.error is not None
             assert job.error["node"] == "x"
             assert job.error["message"] == (
                 "output is the job's result and is 3,002 bytes of JSON, over "
-                "limits.max_result_bytes (1000); return less, or raise the limit")
+                "limits.max_result_bytes (1000); return less, or raise the limit"
+            )
             assert job.result is None and job.nodes[-1]["output"] is None
             events = await h.broker.jobs.read_events(job.id)
             assert max(len(orjson.dumps(e.data)) for e in events) < 1000
@@ -256,13 +293,15 @@ async def test_an_event_over_the_event_limit_fails_the_node_at_emit(
     harness_factory: Any,
 ) -> None:
     with trio.fail_after(20):
-        async with harness_factory(executors=EXECUTORS,
-                                   overrides=["limits.max_event_bytes=100"]) as h:
+        async with harness_factory(
+            executors=EXECUTORS, overrides=["limits.max_event_bytes=100"]
+        ) as h:
             job = await run_one(h, flow("big", "emits", kind="big", size=5000))
             assert job.status == JobStatus.FAILED and job.error is not None
             assert job.error["message"] == (
                 "emitted a 'progress' event of 5,002 bytes of JSON, over limits.max_event_bytes "
-                "(100); emit smaller events, or raise the limit")
+                "(100); emit smaller events, or raise the limit"
+            )
             events = await h.broker.jobs.read_events(job.id)
             assert "progress" not in [e.name for e in events]
             # Smaller events still pass.
@@ -272,7 +311,7 @@ async def test_an_event_over_the_event_limit_fails_the_node_at_emit(
             assert names.count("progress") == 1
 
 
-PLUGIN = textwrap.dedent('''
+PLUGIN = textwrap.dedent("""
     import attrs
     from flowqd import Executor, hookimpl
 
@@ -289,7 +328,7 @@ PLUGIN = textwrap.dedent('''
     @hookimpl
     def flowqd_executors():
         return [Executor(type="settle", params=NoParams, run=run, description="returns a set")]
-''')
+""")
 
 
 async def test_role_all_process_survives_a_plugin_returning_a_set(tmp_path: Path) -> None:
@@ -298,9 +337,10 @@ async def test_role_all_process_survives_a_plugin_returning_a_set(tmp_path: Path
     (plugins / "settle.py").write_text(PLUGIN)
     args = ["--role", "all", "--set", f"plugins.paths={plugins}"]
     with trio.fail_after(60):
-        async with start_daemon(args, cwd=str(tmp_path)) as daemon, httpx.AsyncClient(
-            base_url=daemon.api, timeout=20
-        ) as client:
+        async with (
+            start_daemon(args, cwd=str(tmp_path)) as daemon,
+            httpx.AsyncClient(base_url=daemon.api, timeout=20) as client,
+        ):
             for document in (flow("bad", "settle"), flow("echo", "echo")):
                 put = await client.put(f"/api/v1/flows/{document['id']}", json=document)
                 assert put.status_code in (200, 201), put.text
@@ -309,7 +349,8 @@ async def test_role_all_process_survives_a_plugin_returning_a_set(tmp_path: Path
                 assert bad.status_code == 500, bad.text
                 assert bad.json()["message"] == (
                     "node 'x' failed: output is not JSON: set at $.items; return "
-                    "JSON-compatible data (dict, list, str, number, bool, null)")
+                    "JSON-compatible data (dict, list, str, number, bool, null)"
+                )
                 good = await client.post("/api/v1/prediction/echo", json={"question": "hi"})
                 assert good.status_code == 200 and good.json()["text"] == "hi", good.text
             assert daemon.process.returncode is None

@@ -24,8 +24,11 @@ pytestmark = pytest.mark.slow
 FLOWS = [
     {"id": "echo", "nodes": [{"id": "e", "type": "echo"}], "output": "e"},
     {"id": "wait", "nodes": [{"id": "d", "type": "delay", "params": {"ms": 1500}}], "output": "d"},
-    {"id": "long", "nodes": [{"id": "d", "type": "delay", "params": {"ms": 120_000}}],
-     "output": "d"},
+    {
+        "id": "long",
+        "nodes": [{"id": "d", "type": "delay", "params": {"ms": 120_000}}],
+        "output": "d",
+    },
 ]
 
 
@@ -37,8 +40,10 @@ class Client:
         version = await self.flows.current_version(flow_id)
         assert version is not None
         return await self.broker.jobs.enqueue(
-            [JobSpec(flow_id=flow_id, flow_version=version, inputs={"question": f"q{i}"})
-             for i in range(n)]
+            [
+                JobSpec(flow_id=flow_id, flow_version=version, inputs={"question": f"q{i}"})
+                for i in range(n)
+            ]
         )
 
     async def wait_event(self, job_id: str, name: str) -> None:
@@ -72,8 +77,15 @@ async def open_client(redis_url: str, queue_name: str) -> AsyncIterator[Client]:
 
 
 def worker_args(*extra: str) -> list[str]:
-    return ["--role", "worker", "--set", "worker.lock_ttl_s=1", "--set",
-            "worker.stalled_interval_s=0.5", *extra]
+    return [
+        "--role",
+        "worker",
+        "--set",
+        "worker.lock_ttl_s=1",
+        "--set",
+        "worker.stalled_interval_s=0.5",
+        *extra,
+    ]
 
 
 def worker_id(daemon: Daemon) -> str:
@@ -101,7 +113,7 @@ async def test_1000_jobs_through_4_worker_processes_one_outcome_each(
             assert [j.result for j in jobs] == [f"q{i}" for i in range(1000)]
             assert all(j.attempts == 1 for j in jobs)
             assert {j.worker for j in jobs} <= workers
-            for job_id in ids[:: 50]:
+            for job_id in ids[::50]:
                 names = await client.event_names(job_id)
                 assert names.count("started") == 1
                 assert sum(name in TERMINAL_EVENTS for name in names) == 1
@@ -144,8 +156,9 @@ async def test_sigterm_drains_and_requeued_jobs_finish_elsewhere(
     env = {"REDIS_URL": redis_server.url, "QUEUE_NAME": queue_name}
     with trio.fail_after(60):
         async with open_client(redis_server.url, queue_name) as client:
-            async with start_daemon(worker_args("--set", "worker.shutdown_grace_s=0.2"),
-                                    env=env, cwd=str(tmp_path)) as first:
+            async with start_daemon(
+                worker_args("--set", "worker.shutdown_grace_s=0.2"), env=env, cwd=str(tmp_path)
+            ) as first:
                 ids = await client.enqueue("long", 10)
                 for job_id in ids:
                     await client.wait_event(job_id, "node_start")
@@ -154,8 +167,9 @@ async def test_sigterm_drains_and_requeued_jobs_finish_elsewhere(
             jobs = [await client.broker.jobs.get_job(job_id) for job_id in ids]
             assert all(j is not None and j.status == JobStatus.WAITING for j in jobs)
             assert all(j is not None and j.attempts == 0 for j in jobs)  # not counted
-            async with start_daemon(worker_args("--set", "worker.job_timeout_s=0.5"),
-                                    env=env, cwd=str(tmp_path)):
+            async with start_daemon(
+                worker_args("--set", "worker.job_timeout_s=0.5"), env=env, cwd=str(tmp_path)
+            ):
                 done = [await client.finished(job_id) for job_id in ids]
             # 120 s delays cannot finish in 0.5 s: they time out on the second
             # worker, which proves it ran them (attempt 1 there, not 2).
@@ -170,8 +184,9 @@ async def test_second_signal_stops_at_once(
     env = {"REDIS_URL": redis_server.url, "QUEUE_NAME": queue_name}
     with trio.fail_after(60):
         async with open_client(redis_server.url, queue_name) as client:
-            async with start_daemon(worker_args("--set", "worker.shutdown_grace_s=60"),
-                                    env=env, cwd=str(tmp_path)) as daemon:
+            async with start_daemon(
+                worker_args("--set", "worker.shutdown_grace_s=60"), env=env, cwd=str(tmp_path)
+            ) as daemon:
                 [job_id] = await client.enqueue("long", 1)
                 await client.wait_event(job_id, "node_start")
                 daemon.signal(signal.SIGTERM)
@@ -186,8 +201,9 @@ async def test_worker_resumes_after_redis_restart(
 ) -> None:
     env = {"REDIS_URL": own_redis_server.url, "QUEUE_NAME": queue_name}
     with trio.fail_after(90):
-        async with start_daemon(worker_args("--set", "redis.command_timeout_s=0.5"),
-                                env=env, cwd=str(tmp_path)) as daemon:
+        async with start_daemon(
+            worker_args("--set", "redis.command_timeout_s=0.5"), env=env, cwd=str(tmp_path)
+        ) as daemon:
             async with open_client(own_redis_server.url, queue_name) as client:
                 [first] = await client.enqueue("echo", 1)
                 assert (await client.finished(first)).status == JobStatus.COMPLETED

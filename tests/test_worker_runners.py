@@ -24,8 +24,10 @@ harness_factory = test_worker.harness_factory
 def _runner_tasks() -> int:
     def walk(task: trio.lowlevel.Task) -> int:
         own = int(task.name == "flowqd.worker.runner")
-        return own + sum(walk(child) for nursery in task.child_nurseries
-                         for child in nursery.child_tasks)
+        return own + sum(
+            walk(child) for nursery in task.child_nurseries for child in nursery.child_tasks
+        )
+
     return walk(trio.lowlevel.current_root_task())
 
 

@@ -27,8 +27,13 @@ __all__ = ["ApiContext", "create_app", "error_response", "json_response"]
 
 log = logging.getLogger("flowqd.api")
 
-BLUEPRINTS = (service.blueprint, predictions.blueprint, jobs.blueprint, manage.blueprint,
-              dashboard.blueprint)
+BLUEPRINTS = (
+    service.blueprint,
+    predictions.blueprint,
+    jobs.blueprint,
+    manage.blueprint,
+    dashboard.blueprint,
+)
 
 
 def create_app(ctx: ApiContext) -> QuartTrio:
@@ -101,8 +106,9 @@ async def _http_error(exc: HTTPException) -> Response:
     status = exc.code or 500
     server = context().config.server
     if status == 404:
-        message = (f"no route {request.method} {request.path}: "
-                   "GET /api/v1/openapi.json lists the routes")
+        message = (
+            f"no route {request.method} {request.path}: GET /api/v1/openapi.json lists the routes"
+        )
     elif status == 405 and isinstance(exc, MethodNotAllowed):
         allowed = ", ".join(sorted(exc.valid_methods or ()))
         message = f"{request.method} is not allowed on {request.path}; use {allowed}"
@@ -110,13 +116,17 @@ async def _http_error(exc: HTTPException) -> Response:
         # The rest of the body is never read, so the connection cannot
         # carry another request: say so, or a keep-alive client sends its
         # next request into a socket the server is about to close.
-        message = (f"the request body is larger than server.max_body_bytes "
-                   f"({server.max_body_bytes} bytes): send less")
+        message = (
+            f"the request body is larger than server.max_body_bytes "
+            f"({server.max_body_bytes} bytes): send less"
+        )
         return error_response(status, message, {"Connection": "close"})
     elif status == 408:
         # Part of the body never came: the connection cannot carry another request.
-        message = (f"the request body did not arrive within server.body_timeout_s "
-                   f"({server.body_timeout_s:g}s): send the whole body at once")
+        message = (
+            f"the request body did not arrive within server.body_timeout_s "
+            f"({server.body_timeout_s:g}s): send the whole body at once"
+        )
         return error_response(status, message, {"Connection": "close"})
     else:
         message = exc.description or exc.name
@@ -126,5 +136,6 @@ async def _http_error(exc: HTTPException) -> Response:
 async def _unexpected(exc: Exception) -> Response:
     # A bug, never the client's input: log it, answer without details.
     log.exception("%s %s failed", request.method, request.path, exc_info=exc)
-    return error_response(500, "internal error in flowqd (a bug, not your request): "
-                               "the server log has the details")
+    return error_response(
+        500, "internal error in flowqd (a bug, not your request): the server log has the details"
+    )

@@ -43,11 +43,13 @@ def load_assets() -> dict[str, Asset]:
         try:
             body = (folder / name).read_bytes()
         except OSError:
-            raise ConfigError([
-                f"dashboard.enabled: the dashboard's file flowqd/api/static/{name} is missing "
-                "from this installation; reinstall flowqd (or rebuild the binary with "
-                "packaging/flowqd.spec), or set dashboard.enabled = false"]) from None
+            raise ConfigError(
+                [
+                    f"dashboard.enabled: the dashboard's file flowqd/api/static/{name} is missing "
+                    "from this installation; reinstall flowqd (or rebuild the binary with "
+                    "packaging/flowqd.spec), or set dashboard.enabled = false"
+                ]
+            ) from None
         content_type = CONTENT_TYPES["." + name.rpartition(".")[2]]
-        assets[name] = Asset(body, content_type,
-                             '"' + hashlib.sha256(body).hexdigest()[:16] + '"')
+        assets[name] = Asset(body, content_type, '"' + hashlib.sha256(body).hexdigest()[:16] + '"')
     return assets

@@ -20,8 +20,14 @@ from flowqd.api.guard import Guard
 from flowqd.api.http import ApiError
 from flowqd.auth import ANONYMOUS, KeyRing, Principal
 
-__all__ = ["Access", "Authenticator", "CredentialSource", "access_of", "open_route",
-           "self_authenticated"]
+__all__ = [
+    "Access",
+    "Authenticator",
+    "CredentialSource",
+    "access_of",
+    "open_route",
+    "self_authenticated",
+]
 
 Access = Literal["key", "open", "self"]
 # A key the request carries elsewhere than its Authorization header, or None;
@@ -58,11 +64,16 @@ class Authenticator:
     sources: tuple[CredentialSource, ...] = ()
 
     @classmethod
-    def for_app(cls, app: Quart, keys: KeyRing, guard: Guard,
-                sources: tuple[CredentialSource, ...] = ()) -> Authenticator:
+    def for_app(
+        cls, app: Quart, keys: KeyRing, guard: Guard, sources: tuple[CredentialSource, ...] = ()
+    ) -> Authenticator:
         """For ``app`` as its routes are now: register every route first."""
-        return cls(keys, guard, {endpoint: access_of(handler)
-                                 for endpoint, handler in app.view_functions.items()}, sources)
+        return cls(
+            keys,
+            guard,
+            {endpoint: access_of(handler) for endpoint, handler in app.view_functions.items()},
+            sources,
+        )
 
     def caller(self, req: Request) -> Principal | None:
         """The caller; None: refuse (401)."""
@@ -89,7 +100,10 @@ class Authenticator:
             return
         who = self.caller(request)
         if who is None:
-            raise ApiError(401, "missing or unknown API key: send Authorization: Bearer <key> "
-                                "(an administrator creates keys with `flowqd keys add NAME`)",
-                           headers={"WWW-Authenticate": "Bearer"})
+            raise ApiError(
+                401,
+                "missing or unknown API key: send Authorization: Bearer <key> "
+                "(an administrator creates keys with `flowqd keys add NAME`)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         g.principal = who

@@ -53,12 +53,18 @@ class ApiContext:
     # Set when the daemon begins to stop: event streams end, waiters answer.
     shutdown: trio.Event = attrs.Factory(trio.Event)
     keys: KeyRing = attrs.Factory(lambda self: KeyRing.from_config(self.config), takes_self=True)
-    metrics: ApiMetrics = attrs.field(init=False, default=attrs.Factory(
-        lambda self: ApiMetrics(self.registry), takes_self=True))
-    finish_rate: FinishRate = attrs.field(init=False, default=attrs.Factory(
-        lambda self: FinishRate(self.jobs), takes_self=True))
-    assets: Mapping[str, Asset] = attrs.field(init=False, default=attrs.Factory(
-        lambda self: load_assets() if self.config.dashboard.enabled else {}, takes_self=True))
+    metrics: ApiMetrics = attrs.field(
+        init=False, default=attrs.Factory(lambda self: ApiMetrics(self.registry), takes_self=True)
+    )
+    finish_rate: FinishRate = attrs.field(
+        init=False, default=attrs.Factory(lambda self: FinishRate(self.jobs), takes_self=True)
+    )
+    assets: Mapping[str, Asset] = attrs.field(
+        init=False,
+        default=attrs.Factory(
+            lambda self: load_assets() if self.config.dashboard.enabled else {}, takes_self=True
+        ),
+    )
     nursery: trio.Nursery | None = attrs.field(init=False, default=None)  # the app's, once serving
 
     @contextmanager
@@ -89,8 +95,9 @@ class ApiContext:
 
     def background(self) -> trio.Nursery:
         if self.nursery is None:
-            raise ApiError(503, "the server is starting or stopping; try again",
-                           headers={"Retry-After": "1"})
+            raise ApiError(
+                503, "the server is starting or stopping; try again", headers={"Retry-After": "1"}
+            )
         return self.nursery
 
     async def visible_job(self, job_id: str) -> Job:
@@ -99,8 +106,11 @@ class ApiContext:
         with self.deadline("reading the job"):
             job = await self.jobs.get_job(job_id)
         if job is None or not principal().may_see(job.owner):
-            raise ApiError(404, f"job {job_id} not found (unknown, removed by retention after "
-                                "queue.remove_on_age_s, or created with another API key)")
+            raise ApiError(
+                404,
+                f"job {job_id} not found (unknown, removed by retention after "
+                "queue.remove_on_age_s, or created with another API key)",
+            )
         return job
 
     async def runnable_flow(self, flow_id: str) -> CompiledFlow:
@@ -109,13 +119,18 @@ class ApiContext:
             with self.deadline("looking up the flow"):
                 flow = await self.flows.get(flow_id)
         except FlowValidationError as exc:
-            raise ApiError(409, f"flow {flow_id!r} is stored but no longer valid (a node "
-                                f"type's plugin removed?): {exc}; register it again with PUT",
-                           problems=[{"path": p, "message": m} for p, m in exc.problems]
-                           ) from None
+            raise ApiError(
+                409,
+                f"flow {flow_id!r} is stored but no longer valid (a node "
+                f"type's plugin removed?): {exc}; register it again with PUT",
+                problems=[{"path": p, "message": m} for p, m in exc.problems],
+            ) from None
         if flow is None:
-            raise ApiError(404, f"Chatflow {flow_id} not found: register it with "
-                                f"PUT /api/v1/flows/{flow_id} (GET /api/v1/flows lists flows)")
+            raise ApiError(
+                404,
+                f"Chatflow {flow_id} not found: register it with "
+                f"PUT /api/v1/flows/{flow_id} (GET /api/v1/flows lists flows)",
+            )
         return flow
 
     def install(self, app: Quart) -> None:
@@ -135,5 +150,6 @@ def principal() -> Principal:
 
 def require_admin(what: str) -> None:
     if not principal().admin:
-        raise ApiError(403, f"{what} needs an admin API key (one added with "
-                            "`flowqd keys add NAME --admin`)")
+        raise ApiError(
+            403, f"{what} needs an admin API key (one added with `flowqd keys add NAME --admin`)"
+        )

@@ -32,7 +32,8 @@ COOKIE_MAX_AGE_S = 12 * 3600
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"),
+        "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+    ),
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
@@ -60,14 +61,19 @@ def cookie_token(req: Request) -> str | None:
     site = req.headers.get("Sec-Fetch-Site")
     # "none": the user typed the address or used a bookmark; fine for reading.
     if site is not None and site not in ("same-origin", "none"):
-        raise ApiError(403, "the dashboard's sign-in cookie is accepted only on requests from "
-                            "the dashboard's own origin; other clients send "
-                            "Authorization: Bearer <key>")
-    if req.method not in SAFE_METHODS and (
-            site == "none" or not req.headers.get(CSRF_HEADER)):
-        raise ApiError(403, f"a request signed in with the dashboard's cookie must carry the "
-                            f"{CSRF_HEADER} header (the dashboard's scripts send it); other "
-                            "clients send Authorization: Bearer <key>")
+        raise ApiError(
+            403,
+            "the dashboard's sign-in cookie is accepted only on requests from "
+            "the dashboard's own origin; other clients send "
+            "Authorization: Bearer <key>",
+        )
+    if req.method not in SAFE_METHODS and (site == "none" or not req.headers.get(CSRF_HEADER)):
+        raise ApiError(
+            403,
+            f"a request signed in with the dashboard's cookie must carry the "
+            f"{CSRF_HEADER} header (the dashboard's scripts send it); other "
+            "clients send Authorization: Bearer <key>",
+        )
     return cookie
 
 
@@ -82,14 +88,24 @@ def _who(keys: KeyRing, who: Principal) -> dict[str, object]:
 
 
 def _set_cookie(response: Response, value: str, max_age: int) -> None:
-    response.set_cookie(COOKIE, value, max_age=max_age, path="/", httponly=True,
-                        samesite="Strict", secure=request.scheme == "https")
+    response.set_cookie(
+        COOKIE,
+        value,
+        max_age=max_age,
+        path="/",
+        httponly=True,
+        samesite="Strict",
+        secure=request.scheme == "https",
+    )
 
 
 def _require_enabled() -> None:
     if not context().config.dashboard.enabled:
-        raise ApiError(404, "the queue dashboard is off: set dashboard.enabled = true in "
-                            "flowqd.toml (or ENABLE_BULLMQ_DASHBOARD=true) and restart")
+        raise ApiError(
+            404,
+            "the queue dashboard is off: set dashboard.enabled = true in "
+            "flowqd.toml (or ENABLE_BULLMQ_DASHBOARD=true) and restart",
+        )
 
 
 @blueprint.get("/admin/queues")
@@ -109,16 +125,19 @@ async def dashboard_page() -> Response:
     # Browsers name text/html when they navigate; scripts and curl (*/*) get JSON.
     wants_html = "text/html" in request.headers.get("Accept", "")
     if not signed_in and not wants_html:
-        raise ApiError(401, "sign in: open this page in a browser, or send "
-                            "Authorization: Bearer <key>",
-                       headers={"WWW-Authenticate": "Bearer"})
+        raise ApiError(
+            401,
+            "sign in: open this page in a browser, or send Authorization: Bearer <key>",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     # The same page either way: it opens on its sign-in form when the status is 401.
     body = page.body.replace(b"{{view}}", b"app" if signed_in else b"signin")
     headers = {**SECURITY_HEADERS, "Cache-Control": "no-store"}
     if not signed_in:
         headers["WWW-Authenticate"] = "Bearer"
-    return Response(body, status=200 if signed_in else 401, headers=headers,
-                    content_type=page.content_type)
+    return Response(
+        body, status=200 if signed_in else 401, headers=headers, content_type=page.content_type
+    )
 
 
 @blueprint.get("/admin/queues/static/<path:name>")
@@ -152,15 +171,18 @@ async def dashboard_sign_in() -> Response:
     _require_enabled()
     # Sign-in is held to the same rule as actions: another origin must not
     # sign a browser in with a key of its choosing.
-    if request.headers.get("Sec-Fetch-Site", "same-origin") != "same-origin" \
-            or not request.headers.get(CSRF_HEADER):
-        raise ApiError(403, f"sign in from the dashboard page (its requests carry "
-                            f"{CSRF_HEADER})")
+    if request.headers.get(
+        "Sec-Fetch-Site", "same-origin"
+    ) != "same-origin" or not request.headers.get(CSRF_HEADER):
+        raise ApiError(403, f"sign in from the dashboard page (its requests carry {CSRF_HEADER})")
     body = require_object(await read_json(request))
     key = body.get("key")
     if not isinstance(key, str) or not key.strip():
-        raise ApiError(422, "send {\"key\": \"<an API key>\"}",
-                       problems=[{"path": "$.key", "message": "expected a non-empty string"}])
+        raise ApiError(
+            422,
+            'send {"key": "<an API key>"}',
+            problems=[{"path": "$.key", "message": "expected a non-empty string"}],
+        )
     keys = context().keys
     if not keys.has_keys:
         return json_response(_who(keys, principal()))
@@ -177,8 +199,7 @@ async def dashboard_sign_in() -> Response:
 async def dashboard_sign_out() -> Response:
     _require_enabled()
     if not request.headers.get(CSRF_HEADER):
-        raise ApiError(403, f"sign out from the dashboard page (its requests carry "
-                            f"{CSRF_HEADER})")
+        raise ApiError(403, f"sign out from the dashboard page (its requests carry {CSRF_HEADER})")
     response = Response(b"", status=204)
     _set_cookie(response, "", 0)
     return response

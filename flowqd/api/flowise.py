@@ -44,14 +44,19 @@ class Chat:
     execution_id: str
 
     @classmethod
-    def new(cls, question: str | None, chat_id: str | None, session_id: str | None,
-            execution_id: str) -> Chat:
+    def new(
+        cls, question: str | None, chat_id: str | None, session_id: str | None, execution_id: str
+    ) -> Chat:
         chat = chat_id or str(uuid.uuid4())
         return cls(question, chat, session_id or chat, str(uuid.uuid4()), execution_id)
 
     def metadata(self) -> dict[str, Any]:
-        return {"chatId": self.chat_id, "chatMessageId": self.chat_message_id,
-                "question": self.question, "sessionId": self.session_id}
+        return {
+            "chatId": self.chat_id,
+            "chatMessageId": self.chat_message_id,
+            "question": self.question,
+            "sessionId": self.session_id,
+        }
 
 
 def executed_entry(record: dict[str, Any], node_type: str | None = None) -> dict[str, Any]:
@@ -67,9 +72,13 @@ def executed_entry(record: dict[str, Any], node_type: str | None = None) -> dict
     }
     if record.get("error") is not None:
         data["error"] = record["error"]
-    return {"nodeId": record.get("nodeId"), "nodeLabel": record.get("nodeLabel"),
-            "data": data, "previousNodeIds": record.get("previousNodeIds", []),
-            "status": record.get("status", "FINISHED")}
+    return {
+        "nodeId": record.get("nodeId"),
+        "nodeLabel": record.get("nodeLabel"),
+        "data": data,
+        "previousNodeIds": record.get("previousNodeIds", []),
+        "status": record.get("status", "FINISHED"),
+    }
 
 
 def failure_message(error: Any) -> str:
@@ -116,8 +125,10 @@ class StreamTranslator:
     chat: Chat
     inputs: dict[str, Any] = attrs.Factory(dict)  # the job's, for the nodes' "input"
     executed: list[dict[str, Any]] = attrs.Factory(list)
-    nodes: dict[str, CompiledNode] = attrs.field(init=False, default=attrs.Factory(
-        lambda self: {n.id: n for n in self.flow.nodes}, takes_self=True))
+    nodes: dict[str, CompiledNode] = attrs.field(
+        init=False,
+        default=attrs.Factory(lambda self: {n.id: n for n in self.flow.nodes}, takes_self=True),
+    )
     running: set[str] = attrs.Factory(set)
     outputs: dict[str, Any] = attrs.Factory(dict)  # finished nodes' outputs
     streamed: list[str] = attrs.Factory(list)  # the output node's tokens sent
@@ -135,8 +146,11 @@ class StreamTranslator:
     def translate(self, event: Event) -> list[bytes]:
         name, data = event.name, event.data
         if name == "token":
-            if len(self.running) == 1 and self.flow.output in self.running \
-                    and isinstance(data, str):
+            if (
+                len(self.running) == 1
+                and self.flow.output in self.running
+                and isinstance(data, str)
+            ):
                 self.streamed.append(data)
                 return [frame("token", data)]
             return []
@@ -151,14 +165,19 @@ class StreamTranslator:
             return self._node_end(data)
         if name == END:
             self.outcome = "completed"
-            return [frame("agentFlowEvent", "FINISHED"), frame("metadata", self.chat.metadata()),
-                    frame("end", DONE)]
+            return [
+                frame("agentFlowEvent", "FINISHED"),
+                frame("metadata", self.chat.metadata()),
+                frame("end", DONE),
+            ]
         if name == ERROR:
             return self.fail(failure_message(data), "failed")
         if name == CANCELLED:
             reason = data.get("reason") if isinstance(data, dict) else None
-            return self.fail(f"job {self.chat.execution_id} was cancelled"
-                             + (f": {reason}" if reason else ""), "cancelled")
+            return self.fail(
+                f"job {self.chat.execution_id} was cancelled" + (f": {reason}" if reason else ""),
+                "cancelled",
+            )
         if name in SILENT_EVENTS:
             return []
         return [frame(name, data)]
@@ -196,9 +215,15 @@ class StreamTranslator:
         node = self.nodes.get(node_id) if isinstance(node_id, str) else None
         if node is not None:
             self.outputs[node.id] = output
-        record = {"nodeId": node_id, "nodeLabel": data.get("label"), "type": data.get("type"),
-                  "input": self._input(node) if node else {}, "output": output,
-                  "status": "FINISHED", "previousNodeIds": list(node.upstream) if node else []}
+        record = {
+            "nodeId": node_id,
+            "nodeLabel": data.get("label"),
+            "type": data.get("type"),
+            "input": self._input(node) if node else {},
+            "output": output,
+            "status": "FINISHED",
+            "previousNodeIds": list(node.upstream) if node else [],
+        }
         self.executed.append(executed_entry(record))
         out.append(frame("nextAgentFlow", self._progress(data, "FINISHED")))
         out.append(frame("agentFlowExecutedData", list(self.executed)))
@@ -208,7 +233,7 @@ class StreamTranslator:
 def _unstreamed(text: str, streamed: str) -> str:
     """What of ``text`` the tokens sent so far (``streamed``) have not given."""
     if text.startswith(streamed):
-        return text[len(streamed):]
+        return text[len(streamed) :]
     # The node's tokens were not its text (an LLM asked for JSON, say): they
     # were its stream; adding the text would give the answer twice.
     return ""

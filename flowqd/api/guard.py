@@ -49,10 +49,13 @@ class Guard:
         """Raise ApiError (421, 403) for a request a browser was tricked into sending."""
         host = request.headers.get("Host")
         if self.hosts is not None and host is not None and _host_name(host) not in self.hosts:
-            raise ApiError(421, f"this server does not answer for the host name "
-                                f"{_quote(_host_name(host))} (the Host header): if clients "
-                                "reach it by that name (through a proxy or a DNS name), add "
-                                "the name to server.allowed_hosts")
+            raise ApiError(
+                421,
+                f"this server does not answer for the host name "
+                f"{_quote(_host_name(host))} (the Host header): if clients "
+                "reach it by that name (through a proxy or a DNS name), add "
+                "the name to server.allowed_hosts",
+            )
         if request.method in WRITE_METHODS and self.origins is not None:
             _check_origin(request, host, self.origins)
 
@@ -67,11 +70,14 @@ def _check_origin(request: Request, host: str | None, allowed: frozenset[str]) -
     elif (host is not None and _same_origin(origin, host)) or _normal_origin(origin) in allowed:
         return
     page = _quote(origin) if origin is not None else "another site"
-    raise ApiError(403, f"writes from web pages of other origins are refused: this request "
-                        f"came from a page of {page} (the Origin header), not from this "
-                        "server's own origin; to allow that page, add its origin to "
-                        "server.allowed_origins (clients other than browsers send no Origin "
-                        "header and are not affected)")
+    raise ApiError(
+        403,
+        f"writes from web pages of other origins are refused: this request "
+        f"came from a page of {page} (the Origin header), not from this "
+        "server's own origin; to allow that page, add its origin to "
+        "server.allowed_origins (clients other than browsers send no Origin "
+        "header and are not affected)",
+    )
 
 
 def _quote(value: str) -> str:
@@ -126,8 +132,11 @@ def _same_origin(origin: str, host: str) -> bool:
     arrives as http, yet ``https://name`` and ``Host: name`` are one origin.
     """
     scheme, name, port = _split_origin(origin)
-    host_port = host.rpartition("]")[2] if host.startswith("[") else (
-        host.partition(":")[2] if host.count(":") == 1 else "")
+    host_port = (
+        host.rpartition("]")[2]
+        if host.startswith("[")
+        else (host.partition(":")[2] if host.count(":") == 1 else "")
+    )
     host_port = host_port.removeprefix(":") or DEFAULT_PORTS.get(scheme, "")
     return name == _host_name(host) and port == host_port
 

@@ -37,16 +37,23 @@ class ApiError(Exception):
         self.extra = extra
 
 
-def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | None = None
-                  ) -> Response:
-    return Response(orjson.dumps(body), status=status, headers=dict(headers or {}),
-                    content_type="application/json")
+def json_response(
+    body: Any, status: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
+    return Response(
+        orjson.dumps(body),
+        status=status,
+        headers=dict(headers or {}),
+        content_type="application/json",
+    )
 
 
-def error_response(status: int, message: str, headers: Mapping[str, str] | None = None,
-                   **extra: Any) -> Response:
-    return json_response({"statusCode": status, "success": False, "message": message, **extra},
-                         status, headers)
+def error_response(
+    status: int, message: str, headers: Mapping[str, str] | None = None, **extra: Any
+) -> Response:
+    return json_response(
+        {"statusCode": status, "success": False, "message": message, **extra}, status, headers
+    )
 
 
 def unavailable(detail: str) -> ApiError:
@@ -85,8 +92,9 @@ async def read_json(request: Request) -> Any:
     data = cast(bytes, await request.get_data(cache=False, as_text=False))
     g.body_read = True  # the connection may carry the next request (see app.count)
     if not data.strip():
-        raise ApiError(400, "the request body is empty: send a JSON document "
-                            "(Content-Type: application/json)")
+        raise ApiError(
+            400, "the request body is empty: send a JSON document (Content-Type: application/json)"
+        )
     limit: int = current_app.config["MAX_JSON_DEPTH"]
     try:
         value = orjson.loads(data)
@@ -109,18 +117,23 @@ def _require_json_type(request: Request) -> None:
     media = (sent or "").partition(";")[0].strip().lower()
     if media == "application/json" or media.endswith("+json"):
         return
-    if not request.content_length and "chunked" not in request.headers.get(
-            "Transfer-Encoding", ""):
+    if not request.content_length and "chunked" not in request.headers.get("Transfer-Encoding", ""):
         return  # no body: read_json says so
     what = f"Content-Type: {media[:100]}" if media else "no Content-Type"
-    raise ApiError(415, f"the request body must be JSON sent with Content-Type: "
-                        f"application/json; this request sent {what} (with curl: "
-                        "-H 'Content-Type: application/json')")
+    raise ApiError(
+        415,
+        f"the request body must be JSON sent with Content-Type: "
+        f"application/json; this request sent {what} (with curl: "
+        "-H 'Content-Type: application/json')",
+    )
 
 
 def too_deep(limit: int) -> ApiError:
-    return ApiError(400, f"the JSON body is nested more than {limit} levels deep, the limit "
-                         "server.max_json_depth: send a flatter document")
+    return ApiError(
+        400,
+        f"the JSON body is nested more than {limit} levels deep, the limit "
+        "server.max_json_depth: send a flatter document",
+    )
 
 
 def json_depth(value: Any) -> int:
@@ -165,8 +178,7 @@ class Problems:
 
     def expect(self, value: Any, kinds: tuple[type, ...], path: str, wanted: str) -> bool:
         """True when ``value`` is one of ``kinds`` (bools are not numbers); else a problem."""
-        ok = isinstance(value, kinds) and not (
-            isinstance(value, bool) and bool not in kinds)
+        ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
         if not ok:
             self.add(path, f"expected {wanted}, got {type_name(value)}")
         return ok
@@ -175,13 +187,18 @@ class Problems:
         if self.items:
             summary = "; ".join(f"{path}: {message}" for path, message in self.items[:5])
             more = f" (and {len(self.items) - 5} more)" if len(self.items) > 5 else ""
-            raise ApiError(422, f"{what}: {summary}{more}",
-                           problems=[{"path": p, "message": m} for p, m in self.items])
+            raise ApiError(
+                422,
+                f"{what}: {summary}{more}",
+                problems=[{"path": p, "message": m} for p, m in self.items],
+            )
 
 
 def require_object(body: Any, what: str = "the request body") -> dict[str, Any]:
     if not isinstance(body, dict):
-        raise ApiError(422, f"{what} must be a JSON object, got {type_name(body)}",
-                       problems=[{"path": "$", "message": f"expected an object, got "
-                                                          f"{type_name(body)}"}])
+        raise ApiError(
+            422,
+            f"{what} must be a JSON object, got {type_name(body)}",
+            problems=[{"path": "$", "message": f"expected an object, got {type_name(body)}"}],
+        )
     return body

@@ -46,20 +46,37 @@ def job_json(job: Job, admin: bool) -> dict[str, Any]:
     if job.error is not None:
         # Tracebacks stay in the job record and the worker's log.
         error = {k: v for k, v in job.error.items() if k != "traceback"}
-    duration = (job.finished_at - job.started_at
-                if job.finished_at is not None and job.started_at is not None else None)
+    duration = (
+        job.finished_at - job.started_at
+        if job.finished_at is not None and job.started_at is not None
+        else None
+    )
     base = f"/api/v1/jobs/{job.id}"
     return {
-        "id": job.id, "flow_id": job.flow_id, "flow_version": job.flow_version,
-        "status": job.status.value, "attempts": job.attempts, "max_attempts": job.max_attempts,
-        "timeout_s": job.timeout_s, "owner": job.owner, "inputs": job.inputs,
-        "created_at": job.created_at, "started_at": job.started_at,
-        "finished_at": job.finished_at, "duration_s": duration,
-        "result": job.result, "error": error, "nodes": job.nodes,
+        "id": job.id,
+        "flow_id": job.flow_id,
+        "flow_version": job.flow_version,
+        "status": job.status.value,
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "timeout_s": job.timeout_s,
+        "owner": job.owner,
+        "inputs": job.inputs,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "duration_s": duration,
+        "result": job.result,
+        "error": error,
+        "nodes": job.nodes,
         "worker": job.worker if admin else None,
         "cancel_requested": job.cancel_requested,
-        "links": {"self": base, "events": f"{base}/events", "cancel": f"{base}/cancel",
-                  "retry": f"{base}/retry"},
+        "links": {
+            "self": base,
+            "events": f"{base}/events",
+            "cancel": f"{base}/cancel",
+            "retry": f"{base}/retry",
+        },
     }
 
 
@@ -82,8 +99,7 @@ class Bound:
 # millisecond arithmetic (delay_s of 1e308 was an OverflowError).
 BOUNDS = {
     "delay_s": Bound(0, 365 * 86400, integer=False, unit=" seconds (365 days)"),
-    "timeout_s": Bound(0, 30 * 86400, integer=False, low_open=True,
-                       unit=" seconds (30 days)"),
+    "timeout_s": Bound(0, 30 * 86400, integer=False, low_open=True, unit=" seconds (30 days)"),
     "max_attempts": Bound(1, 1000, integer=True),
 }
 
@@ -104,7 +120,7 @@ def _number(problems: Problems, raw: dict[str, Any], key: str, path: str) -> Any
 
 
 def parse_spec(raw: Any, path: str, problems: Problems) -> dict[str, Any] | None:
-    if not problems.expect(raw, (dict,), path, "a job object with \"flow\" and \"inputs\""):
+    if not problems.expect(raw, (dict,), path, 'a job object with "flow" and "inputs"'):
         return None
     for key in raw:
         if key not in SPEC_KEYS:
@@ -117,11 +133,16 @@ def parse_spec(raw: Any, path: str, problems: Problems) -> dict[str, Any] | None
     inputs = raw.get("inputs", {})
     problems.expect(inputs, (dict,), f"{path}.inputs", "an object")
     job_id = raw.get("job_id")
-    if job_id is not None and problems.expect(job_id, (str,), f"{path}.job_id", "a string") \
-            and not JOB_ID.fullmatch(job_id):
+    if (
+        job_id is not None
+        and problems.expect(job_id, (str,), f"{path}.job_id", "a string")
+        and not JOB_ID.fullmatch(job_id)
+    ):
         problems.add(f"{path}.job_id", "use 1-128 letters, digits and _ . : -")
     return {
-        "flow": flow, "inputs": inputs, "job_id": job_id,
+        "flow": flow,
+        "inputs": inputs,
+        "job_id": job_id,
         "delay_s": _number(problems, raw, "delay_s", path) or 0.0,
         "max_attempts": _number(problems, raw, "max_attempts", path),
         "timeout_s": _number(problems, raw, "timeout_s", path),
@@ -135,7 +156,7 @@ async def build_specs(ctx: ApiContext, body: Any) -> tuple[list[JobSpec], bool]:
     bulk = "jobs" in body
     if bulk:
         if set(body) != {"jobs"}:
-            problems.add("$", "the bulk form has one key, \"jobs\"")
+            problems.add("$", 'the bulk form has one key, "jobs"')
         raw_jobs = body["jobs"]
         if not problems.expect(raw_jobs, (list,), "$.jobs", "an array of job objects"):
             raw_jobs = []
@@ -143,8 +164,10 @@ async def build_specs(ctx: ApiContext, body: Any) -> tuple[list[JobSpec], bool]:
             problems.add("$.jobs", "is empty: send at least one job")
         elif len(raw_jobs) > BULK_MAX:
             problems.add("$.jobs", f"has {len(raw_jobs)} jobs; send at most {BULK_MAX} a request")
-        drafts = [(parse_spec(raw, f"$.jobs[{i}]", problems), f"$.jobs[{i}]")
-                  for i, raw in enumerate(raw_jobs[:BULK_MAX])]
+        drafts = [
+            (parse_spec(raw, f"$.jobs[{i}]", problems), f"$.jobs[{i}]")
+            for i, raw in enumerate(raw_jobs[:BULK_MAX])
+        ]
     else:
         drafts = [(parse_spec(body, "$", problems), "$")]
     problems.raise_if_any()
@@ -162,15 +185,21 @@ async def build_specs(ctx: ApiContext, body: Any) -> tuple[list[JobSpec], bool]:
                 flows[flow_id] = None
         flow = flows[flow_id]
         if flow is None:
-            missing.add(f"{path}.flow", f"flow {flow_id!r} not found: register it with "
-                                        f"PUT /api/v1/flows/{flow_id}")
+            missing.add(
+                f"{path}.flow",
+                f"flow {flow_id!r} not found: register it with PUT /api/v1/flows/{flow_id}",
+            )
             continue
         for name in sorted(flow.flow_inputs - draft["inputs"].keys()):
-            problems.add(f"{path}.inputs.{name}", f"flow {flow_id!r} reads ${name}: "
-                                                  "add it to inputs")
+            problems.add(
+                f"{path}.inputs.{name}", f"flow {flow_id!r} reads ${name}: add it to inputs"
+            )
     if missing.items:
-        raise ApiError(404, "; ".join(f"{p}: {m}" for p, m in missing.items),
-                       problems=[{"path": p, "message": m} for p, m in missing.items])
+        raise ApiError(
+            404,
+            "; ".join(f"{p}: {m}" for p, m in missing.items),
+            problems=[{"path": p, "message": m} for p, m in missing.items],
+        )
     problems.raise_if_any("the jobs cannot run with these inputs")
     owner = principal().name
     specs = []
@@ -178,10 +207,18 @@ async def build_specs(ctx: ApiContext, body: Any) -> tuple[list[JobSpec], bool]:
         assert draft is not None
         flow = flows[draft["flow"]]
         assert flow is not None
-        specs.append(JobSpec(flow_id=flow.id, flow_version=flow.version or 0,
-                             inputs=draft["inputs"], job_id=draft["job_id"],
-                             delay_s=float(draft["delay_s"]), max_attempts=draft["max_attempts"],
-                             timeout_s=draft["timeout_s"], owner=owner))
+        specs.append(
+            JobSpec(
+                flow_id=flow.id,
+                flow_version=flow.version or 0,
+                inputs=draft["inputs"],
+                job_id=draft["job_id"],
+                delay_s=float(draft["delay_s"]),
+                max_attempts=draft["max_attempts"],
+                timeout_s=draft["timeout_s"],
+                owner=owner,
+            )
+        )
     return specs, bulk
 
 
@@ -191,8 +228,7 @@ def _query_int(name: str, default: int, maximum: int) -> int:
         return default
     # isascii: "²".isdigit() is true, and int("²") fails; the length keeps
     # int() off a megabyte of digits.
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > len(str(maximum)) \
-            or int(raw) > maximum:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > len(str(maximum)) or int(raw) > maximum:
         raise ApiError(400, f"query parameter {name} must be a whole number from 0 to {maximum}")
     return int(raw)
 
@@ -206,8 +242,14 @@ def _matches(job: Job, flow: str | None, search: str | None) -> bool:
     return job.id.lower().startswith(needle) or needle in job.flow_id.lower()
 
 
-async def _search(ctx: ApiContext, states: list[JobStatus], flow: str | None,
-                  search: str | None, offset: int, limit: int) -> Response:
+async def _search(
+    ctx: ApiContext,
+    states: list[JobStatus],
+    flow: str | None,
+    search: str | None,
+    offset: int,
+    limit: int,
+) -> Response:
     """Jobs of ``states`` (newest created first) filtered by flow, by ``q`` (an id or
     its start, or part of a flow id) and by what the caller may see, paged after
     filtering. The broker lists by state only, so this reads at most
@@ -219,10 +261,19 @@ async def _search(ctx: ApiContext, states: list[JobStatus], flow: str | None,
     limited = False
     with ctx.deadline("searching jobs"):
         exact = await jobs.get_job(search) if search and JOB_ID.fullmatch(search) else None
-        if exact is not None and who.may_see(exact.owner) and exact.status in states \
-                and _matches(exact, flow, None):
-            return json_response({"jobs": [] if offset else [job_json(exact, who.admin)],
-                                  "has_more": False, "scan_limited": False})
+        if (
+            exact is not None
+            and who.may_see(exact.owner)
+            and exact.status in states
+            and _matches(exact, flow, None)
+        ):
+            return json_response(
+                {
+                    "jobs": [] if offset else [job_json(exact, who.admin)],
+                    "has_more": False,
+                    "scan_limited": False,
+                }
+            )
         for state in states:
             matched: list[Job] = []
             scanned = 0
@@ -235,17 +286,20 @@ async def _search(ctx: ApiContext, states: list[JobStatus], flow: str | None,
                 size = min(SEARCH_PAGE, wanted) if scanned == 0 else SEARCH_PAGE
                 page = await jobs.list_jobs(state, offset=scanned, limit=size)
                 scanned += size
-                matched += [j for j in page
-                            if who.may_see(j.owner) and _matches(j, flow, search)]
+                matched += [j for j in page if who.may_see(j.owner) and _matches(j, flow, search)]
                 if len(page) < size:
                     break
             found += matched
     # Jobs move between states while we page: an id seen twice counts once.
     unique = {j.id: j for j in found}.values()
     ordered = sorted(unique, key=lambda j: j.created_at, reverse=True)
-    return json_response({"jobs": [job_json(j, who.admin) for j in ordered[offset:offset + limit]],
-                          "has_more": len(ordered) > offset + limit,
-                          "scan_limited": limited})
+    return json_response(
+        {
+            "jobs": [job_json(j, who.admin) for j in ordered[offset : offset + limit]],
+            "has_more": len(ordered) > offset + limit,
+            "scan_limited": limited,
+        }
+    )
 
 
 def _taken(exc: JobIdTaken, bulk: bool) -> ApiError:
@@ -255,8 +309,11 @@ def _taken(exc: JobIdTaken, bulk: bool) -> ApiError:
     paths = [f"$.jobs[{n}].job_id" if bulk else "$.job_id" for n in exc.positions]
     message = "is taken by another job: pick another job_id"
     summary = "; ".join(f"{p}: {message}" for p in paths[:5])
-    return ApiError(409, f"{summary}; no job of this request was enqueued" if bulk else summary,
-                    problems=[{"path": p, "message": message} for p in paths])
+    return ApiError(
+        409,
+        f"{summary}; no job of this request was enqueued" if bulk else summary,
+        problems=[{"path": p, "message": message} for p in paths],
+    )
 
 
 @blueprint.post("/api/v1/jobs")
@@ -273,13 +330,21 @@ async def enqueue() -> Response:
         raise _taken(exc, bulk) from None
     ctx.metrics.enqueued.inc(len(ids))
     if bulk:
-        return json_response({"jobs": [{"id": i, "location": f"/api/v1/jobs/{i}"}
-                                        for i in ids]}, 202)
+        return json_response(
+            {"jobs": [{"id": i, "location": f"/api/v1/jobs/{i}"} for i in ids]}, 202
+        )
     location = f"/api/v1/jobs/{ids[0]}"
     status = JobStatus.DELAYED if specs[0].delay_s > 0 else JobStatus.WAITING
-    return json_response({"id": ids[0], "status": status.value, "location": location,
-                          "events": f"{location}/events"}, 202,
-                         {"Location": location, JOB_ID_HEADER: ids[0]})
+    return json_response(
+        {
+            "id": ids[0],
+            "status": status.value,
+            "location": location,
+            "events": f"{location}/events",
+        },
+        202,
+        {"Location": location, JOB_ID_HEADER: ids[0]},
+    )
 
 
 @blueprint.get("/api/v1/jobs")
@@ -288,8 +353,9 @@ async def list_jobs() -> Response:
     try:
         states = [JobStatus(raw)] if raw else list(JobStatus)
     except ValueError:
-        raise ApiError(400, f"status must be one of {', '.join(s.value for s in JobStatus)}"
-                       ) from None
+        raise ApiError(
+            400, f"status must be one of {', '.join(s.value for s in JobStatus)}"
+        ) from None
     limit = _query_int("limit", 50, 1000)
     offset = _query_int("offset", 0, 1_000_000)
     flow = request.args.get("flow") or None
@@ -299,8 +365,13 @@ async def list_jobs() -> Response:
     if flow is None and search is None and who.admin and len(states) == 1:
         with ctx.deadline("listing jobs"):
             found = await ctx.jobs.list_jobs(states[0], offset=offset, limit=limit + 1)
-        return json_response({"jobs": [job_json(j, who.admin) for j in found[:limit]],
-                              "has_more": len(found) > limit, "scan_limited": False})
+        return json_response(
+            {
+                "jobs": [job_json(j, who.admin) for j in found[:limit]],
+                "has_more": len(found) > limit,
+                "scan_limited": False,
+            }
+        )
     # Several states, another key's jobs to skip, or a filter: page after merging.
     return await _search(ctx, states, flow, search, offset, limit)
 
@@ -322,8 +393,9 @@ async def cancel(job_id: str) -> Response:
     if now is None:
         raise ApiError(404, f"job {job_id} not found (removed by retention)")
     # 202: a running job stops when its worker hears of it.
-    return json_response(job_json(now, principal().admin),
-                         200 if now.status in TERMINAL_STATUSES else 202)
+    return json_response(
+        job_json(now, principal().admin), 200 if now.status in TERMINAL_STATUSES else 202
+    )
 
 
 @blueprint.post("/api/v1/jobs/<job_id>/retry")
@@ -331,8 +403,9 @@ async def retry(job_id: str) -> Response:
     ctx = context()
     job = await ctx.visible_job(job_id)
     if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
-        raise ApiError(409, f"job {job_id} is {job.status.value}; only failed or cancelled "
-                            "jobs can be retried")
+        raise ApiError(
+            409, f"job {job_id} is {job.status.value}; only failed or cancelled jobs can be retried"
+        )
     with ctx.deadline("retrying the job"):
         now = await ctx.jobs.retry(job_id)
     if now is None:
@@ -349,9 +422,12 @@ async def events(job_id: str) -> Response:
     try:
         parse_event_id(after)
     except ValueError:
-        raise ApiError(400, "Last-Event-ID (or ?after=) must be an event id such as "
-                            "'1712345678901-0' from this stream's id: lines (two whole "
-                            "numbers below 2**64), or '0'") from None
+        raise ApiError(
+            400,
+            "Last-Event-ID (or ?after=) must be an event id such as "
+            "'1712345678901-0' from this stream's id: lines (two whole "
+            "numbers below 2**64), or '0'",
+        ) from None
     ctx = context()
     job = await ctx.visible_job(job_id)
     return event_stream(ctx, job, after)
@@ -388,12 +464,22 @@ def event_stream(ctx: ApiContext, job: Job, after: str) -> Response:
                 await pump(send)
             except (BrokerUnavailable, trio.TooSlowError):
                 # The client reconnects with Last-Event-ID and loses nothing.
-                await send.send(sse.sse_comment("broker unreachable; reconnect with "
-                                                "Last-Event-ID to resume"))
+                await send.send(
+                    sse.sse_comment("broker unreachable; reconnect with Last-Event-ID to resume")
+                )
 
-        await sse.drive(send, run_pump, heartbeat=KEEP_ALIVE, heartbeat_s=server.heartbeat_s,
-                        shutdown=ctx.shutdown)
+        await sse.drive(
+            send,
+            run_pump,
+            heartbeat=KEEP_ALIVE,
+            heartbeat_s=server.heartbeat_s,
+            shutdown=ctx.shutdown,
+        )
 
-    return sse.stream_response(ctx.background(), produce, name=f"events of job {job.id}",
-                               on_open=ctx.metrics.stream_opened,
-                               on_close=ctx.metrics.stream_closed)
+    return sse.stream_response(
+        ctx.background(),
+        produce,
+        name=f"events of job {job.id}",
+        on_open=ctx.metrics.stream_opened,
+        on_close=ctx.metrics.stream_closed,
+    )

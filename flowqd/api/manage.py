@@ -26,9 +26,14 @@ def _problems(exc: FlowValidationError) -> list[dict[str, str]]:
 def _anonymous(worker: WorkerInfo, number: int) -> dict[str, Any]:
     """A worker as a non-admin key sees it: whether the queue is served, not where.
     Host, pid and the id made of them are for operators."""
-    return {"id": f"worker-{number}", "ready": worker.ready, "jobs_held": worker.jobs_held,
-            "concurrency": worker.concurrency, "started_at": worker.started_at,
-            "last_seen": worker.last_seen}
+    return {
+        "id": f"worker-{number}",
+        "ready": worker.ready,
+        "jobs_held": worker.jobs_held,
+        "concurrency": worker.concurrency,
+        "started_at": worker.started_at,
+        "last_seen": worker.last_seen,
+    }
 
 
 # ---- flows ----------------------------------------------------------------------------
@@ -46,20 +51,26 @@ async def list_flows() -> Response:
 async def get_flow(flow_id: str) -> Response:
     raw = request.args.get("version")
     if raw is not None and not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
-        raise ApiError(400, "query parameter version must be a whole number "
-                            "(at most 18 digits)")
+        raise ApiError(400, "query parameter version must be a whole number (at most 18 digits)")
     ctx = context()
     try:
         with ctx.deadline("reading the flow"):
             flow = await ctx.flows.get(flow_id, int(raw) if raw else None)
     except FlowValidationError as exc:
-        raise ApiError(409, f"flow {flow_id!r} is stored but no longer valid: {exc}",
-                       problems=_problems(exc)) from None
+        raise ApiError(
+            409, f"flow {flow_id!r} is stored but no longer valid: {exc}", problems=_problems(exc)
+        ) from None
     if flow is None:
-        raise ApiError(404, f"flow {flow_id!r}{' version ' + raw if raw else ''} not found "
-                            "(GET /api/v1/flows lists flows)")
-    answer: dict[str, Any] = {"id": flow.id, "version": flow.version,
-                              "inputs": sorted(flow.flow_inputs)}
+        raise ApiError(
+            404,
+            f"flow {flow_id!r}{' version ' + raw if raw else ''} not found "
+            "(GET /api/v1/flows lists flows)",
+        )
+    answer: dict[str, Any] = {
+        "id": flow.id,
+        "version": flow.version,
+        "inputs": sorted(flow.flow_inputs),
+    }
     # Any key may run any flow, so its id and the inputs it reads are for all;
     # the document (URLs, prompts, credential names) is for admins.
     if principal().admin:
@@ -74,9 +85,11 @@ async def put_flow(flow_id: str) -> Response:
     if "id" not in document:
         document = {"id": flow_id, **document}
     elif document["id"] != flow_id:
-        raise ApiError(422, f"invalid flow: $.id: must equal the id in the URL ({flow_id!r}),"
-                            " or be left out",
-                       problems=[{"path": "$.id", "message": "must equal the id in the URL"}])
+        raise ApiError(
+            422,
+            f"invalid flow: $.id: must equal the id in the URL ({flow_id!r}), or be left out",
+            problems=[{"path": "$.id", "message": "must equal the id in the URL"}],
+        )
     ctx = context()
     try:
         flow = ctx.flows.compile(document)  # CPU: outside the broker's deadline
@@ -84,8 +97,9 @@ async def put_flow(flow_id: str) -> Response:
             stored_id, version = await ctx.flows.store(flow)
     except FlowValidationError as exc:
         raise ApiError(422, f"invalid flow: {exc}", problems=_problems(exc)) from None
-    return json_response({"id": stored_id, "version": version,
-                          "location": f"/api/v1/flows/{stored_id}"})
+    return json_response(
+        {"id": stored_id, "version": version, "location": f"/api/v1/flows/{stored_id}"}
+    )
 
 
 @blueprint.delete("/api/v1/flows/<flow_id>")
@@ -120,11 +134,17 @@ async def put_credential(name: str) -> Response:
     value = body.get("value")
     # The messages name types only: the value must never be echoed.
     if not isinstance(value, str) or not value:
-        raise ApiError(422, "send {\"value\": \"<the secret>\"} with a non-empty string",
-                       problems=[{"path": "$.value", "message": "expected a non-empty string"}])
+        raise ApiError(
+            422,
+            'send {"value": "<the secret>"} with a non-empty string',
+            problems=[{"path": "$.value", "message": "expected a non-empty string"}],
+        )
     if set(body) != {"value"}:
-        raise ApiError(422, "the body has one key, \"value\"",
-                       problems=[{"path": "$", "message": "unknown keys besides \"value\""}])
+        raise ApiError(
+            422,
+            'the body has one key, "value"',
+            problems=[{"path": "$", "message": 'unknown keys besides "value"'}],
+        )
     ctx = context()
     try:
         with ctx.deadline("storing the credential"):
@@ -141,8 +161,7 @@ async def delete_credential(name: str) -> Response:
     with ctx.deadline("deleting the credential"):
         deleted = await ctx.credentials.delete(name)
     if not deleted:
-        raise ApiError(404, f"credential {name!r} not found (GET /api/v1/credentials "
-                            "lists names)")
+        raise ApiError(404, f"credential {name!r} not found (GET /api/v1/credentials lists names)")
     return Response(b"", status=204)
 
 
@@ -157,13 +176,17 @@ async def queue() -> Response:
         paused = await ctx.control.is_paused()
         workers = await ctx.control.workers()
     admin = principal().admin
-    return json_response({
-        "name": ctx.config.queue.name,
-        "paused": paused,
-        "counts": {status.value: n for status, n in counts.items()},
-        "workers": [attrs.asdict(w) if admin else _anonymous(w, n)
-                    for n, w in enumerate(sorted(workers, key=lambda w: w.started_at), 1)],
-    })
+    return json_response(
+        {
+            "name": ctx.config.queue.name,
+            "paused": paused,
+            "counts": {status.value: n for status, n in counts.items()},
+            "workers": [
+                attrs.asdict(w) if admin else _anonymous(w, n)
+                for n, w in enumerate(sorted(workers, key=lambda w: w.started_at), 1)
+            ],
+        }
+    )
 
 
 @blueprint.post("/api/v1/queue/pause")

@@ -51,8 +51,11 @@ def parse_request(body: dict[str, Any]) -> PredictionRequest:
     else:
         problems.expect(streaming, (bool,), "$.streaming", "true or false")
     chat_id = body.get("chatId")
-    if chat_id is not None and problems.expect(chat_id, (str,), "$.chatId", "a string") \
-            and not chat_id.strip():
+    if (
+        chat_id is not None
+        and problems.expect(chat_id, (str,), "$.chatId", "a string")
+        and not chat_id.strip()
+    ):
         problems.add("$.chatId", "must not be empty (leave it out for a new chat)")
     override = body.get("overrideConfig")
     override = {} if override is None else override
@@ -88,13 +91,16 @@ def check_inputs(flow: CompiledFlow, req: PredictionRequest, inputs: dict[str, A
     # or a form instead (Flowise's form-started flows); one that reads $question
     # needs the question whatever else comes with it.
     wants_question = "question" in flow.flow_inputs or (
-        not flow.flow_inputs and "form" not in inputs)
+        not flow.flow_inputs and "form" not in inputs
+    )
     if wants_question and not (req.question or "").strip():
-        problems.add("$.question", f"flow {flow.id!r} needs a question: send a non-empty "
-                                   "\"question\"")
+        problems.add(
+            "$.question", f'flow {flow.id!r} needs a question: send a non-empty "question"'
+        )
     for name in sorted(flow.flow_inputs - {"question"} - inputs.keys()):
-        problems.add(f"$.{name}", f"flow {flow.id!r} reads ${name}, which this request "
-                                  "does not send")
+        problems.add(
+            f"$.{name}", f"flow {flow.id!r} reads ${name}, which this request does not send"
+        )
     problems.raise_if_any("the flow cannot run with this request")
 
 
@@ -102,8 +108,7 @@ def check_inputs(flow: CompiledFlow, req: PredictionRequest, inputs: dict[str, A
 async def prediction(flow_id: str) -> Response:
     body = await read_json(request)
     if not isinstance(body, dict):
-        raise ApiError(422, "the request body must be a JSON object such as "
-                            "{\"question\": \"hi\"}")
+        raise ApiError(422, 'the request body must be a JSON object such as {"question": "hi"}')
     req = parse_request(body)
     ctx = context()
     flow = await ctx.runnable_flow(flow_id)
@@ -112,8 +117,13 @@ async def prediction(flow_id: str) -> Response:
     chat = flowise.Chat.new(req.question, req.chat_id, req.override.get("sessionId"), job_id)
     inputs = job_inputs(req, chat)
     check_inputs(flow, req, inputs)
-    spec = JobSpec(flow_id=flow.id, flow_version=flow.version or 0, inputs=inputs,
-                   job_id=job_id, owner=principal().name)
+    spec = JobSpec(
+        flow_id=flow.id,
+        flow_version=flow.version or 0,
+        inputs=inputs,
+        job_id=job_id,
+        owner=principal().name,
+    )
     try:
         with ctx.deadline("enqueueing the job"):
             await ctx.jobs.enqueue([spec])
@@ -155,8 +165,9 @@ async def _terminal_event(ctx: ApiContext, job_id: str) -> tuple[Event | None, b
     terminal: Event | None = None
     shortened = False
     async with trio.open_nursery() as nursery:
-        scope = trio.CancelScope(deadline=trio.current_time()
-                                 + ctx.config.server.prediction_timeout_s)
+        scope = trio.CancelScope(
+            deadline=trio.current_time() + ctx.config.server.prediction_timeout_s
+        )
 
         async def shorten_on_shutdown() -> None:
             # The result may still come while the server drains; answer
@@ -186,8 +197,11 @@ async def wait(ctx: ApiContext, chat: flowise.Chat) -> Response:
         terminal, shortened = await _terminal_event(ctx, job_id)
     except BaseException as exc:
         # Cancelled: the client went away (or hypercorn gave up on us at shutdown).
-        if _only_cancelled(exc) and ctx.config.server.cancel_on_disconnect \
-                and not ctx.shutdown.is_set():
+        if (
+            _only_cancelled(exc)
+            and ctx.config.server.cancel_on_disconnect
+            and not ctx.shutdown.is_set()
+        ):
             with trio.CancelScope(shield=True):
                 await _cancel_job(ctx, job_id)
         raise
@@ -196,16 +210,18 @@ async def wait(ctx: ApiContext, chat: flowise.Chat) -> Response:
     return await _answer(ctx, chat, terminal, shortened)
 
 
-async def _answer(ctx: ApiContext, chat: flowise.Chat, terminal: Event | None,
-                  shortened: bool) -> Response:
+async def _answer(
+    ctx: ApiContext, chat: flowise.Chat, terminal: Event | None, shortened: bool
+) -> Response:
     server = ctx.config.server
     job_id = chat.execution_id
     where = {"jobId": job_id, "executionId": job_id, "chatId": chat.chat_id}
     named = {JOB_ID_HEADER: job_id}
     location = {"Location": f"/api/v1/jobs/{job_id}"}
 
-    def failed(status: int, message: str, headers: dict[str, str] | None = None,
-               node: str | None = None) -> Response:
+    def failed(
+        status: int, message: str, headers: dict[str, str] | None = None, node: str | None = None
+    ) -> Response:
         extra: dict[str, Any] = dict(where)
         if node is not None:
             extra["node"] = node
@@ -214,12 +230,19 @@ async def _answer(ctx: ApiContext, chat: flowise.Chat, terminal: Event | None,
     if terminal is None:
         ctx.metrics.jobs.inc(outcome="timeout")
         if shortened:
-            return failed(503, f"the server is shutting down; job {job_id} goes on: "
-                               f"read its result at GET /api/v1/jobs/{job_id}",
-                          {**location, "Retry-After": "1"})
-        return failed(504, f"no result within {server.prediction_timeout_s:g}s "
-                           f"(server.prediction_timeout_s); job {job_id} goes on: read its "
-                           f"result at GET /api/v1/jobs/{job_id}", location)
+            return failed(
+                503,
+                f"the server is shutting down; job {job_id} goes on: "
+                f"read its result at GET /api/v1/jobs/{job_id}",
+                {**location, "Retry-After": "1"},
+            )
+        return failed(
+            504,
+            f"no result within {server.prediction_timeout_s:g}s "
+            f"(server.prediction_timeout_s); job {job_id} goes on: read its "
+            f"result at GET /api/v1/jobs/{job_id}",
+            location,
+        )
     if terminal.name == END:
         ctx.metrics.jobs.inc(outcome="completed")
         job = None
@@ -234,18 +257,24 @@ async def _answer(ctx: ApiContext, chat: flowise.Chat, terminal: Event | None,
     assert terminal.name == CANCELLED
     ctx.metrics.jobs.inc(outcome="cancelled")
     reason = terminal.data.get("reason") if isinstance(terminal.data, dict) else None
-    return failed(409, f"job {job_id} was cancelled" + (f" ({reason})" if reason else "")
-                  + "; send the prediction again to run it")
+    return failed(
+        409,
+        f"job {job_id} was cancelled"
+        + (f" ({reason})" if reason else "")
+        + "; send the prediction again to run it",
+    )
 
 
-def stream(ctx: ApiContext, flow: CompiledFlow, chat: flowise.Chat,
-           inputs: dict[str, Any]) -> Response:
+def stream(
+    ctx: ApiContext, flow: CompiledFlow, chat: flowise.Chat, inputs: dict[str, Any]
+) -> Response:
     server = ctx.config.server
     job_id = chat.execution_id
 
     async def produce(send: sse.Send, stream: sse.Stream) -> None:
         translator = flowise.StreamTranslator(flow, chat, inputs)
         if server.cancel_on_disconnect:
+
             async def cancel_unfinished() -> None:
                 if not translator.finished:
                     await _cancel_job(ctx, job_id)
@@ -260,28 +289,42 @@ def stream(ctx: ApiContext, flow: CompiledFlow, chat: flowise.Chat,
                     # One write per batch: per-write costs (ASGI, h11, the
                     # socket) dwarf the framing of a token.
                     chunk = b"".join(
-                        [frame for event in batch for frame in translator.translate(event)])
+                        [frame for event in batch for frame in translator.translate(event)]
+                    )
                     if chunk:  # an empty body chunk could read as the end of the body
                         await send.send(chunk)
 
-        outcome = await sse.drive(send, pump, heartbeat=flowise.HEARTBEAT,
-                                  heartbeat_s=server.heartbeat_s, shutdown=ctx.shutdown,
-                                  deadline_s=server.prediction_timeout_s)
+        outcome = await sse.drive(
+            send,
+            pump,
+            heartbeat=flowise.HEARTBEAT,
+            heartbeat_s=server.heartbeat_s,
+            shutdown=ctx.shutdown,
+            deadline_s=server.prediction_timeout_s,
+        )
         if translator.outcome is not None:
             ctx.metrics.jobs.inc(outcome=translator.outcome)
             return
         ctx.metrics.jobs.inc(outcome="timeout")
         if outcome == "shutdown":
-            message = (f"the server is shutting down; job {job_id} goes on: read its result "
-                       f"at GET /api/v1/jobs/{job_id}")
+            message = (
+                f"the server is shutting down; job {job_id} goes on: read its result "
+                f"at GET /api/v1/jobs/{job_id}"
+            )
         else:
-            message = (f"no result within {server.prediction_timeout_s:g}s "
-                       f"(server.prediction_timeout_s); job {job_id} goes on: read its result "
-                       f"at GET /api/v1/jobs/{job_id}")
+            message = (
+                f"no result within {server.prediction_timeout_s:g}s "
+                f"(server.prediction_timeout_s); job {job_id} goes on: read its result "
+                f"at GET /api/v1/jobs/{job_id}"
+            )
         for chunk in translator.fail(message):
             await send.send(chunk)
 
-    return sse.stream_response(ctx.background(), produce, name=f"prediction {job_id}",
-                               headers={JOB_ID_HEADER: job_id},
-                               on_open=ctx.metrics.stream_opened,
-                               on_close=ctx.metrics.stream_closed)
+    return sse.stream_response(
+        ctx.background(),
+        produce,
+        name=f"prediction {job_id}",
+        headers={JOB_ID_HEADER: job_id},
+        on_open=ctx.metrics.stream_opened,
+        on_close=ctx.metrics.stream_closed,
+    )

@@ -40,7 +40,10 @@ CLEANUP_S = 5.0
 def sse_event(event_id: str, name: str, data: Any) -> bytes:
     """A standard SSE event: ``id:``, ``event:``, one ``data:`` line of JSON."""
     return b"id: %s\nevent: %s\ndata: %s\n\n" % (
-        event_id.encode(), name.encode(), orjson.dumps(data))
+        event_id.encode(),
+        name.encode(),
+        orjson.dumps(data),
+    )
 
 
 def sse_events(events: Iterable[Event]) -> bytes:
@@ -66,8 +69,13 @@ Produce = Callable[[Send, Stream], Awaitable[None]]
 
 
 def stream_response(
-    nursery: trio.Nursery, produce: Produce, *, name: str, status: int = 200,
-    headers: dict[str, str] | None = None, on_open: Callable[[], None] | None = None,
+    nursery: trio.Nursery,
+    produce: Produce,
+    *,
+    name: str,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+    on_open: Callable[[], None] | None = None,
     on_close: Callable[[], None] | None = None,
 ) -> Response:
     """A response whose body is what ``produce(send, stream)`` sends, chunk by chunk."""

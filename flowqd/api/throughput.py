@@ -73,8 +73,9 @@ class FinishRate:
                     counts[state.value] += 1
                 if jobs:
                     newest = max(j.finished_at or 0.0 for j in jobs)
-                    self._cursors[state] = _Cursor(newest, frozenset(
-                        j.id for j in jobs if j.finished_at == newest))
+                    self._cursors[state] = _Cursor(
+                        newest, frozenset(j.id for j in jobs if j.finished_at == newest)
+                    )
                 elif state not in self._cursors:
                     self._cursors[state] = _Cursor(now - self.window_s)
             if saturated:
@@ -104,11 +105,12 @@ class FinishRate:
         """The JSON answer: oldest bucket first, the current (partial) one last."""
         last = self._bucket(now)
         count = math.ceil(self.window_s / self.bucket_s)
-        buckets = [{"start": slot * self.bucket_s,
-                    **self._buckets.get(slot, {s.value: 0 for s in STATES})}
-                   for slot in range(last - count + 1, last + 1)]
+        buckets = [
+            {"start": slot * self.bucket_s, **self._buckets.get(slot, {s.value: 0 for s in STATES})}
+            for slot in range(last - count + 1, last + 1)
+        ]
         # The last five minutes, the current partial bucket included.
-        recent = buckets[-max(1, math.ceil(min(300.0, self.window_s) / self.bucket_s)):]
+        recent = buckets[-max(1, math.ceil(min(300.0, self.window_s) / self.bucket_s)) :]
         span_min = len(recent) * self.bucket_s / 60
         return {
             "window_s": self.window_s,
@@ -116,7 +118,8 @@ class FinishRate:
             "now": now,
             "buckets": buckets,
             "last_5_min": {s.value: sum(int(b[s.value]) for b in recent) for s in STATES},
-            "per_minute": {s.value: round(sum(int(b[s.value]) for b in recent) / span_min, 2)
-                           for s in STATES},
+            "per_minute": {
+                s.value: round(sum(int(b[s.value]) for b in recent) / span_min, 2) for s in STATES
+            },
             "saturated": now - self._saturated_at < self.window_s,
         }

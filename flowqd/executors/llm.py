@@ -116,7 +116,10 @@ async def run_llm(ctx: NodeContext) -> str:
 
 
 async def _read_answer(
-    ctx: NodeContext, response: httpx.Response, answer: _Answer, server: str,
+    ctx: NodeContext,
+    response: httpx.Response,
+    answer: _Answer,
+    server: str,
     redactor: Redactor,
 ) -> None:
     if not 200 <= response.status_code < 300:
@@ -125,7 +128,8 @@ async def _read_answer(
     if "text/event-stream" not in response.headers.get("content-type", ""):
         # The server ignored "stream": true and sent the whole completion.
         answer.parts.append(
-            _whole_completion(redactor.bytes(await read_within(response, server)), server))
+            _whole_completion(redactor.bytes(await read_within(response, server)), server)
+        )
         ctx.emit("token", answer.parts[-1])
         return
     stream = _Stream(ctx, answer, server)

@@ -47,9 +47,7 @@ class CompiledNode:
 
 
 def _is_chain(flow: CompiledFlow) -> bool:
-    return all(
-        flow.nodes[i - 1].id in node.upstream for i, node in enumerate(flow.nodes) if i > 0
-    )
+    return all(flow.nodes[i - 1].id in node.upstream for i, node in enumerate(flow.nodes) if i > 0)
 
 
 @attrs.frozen(eq=False)
@@ -66,9 +64,7 @@ class CompiledFlow:
     version: int | None = None
     # Every node needs the one before it: no two nodes can ever run at the
     # same time, so the runner runs them one after another without a nursery.
-    sequential: bool = attrs.field(
-        init=False, default=attrs.Factory(_is_chain, takes_self=True)
-    )
+    sequential: bool = attrs.field(init=False, default=attrs.Factory(_is_chain, takes_self=True))
 
 
 @attrs.frozen

@@ -135,8 +135,15 @@ class _Run:
                     values = {name: self._value(source) for name, source in node.inputs}
                 # Positional (job_id, node_id, inputs, params, flow_inputs, emit,
                 # credential): this runs for every node of every job.
-                ctx = NodeContext(self.job_id, node.id, values, node.params, self.inputs,
-                                  self.node_emit, self.open_credential)
+                ctx = NodeContext(
+                    self.job_id,
+                    node.id,
+                    values,
+                    node.params,
+                    self.inputs,
+                    self.node_emit,
+                    self.open_credential,
+                )
                 output = await node.executor.run(ctx)
             except Exception as exc:
                 # Escaped: a lone surrogate in a message would make the job unstorable.
@@ -155,8 +162,10 @@ class _Run:
                 try:
                     data = _dumps(output)
                 except TypeError as exc:  # orjson.JSONEncodeError
-                    error = (f"output is not JSON: {not_json(output, exc)}; return "
-                             f"JSON-compatible data ({JSON_KINDS})")
+                    error = (
+                        f"output is not JSON: {not_json(output, exc)}; return "
+                        f"JSON-compatible data ({JSON_KINDS})"
+                    )
                 else:
                     if len(data) > self.small_enough:
                         error = self._too_large(node, len(data))
@@ -212,8 +221,10 @@ class _Run:
         if len(values) != len(node.inputs):  # failed while reading them
             return values
         docs = self.docs
-        return {name: values[name] if source.node is None else docs[source.node]
-                for name, source in node.inputs}
+        return {
+            name: values[name] if source.node is None else docs[source.node]
+            for name, source in node.inputs
+        }
 
     def node_emit(self, name: str, data: Any) -> None:
         """An executor's ``ctx.emit``: refuses data that is not JSON or too large."""
@@ -276,7 +287,13 @@ _NO_SCOPE = _NoScope()
 
 # _Run.node builds NodeContext positionally, in this order.
 assert [a.name for a in attrs.fields(NodeContext)] == [
-    "job_id", "node_id", "inputs", "params", "flow_inputs", "_emit", "_credential"
+    "job_id",
+    "node_id",
+    "inputs",
+    "params",
+    "flow_inputs",
+    "_emit",
+    "_credential",
 ]
 
 

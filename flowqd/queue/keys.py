@@ -37,8 +37,22 @@ FLOW = "flow:"  # flow:<id>:v<n> string, the flow document of version n
 RATE = "rate:"  # string, a rate limit's theoretical arrival time (ms), PX until idle
 # Job hash fields returned (in this order) wherever a job record is read.
 JOB_FIELDS: tuple[str, ...] = (
-    "flow", "ver", "in", "st", "att", "max", "to", "own",
-    "ct", "sat", "ft", "res", "err", "nodes", "wk", "cx",
+    "flow",
+    "ver",
+    "in",
+    "st",
+    "att",
+    "max",
+    "to",
+    "own",
+    "ct",
+    "sat",
+    "ft",
+    "res",
+    "err",
+    "nodes",
+    "wk",
+    "cx",
 )
 MARKER_MEMBER = "m"
 

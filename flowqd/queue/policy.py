@@ -88,10 +88,16 @@ def _lua_literal(value: str | int | float) -> str:
     if isinstance(value, str):
         # A three-digit decimal escape per byte outside printable ASCII (a digit
         # after a shorter one would join it): any text survives.
-        return '"' + "".join(
-            c if " " <= c <= "~" and c not in '"\\' else "".join(f"\\{b:03d}" for b in c.encode())
-            for c in value
-        ) + '"'
+        return (
+            '"'
+            + "".join(
+                c
+                if " " <= c <= "~" and c not in '"\\'
+                else "".join(f"\\{b:03d}" for b in c.encode())
+                for c in value
+            )
+            + '"'
+        )
     return repr(value)
 
 

@@ -40,7 +40,12 @@ HEARTBEAT_S = 5.0
 
 # _attempt builds a completed Outcome positionally, in this order.
 assert [a.name for a in attrs.fields(Outcome)][:6] == [
-    "job_id", "token", "kind", "result", "error", "nodes"
+    "job_id",
+    "token",
+    "kind",
+    "result",
+    "error",
+    "nodes",
 ]
 
 _gc_tuned = False
@@ -122,14 +127,20 @@ class Worker:
             async with trio.open_nursery() as jobs:
                 pool = RunnerPool(jobs, self._run_job, wc.concurrency)
                 task_status.started()
-                log.info("worker %s %s (concurrency %d)", self.id,
-                         "taking jobs" if self._broker_ok else "waiting for the broker",
-                         wc.concurrency)
+                log.info(
+                    "worker %s %s (concurrency %d)",
+                    self.id,
+                    "taking jobs" if self._broker_ok else "waiting for the broker",
+                    wc.concurrency,
+                )
                 await self._claim_until(shutdown, pool)
                 self._draining = True
                 if self._held:
-                    log.info("draining: %d jobs running, grace %.1fs", len(self._held),
-                             wc.shutdown_grace_s)
+                    log.info(
+                        "draining: %d jobs running, grace %.1fs",
+                        len(self._held),
+                        wc.shutdown_grace_s,
+                    )
                 pool.stop()
                 # Shutdown is a deadline on the jobs' scope: what has not
                 # finished by then is cancelled and requeued by _run_job.
@@ -148,8 +159,10 @@ class Worker:
         if self._draining:
             return False, "draining: shutting down, not taking jobs"
         if not self._broker_ok:
-            return False, (f"broker unreachable: waiting for the broker, cannot claim jobs: "
-                           f"{self._claim_problem or 'it did not answer at start'}")
+            return False, (
+                f"broker unreachable: waiting for the broker, cannot claim jobs: "
+                f"{self._claim_problem or 'it did not answer at start'}"
+            )
         try:
             with trio.fail_after(1.0):
                 await self.work.ping()
@@ -164,6 +177,7 @@ class Worker:
 
     async def _claim_until(self, shutdown: trio.Event, pool: RunnerPool) -> None:
         async with trio.open_nursery() as claim_nursery:
+
             async def stop_on_shutdown() -> None:
                 await shutdown.wait()
                 claim_nursery.cancel_scope.cancel()
@@ -181,7 +195,9 @@ class Worker:
                 # While the broker is away, a claim that works returns at once
                 # (no blocking wait), so readiness turns true as soon as it does.
                 claimed = await self.work.claim(
-                    self.id, free, lock_ttl_s=wc.lock_ttl_s,
+                    self.id,
+                    free,
+                    lock_ttl_s=wc.lock_ttl_s,
                     block_s=CLAIM_BLOCK_S if self._broker_ok else 0,
                 )
             except BrokerUnavailable as exc:
@@ -248,14 +264,18 @@ class Worker:
             log.warning("job %s: lock lost (another worker took it over); stopped", job.id)
             return None
         if reason is StopReason.CANCEL:
-            return held.outcome(OutcomeKind.CANCELLED,
-                                error={"message": "cancelled", "reason": "cancelled"})
+            return held.outcome(
+                OutcomeKind.CANCELLED, error={"message": "cancelled", "reason": "cancelled"}
+            )
         if reason is StopReason.UNSTORABLE:
             return self._outbox.unstorable_outcome(job.id, held.claimed.token)
         return held.outcome(
             OutcomeKind.FAILED,
-            error={"message": f"job timed out after {self._timeout_of(job):g}s", "node": None,
-                   "reason": "timeout"},
+            error={
+                "message": f"job timed out after {self._timeout_of(job):g}s",
+                "node": None,
+                "reason": "timeout",
+            },
         )
 
     async def _attempt(self, held: Held) -> Outcome:
@@ -281,9 +301,15 @@ class Worker:
                 retry=False,
             )
         try:
-            result = await run_flow(flow, job_id=job.id, inputs=job.inputs, emit=emit,
-                                    credential=self.credential, limits=self.config.limits,
-                                    encoded=True)
+            result = await run_flow(
+                flow,
+                job_id=job.id,
+                inputs=job.inputs,
+                emit=emit,
+                credential=self.credential,
+                limits=self.config.limits,
+                encoded=True,
+            )
         except NodeFailed as exc:
             log.warning("job %s failed in node %s: %s", job.id, exc.node_id, exc.message)
             return held.outcome(
@@ -298,12 +324,16 @@ class Worker:
             log.exception("job %s crashed outside a node", job.id)
             return held.outcome(
                 OutcomeKind.FAILED,
-                error={"message": f"{type(exc).__name__}: {exc}", "node": None,
-                       "traceback": traceback.format_exc()},
+                error={
+                    "message": f"{type(exc).__name__}: {exc}",
+                    "node": None,
+                    "traceback": traceback.format_exc(),
+                },
             )
         # Positional (job_id, token, kind, result, error, nodes): every job ends here.
-        return Outcome(job.id, held.claimed.token, OutcomeKind.COMPLETED, result.output, None,
-                       result.nodes)
+        return Outcome(
+            job.id, held.claimed.token, OutcomeKind.COMPLETED, result.output, None, result.nodes
+        )
 
     def _on_cancel_notice(self, job_id: str) -> None:
         self._stop(job_id, StopReason.CANCEL)
@@ -340,8 +370,12 @@ class Worker:
         hostname = socket.gethostname()
         while True:
             info = WorkerInfo(
-                id=self.id, host=hostname, pid=os.getpid(), started_at=self._started_at,
-                last_seen=time.time(), jobs_held=len(self._held),
+                id=self.id,
+                host=hostname,
+                pid=os.getpid(),
+                started_at=self._started_at,
+                last_seen=time.time(),
+                jobs_held=len(self._held),
                 concurrency=self.config.worker.concurrency,
                 ready=self._broker_ok and not self._draining,
             )
@@ -353,5 +387,4 @@ class Worker:
 
 def _failed(held: Held, message: str, *, retry: bool) -> Outcome:
     log.warning("job %s failed: %s", held.claimed.job.id, message)
-    return held.outcome(OutcomeKind.FAILED, error={"message": message, "node": None},
-                        retry=retry)
+    return held.outcome(OutcomeKind.FAILED, error={"message": message, "node": None}, retry=retry)

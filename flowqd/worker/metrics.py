@@ -21,7 +21,12 @@ class WorkerMetrics:
         self.jobs = add(Counter("flowqd_worker_jobs_total", "Jobs finished by outcome."))
         self.duration = add(Histogram("flowqd_worker_job_seconds", "Job run time by outcome."))
         self.running = add(Gauge("flowqd_worker_jobs_running", "Jobs held right now."))
-        self.renewals = add(Counter("flowqd_worker_lock_renewals_total",
-                                    "Lock renewal calls (one per interval for all held jobs)."))
-        self.flushes = add(Counter("flowqd_worker_flushes_total",
-                                   "Batched writes of events and outcomes."))
+        self.renewals = add(
+            Counter(
+                "flowqd_worker_lock_renewals_total",
+                "Lock renewal calls (one per interval for all held jobs).",
+            )
+        )
+        self.flushes = add(
+            Counter("flowqd_worker_flushes_total", "Batched writes of events and outcomes.")
+        )

@@ -98,8 +98,11 @@ class Outbox:
         with trio.move_on_after(timeout_s):
             await self._flushed_all.wait()
         if not self._flushed_all.is_set():
-            log.error("could not record %d outcomes before exit; their jobs return to the "
-                      "queue when their locks expire", len(self.outcomes))
+            log.error(
+                "could not record %d outcomes before exit; their jobs return to the "
+                "queue when their locks expire",
+                len(self.outcomes),
+            )
 
     async def _flush_once(self) -> None:
         if self._finished:
@@ -142,8 +145,10 @@ class Outbox:
         for outcome, ok in zip(outcomes, recorded, strict=True):
             self.held.pop(outcome.job_id, None)
             if not ok:
-                log.warning("outcome of job %s refused: this worker no longer holds its lock",
-                            outcome.job_id)
+                log.warning(
+                    "outcome of job %s refused: this worker no longer holds its lock",
+                    outcome.job_id,
+                )
 
     def _drop_unstorable(
         self, events: list[EmittedEvent], outcomes: list[Outcome]
@@ -160,8 +165,11 @@ class Outbox:
                 found = True
                 self._mark_unstorable(event.job_id, f"its {event.name!r} event", problem)
         for outcome in outcomes:
-            for what, value in (("result", outcome.result), ("error", outcome.error),
-                                ("node records", outcome.nodes)):
+            for what, value in (
+                ("result", outcome.result),
+                ("error", outcome.error),
+                ("node records", outcome.nodes),
+            ):
                 problem = json_problem(value)
                 if problem is not None:
                     found = True
@@ -188,6 +196,10 @@ class Outbox:
         """The failure of a job whose data could not be stored, saying why."""
         message = why or self._unstorable.get(job_id) or "the job's data could not be stored"
         # Not retried: the same plugin would return the same data.
-        return Outcome(job_id, token, OutcomeKind.FAILED,
-                       error={"message": message, "node": None, "reason": "unstorable"},
-                       retry=False)
+        return Outcome(
+            job_id,
+            token,
+            OutcomeKind.FAILED,
+            error={"message": message, "node": None, "reason": "unstorable"},
+            retry=False,
+        )

@@ -64,38 +64,71 @@ async def _secret_length(ctx: NodeContext) -> Any:
 TEST_EXECUTORS = [
     Executor(type="boom", params=BoomParams, run=_boom, description="always fails"),
     Executor(type="tokens", params=NoParams, run=_tokens, description="streams three tokens"),
-    Executor(type="secret_length", params=NoParams, run=_secret_length,
-             description="length of credential api-token"),
+    Executor(
+        type="secret_length",
+        params=NoParams,
+        run=_secret_length,
+        description="length of credential api-token",
+    ),
 ]
 
 FLOWS: list[dict[str, Any]] = [
-    {"id": "echo", "nodes": [{"id": "customFunctionAgentflow_0", "type": "echo",
-                              "label": "Echo"}],
-     "output": "customFunctionAgentflow_0"},
-    {"id": "greet", "nodes": [
-        {"id": "start", "type": "echo", "label": "Start", "inputs": {"q": "$question"}},
-        {"id": "hello", "type": "template", "label": "Hello",
-         "params": {"template": "Hello {q}"}, "inputs": {"q": "start"}}],
-     "output": "hello"},
-    {"id": "tokens", "nodes": [{"id": "llm", "type": "tokens", "label": "LLM"}],
-     "output": "llm"},
-    {"id": "boom", "nodes": [{"id": "b", "type": "boom", "label": "Boom",
-                              "params": {"message": "kaput"}}], "output": "b"},
-    {"id": "slow", "nodes": [{"id": "d", "type": "delay", "params": {"ms": 60_000}}],
-     "output": "d"},
-    {"id": "short", "nodes": [{"id": "d", "type": "delay", "params": {"ms": 700}}],
-     "output": "d"},
+    {
+        "id": "echo",
+        "nodes": [{"id": "customFunctionAgentflow_0", "type": "echo", "label": "Echo"}],
+        "output": "customFunctionAgentflow_0",
+    },
+    {
+        "id": "greet",
+        "nodes": [
+            {"id": "start", "type": "echo", "label": "Start", "inputs": {"q": "$question"}},
+            {
+                "id": "hello",
+                "type": "template",
+                "label": "Hello",
+                "params": {"template": "Hello {q}"},
+                "inputs": {"q": "start"},
+            },
+        ],
+        "output": "hello",
+    },
+    {"id": "tokens", "nodes": [{"id": "llm", "type": "tokens", "label": "LLM"}], "output": "llm"},
+    {
+        "id": "boom",
+        "nodes": [{"id": "b", "type": "boom", "label": "Boom", "params": {"message": "kaput"}}],
+        "output": "b",
+    },
+    {
+        "id": "slow",
+        "nodes": [{"id": "d", "type": "delay", "params": {"ms": 60_000}}],
+        "output": "d",
+    },
+    {"id": "short", "nodes": [{"id": "d", "type": "delay", "params": {"ms": 700}}], "output": "d"},
     {"id": "secret", "nodes": [{"id": "s", "type": "secret_length"}], "output": "s"},
-    {"id": "topic", "nodes": [{"id": "t", "type": "template", "params": {"template": "{topic}"},
-                               "inputs": {"topic": "$topic"}}], "output": "t"},
+    {
+        "id": "topic",
+        "nodes": [
+            {
+                "id": "t",
+                "type": "template",
+                "params": {"template": "{topic}"},
+                "inputs": {"topic": "$topic"},
+            }
+        ],
+        "output": "t",
+    },
 ]
 
 
 def keyring(*, allow_anonymous: bool = False) -> KeyRing:
-    return KeyRing([KeyEntry("admin", hash_key(ADMIN_KEY), True),
-                    KeyEntry("alice", hash_key(ALICE_KEY), False),
-                    KeyEntry("bob", hash_key(BOB_KEY), False)],
-                   allow_anonymous=allow_anonymous)
+    return KeyRing(
+        [
+            KeyEntry("admin", hash_key(ADMIN_KEY), True),
+            KeyEntry("alice", hash_key(ALICE_KEY), False),
+            KeyEntry("bob", hash_key(BOB_KEY), False),
+        ],
+        allow_anonymous=allow_anonymous,
+    )
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -141,20 +174,40 @@ async def open_api(
         registry = Registry()
         credentials = CredentialStore(broker.secrets, Sealer("shared-test-secret"))
         shutdown = trio.Event()
-        context = ApiContext(config, broker.jobs, broker.control, broker.limiter, store,
-                             credentials, registry, shutdown=shutdown,
-                             keys=keys if keys is not None else KeyRing.from_config(config))
+        context = ApiContext(
+            config,
+            broker.jobs,
+            broker.control,
+            broker.limiter,
+            store,
+            credentials,
+            registry,
+            shutdown=shutdown,
+            keys=keys if keys is not None else KeyRing.from_config(config),
+        )
         app = create_app(context)
         w = None
         async with trio.open_nursery() as roles:
             if worker:
                 worker_credentials = CredentialStore(broker.secrets, Sealer(worker_secret))
-                w = Worker(broker.work, store, config, WorkerMetrics(registry),
-                           credential=worker_credentials.get)
+                w = Worker(
+                    broker.work,
+                    store,
+                    config,
+                    WorkerMetrics(registry),
+                    credential=worker_credentials.get,
+                )
                 await roles.start(w.run, shutdown)
-            binds = await roles.start(partial(
-                serve_asgi, app, "127.0.0.1", 0, shutdown_trigger=shutdown.wait,
-                graceful_timeout_s=graceful_s))
+            binds = await roles.start(
+                partial(
+                    serve_asgi,
+                    app,
+                    "127.0.0.1",
+                    0,
+                    shutdown_trigger=shutdown.wait,
+                    graceful_timeout_s=graceful_s,
+                )
+            )
             async with httpx.AsyncClient(base_url=binds[0], timeout=10) as client:
                 yield Api(binds[0], client, broker, context, config, shutdown, w, app)
             shutdown.set()
@@ -162,8 +215,9 @@ async def open_api(
 
 
 @asynccontextmanager
-async def raw_request(base_url: str, method: str, path: str, body: bytes = b"",
-                      headers: dict[str, str] | None = None) -> AsyncIterator[trio.SocketStream]:
+async def raw_request(
+    base_url: str, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+) -> AsyncIterator[trio.SocketStream]:
     """A request over a raw socket; leaving the block drops the connection (a client that
     goes away mid-answer, which httpx cannot do without leaking its generators)."""
     host, port = base_url.removeprefix("http://").rsplit(":", 1)
@@ -172,15 +226,22 @@ async def raw_request(base_url: str, method: str, path: str, body: bytes = b"",
     async with stream:
         await stream.send_all(
             f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n{extra}"
-            f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
         yield stream
 
 
-def raw_post(base_url: str, path: str, body: dict[str, Any],
-             headers: dict[str, str] | None = None
-             ) -> AbstractAsyncContextManager[trio.SocketStream]:
-    return raw_request(base_url, "POST", path, orjson.dumps(body),
-                       {"Content-Type": "application/json", **(headers or {})})
+def raw_post(
+    base_url: str, path: str, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> AbstractAsyncContextManager[trio.SocketStream]:
+    return raw_request(
+        base_url,
+        "POST",
+        path,
+        orjson.dumps(body),
+        {"Content-Type": "application/json", **(headers or {})},
+    )
 
 
 async def post_and_leave(base_url: str, path: str, body: dict[str, Any]) -> bytes:

@@ -30,8 +30,9 @@ class RawConnection:
             await self._stream.aclose()
             self._stream = None
 
-    async def request(self, method: str, path: str, body: Any = None,
-                      headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    async def request(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes]:
         """One request on the kept-alive connection; returns (status, body)."""
         if self._stream is None:
             self._stream = await trio.open_tcp_stream(self.host, self.port)
@@ -40,13 +41,16 @@ class RawConnection:
         extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         await self._stream.send_all(
             f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n"
-            f"Content-Type: application/json\r\n{extra}Content-Length: {len(payload)}\r\n\r\n"
-            .encode() + payload)
+            f"Content-Type: application/json\r\n{extra}"
+            f"Content-Length: {len(payload)}\r\n\r\n".encode()
+            + payload
+        )
         head = await self._read_until(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         status = int(lines[0].split(" ", 2)[1])
-        fields = {k.strip().lower(): v.strip()
-                  for k, _, v in (line.partition(":") for line in lines[1:])}
+        fields = {
+            k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])
+        }
         if "content-length" in fields:
             content = await self._read_exactly(int(fields["content-length"]))
         else:

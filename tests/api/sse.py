@@ -32,7 +32,7 @@ def parse_sse(raw: bytes) -> tuple[list[SseEvent], list[bytes]]:
             events.append(SseEvent(match[1].decode(), match[2].decode(), orjson.loads(match[3])))
         else:
             match = COMMENT.match(raw, position)
-            assert match is not None, raw[position:position + 80]
+            assert match is not None, raw[position : position + 80]
             comments.append(match[0])
         position = match.end()
     return events, comments

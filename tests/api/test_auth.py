@@ -21,17 +21,23 @@ ALICE, BOB, ADMIN = bearer(ALICE_KEY), bearer(BOB_KEY), bearer(ADMIN_KEY)
 async def test_missing_or_wrong_key_is_401_json() -> None:
     with trio.fail_after(15):
         async with open_api(keys=keyring()) as api:
-            for headers in ({}, bearer("fqd_wrong"), {"Authorization": "Basic abc"},
-                            {"Authorization": "Bearer"}):
-                response = await api.client.post("/api/v1/prediction/echo",
-                                                  json={"question": "q"}, headers=headers)
+            for headers in (
+                {},
+                bearer("fqd_wrong"),
+                {"Authorization": "Basic abc"},
+                {"Authorization": "Bearer"},
+            ):
+                response = await api.client.post(
+                    "/api/v1/prediction/echo", json={"question": "q"}, headers=headers
+                )
                 assert response.status_code == 401, headers
                 assert response.headers["www-authenticate"] == "Bearer"
                 body = response.json()
                 assert body["statusCode"] == 401 and body["success"] is False
                 assert "flowqd keys add" in body["message"]
-            ok = await api.client.post("/api/v1/prediction/echo", json={"question": "q"},
-                                       headers=ALICE)
+            ok = await api.client.post(
+                "/api/v1/prediction/echo", json={"question": "q"}, headers=ALICE
+            )
             assert ok.status_code == 200 and ok.json()["text"] == "q"
 
 
@@ -49,12 +55,23 @@ async def test_open_routes_need_no_key() -> None:
 async def test_jobs_belong_to_their_key_and_admins_see_all() -> None:
     with trio.fail_after(15):
         async with open_api(keys=keyring()) as api:
-            mine = (await api.client.post("/api/v1/jobs", headers=ALICE, json={
-                "flow": "echo", "inputs": {"question": "a"}})).json()["id"]
-            prediction = (await api.client.post("/api/v1/prediction/echo", headers=ALICE,
-                                                json={"question": "p"})).json()
-            theirs = (await api.client.post("/api/v1/jobs", headers=BOB, json={
-                "flow": "echo", "inputs": {"question": "b"}})).json()["id"]
+            mine = (
+                await api.client.post(
+                    "/api/v1/jobs",
+                    headers=ALICE,
+                    json={"flow": "echo", "inputs": {"question": "a"}},
+                )
+            ).json()["id"]
+            prediction = (
+                await api.client.post(
+                    "/api/v1/prediction/echo", headers=ALICE, json={"question": "p"}
+                )
+            ).json()
+            theirs = (
+                await api.client.post(
+                    "/api/v1/jobs", headers=BOB, json={"flow": "echo", "inputs": {"question": "b"}}
+                )
+            ).json()["id"]
             await api.client.get(f"/api/v1/jobs/{mine}/events", headers=ALICE)
             await api.client.get(f"/api/v1/jobs/{theirs}/events", headers=BOB)
             for job_id in (mine, prediction["executionId"]):
@@ -66,13 +83,18 @@ async def test_jobs_belong_to_their_key_and_admins_see_all() -> None:
                     assert "another API key" in other.json()["message"]
                 cancel = await api.client.post(f"/api/v1/jobs/{job_id}/cancel", headers=BOB)
                 assert cancel.status_code == 404
-                assert (await api.client.get(f"/api/v1/jobs/{job_id}",
-                                             headers=ADMIN)).status_code == 200
-            listed = {j["id"] for j in (await api.client.get(
-                "/api/v1/jobs", headers=ALICE)).json()["jobs"]}
+                assert (
+                    await api.client.get(f"/api/v1/jobs/{job_id}", headers=ADMIN)
+                ).status_code == 200
+            listed = {
+                j["id"]
+                for j in (await api.client.get("/api/v1/jobs", headers=ALICE)).json()["jobs"]
+            }
             assert listed == {mine, prediction["executionId"]}
-            everyone = {j["id"] for j in (await api.client.get(
-                "/api/v1/jobs", headers=ADMIN)).json()["jobs"]}
+            everyone = {
+                j["id"]
+                for j in (await api.client.get("/api/v1/jobs", headers=ADMIN)).json()["jobs"]
+            }
             assert everyone == {mine, prediction["executionId"], theirs}
 
 
@@ -81,17 +103,21 @@ async def test_changing_shared_state_needs_an_admin_key() -> None:
         async with open_api(keys=keyring()) as api:
             flow = {"nodes": [{"id": "e", "type": "echo"}], "output": "e"}
             attempts = [
-                ("PUT", "/api/v1/flows/new", flow), ("DELETE", "/api/v1/flows/echo", None),
+                ("PUT", "/api/v1/flows/new", flow),
+                ("DELETE", "/api/v1/flows/echo", None),
                 ("GET", "/api/v1/credentials", None),
                 ("PUT", "/api/v1/credentials/x", {"value": "v"}),
                 ("DELETE", "/api/v1/credentials/x", None),
-                ("POST", "/api/v1/queue/pause", None), ("POST", "/api/v1/queue/resume", None)]
+                ("POST", "/api/v1/queue/pause", None),
+                ("POST", "/api/v1/queue/resume", None),
+            ]
             for method, path, body in attempts:
                 denied = await api.client.request(method, path, json=body, headers=ALICE)
                 assert denied.status_code == 403, path
                 assert "admin API key" in denied.json()["message"]
-            assert (await api.client.put("/api/v1/flows/new", json=flow,
-                                         headers=ADMIN)).status_code == 200
+            assert (
+                await api.client.put("/api/v1/flows/new", json=flow, headers=ADMIN)
+            ).status_code == 200
             # Reading is for every key.
             assert (await api.client.get("/api/v1/flows/new", headers=ALICE)).status_code == 200
             assert (await api.client.get("/api/v1/queue", headers=ALICE)).status_code == 200
@@ -100,13 +126,15 @@ async def test_changing_shared_state_needs_an_admin_key() -> None:
 async def test_anonymous_callers_when_allowed_besides_keys() -> None:
     with trio.fail_after(15):
         async with open_api(keys=keyring(allow_anonymous=True)) as api:
-            anonymous = await api.client.post("/api/v1/jobs", json={
-                "flow": "echo", "inputs": {"question": "a"}})
+            anonymous = await api.client.post(
+                "/api/v1/jobs", json={"flow": "echo", "inputs": {"question": "a"}}
+            )
             assert anonymous.status_code == 202
             job_id = anonymous.json()["id"]
             assert (await api.client.get(f"/api/v1/jobs/{job_id}")).status_code == 200
-            assert (await api.client.get(f"/api/v1/jobs/{job_id}",
-                                         headers=ALICE)).status_code == 404
+            assert (
+                await api.client.get(f"/api/v1/jobs/{job_id}", headers=ALICE)
+            ).status_code == 404
             assert (await api.client.post("/api/v1/queue/pause")).status_code == 403
 
 
@@ -167,34 +195,62 @@ def test_keys_add_prints_the_key_once_and_stores_its_hash(
 
 def test_daemon_refuses_a_public_address_without_keys() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "flowqd", "--role", "all", "--set", "server.host=0.0.0.0",
-         "--set", "server.port=0", "--set", "worker.health_port=0"],
-        capture_output=True, text=True, timeout=30, env=base_env())
+        [
+            sys.executable,
+            "-m",
+            "flowqd",
+            "--role",
+            "all",
+            "--set",
+            "server.host=0.0.0.0",
+            "--set",
+            "server.port=0",
+            "--set",
+            "worker.health_port=0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=base_env(),
+    )
     assert result.returncode == 2, result.stderr
     assert "auth.allow_anonymous" in result.stderr
 
 
 # --- What a web page may make a browser send (DNS rebinding, cross-site writes) ---
 
+
 async def test_host_header_must_name_this_server() -> None:
     """DNS rebinding: evil.example made to resolve to 127.0.0.1 is refused by name."""
     with trio.fail_after(15):
         async with open_api() as api:
             port = api.url.rsplit(":", 1)[1]
-            for host in ("evil.example", f"evil.example:{port}", "127.0.0.1.evil.example",
-                         "10.0.0.1"):
-                for method, path, body in (("GET", "/api/v1/queue", None),
-                                           ("GET", "/api/v1/ping", None),
-                                           ("PUT", "/api/v1/credentials/x", {"value": "v"}),
-                                           ("POST", "/api/v1/queue/pause", None)):
-                    response = await api.client.request(method, path, json=body,
-                                                        headers={"Host": host})
+            for host in (
+                "evil.example",
+                f"evil.example:{port}",
+                "127.0.0.1.evil.example",
+                "10.0.0.1",
+            ):
+                for method, path, body in (
+                    ("GET", "/api/v1/queue", None),
+                    ("GET", "/api/v1/ping", None),
+                    ("PUT", "/api/v1/credentials/x", {"value": "v"}),
+                    ("POST", "/api/v1/queue/pause", None),
+                ):
+                    response = await api.client.request(
+                        method, path, json=body, headers={"Host": host}
+                    )
                     assert response.status_code == 421, (host, path, response.text)
                     assert "server.allowed_hosts" in response.json()["message"]
             assert not await api.broker.control.is_paused()
             assert (await api.client.get("/api/v1/credentials")).json() == {"credentials": []}
-            for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST", f"[::1]:{port}",
-                         "localhost."):
+            for host in (
+                f"127.0.0.1:{port}",
+                f"localhost:{port}",
+                "LOCALHOST",
+                f"[::1]:{port}",
+                "localhost.",
+            ):
                 ok = await api.client.get("/api/v1/queue", headers={"Host": host})
                 assert ok.status_code == 200, (host, ok.text)
 
@@ -209,13 +265,15 @@ async def test_allowed_hosts_and_listening_on_every_interface() -> None:
             loopback = await api.client.get("/api/v1/queue", headers={"Host": "localhost"})
             assert loopback.status_code == 421  # the list replaces the defaults
         async with open_api('server.allowed_hosts=["*"]') as api:
-            assert (await api.client.get("/api/v1/queue", headers={"Host": "evil.example"}
-                                         )).status_code == 200
+            assert (
+                await api.client.get("/api/v1/queue", headers={"Host": "evil.example"})
+            ).status_code == 200
         # On 0.0.0.0 clients use whatever name reaches the machine (open_api still
         # binds loopback; the rule follows server.host).
         async with open_api("server.host=0.0.0.0", keys=keyring()) as api:
-            anywhere = await api.client.get("/api/v1/queue", headers={
-                "Host": "box.lan:3000", **ALICE})
+            anywhere = await api.client.get(
+                "/api/v1/queue", headers={"Host": "box.lan:3000", **ALICE}
+            )
             assert anywhere.status_code == 200
 
 
@@ -223,17 +281,22 @@ async def test_cross_origin_writes_are_403_and_same_origin_writes_pass() -> None
     with trio.fail_after(15):
         async with open_api() as api:
             port = api.url.rsplit(":", 1)[1]
-            for headers in ({"Origin": "http://evil.example"},
-                            {"Origin": f"http://localhost:{int(port) + 1}"},  # another port
-                            {"Origin": "null"},  # a sandboxed frame, a file:// page
-                            {"Sec-Fetch-Site": "cross-site"}):
-                for method, path in (("POST", "/api/v1/queue/pause"),
-                                     ("POST", "/api/v1/prediction/echo"),
-                                     ("POST", "/api/v1/jobs"),
-                                     ("PUT", "/api/v1/flows/evil"),
-                                     ("DELETE", "/api/v1/flows/echo")):
+            for headers in (
+                {"Origin": "http://evil.example"},
+                {"Origin": f"http://localhost:{int(port) + 1}"},  # another port
+                {"Origin": "null"},  # a sandboxed frame, a file:// page
+                {"Sec-Fetch-Site": "cross-site"},
+            ):
+                for method, path in (
+                    ("POST", "/api/v1/queue/pause"),
+                    ("POST", "/api/v1/prediction/echo"),
+                    ("POST", "/api/v1/jobs"),
+                    ("PUT", "/api/v1/flows/evil"),
+                    ("DELETE", "/api/v1/flows/echo"),
+                ):
                     response = await api.client.request(
-                        method, path, json={"question": "q", "flow": "echo"}, headers=headers)
+                        method, path, json={"question": "q", "flow": "echo"}, headers=headers
+                    )
                     assert response.status_code == 403, (headers, path, response.text)
                     message = response.json()["message"]
                     assert "server.allowed_origins" in message and "own origin" in message
@@ -243,12 +306,14 @@ async def test_cross_origin_writes_are_403_and_same_origin_writes_pass() -> None
             read = await api.client.get("/api/v1/queue", headers={"Origin": "http://evil.example"})
             assert read.status_code == 200
             # The server's own page (the dashboard) and clients without Origin (curl, SDKs).
-            for headers in ({"Origin": f"http://127.0.0.1:{port}",
-                             "Sec-Fetch-Site": "same-origin"},
-                            {"Origin": f"http://localhost:{port}", "Host": f"localhost:{port}"},
-                            {}):
-                done = await api.client.post("/api/v1/prediction/echo",
-                                             json={"question": "q"}, headers=headers)
+            for headers in (
+                {"Origin": f"http://127.0.0.1:{port}", "Sec-Fetch-Site": "same-origin"},
+                {"Origin": f"http://localhost:{port}", "Host": f"localhost:{port}"},
+                {},
+            ):
+                done = await api.client.post(
+                    "/api/v1/prediction/echo", json={"question": "q"}, headers=headers
+                )
                 assert done.status_code == 200, (headers, done.text)
             paused = await api.client.post("/api/v1/queue/pause")
             assert paused.status_code == 200 and await api.broker.control.is_paused()
@@ -257,16 +322,24 @@ async def test_cross_origin_writes_are_403_and_same_origin_writes_pass() -> None
 async def test_allowed_origins_let_a_listed_page_write() -> None:
     with trio.fail_after(15):
         async with open_api('server.allowed_origins=["https://app.example"]') as api:
-            listed = await api.client.post("/api/v1/prediction/echo", json={"question": "q"},
-                                           headers={"Origin": "https://app.example:443",
-                                                    "Sec-Fetch-Site": "cross-site"})
+            listed = await api.client.post(
+                "/api/v1/prediction/echo",
+                json={"question": "q"},
+                headers={"Origin": "https://app.example:443", "Sec-Fetch-Site": "cross-site"},
+            )
             assert listed.status_code == 200, listed.text
-            other = await api.client.post("/api/v1/prediction/echo", json={"question": "q"},
-                                          headers={"Origin": "http://app.example"})
+            other = await api.client.post(
+                "/api/v1/prediction/echo",
+                json={"question": "q"},
+                headers={"Origin": "http://app.example"},
+            )
             assert other.status_code == 403
         async with open_api('server.allowed_origins=["*"]') as api:
-            anyone = await api.client.post("/api/v1/prediction/echo", json={"question": "q"},
-                                           headers={"Origin": "http://evil.example"})
+            anyone = await api.client.post(
+                "/api/v1/prediction/echo",
+                json={"question": "q"},
+                headers={"Origin": "http://evil.example"},
+            )
             assert anyone.status_code == 200
 
 
@@ -276,13 +349,20 @@ async def test_a_page_cannot_drive_the_api_with_a_simple_request() -> None:
     with trio.fail_after(15):
         async with open_api() as api:
             simple = await api.client.post(
-                "/api/v1/jobs", content=b'{"flow": "echo"}',
-                headers={"Content-Type": "text/plain;charset=UTF-8",
-                         "Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"})
+                "/api/v1/jobs",
+                content=b'{"flow": "echo"}',
+                headers={
+                    "Content-Type": "text/plain;charset=UTF-8",
+                    "Origin": "http://evil.example",
+                    "Sec-Fetch-Site": "cross-site",
+                },
+            )
             assert simple.status_code == 403
             same_origin = await api.client.post(
-                "/api/v1/jobs", content=b'{"flow": "echo"}',
-                headers={"Content-Type": "text/plain;charset=UTF-8"})
+                "/api/v1/jobs",
+                content=b'{"flow": "echo"}',
+                headers={"Content-Type": "text/plain;charset=UTF-8"},
+            )
             assert same_origin.status_code == 415
             assert "text/plain" in same_origin.json()["message"]
             assert sum((await api.broker.control.counts()).values()) == 0

@@ -34,8 +34,9 @@ async def test_malformed_json_is_400_naming_the_position() -> None:
     with trio.fail_after(15):
         async with open_api() as api:
             for method, path in ROUTES:
-                response = await api.client.request(method, path, content=b'{"question": hi}',
-                                                    headers=JSON)
+                response = await api.client.request(
+                    method, path, content=b'{"question": hi}', headers=JSON
+                )
                 body = assert_error(response, 400)
                 assert "line 1, column 14" in body["message"], body
             empty = await api.client.post("/api/v1/prediction/echo", content=b"", headers=JSON)
@@ -55,8 +56,9 @@ async def test_body_over_the_limit_is_413() -> None:
                 for _ in range(10):
                     yield b" " * 500
 
-            chunked = await api.client.post("/api/v1/prediction/echo", content=chunks(),
-                                            headers=JSON)
+            chunked = await api.client.post(
+                "/api/v1/prediction/echo", content=chunks(), headers=JSON
+            )
             assert_error(chunked, 413)
             small = await api.client.post("/api/v1/prediction/echo", json={"question": "ok"})
             assert small.status_code == 200
@@ -65,8 +67,9 @@ async def test_body_over_the_limit_is_413() -> None:
 async def test_unknown_routes_and_methods() -> None:
     with trio.fail_after(15):
         async with open_api() as api:
-            assert "openapi.json" in assert_error(await api.client.get("/api/v1/nope"),
-                                                  404)["message"]
+            assert (
+                "openapi.json" in assert_error(await api.client.get("/api/v1/nope"), 404)["message"]
+            )
             body = assert_error(await api.client.delete("/api/v1/prediction/echo"), 405)
             assert "POST" in body["message"]
 
@@ -76,8 +79,7 @@ async def test_bodies_that_are_not_objects_are_422() -> None:
         async with open_api() as api:
             for method, path in ROUTES:
                 for body in (b"[]", b'"text"', b"3", b"null"):
-                    response = await api.client.request(method, path, content=body,
-                                                        headers=JSON)
+                    response = await api.client.request(method, path, content=body, headers=JSON)
                     assert_error(response, 422)
 
 
@@ -90,12 +92,46 @@ def random_json(rng: random.Random, depth: int = 0) -> Any:
     if kind == 2:
         return rng.choice([0, -1, 2**63 - 1, -(2**63), 1e308, -0.0, 3.5])
     if kind in (3, 4, 5):
-        return rng.choice(["", "q", "\u0000", "é" * 50, "$question", "{x}", "a" * 300,
-                           "../../etc", "echo", "greet", "slow", "0-0"])
+        return rng.choice(
+            [
+                "",
+                "q",
+                "\u0000",
+                "é" * 50,
+                "$question",
+                "{x}",
+                "a" * 300,
+                "../../etc",
+                "echo",
+                "greet",
+                "slow",
+                "0-0",
+            ]
+        )
     if kind in (6, 7):
-        keys = ["question", "streaming", "overrideConfig", "chatId", "history", "flow",
-                "inputs", "jobs", "job_id", "delay_s", "max_attempts", "timeout_s", "value",
-                "nodes", "output", "id", "params", "type", "sessionId", "uploads", "form"]
+        keys = [
+            "question",
+            "streaming",
+            "overrideConfig",
+            "chatId",
+            "history",
+            "flow",
+            "inputs",
+            "jobs",
+            "job_id",
+            "delay_s",
+            "max_attempts",
+            "timeout_s",
+            "value",
+            "nodes",
+            "output",
+            "id",
+            "params",
+            "type",
+            "sessionId",
+            "uploads",
+            "form",
+        ]
         return {rng.choice(keys): random_json(rng, depth + 1) for _ in range(rng.randrange(6))}
     return [random_json(rng, depth + 1) for _ in range(rng.randrange(4))]
 
@@ -125,7 +161,9 @@ async def _check(api: Api, method: str, path: str, content: bytes) -> None:
         assert "failed" in response.json()["message"], response.text
     else:
         assert response.status_code < 500 or response.status_code == 504, (
-            content[:200], response.text)
+            content[:200],
+            response.text,
+        )
     if response.status_code >= 400:
         assert response.json()["success"] is False
 
@@ -136,11 +174,13 @@ async def test_broker_unreachable_is_503_within_a_second() -> None:
     dead = f"redis://127.0.0.1:{free_port()}/0"
     with trio.fail_after(30):
         async with open_api(environ={"REDIS_URL": dead}, worker=False, flows=[]) as api:
-            for method, path, body in [("POST", "/api/v1/prediction/echo", {"question": "q"}),
-                                       ("POST", "/api/v1/jobs", {"flow": "echo"}),
-                                       ("GET", "/api/v1/jobs/x", None),
-                                       ("GET", "/api/v1/flows", None),
-                                       ("GET", "/api/v1/queue", None)]:
+            for method, path, body in [
+                ("POST", "/api/v1/prediction/echo", {"question": "q"}),
+                ("POST", "/api/v1/jobs", {"flow": "echo"}),
+                ("GET", "/api/v1/jobs/x", None),
+                ("GET", "/api/v1/flows", None),
+                ("GET", "/api/v1/queue", None),
+            ]:
                 with trio.fail_after(2):  # answered, never a hang
                     response = await api.client.request(method, path, json=body)
                 body = assert_error(response, 503)
@@ -164,34 +204,51 @@ async def test_json_nested_past_max_json_depth_is_400_on_every_route() -> None:
             dashboard = {"X-Flowqd-CSRF": "1", "Sec-Fetch-Site": "same-origin"}
             for depth in (65, 300, 2000):
                 for method, path in routes:
-                    body = {"question": "q", "flow": "echo", "value": "v", "key": "k",
-                            "overrideConfig": nested(depth)}
-                    raw = (orjson.dumps(body) if depth < 255
-                           else b'{"question":"q","overrideConfig":' + b"[" * depth
-                           + b"]" * depth + b"}")
-                    response = await api.client.request(method, path, content=raw,
-                                                        headers={**JSON, **dashboard})
+                    body = {
+                        "question": "q",
+                        "flow": "echo",
+                        "value": "v",
+                        "key": "k",
+                        "overrideConfig": nested(depth),
+                    }
+                    raw = (
+                        orjson.dumps(body)
+                        if depth < 255
+                        else b'{"question":"q","overrideConfig":'
+                        + b"[" * depth
+                        + b"]" * depth
+                        + b"}"
+                    )
+                    response = await api.client.request(
+                        method, path, content=raw, headers={**JSON, **dashboard}
+                    )
                     message = assert_error(response, 400)["message"]
                     assert "server.max_json_depth" in message and "64" in message, (
-                        depth, path, message)
+                        depth,
+                        path,
+                        message,
+                    )
             # At the limit the document is read (and the job carries it).
-            ok = await api.client.post("/api/v1/jobs", json={
-                "flow": "echo", "inputs": {"question": "q", "deep": nested(62)}})
+            ok = await api.client.post(
+                "/api/v1/jobs",
+                json={"flow": "echo", "inputs": {"question": "q", "deep": nested(62)}},
+            )
             assert ok.status_code == 202, ok.text
             # Brackets inside strings are not nesting.
-            text = await api.client.post("/api/v1/prediction/echo",
-                                         json={"question": "[{" * 500})
+            text = await api.client.post("/api/v1/prediction/echo", json={"question": "[{" * 500})
             assert text.status_code == 200 and text.json()["text"] == "[{" * 500
 
 
 async def test_max_json_depth_is_configurable() -> None:
     with trio.fail_after(15):
         async with open_api("server.max_json_depth=3") as api:
-            three = await api.client.post("/api/v1/jobs", json={
-                "flow": "echo", "inputs": {"question": "q", "x": [1]}})
+            three = await api.client.post(
+                "/api/v1/jobs", json={"flow": "echo", "inputs": {"question": "q", "x": [1]}}
+            )
             assert three.status_code == 202, three.text
-            four = await api.client.post("/api/v1/jobs", json={
-                "flow": "echo", "inputs": {"question": "q", "x": [[1]]}})
+            four = await api.client.post(
+                "/api/v1/jobs", json={"flow": "echo", "inputs": {"question": "q", "x": [[1]]}}
+            )
             assert "more than 3 levels" in assert_error(four, 400)["message"]
 
 
@@ -201,24 +258,30 @@ async def test_bodies_not_sent_as_json_are_415() -> None:
     with trio.fail_after(15):
         async with open_api() as api:
             for method, path in ROUTES:
-                for sent, named in (("text/plain", "Content-Type: text/plain"),
-                                    ("text/plain;charset=UTF-8", "Content-Type: text/plain"),
-                                    ("application/x-www-form-urlencoded",
-                                     "Content-Type: application/x-www-form-urlencoded"),
-                                    ("multipart/form-data; boundary=x",
-                                     "Content-Type: multipart/form-data"),
-                                    (None, "no Content-Type")):
+                for sent, named in (
+                    ("text/plain", "Content-Type: text/plain"),
+                    ("text/plain;charset=UTF-8", "Content-Type: text/plain"),
+                    (
+                        "application/x-www-form-urlencoded",
+                        "Content-Type: application/x-www-form-urlencoded",
+                    ),
+                    ("multipart/form-data; boundary=x", "Content-Type: multipart/form-data"),
+                    (None, "no Content-Type"),
+                ):
                     headers = {"Content-Type": sent} if sent else {}
-                    response = await api.client.request(method, path, content=body,
-                                                        headers=headers)
+                    response = await api.client.request(method, path, content=body, headers=headers)
                     message = assert_error(response, 415)["message"]
                     assert named in message and "application/json" in message, message
                     assert response.headers["connection"] == "close"  # body left unread
             assert (await api.broker.control.counts())[JobStatus.WAITING] == 0
-            for sent in ("application/json; charset=utf-8", "Application/JSON",
-                         "application/vnd.api+json"):
-                response = await api.client.post("/api/v1/prediction/echo", content=body,
-                                                  headers={"Content-Type": sent})
+            for sent in (
+                "application/json; charset=utf-8",
+                "Application/JSON",
+                "application/vnd.api+json",
+            ):
+                response = await api.client.post(
+                    "/api/v1/prediction/echo", content=body, headers={"Content-Type": sent}
+                )
                 assert response.status_code == 200, (sent, response.text)
 
 
@@ -230,7 +293,8 @@ async def test_body_that_stops_arriving_is_408_and_the_connection_closes() -> No
                 await stream.send_all(
                     f"POST /api/v1/prediction/echo HTTP/1.1\r\nHost: {host}\r\n"
                     "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
-                    '{"question": '.encode())
+                    '{"question": '.encode()
+                )
                 answer = b""
                 with trio.fail_after(5):  # the old default waited 60 s
                     while chunk := await stream.receive_some(65536):

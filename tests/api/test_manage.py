@@ -21,13 +21,11 @@ async def test_flows_crud_with_versions() -> None:
             flow = {"nodes": [{"id": "e", "type": "echo"}], "output": "e"}
             created = await api.client.put("/api/v1/flows/mine", json=flow)
             assert created.status_code == 200
-            assert created.json() == {"id": "mine", "version": 1,
-                                      "location": "/api/v1/flows/mine"}
+            assert created.json() == {"id": "mine", "version": 1, "location": "/api/v1/flows/mine"}
             again = await api.client.put("/api/v1/flows/mine", json={"id": "mine", **flow})
             assert again.json()["version"] == 1  # unchanged document, same version
             changed = {**flow, "description": "v2"}
-            assert (await api.client.put("/api/v1/flows/mine", json=changed)).json()[
-                "version"] == 2
+            assert (await api.client.put("/api/v1/flows/mine", json=changed)).json()["version"] == 2
             listed = (await api.client.get("/api/v1/flows")).json()["flows"]
             assert {"id": "mine", "version": 2} in listed
             got = (await api.client.get("/api/v1/flows/mine")).json()
@@ -37,26 +35,41 @@ async def test_flows_crud_with_versions() -> None:
             assert (await api.client.delete("/api/v1/flows/mine")).status_code == 204
             assert (await api.client.get("/api/v1/flows/mine")).status_code == 404
             assert (await api.client.delete("/api/v1/flows/mine")).status_code == 404
-            assert (await api.client.get("/api/v1/flows/mine",
-                                         params={"version": "x"})).status_code == 400
+            assert (
+                await api.client.get("/api/v1/flows/mine", params={"version": "x"})
+            ).status_code == 400
 
 
 async def test_invalid_flow_is_422_listing_every_problem_with_its_path() -> None:
     with trio.fail_after(15):
         async with open_api() as api:
-            response = await api.client.put("/api/v1/flows/bad", json={
-                "nodes": [{"id": "a", "type": "nope"},
-                          {"id": "b", "type": "delay", "params": {"ms": "soon"}},
-                          {"id": "a", "type": "echo"}],
-                "output": "zzz", "colour": "red"})
+            response = await api.client.put(
+                "/api/v1/flows/bad",
+                json={
+                    "nodes": [
+                        {"id": "a", "type": "nope"},
+                        {"id": "b", "type": "delay", "params": {"ms": "soon"}},
+                        {"id": "a", "type": "echo"},
+                    ],
+                    "output": "zzz",
+                    "colour": "red",
+                },
+            )
             assert response.status_code == 422
             body = response.json()
             paths = {p["path"] for p in body["problems"]}
-            assert {"$.colour", "$.nodes[0].type", "$.nodes[1].params.ms", "$.nodes[2].id",
-                    "$.output"} <= paths, body["problems"]
+            assert {
+                "$.colour",
+                "$.nodes[0].type",
+                "$.nodes[1].params.ms",
+                "$.nodes[2].id",
+                "$.output",
+            } <= paths, body["problems"]
             assert body["message"].startswith("invalid flow:")
-            mismatch = await api.client.put("/api/v1/flows/bad", json={
-                "id": "other", "nodes": [{"id": "e", "type": "echo"}], "output": "e"})
+            mismatch = await api.client.put(
+                "/api/v1/flows/bad",
+                json={"id": "other", "nodes": [{"id": "e", "type": "echo"}], "output": "e"},
+            )
             assert mismatch.status_code == 422
             assert mismatch.json()["problems"][0]["path"] == "$.id"
 
@@ -67,8 +80,7 @@ async def test_credentials_round_trip_and_values_never_shown(
     caplog.set_level(logging.DEBUG)
     with trio.fail_after(15):
         async with open_api() as api:
-            stored = await api.client.put("/api/v1/credentials/api-token",
-                                          json={"value": SECRET})
+            stored = await api.client.put("/api/v1/credentials/api-token", json={"value": SECRET})
             assert stored.status_code == 204 and stored.content == b""
             listed = await api.client.get("/api/v1/credentials")
             assert listed.json() == {"credentials": ["api-token"]}
@@ -106,8 +118,11 @@ async def test_queue_counts_workers_pause_and_resume() -> None:
     with trio.fail_after(15):
         async with open_api() as api:
             assert (await api.client.post("/api/v1/queue/pause")).json() == {"paused": True}
-            job_id = (await api.client.post("/api/v1/jobs", json={
-                "flow": "echo", "inputs": {"question": "q"}})).json()["id"]
+            job_id = (
+                await api.client.post(
+                    "/api/v1/jobs", json={"flow": "echo", "inputs": {"question": "q"}}
+                )
+            ).json()["id"]
             queue = (await api.client.get("/api/v1/queue")).json()
             assert queue["paused"] is True and queue["counts"]["waiting"] == 1
             assert queue["name"] == "flowqd-queue"
@@ -141,14 +156,26 @@ async def test_what_a_non_admin_key_sees_of_flows_workers_and_jobs() -> None:
             queue = await api.client.get("/api/v1/queue", headers=alice)
             [anonymous] = queue.json()["workers"]
             assert anonymous["id"] == "worker-1" and anonymous["ready"] is True
-            assert set(anonymous) == {"id", "ready", "jobs_held", "concurrency", "started_at",
-                                      "last_seen"}
+            assert set(anonymous) == {
+                "id",
+                "ready",
+                "jobs_held",
+                "concurrency",
+                "started_at",
+                "last_seen",
+            }
             assert host not in queue.text
 
-            job_id = (await api.client.post("/api/v1/jobs", headers=alice, json={
-                "flow": "echo", "inputs": {"question": "q"}})).json()["id"]
-            parse_sse((await api.client.get(f"/api/v1/jobs/{job_id}/events",
-                                            headers=alice)).content)
+            job_id = (
+                await api.client.post(
+                    "/api/v1/jobs",
+                    headers=alice,
+                    json={"flow": "echo", "inputs": {"question": "q"}},
+                )
+            ).json()["id"]
+            parse_sse(
+                (await api.client.get(f"/api/v1/jobs/{job_id}/events", headers=alice)).content
+            )
             mine = await api.client.get(f"/api/v1/jobs/{job_id}", headers=alice)
             assert mine.json()["worker"] is None and host not in mine.text
             listing = await api.client.get("/api/v1/jobs", headers=alice)

@@ -43,7 +43,7 @@ async def test_metrics_count_requests_latencies_outcomes_and_queue_depth() -> No
             route = 'route="/api/v1/prediction/<flow_id>"'
             assert f'flowqd_api_requests_total{{method="POST",{route},status="200"}} 1' in lines
             assert f'flowqd_api_requests_total{{method="POST",{route},status="404"}} 1' in lines
-            assert f'flowqd_api_request_seconds_count{{{route}}} 3' in lines
+            assert f"flowqd_api_request_seconds_count{{{route}}} 3" in lines
             assert 'flowqd_api_jobs_total{outcome="completed"} 1' in lines
             assert 'flowqd_api_jobs_total{outcome="failed"} 1' in lines
             assert 'flowqd_queue_jobs{state="completed"} 1' in lines

@@ -36,9 +36,11 @@ def routes(app: QuartTrio) -> dict[tuple[str, str], str]:
 
 
 def documented() -> dict[tuple[str, str], dict[str, object]]:
-    return {(path, method): operation
-            for path, operations in openapi.spec()["paths"].items()
-            for method, operation in operations.items()}
+    return {
+        (path, method): operation
+        for path, operations in openapi.spec()["paths"].items()
+        for method, operation in operations.items()
+    }
 
 
 async def test_every_route_is_documented_and_every_documented_route_exists() -> None:
@@ -57,8 +59,11 @@ async def test_the_document_says_which_routes_need_no_key() -> None:
     with trio.fail_after(15):
         async with open_api(worker=False) as api:
             served = routes(api.app)
-            keyless = {op for op, endpoint in served.items()
-                       if access_of(api.app.view_functions[endpoint]) != "key"}
+            keyless = {
+                op
+                for op, endpoint in served.items()
+                if access_of(api.app.view_functions[endpoint]) != "key"
+            }
     # security: [] is how OpenAPI says an operation needs no credentials.
     said = {op for op, operation in documented().items() if operation.get("security") == []}
     assert keyless == said

@@ -20,7 +20,7 @@ def parse_flowise_stream(raw: bytes) -> list[tuple[str, Any]]:
     events: list[tuple[str, Any]] = []
     position = 0
     for match in FRAME.finditer(raw):
-        between = raw[position:match.start()]
+        between = raw[position : match.start()]
         assert between in (b"", *(b":heartbeat\n\n" * n for n in range(1, 100))), between
         body = orjson.loads(match.group(1))
         assert list(body) == ["event", "data"]
@@ -33,23 +33,40 @@ def parse_flowise_stream(raw: bytes) -> list[tuple[str, Any]]:
 async def test_json_answer_has_flowise_keys_and_node_data() -> None:
     with trio.fail_after(15):
         async with open_api() as api:
-            response = await api.client.post("/api/v1/prediction/greet", json={
-                "question": "hi", "chatId": "c-1", "overrideConfig": {"sessionId": "s-1"}})
+            response = await api.client.post(
+                "/api/v1/prediction/greet",
+                json={"question": "hi", "chatId": "c-1", "overrideConfig": {"sessionId": "s-1"}},
+            )
             assert response.status_code == 200, response.text
             assert response.headers["content-type"] == "application/json"
             body = response.json()
-            assert list(body) == ["text", "question", "chatId", "chatMessageId", "executionId",
-                                  "sessionId", "agentFlowExecutedData"]
+            assert list(body) == [
+                "text",
+                "question",
+                "chatId",
+                "chatMessageId",
+                "executionId",
+                "sessionId",
+                "agentFlowExecutedData",
+            ]
             assert body["text"] == "Hello hi"
             assert body["question"] == "hi"
             assert (body["chatId"], body["sessionId"]) == ("c-1", "s-1")
             assert UUID.fullmatch(body["chatMessageId"])
             start, hello = body["agentFlowExecutedData"]
             assert start == {
-                "nodeId": "start", "nodeLabel": "Start",
-                "data": {"id": "start", "name": "echo", "input": {"q": "hi"},
-                         "output": {"content": "hi"}, "state": {}},
-                "previousNodeIds": [], "status": "FINISHED"}
+                "nodeId": "start",
+                "nodeLabel": "Start",
+                "data": {
+                    "id": "start",
+                    "name": "echo",
+                    "input": {"q": "hi"},
+                    "output": {"content": "hi"},
+                    "state": {},
+                },
+                "previousNodeIds": [],
+                "status": "FINISHED",
+            }
             assert hello["previousNodeIds"] == ["start"]
             assert hello["data"]["output"] == {"content": "Hello hi"}
             # executionId is the job: readable afterwards.
@@ -61,9 +78,19 @@ async def test_chat_id_defaults_to_a_uuid_and_session_to_the_chat() -> None:
     with trio.fail_after(15):
         async with open_api() as api:
             # Exactly what the flowise Python SDK sends for a non-streaming prediction.
-            body = (await api.client.post("/api/v1/prediction/echo", json={
-                "chatflowId": "echo", "question": "hi", "overrideConfig": None,
-                "chatId": None, "history": [], "uploads": []})).json()
+            body = (
+                await api.client.post(
+                    "/api/v1/prediction/echo",
+                    json={
+                        "chatflowId": "echo",
+                        "question": "hi",
+                        "overrideConfig": None,
+                        "chatId": None,
+                        "history": [],
+                        "uploads": [],
+                    },
+                )
+            ).json()
             assert body["text"] == "hi"
             assert UUID.fullmatch(body["chatId"])
             assert body["sessionId"] == body["chatId"]
@@ -80,8 +107,9 @@ async def test_stream_matches_flowise_echo_example_byte_for_byte() -> None:
     """The echo example of FLOWISE-WIRE.md: same events, same order, same framing."""
     with trio.fail_after(15):
         async with open_api() as api:
-            async with api.client.stream("POST", "/api/v1/prediction/echo", json={
-                    "question": "hi", "streaming": True}) as response:
+            async with api.client.stream(
+                "POST", "/api/v1/prediction/echo", json={"question": "hi", "streaming": True}
+            ) as response:
                 assert response.status_code == 200
                 assert response.headers["content-type"] == "text/event-stream"
                 assert response.headers["cache-control"] == "no-cache"
@@ -89,19 +117,30 @@ async def test_stream_matches_flowise_echo_example_byte_for_byte() -> None:
                 raw = b"".join([chunk async for chunk in response.aiter_raw()])
             events = parse_flowise_stream(raw)
             names = [name for name, _ in events]
-            assert names == ["agentFlowEvent", "nextAgentFlow", "token", "nextAgentFlow",
-                             "agentFlowExecutedData", "agentFlowEvent", "metadata", "end"]
+            assert names == [
+                "agentFlowEvent",
+                "nextAgentFlow",
+                "token",
+                "nextAgentFlow",
+                "agentFlowExecutedData",
+                "agentFlowEvent",
+                "metadata",
+                "end",
+            ]
             assert raw.startswith(
                 b'message:\ndata:{"event":"agentFlowEvent","data":"INPROGRESS"}\n\n'
                 b'message:\ndata:{"event":"nextAgentFlow","data":{"nodeId":'
                 b'"customFunctionAgentflow_0","nodeLabel":"Echo","status":"INPROGRESS"}}\n\n'
                 b'message:\ndata:{"event":"token","data":"hi"}\n\n'
                 b'message:\ndata:{"event":"nextAgentFlow","data":{"nodeId":'
-                b'"customFunctionAgentflow_0","nodeLabel":"Echo","status":"FINISHED"}}\n\n')
+                b'"customFunctionAgentflow_0","nodeLabel":"Echo","status":"FINISHED"}}\n\n'
+            )
             assert raw.endswith(
                 b'message:\ndata:{"event":"agentFlowEvent","data":"FINISHED"}\n\n'
-                + b'message:\ndata:' + orjson.dumps({"event": "metadata", "data": events[6][1]})
-                + b'\n\nmessage:\ndata:{"event":"end","data":"[DONE]"}\n\n')
+                + b"message:\ndata:"
+                + orjson.dumps({"event": "metadata", "data": events[6][1]})
+                + b'\n\nmessage:\ndata:{"event":"end","data":"[DONE]"}\n\n'
+            )
             [executed] = events[4][1]
             assert executed["nodeId"] == "customFunctionAgentflow_0"
             assert executed["data"]["output"] == {"content": "hi"}
@@ -113,8 +152,9 @@ async def test_stream_matches_flowise_echo_example_byte_for_byte() -> None:
 async def test_streamed_tokens_are_not_repeated_as_one_final_token() -> None:
     with trio.fail_after(15):
         async with open_api() as api:
-            response = await api.client.post("/api/v1/prediction/tokens",
-                                              json={"question": "you", "streaming": "true"})
+            response = await api.client.post(
+                "/api/v1/prediction/tokens", json={"question": "you", "streaming": "true"}
+            )
             events = parse_flowise_stream(response.content)
             assert [d for n, d in events if n == "token"] == ["Hel", "lo ", "you"]
 
@@ -122,8 +162,9 @@ async def test_streamed_tokens_are_not_repeated_as_one_final_token() -> None:
 async def test_failing_job_streams_error_then_end_with_status_200() -> None:
     with trio.fail_after(15):
         async with open_api() as api:
-            response = await api.client.post("/api/v1/prediction/boom",
-                                              json={"question": "x", "streaming": True})
+            response = await api.client.post(
+                "/api/v1/prediction/boom", json={"question": "x", "streaming": True}
+            )
             assert response.status_code == 200
             events = parse_flowise_stream(response.content)
             assert events[-3:] == [
@@ -164,8 +205,9 @@ async def test_deadline_answers_504_with_job_id_and_the_job_finishes_later() -> 
 async def test_streaming_deadline_ends_with_error_and_end() -> None:
     with trio.fail_after(20):
         async with open_api("server.prediction_timeout_s=0.3") as api:
-            response = await api.client.post("/api/v1/prediction/slow",
-                                              json={"question": "q", "streaming": True})
+            response = await api.client.post(
+                "/api/v1/prediction/slow", json={"question": "q", "streaming": True}
+            )
             events = parse_flowise_stream(response.content)
             assert events[-1] == ("end", "[DONE]")
             name, message = events[-2]
@@ -175,8 +217,9 @@ async def test_streaming_deadline_ends_with_error_and_end() -> None:
 async def test_heartbeats_between_events() -> None:
     with trio.fail_after(20):
         async with open_api("server.heartbeat_s=0.05") as api:
-            response = await api.client.post("/api/v1/prediction/short",
-                                              json={"question": "q", "streaming": True})
+            response = await api.client.post(
+                "/api/v1/prediction/short", json={"question": "q", "streaming": True}
+            )
             assert b":heartbeat\n\n" in response.content
             assert parse_flowise_stream(response.content)[-1] == ("end", "[DONE]")
 
@@ -185,8 +228,9 @@ async def test_unknown_flow_is_404_before_any_stream() -> None:
     with trio.fail_after(15):
         async with open_api() as api:
             for streaming in (False, True):
-                response = await api.client.post("/api/v1/prediction/nope",
-                                                  json={"question": "q", "streaming": streaming})
+                response = await api.client.post(
+                    "/api/v1/prediction/nope", json={"question": "q", "streaming": streaming}
+                )
                 assert response.status_code == 404
                 assert response.headers["content-type"] == "application/json"
                 body = response.json()
@@ -215,8 +259,10 @@ async def test_flow_input_not_sent_is_422_naming_it() -> None:
 async def test_wrong_types_are_422_listing_every_path() -> None:
     with trio.fail_after(15):
         async with open_api() as api:
-            response = await api.client.post("/api/v1/prediction/echo", json={
-                "question": 5, "streaming": "maybe", "overrideConfig": [], "history": {}})
+            response = await api.client.post(
+                "/api/v1/prediction/echo",
+                json={"question": 5, "streaming": "maybe", "overrideConfig": [], "history": {}},
+            )
             assert response.status_code == 422
             paths = [p["path"] for p in response.json()["problems"]]
             assert paths == ["$.question", "$.streaming", "$.overrideConfig", "$.history"]
@@ -225,8 +271,9 @@ async def test_wrong_types_are_422_listing_every_path() -> None:
 async def test_cancel_on_disconnect_cancels_the_job() -> None:
     with trio.fail_after(20):
         async with open_api("server.cancel_on_disconnect=true") as api:
-            await post_and_leave(api.url, "/api/v1/prediction/slow",
-                                 {"question": "q", "streaming": True})
+            await post_and_leave(
+                api.url, "/api/v1/prediction/slow", {"question": "q", "streaming": True}
+            )
             listing = await _wait_for(api, "cancelled")
             job_ids = [j["id"] for j in listing]
             assert len(job_ids) == 1
@@ -237,8 +284,9 @@ async def test_cancel_on_disconnect_cancels_the_job() -> None:
 async def test_without_cancel_on_disconnect_the_job_goes_on() -> None:
     with trio.fail_after(20):
         async with open_api() as api:
-            await post_and_leave(api.url, "/api/v1/prediction/short",
-                                 {"question": "q", "streaming": True})
+            await post_and_leave(
+                api.url, "/api/v1/prediction/short", {"question": "q", "streaming": True}
+            )
             [job] = await _wait_for(api, "completed")
             assert job["result"] == "q"
 
@@ -264,17 +312,30 @@ async def test_cancel_on_disconnect_applies_to_waiting_json_predictions() -> Non
 
 # An LLM between a prompt and an output node, as issue 13 found it: the llm's
 # tokens and then the output node's text made the answer twice.
-CHAIN = {"id": "chain", "nodes": [
-    {"id": "prompt", "type": "template", "label": "Prompt",
-     "params": {"template": "Say {q}"}, "inputs": {"q": "$question"}},
-    {"id": "llm", "type": "tokens", "label": "LLM", "inputs": {"prompt": "prompt"}},
-    {"id": "out", "type": "echo", "label": "Output", "inputs": {"text": "llm"}}],
-    "output": "out"}
+CHAIN = {
+    "id": "chain",
+    "nodes": [
+        {
+            "id": "prompt",
+            "type": "template",
+            "label": "Prompt",
+            "params": {"template": "Say {q}"},
+            "inputs": {"q": "$question"},
+        },
+        {"id": "llm", "type": "tokens", "label": "LLM", "inputs": {"prompt": "prompt"}},
+        {"id": "out", "type": "echo", "label": "Output", "inputs": {"text": "llm"}},
+    ],
+    "output": "out",
+}
 # The output node streams, with a side branch that streams too and may run beside it.
-SIDE = {"id": "side", "nodes": [
-    {"id": "llm", "type": "tokens", "label": "LLM"},
-    {"id": "aside", "type": "tokens", "label": "Aside"}],
-    "output": "llm"}
+SIDE = {
+    "id": "side",
+    "nodes": [
+        {"id": "llm", "type": "tokens", "label": "LLM"},
+        {"id": "aside", "type": "tokens", "label": "Aside"},
+    ],
+    "output": "llm",
+}
 
 
 async def test_stream_tokens_give_the_answer_once_with_node_inputs_filled() -> None:
@@ -283,37 +344,51 @@ async def test_stream_tokens_give_the_answer_once_with_node_inputs_filled() -> N
             body = {"question": "you", "overrideConfig": {"sessionId": "s"}}
             answer = (await api.client.post("/api/v1/prediction/chain", json=body)).json()
             assert answer["text"] == "Hello you"
-            streamed = await api.client.post("/api/v1/prediction/chain",
-                                              json={**body, "streaming": True})
+            streamed = await api.client.post(
+                "/api/v1/prediction/chain", json={**body, "streaming": True}
+            )
             events = parse_flowise_stream(streamed.content)
             # Only the output node's text: it streamed none itself, so it comes as
             # one token (as Flowise sends a Custom Function's), not after the llm's.
             assert [d for n, d in events if n == "token"] == ["Hello you"]
             executed = [d for n, d in events if n == "agentFlowExecutedData"][-1]
             # The same per-node data as the JSON answer, inputs included.
-            assert [e["data"]["input"] for e in executed] == [
-                e["data"]["input"] for e in answer["agentFlowExecutedData"]] == [
-                {"q": "you"}, {"prompt": "Say you"}, {"text": "Hello you"}]
+            assert (
+                [e["data"]["input"] for e in executed]
+                == [e["data"]["input"] for e in answer["agentFlowExecutedData"]]
+                == [{"q": "you"}, {"prompt": "Say you"}, {"text": "Hello you"}]
+            )
             for _ in range(3):
-                side = await api.client.post("/api/v1/prediction/side",
-                                             json={"question": "me", "streaming": True})
+                side = await api.client.post(
+                    "/api/v1/prediction/side", json={"question": "me", "streaming": True}
+                )
                 tokens = [d for n, d in parse_flowise_stream(side.content) if n == "token"]
                 assert "".join(tokens) == "Hello me", tokens
             # The job's own event stream keeps every node's tokens.
             job_id = streamed.headers["x-flowqd-job-id"]
-            job_events, _ = parse_sse((await api.client.get(
-                f"/api/v1/jobs/{job_id}/events")).content)
+            job_events, _ = parse_sse(
+                (await api.client.get(f"/api/v1/jobs/{job_id}/events")).content
+            )
             assert [e.data for e in job_events if e.name == "token"] == ["Hel", "lo ", "you"]
 
 
 async def test_every_prediction_answer_names_its_job_in_a_header() -> None:
     with trio.fail_after(20):
         async with open_api("server.prediction_timeout_s=0.3") as api:
-            cases = [("echo", False, 200), ("echo", True, 200), ("boom", False, 500),
-                     ("boom", True, 200), ("short", False, 504), ("short", True, 200)]
+            cases = [
+                ("echo", False, 200),
+                ("echo", True, 200),
+                ("boom", False, 500),
+                ("boom", True, 200),
+                ("short", False, 504),
+                ("short", True, 200),
+            ]
             for flow, streaming, status in cases:
-                async with api.client.stream("POST", f"/api/v1/prediction/{flow}", json={
-                        "question": "q", "streaming": streaming}) as response:
+                async with api.client.stream(
+                    "POST",
+                    f"/api/v1/prediction/{flow}",
+                    json={"question": "q", "streaming": streaming},
+                ) as response:
                     # Streamed: in the headers, before the first event.
                     job_id = response.headers["x-flowqd-job-id"]
                     raw = b"".join([chunk async for chunk in response.aiter_raw()])

@@ -27,7 +27,9 @@ async def test_rate_limit_is_shared_by_two_main_processes(
             httpx.AsyncClient(timeout=10) as client,
         ):
             assert (await client.put(f"{a.api}/api/v1/flows/echo", json=ECHO)).status_code in (
-                200, 201)
+                200,
+                201,
+            )
             job = {"flow": "echo", "inputs": {"question": "hi"}}
             statuses = [
                 (await client.post(f"{base}/api/v1/jobs", json=job)).status_code
@@ -39,15 +41,19 @@ async def test_rate_limit_is_shared_by_two_main_processes(
             assert 1 <= int(refused.headers["Retry-After"]) <= 10
             assert "at most 6 requests a minute" in refused.json()["message"]
             # Predictions count against the same limit.
-            predicted = await client.post(f"{a.api}/api/v1/prediction/echo",
-                                          json={"question": "hi"})
+            predicted = await client.post(
+                f"{a.api}/api/v1/prediction/echo", json={"question": "hi"}
+            )
             assert predicted.status_code == 429
             assert predicted.json()["statusCode"] == 429
             # Other flows are not limited.
             other = {**ECHO, "id": "other"}
-            assert (await client.put(f"{a.api}/api/v1/flows/other", json=other)
-                    ).status_code in (200, 201)
+            assert (await client.put(f"{a.api}/api/v1/flows/other", json=other)).status_code in (
+                200,
+                201,
+            )
             for _ in range(5):
-                ok = await client.post(f"{b.api}/api/v1/jobs",
-                                       json={"flow": "other", "inputs": {"question": "x"}})
+                ok = await client.post(
+                    f"{b.api}/api/v1/jobs", json={"flow": "other", "inputs": {"question": "x"}}
+                )
                 assert ok.status_code == 202

@@ -10,5 +10,7 @@ def broker_env(request: pytest.FixtureRequest) -> dict[str, str]:
     """Environment for ``open_api``: the embedded broker, or a real redis-server."""
     if request.param == "memory":
         return {}
-    return {"REDIS_URL": request.getfixturevalue("redis_url"),
-            "QUEUE_NAME": request.getfixturevalue("queue_name")}
+    return {
+        "REDIS_URL": request.getfixturevalue("redis_url"),
+        "QUEUE_NAME": request.getfixturevalue("queue_name"),
+    }

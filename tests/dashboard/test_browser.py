@@ -28,8 +28,14 @@ from tests.daemonproc import start_daemon
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 LAUNCH_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 WAIT_MS = 20_000
 
@@ -60,22 +66,60 @@ def free_port() -> int:
 
 def flows(fixable_port: int, closed_port: int) -> dict[str, dict[str, Any]]:
     return {
-        "hello": {"nodes": [
-            {"id": "think", "type": "delay", "label": "Think", "params": {"ms": 4000},
-             "inputs": {"q": "$question"}},
-            {"id": "greet", "type": "template", "label": "Greet",
-             "params": {"template": "Hello {q}"}, "inputs": {"q": "think"}}],
-            "output": "greet"},
+        "hello": {
+            "nodes": [
+                {
+                    "id": "think",
+                    "type": "delay",
+                    "label": "Think",
+                    "params": {"ms": 4000},
+                    "inputs": {"q": "$question"},
+                },
+                {
+                    "id": "greet",
+                    "type": "template",
+                    "label": "Greet",
+                    "params": {"template": "Hello {q}"},
+                    "inputs": {"q": "think"},
+                },
+            ],
+            "output": "greet",
+        },
         "echo": {"nodes": [{"id": "say", "type": "echo", "label": "Echo"}], "output": "say"},
-        "slow": {"nodes": [{"id": "wait", "type": "delay", "label": "Wait a long time",
-                            "params": {"ms": 120_000}}], "output": "wait"},
+        "slow": {
+            "nodes": [
+                {
+                    "id": "wait",
+                    "type": "delay",
+                    "label": "Wait a long time",
+                    "params": {"ms": 120_000},
+                }
+            ],
+            "output": "wait",
+        },
         # Fails until something listens on the port: then a retry succeeds.
-        "fetch": {"nodes": [{"id": "call", "type": "http", "label": "Call the service",
-                             "params": {"url": f"http://127.0.0.1:{fixable_port}/status",
-                                        "timeout_s": 5}}], "output": "call"},
-        "broken": {"nodes": [{"id": "call", "type": "http", "label": "Call a dead service",
-                              "params": {"url": f"http://127.0.0.1:{closed_port}/",
-                                         "timeout_s": 5}}], "output": "call"},
+        "fetch": {
+            "nodes": [
+                {
+                    "id": "call",
+                    "type": "http",
+                    "label": "Call the service",
+                    "params": {"url": f"http://127.0.0.1:{fixable_port}/status", "timeout_s": 5},
+                }
+            ],
+            "output": "call",
+        },
+        "broken": {
+            "nodes": [
+                {
+                    "id": "call",
+                    "type": "http",
+                    "label": "Call a dead service",
+                    "params": {"url": f"http://127.0.0.1:{closed_port}/", "timeout_s": 5},
+                }
+            ],
+            "output": "call",
+        },
     }
 
 
@@ -110,23 +154,37 @@ def run_browser(api: str, key: str, fixable_port: int, profile: Path) -> None:
 
     expect.set_options(timeout=WAIT_MS)
     problems: list[str] = []
-    with sync_playwright() as pw, httpx.Client(
-            base_url=api, headers={"Authorization": f"Bearer {key}"}, timeout=10) as client:
+    with (
+        sync_playwright() as pw,
+        httpx.Client(
+            base_url=api, headers={"Authorization": f"Bearer {key}"}, timeout=10
+        ) as client,
+    ):
         context = pw.chromium.launch_persistent_context(
-            str(profile), executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS,
-            viewport={"width": 1440, "height": 960}, color_scheme="light")
+            str(profile),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=LAUNCH_ARGS,
+            viewport={"width": 1440, "height": 960},
+            color_scheme="light",
+        )
         try:
             context.set_default_timeout(WAIT_MS)
             page = context.new_page()
             page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
             # Refused loads (the 401s this test provokes) are expected; anything else
             # logged as an error (a CSP violation, a script error) is not.
-            page.on("console", lambda m: problems.append(f"console: {m.text}")
-                    if m.type == "error" and "Failed to load resource" not in m.text else None)
+            page.on(
+                "console",
+                lambda m: (
+                    problems.append(f"console: {m.text}")
+                    if m.type == "error" and "Failed to load resource" not in m.text
+                    else None
+                ),
+            )
 
             def enqueue(flow: str, inputs: dict[str, Any] | None = None) -> str:
-                response = client.post("/api/v1/jobs", json={"flow": flow,
-                                                             "inputs": inputs or {}})
+                response = client.post("/api/v1/jobs", json={"flow": flow, "inputs": inputs or {}})
                 assert response.status_code == 202, response.text
                 job_id: str = response.json()["id"]
                 return job_id
@@ -247,14 +305,26 @@ async def test_dashboard_in_a_real_browser(tmp_path: Path) -> None:
     need_browser()
     key = new_key()
     fixable_port, closed_port = free_port(), free_port()
-    args = ["--role", "all", "--set", "dashboard.enabled=true", "--set", "server.port=0",
-            "--set", "worker.health_port=0", "--set", f"auth.keys=admin:{hash_key(key)}:admin",
-            # With keys, loopback is refused to the http node unless allowed (egress.private).
-            "--set", "egress.allow=127.0.0.1"]
+    args = [
+        "--role",
+        "all",
+        "--set",
+        "dashboard.enabled=true",
+        "--set",
+        "server.port=0",
+        "--set",
+        "worker.health_port=0",
+        "--set",
+        f"auth.keys=admin:{hash_key(key)}:admin",
+        # With keys, loopback is refused to the http node unless allowed (egress.private).
+        "--set",
+        "egress.allow=127.0.0.1",
+    ]
     with trio.fail_after(150):
         async with start_daemon(args, cwd=str(tmp_path)) as daemon:
-            async with httpx.AsyncClient(base_url=daemon.api, timeout=10, headers={
-                    "Authorization": f"Bearer {key}"}) as client:
+            async with httpx.AsyncClient(
+                base_url=daemon.api, timeout=10, headers={"Authorization": f"Bearer {key}"}
+            ) as client:
                 for flow_id, document in flows(fixable_port, closed_port).items():
                     response = await client.put(f"/api/v1/flows/{flow_id}", json=document)
                     assert response.status_code == 200, response.text

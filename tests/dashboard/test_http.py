@@ -38,22 +38,25 @@ async def wait_until_finished(api: Api, job_id: str, headers: dict[str, str]) ->
     assert stream.status_code == 200
     events, _ = parse_sse(stream.content)
     assert events[-1].name in ("end", "error", "cancelled")
-    job: dict[str, Any] = (await api.client.get(f"/api/v1/jobs/{job_id}",
-                                                headers=headers)).json()
+    job: dict[str, Any] = (await api.client.get(f"/api/v1/jobs/{job_id}", headers=headers)).json()
     return job
 
 
 async def test_page_is_404_json_when_disabled() -> None:
     with trio.fail_after(15):
         async with open_api(keys=keyring()) as api:
-            for path in ("/admin/queues", "/admin/queues/static/dashboard.js",
-                         "/admin/queues/session"):
+            for path in (
+                "/admin/queues",
+                "/admin/queues/static/dashboard.js",
+                "/admin/queues/session",
+            ):
                 response = await api.client.get(path, headers=HTML)
                 assert response.status_code == 404, path
                 assert response.headers["content-type"] == "application/json"
                 assert "dashboard.enabled" in response.json()["message"]
-            signed = await api.client.post("/admin/queues/session", json={"key": ADMIN_KEY},
-                                           headers=CSRF)
+            signed = await api.client.post(
+                "/admin/queues/session", json={"key": ADMIN_KEY}, headers=CSRF
+            )
             assert signed.status_code == 404 and "set-cookie" not in signed.headers
             # With the dashboard off, no cookie stands in for the bearer header.
             async with cookie_client(api, ADMIN_KEY) as browser:
@@ -75,8 +78,9 @@ async def test_page_is_401_without_a_key_when_keys_are_configured() -> None:
                 if not anonymous:  # auth.allow_anonymous opens the API, never the page
                     for path in ("/api/v1/queue", "/api/v1/queue/throughput", "/api/v1/jobs"):
                         assert (await api.client.get(path)).status_code == 401, path
-                signed = await api.client.get("/admin/queues", headers={**HTML,
-                                                                       **bearer(ALICE_KEY)})
+                signed = await api.client.get(
+                    "/admin/queues", headers={**HTML, **bearer(ALICE_KEY)}
+                )
                 assert signed.status_code == 200 and 'data-view="app"' in signed.text
                 csp = signed.headers["content-security-policy"]
                 assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
@@ -102,8 +106,10 @@ async def test_static_files_come_from_the_package() -> None:
             assert script.status_code == 200
             assert script.headers["content-type"].startswith("text/javascript")
             assert script.content == assets["dashboard.js"].body
-            again = await api.client.get("/admin/queues/static/dashboard.js",
-                                         headers={"If-None-Match": script.headers["etag"]})
+            again = await api.client.get(
+                "/admin/queues/static/dashboard.js",
+                headers={"If-None-Match": script.headers["etag"]},
+            )
             assert again.status_code == 304 and again.content == b""
             css = await api.client.get("/admin/queues/static/dashboard.css")
             assert css.headers["content-type"].startswith("text/css")
@@ -111,26 +117,30 @@ async def test_static_files_come_from_the_package() -> None:
                 assert (await api.client.get(f"/admin/queues/static/{name}")).status_code == 404
             # Nothing the page loads comes from another host.
             page = assets["index.html"].body.decode()
-            assert "http://" not in page and "https://" not in page.replace(
-                "http://www.w3.org", "")
+            assert "http://" not in page and "https://" not in page.replace("http://www.w3.org", "")
 
 
 async def test_cookie_sign_in_then_the_api_accepts_the_cookie() -> None:
     with trio.fail_after(15):
         async with open_api(ON, keys=keyring()) as api:
-            wrong = await api.client.post("/admin/queues/session", json={"key": "fqd_nope"},
-                                          headers=CSRF)
+            wrong = await api.client.post(
+                "/admin/queues/session", json={"key": "fqd_nope"}, headers=CSRF
+            )
             assert wrong.status_code == 401 and "set-cookie" not in wrong.headers
             no_header = await api.client.post("/admin/queues/session", json={"key": ADMIN_KEY})
             assert no_header.status_code == 403 and "set-cookie" not in no_header.headers
-            cross = await api.client.post("/admin/queues/session", json={"key": ADMIN_KEY},
-                                          headers={**CSRF, "Sec-Fetch-Site": "cross-site"})
+            cross = await api.client.post(
+                "/admin/queues/session",
+                json={"key": ADMIN_KEY},
+                headers={**CSRF, "Sec-Fetch-Site": "cross-site"},
+            )
             assert cross.status_code == 403
             empty = await api.client.post("/admin/queues/session", json={}, headers=CSRF)
             assert empty.status_code == 422
 
-            ok = await api.client.post("/admin/queues/session", json={"key": ADMIN_KEY},
-                                       headers={**CSRF, **SAME_ORIGIN})
+            ok = await api.client.post(
+                "/admin/queues/session", json={"key": ADMIN_KEY}, headers={**CSRF, **SAME_ORIGIN}
+            )
             assert ok.status_code == 200, ok.text
             assert ok.json() == {"name": "admin", "admin": True, "open": False}
             set_cookie = ok.headers["set-cookie"]
@@ -142,23 +152,23 @@ async def test_cookie_sign_in_then_the_api_accepts_the_cookie() -> None:
             async with cookie_client(api, value) as browser:
                 page = await browser.get("/admin/queues", headers={**HTML, **SAME_ORIGIN})
                 assert page.status_code == 200 and 'data-view="app"' in page.text
-                typed = await browser.get("/admin/queues", headers={
-                    **HTML, "Sec-Fetch-Site": "none"})
+                typed = await browser.get(
+                    "/admin/queues", headers={**HTML, "Sec-Fetch-Site": "none"}
+                )
                 assert typed.status_code == 200
                 assert (await browser.get("/api/v1/queue", headers=SAME_ORIGIN)).json()[
-                    "paused"] is False
+                    "paused"
+                ] is False
                 who = await browser.get("/admin/queues/session", headers=SAME_ORIGIN)
                 assert who.json()["name"] == "admin"
-                paused = await browser.post("/api/v1/queue/pause",
-                                            headers={**CSRF, **SAME_ORIGIN})
+                paused = await browser.post("/api/v1/queue/pause", headers={**CSRF, **SAME_ORIGIN})
                 assert paused.status_code == 200 and paused.json() == {"paused": True}
                 assert await api.broker.control.is_paused()
                 await browser.post("/api/v1/queue/resume", headers={**CSRF, **SAME_ORIGIN})
                 assert not await api.broker.control.is_paused()
-                out = await browser.delete("/admin/queues/session",
-                                           headers={**CSRF, **SAME_ORIGIN})
+                out = await browser.delete("/admin/queues/session", headers={**CSRF, **SAME_ORIGIN})
                 assert out.status_code == 204
-                assert 'Max-Age=0' in out.headers["set-cookie"]
+                assert "Max-Age=0" in out.headers["set-cookie"]
 
             async with cookie_client(api, "fqd_revoked-or-made-up") as stranger:
                 assert (await stranger.get("/api/v1/queue")).status_code == 401
@@ -169,8 +179,11 @@ async def test_cookie_sign_in_then_the_api_accepts_the_cookie() -> None:
 async def test_cross_site_post_with_only_the_cookie_is_refused(broker_env: dict[str, str]) -> None:
     with trio.fail_after(20):
         async with open_api(ON, keys=keyring(), environ=broker_env) as api:
-            job = (await api.client.post("/api/v1/jobs", json={"flow": "slow"},
-                                         headers=bearer(ALICE_KEY))).json()["id"]
+            job = (
+                await api.client.post(
+                    "/api/v1/jobs", json={"flow": "slow"}, headers=bearer(ALICE_KEY)
+                )
+            ).json()["id"]
             async with cookie_client(api, ALICE_KEY) as browser:
                 attempts: list[dict[str, str]] = [
                     {},  # a plain HTML form from anywhere: no custom header possible
@@ -184,33 +197,40 @@ async def test_cross_site_post_with_only_the_cookie_is_refused(broker_env: dict[
                 for headers in attempts:
                     refused = await browser.post(f"/api/v1/jobs/{job}/cancel", headers=headers)
                     assert refused.status_code == 403, headers
-                    assert CSRF_HEADER in refused.json()["message"] or \
-                        "own origin" in refused.json()["message"]
-                read = await browser.get(f"/api/v1/jobs/{job}",
-                                         headers={"Sec-Fetch-Site": "cross-site"})
+                    assert (
+                        CSRF_HEADER in refused.json()["message"]
+                        or "own origin" in refused.json()["message"]
+                    )
+                read = await browser.get(
+                    f"/api/v1/jobs/{job}", headers={"Sec-Fetch-Site": "cross-site"}
+                )
                 assert read.status_code == 403
                 assert (await api.broker.jobs.get_job(job)).cancel_requested is False  # type: ignore[union-attr]
                 status = (await api.broker.jobs.get_job(job)).status  # type: ignore[union-attr]
                 assert status.value in ("waiting", "active")
 
-                done = await browser.post(f"/api/v1/jobs/{job}/cancel",
-                                          headers={**CSRF, **SAME_ORIGIN})
+                done = await browser.post(
+                    f"/api/v1/jobs/{job}/cancel", headers={**CSRF, **SAME_ORIGIN}
+                )
                 assert done.status_code in (200, 202), done.text
             finished = await wait_until_finished(api, job, bearer(ALICE_KEY))
             assert finished["status"] == "cancelled"
 
 
 async def test_retry_a_failed_job_and_only_a_failed_or_cancelled_one(
-        broker_env: dict[str, str]) -> None:
+    broker_env: dict[str, str],
+) -> None:
     with trio.fail_after(20):
         async with open_api(keys=keyring(), environ=broker_env) as api:
             alice = bearer(ALICE_KEY)
-            failed_id = (await api.client.post("/api/v1/jobs", json={"flow": "boom"},
-                                               headers=alice)).json()["id"]
+            failed_id = (
+                await api.client.post("/api/v1/jobs", json={"flow": "boom"}, headers=alice)
+            ).json()["id"]
             failed = await wait_until_finished(api, failed_id, alice)
             assert failed["status"] == "failed" and failed["links"]["retry"].endswith("/retry")
-            other = await api.client.post(f"/api/v1/jobs/{failed_id}/retry",
-                                          headers=bearer("fqd_bob-key-for-tests"))
+            other = await api.client.post(
+                f"/api/v1/jobs/{failed_id}/retry", headers=bearer("fqd_bob-key-for-tests")
+            )
             assert other.status_code == 404
             again = await api.client.post(f"/api/v1/jobs/{failed_id}/retry", headers=alice)
             assert again.status_code == 202, again.text
@@ -219,26 +239,42 @@ async def test_retry_a_failed_job_and_only_a_failed_or_cancelled_one(
             rerun = await wait_until_finished(api, failed_id, alice)
             assert rerun["status"] == "failed" and rerun["attempts"] == 1
 
-            ok_id = (await api.client.post("/api/v1/jobs", json={
-                "flow": "echo", "inputs": {"question": "q"}}, headers=alice)).json()["id"]
+            ok_id = (
+                await api.client.post(
+                    "/api/v1/jobs",
+                    json={"flow": "echo", "inputs": {"question": "q"}},
+                    headers=alice,
+                )
+            ).json()["id"]
             assert (await wait_until_finished(api, ok_id, alice))["status"] == "completed"
             refused = await api.client.post(f"/api/v1/jobs/{ok_id}/retry", headers=alice)
             assert refused.status_code == 409 and "completed" in refused.json()["message"]
-            assert (await api.client.post("/api/v1/jobs/nope/retry",
-                                          headers=alice)).status_code == 404
+            assert (
+                await api.client.post("/api/v1/jobs/nope/retry", headers=alice)
+            ).status_code == 404
 
 
 async def test_job_search_by_id_or_flow_with_paging(broker_env: dict[str, str]) -> None:
     with trio.fail_after(20):
         async with open_api(keys=keyring(), environ=broker_env) as api:
             alice, admin = bearer(ALICE_KEY), bearer(ADMIN_KEY)
-            body = {"jobs": [{"flow": "echo", "inputs": {"question": str(i)}} for i in range(5)]
-                    + [{"flow": "topic", "inputs": {"topic": "t"}, "job_id": "topic-job-1"}]}
-            ids = [j["id"] for j in (await api.client.post("/api/v1/jobs", json=body,
-                                                           headers=alice)).json()["jobs"]]
-            theirs = (await api.client.post("/api/v1/jobs", json={
-                "flow": "topic", "inputs": {"topic": "b"}},
-                headers=bearer("fqd_bob-key-for-tests"))).json()["id"]
+            body = {
+                "jobs": [{"flow": "echo", "inputs": {"question": str(i)}} for i in range(5)]
+                + [{"flow": "topic", "inputs": {"topic": "t"}, "job_id": "topic-job-1"}]
+            }
+            ids = [
+                j["id"]
+                for j in (await api.client.post("/api/v1/jobs", json=body, headers=alice)).json()[
+                    "jobs"
+                ]
+            ]
+            theirs = (
+                await api.client.post(
+                    "/api/v1/jobs",
+                    json={"flow": "topic", "inputs": {"topic": "b"}},
+                    headers=bearer("fqd_bob-key-for-tests"),
+                )
+            ).json()["id"]
             for job_id in [*ids, theirs]:
                 await wait_until_finished(api, job_id, admin)
 
@@ -272,8 +308,14 @@ async def test_job_search_by_id_or_flow_with_paging(broker_env: dict[str, str]) 
 async def test_throughput_counts_each_finish_once(broker_env: dict[str, str]) -> None:
     with trio.fail_after(20):
         async with open_api(environ=broker_env) as api:
-            first = [(await api.client.post("/api/v1/jobs", json={
-                "flow": "echo", "inputs": {"question": "q"}})).json()["id"] for _ in range(3)]
+            first = [
+                (
+                    await api.client.post(
+                        "/api/v1/jobs", json={"flow": "echo", "inputs": {"question": "q"}}
+                    )
+                ).json()["id"]
+                for _ in range(3)
+            ]
             failed = (await api.client.post("/api/v1/jobs", json={"flow": "boom"})).json()["id"]
             for job_id in [*first, failed]:
                 await wait_until_finished(api, job_id, {})
@@ -287,8 +329,14 @@ async def test_throughput_counts_each_finish_once(broker_env: dict[str, str]) ->
             # what finished since the first, however the pages overlap.
             rate = FinishRate(api.broker.jobs, min_interval_s=0)
             await rate.sample(time.time())
-            more = [(await api.client.post("/api/v1/jobs", json={
-                "flow": "echo", "inputs": {"question": "q"}})).json()["id"] for _ in range(4)]
+            more = [
+                (
+                    await api.client.post(
+                        "/api/v1/jobs", json={"flow": "echo", "inputs": {"question": "q"}}
+                    )
+                ).json()["id"]
+                for _ in range(4)
+            ]
             for job_id in more:
                 await wait_until_finished(api, job_id, {})
             await rate.sample(time.time())

@@ -35,8 +35,11 @@ R = TypeVar("R")
 
 def delay_flow(flow_id: str, ms: int) -> dict[str, Any]:
     """One ``delay`` node: answers the question after ``ms`` milliseconds."""
-    return {"id": flow_id, "nodes": [{"id": "d", "type": "delay", "params": {"ms": ms}}],
-            "output": "d"}
+    return {
+        "id": flow_id,
+        "nodes": [{"id": "d", "type": "delay", "params": {"ms": ms}}],
+        "output": "d",
+    }
 
 
 ECHO: dict[str, Any] = {"id": "echo", "nodes": [{"id": "e", "type": "echo"}], "output": "e"}
@@ -95,9 +98,13 @@ class Observer:
         ids: list[str] = []
         for start in range(0, n, 1000):
             ids += await self.broker.jobs.enqueue(
-                [JobSpec(flow_id=flow_id, flow_version=version,
-                         inputs={"question": f"{prefix}{i}"})
-                 for i in range(start, min(n, start + 1000))])
+                [
+                    JobSpec(
+                        flow_id=flow_id, flow_version=version, inputs={"question": f"{prefix}{i}"}
+                    )
+                    for i in range(start, min(n, start + 1000))
+                ]
+            )
         return ids
 
     async def wait_event(self, job_id: str, name: str) -> Event:
@@ -139,12 +146,14 @@ class Observer:
 
 @asynccontextmanager
 async def open_observer(redis_url: str, queue: str) -> AsyncIterator[Observer]:
-    config = load_config(environ=redis_env(redis_url, queue),
-                         overrides=["redis.command_timeout_s=2"])
+    config = load_config(
+        environ=redis_env(redis_url, queue), overrides=["redis.command_timeout_s=2"]
+    )
     async with (
         open_broker(config) as broker,
-        open_redis(RedisConfig(url=redis_url, command_timeout_s=2.0),
-                   name="flowqd-observer") as redis,
+        open_redis(
+            RedisConfig(url=redis_url, command_timeout_s=2.0), name="flowqd-observer"
+        ) as redis,
         trio.open_nursery() as nursery,
     ):
         await nursery.start(broker.run)
@@ -153,8 +162,9 @@ async def open_observer(redis_url: str, queue: str) -> AsyncIterator[Observer]:
         nursery.cancel_scope.cancel()
 
 
-async def gather(fn: Callable[[T], Awaitable[R]], items: Sequence[T], *,
-                       at_once: int = 100) -> list[R]:
+async def gather(
+    fn: Callable[[T], Awaitable[R]], items: Sequence[T], *, at_once: int = 100
+) -> list[R]:
     """``fn`` over ``items`` concurrently (at most ``at_once`` in flight), results in order."""
     results: list[Any] = [None] * len(items)
     limiter = trio.CapacityLimiter(at_once)

@@ -60,8 +60,9 @@ async def test_a_request_head_must_arrive_within_header_timeout(
 ) -> None:
     env = redis_env(redis_server.url, queue_name)
     with trio.fail_after(60):
-        async with start_daemon(["--role", "main", *settings(server__header_timeout_s=0.5)],
-                                env=env, cwd=str(tmp_path)) as main:
+        async with start_daemon(
+            ["--role", "main", *settings(server__header_timeout_s=0.5)], env=env, cwd=str(tmp_path)
+        ) as main:
             silent = [await connect(main) for _ in range(20)]
             half_sent = [await connect(main) for _ in range(20)]
             for stream in half_sent:
@@ -114,15 +115,15 @@ async def test_connections_past_max_connections_get_503_and_one_log_line(
 ) -> None:
     env = redis_env(redis_server.url, queue_name)
     with trio.fail_after(60):
-        async with start_daemon(["--role", "main", *settings(server__max_connections=4)],
-                                env=env, cwd=str(tmp_path)) as main:
+        async with start_daemon(
+            ["--role", "main", *settings(server__max_connections=4)], env=env, cwd=str(tmp_path)
+        ) as main:
             held = [await connect(main) for _ in range(4)]
             for stream in held:
                 assert await ping(stream) == (200, b"pong")
             for _ in range(30):
                 async with await connect(main) as stream:
-                    await stream.send_all(b"GET /api/v1/ping HTTP/1.1\r\n"
-                                          b"Host: 127.0.0.1\r\n\r\n")
+                    await stream.send_all(b"GET /api/v1/ping HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
                     with trio.fail_after(5):
                         answer = await read_to_end(stream)
                 head, _, body = answer.partition(b"\r\n\r\n")
@@ -155,8 +156,9 @@ async def test_a_cap_above_the_file_limit_is_reported_at_start(
 ) -> None:
     env = redis_env(redis_server.url, queue_name)
     with trio.fail_after(30):
-        async with start_daemon(["--role", "main", *settings(server__max_connections=10**8)],
-                                env=env, cwd=str(tmp_path)) as main:
+        async with start_daemon(
+            ["--role", "main", *settings(server__max_connections=10**8)], env=env, cwd=str(tmp_path)
+        ) as main:
             lines = [line for line in main.log if "does not fit the file limit" in line]
             assert len(lines) == 1, main.text()
             assert "server.max_connections" in lines[0] and "LimitNOFILE" in lines[0]
@@ -180,8 +182,10 @@ async def test_a_client_that_stops_reading_its_answer_is_cut_off(tmp_path: Path)
             async with trio.SocketStream(sock) as stream:
                 await stream.send_all(
                     f"POST /api/v1/prediction/echo HTTP/1.1\r\nHost: {host}\r\n"
-                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-                    .encode() + body)
+                    f"Content-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )
                 await trio.sleep(3)  # the client under test reads nothing for a while
                 received = b""
                 try:
@@ -207,8 +211,9 @@ async def test_out_of_file_descriptors_logs_one_line_and_recovers(
     env = redis_env(redis_server.url, queue_name)
     command = ["prlimit", f"--nofile={FILE_LIMIT}:{FILE_LIMIT}", sys.executable, "-m", "flowqd"]
     with trio.fail_after(60):
-        async with start_daemon(["--role", "main"], env=env, cwd=str(tmp_path),
-                                command=command) as main:
+        async with start_daemon(
+            ["--role", "main"], env=env, cwd=str(tmp_path), command=command
+        ) as main:
             assert "does not fit the file limit" in main.text()
             clients = [await connect(main) for _ in range(FILE_LIMIT + 20)]
             await main.wait_for_log("cannot accept connections")
@@ -229,8 +234,9 @@ async def test_connections_the_client_closes_are_released_at_once(
     ran out (75 s), so connect-and-close in a loop ran the server out of descriptors."""
     env = redis_env(redis_server.url, queue_name)
     with trio.fail_after(60):
-        async with start_daemon(["--role", "main", *settings(server__max_connections=100)],
-                                env=env, cwd=str(tmp_path)) as main:
+        async with start_daemon(
+            ["--role", "main", *settings(server__max_connections=100)], env=env, cwd=str(tmp_path)
+        ) as main:
             clients = [await connect(main) for _ in range(100)]
             for stream in clients[:50]:  # kept alive after an answer
                 assert await ping(stream) == (200, b"pong")

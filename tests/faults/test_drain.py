@@ -37,9 +37,16 @@ async def test_sigterm_drains_finishes_what_fits_requeues_the_rest_uncounted(
     redis_server: RedisServer, queue_name: str, tmp_path: Path
 ) -> None:
     env = redis_env(redis_server.url, queue_name)
-    worker = ["--role", "worker", *settings(worker__concurrency=CONCURRENCY,
-                                            worker__shutdown_grace_s=GRACE_S,
-                                            worker__lock_ttl_s=2, worker__stalled_interval_s=0.5)]
+    worker = [
+        "--role",
+        "worker",
+        *settings(
+            worker__concurrency=CONCURRENCY,
+            worker__shutdown_grace_s=GRACE_S,
+            worker__lock_ttl_s=2,
+            worker__stalled_interval_s=0.5,
+        ),
+    ]
     with trio.fail_after(60):
         async with open_observer(redis_server.url, queue_name) as observer:
             await observer.put_flows([FITS, LONG])
@@ -62,8 +69,10 @@ async def test_sigterm_drains_finishes_what_fits_requeues_the_rest_uncounted(
             assert all(j is not None and j.worker == first_id and j.attempts == 1 for j in ended)
             assert all(j is not None and j.status == JobStatus.WAITING for j in requeued)
             assert all(j is not None and j.attempts == 0 for j in requeued)  # not counted
-            assert all(j is not None and j.status == JobStatus.WAITING and j.attempts == 0
-                       for j in untouched)  # never claimed while draining
+            assert all(
+                j is not None and j.status == JobStatus.WAITING and j.attempts == 0
+                for j in untouched
+            )  # never claimed while draining
             async with start_daemon(worker, env=env, cwd=str(tmp_path)) as second:
                 second_id = worker_id(second)
                 rescued = await observer.all_finished(long + queued)
@@ -71,11 +80,13 @@ async def test_sigterm_drains_finishes_what_fits_requeues_the_rest_uncounted(
             events = await gather(observer.events, long)
     assert all(j.status == JobStatus.COMPLETED and j.worker == second_id for j in rescued)
     assert all(j.attempts == 1 for j in rescued)
-    assert [j.result for j in rescued[:len(long)]] == [f"l{i}" for i in range(len(long))]
+    assert [j.result for j in rescued[: len(long)]] == [f"l{i}" for i in range(len(long))]
     for job_events in events:
         names = [e.name for e in job_events]
         assert terminal_count(job_events) == 1, names
         assert names.count("started") == 2, names  # once on each worker
-    print(f"\ndrain: {len(fits)} finished within the {GRACE_S:g}s grace, {len(long)} requeued "
-          f"(attempts 0) and finished on the second worker, {len(queued)} waiting jobs never "
-          "claimed by the draining worker; exit code 0")
+    print(
+        f"\ndrain: {len(fits)} finished within the {GRACE_S:g}s grace, {len(long)} requeued "
+        f"(attempts 0) and finished on the second worker, {len(queued)} waiting jobs never "
+        "claimed by the draining worker; exit code 0"
+    )

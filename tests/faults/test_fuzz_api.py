@@ -51,10 +51,19 @@ EXAMPLES = 15
 # Every route answers at once here (predictions of echo flows included).
 ANSWER_S = 10
 PROGRESS = os.environ.get("FUZZ_PROGRESS")
-GREET = {"id": "greet", "nodes": [
-    {"id": "start", "type": "echo", "inputs": {"q": "$question"}},
-    {"id": "hello", "type": "template", "params": {"template": "Hello {q}"},
-     "inputs": {"q": "start"}}], "output": "hello"}
+GREET = {
+    "id": "greet",
+    "nodes": [
+        {"id": "start", "type": "echo", "inputs": {"q": "$question"}},
+        {
+            "id": "hello",
+            "type": "template",
+            "params": {"template": "Hello {q}"},
+            "inputs": {"q": "start"},
+        },
+    ],
+    "output": "hello",
+}
 
 
 @attrs.define
@@ -76,11 +85,11 @@ class Findings:
             # A connection (and cookie jar) per request: one malformed request must
             # not decide how the next one is framed.
             with requests.Session() as fresh:
-                response = case.call(base_url=base_url, session=fresh, headers=headers,
-                                     timeout=ANSWER_S)
+                response = case.call(
+                    base_url=base_url, session=fresh, headers=headers, timeout=ANSWER_S
+                )
         except requests.Timeout:
-            self.problems.append(f"{label}: no answer within {ANSWER_S}s: "
-                                 f"{case.as_curl_command()}")
+            self.problems.append(f"{label}: no answer within {ANSWER_S}s: {case.as_curl_command()}")
             return
         finally:
             self.slowest.append((time.monotonic() - started, f"{label} {case.formatted_path}"))
@@ -91,8 +100,11 @@ class Findings:
         self.statuses[response.status_code] += 1
         status = response.status_code
         where = f"{label}: {case.method} {case.formatted_path} -> {status}"
-        if status == 500 and case.path == "/api/v1/prediction/{flow_id}" and "jobId" in (
-                response.json() or {}):
+        if (
+            status == 500
+            and case.path == "/api/v1/prediction/{flow_id}"
+            and "jobId" in (response.json() or {})
+        ):
             # The documented Flowise answer for a job that ran and failed (a
             # node refused what it was given): counted and printed, not a crash.
             self.job_failed.append(f"{where}: {response.json()['message'][:160]}")
@@ -109,9 +121,13 @@ class Findings:
             self.problems.append(f"{where}: error is not JSON: {response.text[:200]}")
             return
         body = response.json()
-        if not (isinstance(body, dict) and body.get("statusCode") == status
-                and body.get("success") is False and isinstance(body.get("message"), str)
-                and body["message"]):
+        if not (
+            isinstance(body, dict)
+            and body.get("statusCode") == status
+            and body.get("success") is False
+            and isinstance(body.get("message"), str)
+            and body["message"]
+        ):
             self.problems.append(f"{where}: error body lacks statusCode/success/message: {body}")
 
 
@@ -134,11 +150,15 @@ def fuzz(base_url: str, keys: Mapping[str, str | None], examples: int) -> Findin
                 label = f"{who} {mode.value} {operation.method.upper()} {operation.path}"
                 if path_parameters:
                     label += f" {path_parameters}"
-                strategy = operation.as_strategy(generation_mode=mode,
-                                                 path_parameters=path_parameters)
+                strategy = operation.as_strategy(
+                    generation_mode=mode, path_parameters=path_parameters
+                )
 
-                call = _runner(strategy, examples, partial(
-                    findings.call, label, base_url=base_url, headers=headers))
+                call = _runner(
+                    strategy,
+                    examples,
+                    partial(findings.call, label, base_url=base_url, headers=headers),
+                )
                 try:
                     call()
                 except (Unsatisfiable, SchemathesisError) as exc:
@@ -149,8 +169,14 @@ def fuzz(base_url: str, keys: Mapping[str, str | None], examples: int) -> Findin
 
 
 def _runner(strategy: Any, examples: int, check: Callable[[Any], None]) -> Callable[[], None]:
-    @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
-              phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     @given(case=strategy)
     def run(case: Any) -> None:
         check(case)
@@ -165,29 +191,40 @@ async def test_schemathesis_every_route_no_5xx_every_error_json(
     keys = f"admin:{hash_key(admin)}:admin,alice:{hash_key(user)}"
     env = {**redis_env(redis_server.url, queue_name), "FLOWQD_SECRET_KEY": "fuzz-secret"}
     flows = write_flows(tmp_path / "flows", [ECHO, GREET])
-    args = ["--role", "all", *flowqd_settings(flows__paths=flows, auth__keys=keys,
-                                              server__prediction_timeout_s=10)]
+    args = [
+        "--role",
+        "all",
+        *flowqd_settings(flows__paths=flows, auth__keys=keys, server__prediction_timeout_s=10),
+    ]
     with trio.fail_after(150):
         async with start_daemon(args, env=env, cwd=str(tmp_path)) as daemon:
             started = time.monotonic()
             findings = await trio.to_thread.run_sync(
-                fuzz, daemon.api, {"no key": None, "user": user, "admin": admin}, EXAMPLES,
-                abandon_on_cancel=True)
+                fuzz,
+                daemon.api,
+                {"no key": None, "user": user, "admin": admin},
+                EXAMPLES,
+                abandon_on_cancel=True,
+            )
             elapsed = time.monotonic() - started
-            async with httpx.AsyncClient(base_url=daemon.api, headers={
-                    "Authorization": f"Bearer {admin}"}) as client:
+            async with httpx.AsyncClient(
+                base_url=daemon.api, headers={"Authorization": f"Bearer {admin}"}
+            ) as client:
                 queue = await client.get("/api/v1/queue")
                 # Found by this fuzzing: a form let a prediction without a question
                 # through to a flow that reads $question; its job failed, a 500.
-                form_only = await client.post("/api/v1/prediction/greet",
-                                              json={"form": {"name": "x"}})
+                form_only = await client.post(
+                    "/api/v1/prediction/greet", json={"form": {"name": "x"}}
+                )
             assert_no_crash(daemon)
     total = sum(findings.calls.values())
-    print(f"\nschemathesis: {total} requests over {len(findings.calls)} route/key/mode "
-          f"combinations in {elapsed:.0f}s; statuses {dict(sorted(findings.statuses.items()))}; "
-          f"5xx or non-JSON errors: {len(findings.problems)}; jobs that ran and failed "
-          f"(documented 500 with jobId): {len(findings.job_failed)}; generation skipped: "
-          f"{len(findings.skipped)}")
+    print(
+        f"\nschemathesis: {total} requests over {len(findings.calls)} route/key/mode "
+        f"combinations in {elapsed:.0f}s; statuses {dict(sorted(findings.statuses.items()))}; "
+        f"5xx or non-JSON errors: {len(findings.problems)}; jobs that ran and failed "
+        f"(documented 500 with jobId): {len(findings.job_failed)}; generation skipped: "
+        f"{len(findings.skipped)}"
+    )
     for line in findings.job_failed:
         print("  job failed (500 with jobId)", line)
     for seconds, what in sorted(findings.slowest, reverse=True)[:8]:

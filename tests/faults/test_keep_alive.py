@@ -29,15 +29,18 @@ async def test_refused_requests_with_a_body_leave_the_connection_usable(
     admin, user = new_key(), new_key()
     keys = f"admin:{hash_key(admin)}:admin,user:{hash_key(user)}"
     with trio.fail_after(60):
-        async with start_daemon(["--role", "main", *settings(auth__keys=keys)],
-                                env=redis_env(redis_server.url, queue_name),
-                                cwd=str(tmp_path)) as main:
+        async with start_daemon(
+            ["--role", "main", *settings(auth__keys=keys)],
+            env=redis_env(redis_server.url, queue_name),
+            cwd=str(tmp_path),
+        ) as main:
             for round_ in range(ROUNDS):
-                async with httpx.AsyncClient(base_url=main.api, timeout=10,
-                                             headers={"Authorization": f"Bearer {user}"}
-                                             ) as client:
-                    refused = await client.put("/api/v1/credentials/x",
-                                               json={"value": f"v{round_}"})
+                async with httpx.AsyncClient(
+                    base_url=main.api, timeout=10, headers={"Authorization": f"Bearer {user}"}
+                ) as client:
+                    refused = await client.put(
+                        "/api/v1/credentials/x", json={"value": f"v{round_}"}
+                    )
                     assert refused.status_code == 403
                     with trio.fail_after(3):
                         after = await client.delete("/api/v1/credentials/x")

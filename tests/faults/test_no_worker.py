@@ -30,8 +30,11 @@ async def test_no_worker_504_at_the_deadline_then_the_job_runs_when_one_starts(
 ) -> None:
     env = redis_env(redis_server.url, queue_name)
     flows = write_flows(tmp_path / "flows", [ECHO])
-    main_args = ["--role", "main", *settings(flows__paths=flows,
-                                             server__prediction_timeout_s=DEADLINE_S)]
+    main_args = [
+        "--role",
+        "main",
+        *settings(flows__paths=flows, server__prediction_timeout_s=DEADLINE_S),
+    ]
     with trio.fail_after(60):
         async with (
             start_daemon(main_args, env=env, cwd=str(tmp_path)) as main,
@@ -48,8 +51,9 @@ async def test_no_worker_504_at_the_deadline_then_the_job_runs_when_one_starts(
             assert late.headers["location"] == f"/api/v1/jobs/{job_id}"
 
             started = time.monotonic()
-            streamed = await client.post("/api/v1/prediction/echo",
-                                         json={"question": "stream", "streaming": True})
+            streamed = await client.post(
+                "/api/v1/prediction/echo", json={"question": "stream", "streaming": True}
+            )
             stream_waited = time.monotonic() - started
             assert streamed.status_code == 200  # the stream had begun: the deadline is an event
             events = parse_flowise_stream(streamed.content)
@@ -72,9 +76,11 @@ async def test_no_worker_504_at_the_deadline_then_the_job_runs_when_one_starts(
                     job = (await client.get(f"/api/v1/jobs/{waiting}")).json()
                     results.append((job["status"], job["result"], job["attempts"]))
                 assert_no_crash(main, worker)
-    print(f"\nno worker: JSON prediction answered 504 after {waited:.2f}s, streamed prediction "
-          f"ended with an error event after {stream_waited:.2f}s (deadline {DEADLINE_S:g}s); "
-          f"both jobs ran once a worker started: {results}")
+    print(
+        f"\nno worker: JSON prediction answered 504 after {waited:.2f}s, streamed prediction "
+        f"ended with an error event after {stream_waited:.2f}s (deadline {DEADLINE_S:g}s); "
+        f"both jobs ran once a worker started: {results}"
+    )
     assert DEADLINE_S <= waited < DEADLINE_S + 1.5
     assert DEADLINE_S <= stream_waited < DEADLINE_S + 1.5
     assert results == [("completed", "alone", 1), ("completed", "stream", 1)]

@@ -48,11 +48,21 @@ async def test_redis_restart_mid_load_every_job_ends_once_and_nobody_restarts(
 ) -> None:
     env = redis_env(own_redis_server.url, queue_name)
     flows = write_flows(tmp_path / "flows", [delay_flow("work", 300), delay_flow("ask", 1500)])
-    worker = ["--role", "worker", *settings(worker__lock_ttl_s=5, worker__stalled_interval_s=1,
-                                            redis__command_timeout_s=1)]
-    main_args = ["--role", "main", *settings(flows__paths=flows, redis__command_timeout_s=1,
-                                             server__prediction_timeout_s=60,
-                                             worker__shutdown_grace_s=5)]
+    worker = [
+        "--role",
+        "worker",
+        *settings(worker__lock_ttl_s=5, worker__stalled_interval_s=1, redis__command_timeout_s=1),
+    ]
+    main_args = [
+        "--role",
+        "main",
+        *settings(
+            flows__paths=flows,
+            redis__command_timeout_s=1,
+            server__prediction_timeout_s=60,
+            worker__shutdown_grace_s=5,
+        ),
+    ]
     ids = [f"r-{i}" for i in range(JOBS)]
     retried_batches = 0
     answers: list[tuple[int, Any]] = []
@@ -67,14 +77,18 @@ async def test_redis_restart_mid_load_every_job_ends_once_and_nobody_restarts(
             # Closed before the SIGTERM below: an idle keep-alive connection holds
             # main's stop for its whole grace (reported; see the fault suite notes).
             async with httpx.AsyncClient(base_url=main.api, timeout=70) as client:
+
                 async def produce() -> None:
                     # A batch refused while Redis is away is sent again with the same
                     # job ids: enqueueing is idempotent, so a retry never doubles a job.
                     nonlocal retried_batches
                     for start in range(0, JOBS, BATCH):
-                        body = {"jobs": [{"flow": "work", "job_id": job_id,
-                                          "inputs": {"question": job_id}}
-                                         for job_id in ids[start:start + BATCH]]}
+                        body = {
+                            "jobs": [
+                                {"flow": "work", "job_id": job_id, "inputs": {"question": job_id}}
+                                for job_id in ids[start : start + BATCH]
+                            ]
+                        }
                         while True:
                             try:
                                 response = await client.post("/api/v1/jobs", json=body)
@@ -88,8 +102,9 @@ async def test_redis_restart_mid_load_every_job_ends_once_and_nobody_restarts(
                         await trio.sleep(0.05)
 
                 async def predict(i: int) -> None:
-                    response = await client.post("/api/v1/prediction/ask",
-                                                 json={"question": f"p{i}"})
+                    response = await client.post(
+                        "/api/v1/prediction/ask", json={"question": f"p{i}"}
+                    )
                     answers.append((response.status_code, response.json()))
 
                 async def restart_redis() -> None:
@@ -137,16 +152,26 @@ async def test_redis_restart_mid_load_every_job_ends_once_and_nobody_restarts(
     attempts = Counter(j.attempts for j in jobs)
     # A claim whose reply died with Redis: the job waits out its lock, is found
     # by the stalled check and claimed again (at-least-once; one execution).
-    reclaimed = [event_ms(e) / 1000 - figures["up_at"] for j, job_events in zip(jobs, events,
-                                                                                strict=True)
-                 if j.attempts > 1 for e in job_events if e.name == "started"]
-    print(f"\nRedis kill -9 + restart with {JOBS} jobs flowing: outage {figures['outage_s']:.2f}s,"
-          f" readyz 503 after {figures['readyz_503_s']:.2f}s, 200 again "
-          f"{figures['readyz_200_s']:.2f}s after Redis was back; {retried_batches} enqueue "
-          f"batches answered 503 and were resent; executions per job {dict(starts)}, "
-          f"attempts {dict(attempts)}" + (
-              f"; re-claimed jobs started {min(reclaimed):.2f}-{max(reclaimed):.2f}s after Redis"
-              " was back" if reclaimed else ""))
+    reclaimed = [
+        event_ms(e) / 1000 - figures["up_at"]
+        for j, job_events in zip(jobs, events, strict=True)
+        if j.attempts > 1
+        for e in job_events
+        if e.name == "started"
+    ]
+    print(
+        f"\nRedis kill -9 + restart with {JOBS} jobs flowing: outage {figures['outage_s']:.2f}s,"
+        f" readyz 503 after {figures['readyz_503_s']:.2f}s, 200 again "
+        f"{figures['readyz_200_s']:.2f}s after Redis was back; {retried_batches} enqueue "
+        f"batches answered 503 and were resent; executions per job {dict(starts)}, "
+        f"attempts {dict(attempts)}"
+        + (
+            f"; re-claimed jobs started {min(reclaimed):.2f}-{max(reclaimed):.2f}s after Redis"
+            " was back"
+            if reclaimed
+            else ""
+        )
+    )
     for job_events in events:
         started = [(e.id, e.data) for e in job_events if e.name == "started"]
         if len(started) > 1:
@@ -160,7 +185,8 @@ async def test_redis_restart_mid_load_every_job_ends_once_and_nobody_restarts(
     assert len(answers) == PREDICTIONS
     assert all(status == 200 for status, _ in answers), answers
     assert sorted(body["text"] for _, body in answers) == sorted(
-        f"p{i}" for i in range(PREDICTIONS))
+        f"p{i}" for i in range(PREDICTIONS)
+    )
 
 
 async def stopped(daemon: Daemon, seconds: float) -> int | None:

@@ -65,8 +65,11 @@ async def test_redis_unreachable_answers_503_fast_tells_the_truth_and_resumes(
 ) -> None:
     env = redis_env(own_redis_server.url, queue_name)
     flows = write_flows(tmp_path / "flows", [ECHO, delay_flow("slow", 2000)])
-    main_args = ["--role", "main", *settings(flows__paths=flows, server__prediction_timeout_s=40,
-                                             worker__shutdown_grace_s=5)]
+    main_args = [
+        "--role",
+        "main",
+        *settings(flows__paths=flows, server__prediction_timeout_s=40, worker__shutdown_grace_s=5),
+    ]
     worker_args = ["--role", "worker", *settings(worker__lock_ttl_s=30)]
     answers: list[tuple[float, str, httpx.Response]] = []
     during: dict[str, Any] = {}
@@ -81,8 +84,9 @@ async def test_redis_unreachable_answers_503_fast_tells_the_truth_and_resumes(
                 assert ok.status_code == 200 and ok.json()["text"] == "before"
 
                 async def caught_in_outage(i: int) -> None:
-                    response = await client.post("/api/v1/prediction/slow",
-                                                 json={"question": f"c{i}"})
+                    response = await client.post(
+                        "/api/v1/prediction/slow", json={"question": f"c{i}"}
+                    )
                     caught.append((response.status_code, response.json()))
 
                 async with trio.open_nursery() as nursery:
@@ -136,15 +140,23 @@ async def test_redis_unreachable_answers_503_fast_tells_the_truth_and_resumes(
         # Redis reads the command; earlier steps fail before a job exists.
         if "jobId" in body:
             assert f"GET /api/v1/jobs/{body['jobId']}" in body["message"]
-    print(f"\nRedis {mode} {OUTAGE_S:g}s: {len(answered)} predictions answered 503 in "
-          f"{min(answered) * 1000:.0f}-{max(answered) * 1000:.0f} ms (median "
-          f"{statistics.median(answered) * 1000:.0f} ms); health during: {during}; worker "
-          f"ready {ready_after:.2f}s after Redis was back; the 5 predictions caught in the "
-          f"outage answered {sorted(status for status, _ in caught)}")
+    print(
+        f"\nRedis {mode} {OUTAGE_S:g}s: {len(answered)} predictions answered 503 in "
+        f"{min(answered) * 1000:.0f}-{max(answered) * 1000:.0f} ms (median "
+        f"{statistics.median(answered) * 1000:.0f} ms); health during: {during}; worker "
+        f"ready {ready_after:.2f}s after Redis was back; the 5 predictions caught in the "
+        f"outage answered {sorted(status for status, _ in caught)}"
+    )
     assert len(answered) >= 10
     assert max(answered) < BOUND_S
-    assert during == {"healthz": 200, "readyz": 503, "ready_reason": "broker unreachable",
-                      "ping": 200, "broker_up": 0, "queue": 503}
+    assert during == {
+        "healthz": 200,
+        "readyz": 503,
+        "ready_reason": "broker unreachable",
+        "ping": 200,
+        "broker_up": 0,
+        "queue": 503,
+    }
     assert sorted(body.get("text") for _, body in caught) == [f"c{i}" for i in range(5)]
     questions = Counter(j.inputs.get("question") for j in done)
     assert questions["before"] == questions["after"] == 1
@@ -161,14 +173,18 @@ async def test_redis_unreachable_answers_503_fast_tells_the_truth_and_resumes(
         assert phantoms == 0
 
 
-async def probe(client: httpx.AsyncClient, outage_done: trio.Event,
-                answers: list[tuple[float, str, httpx.Response]]) -> None:
+async def probe(
+    client: httpx.AsyncClient,
+    outage_done: trio.Event,
+    answers: list[tuple[float, str, httpx.Response]],
+) -> None:
     started = time.monotonic()
     with trio.fail_after(BOUND_S * 2):  # a hang fails here, not at the test's deadline
         response = await client.post("/api/v1/prediction/echo", json={"question": "during"})
     # One that raced the return of Redis may rightly succeed: not judged.
-    answers.append((time.monotonic() - started, "after" if outage_done.is_set() else "during",
-                    response))
+    answers.append(
+        (time.monotonic() - started, "after" if outage_done.is_set() else "during", response)
+    )
 
 
 async def _running(client: httpx.AsyncClient, main: Daemon, n: int) -> bool:

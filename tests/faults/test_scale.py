@@ -42,9 +42,15 @@ async def test_10000_concurrent_jobs_in_one_worker_no_false_stalls(
     redis_server: RedisServer, queue_name: str, tmp_path: Path
 ) -> None:
     env = redis_env(redis_server.url, queue_name)
-    worker = ["--role", "worker", *settings(worker__lock_ttl_s=LOCK_TTL_S,
-                                            worker__stalled_interval_s=0.5,
-                                            queue__remove_on_count=2 * JOBS)]
+    worker = [
+        "--role",
+        "worker",
+        *settings(
+            worker__lock_ttl_s=LOCK_TTL_S,
+            worker__stalled_interval_s=0.5,
+            queue__remove_on_count=2 * JOBS,
+        ),
+    ]
     with trio.fail_after(120):
         async with open_observer(redis_server.url, queue_name) as observer:
             await observer.put_flows([delay_flow("wait", DELAY_MS)])
@@ -70,9 +76,11 @@ async def test_10000_concurrent_jobs_in_one_worker_no_false_stalls(
     attempts = Counter(j.attempts if j is not None else None for j in jobs)
     starts = Counter(sum(e.name == "started" for e in job_events) for job_events in events)
     lost = daemon.text().count("lock lost")
-    print(f"\n{JOBS} x {DELAY_MS / 1000:g}s delay jobs in one worker, lock ttl {LOCK_TTL_S:g}s: "
-          f"all done in {elapsed:.1f}s, peak {peak} active at once; attempts {dict(attempts)}, "
-          f"started events per job {dict(starts)}, failed {failed}, 'lock lost' {lost}")
+    print(
+        f"\n{JOBS} x {DELAY_MS / 1000:g}s delay jobs in one worker, lock ttl {LOCK_TTL_S:g}s: "
+        f"all done in {elapsed:.1f}s, peak {peak} active at once; attempts {dict(attempts)}, "
+        f"started events per job {dict(starts)}, failed {failed}, 'lock lost' {lost}"
+    )
     assert failed == 0
     assert all(j is not None and j.status == JobStatus.COMPLETED for j in jobs)
     assert attempts == {1: JOBS}  # 0 false stalls

@@ -21,8 +21,11 @@ async def test_sigterm_stops_main_promptly_with_an_idle_keep_alive_client(
     env = redis_env(redis_server.url, queue_name)
     with trio.fail_after(30):
         async with (
-            start_daemon(["--role", "main", *settings(worker__shutdown_grace_s=10)], env=env,
-                         cwd=str(tmp_path)) as main,
+            start_daemon(
+                ["--role", "main", *settings(worker__shutdown_grace_s=10)],
+                env=env,
+                cwd=str(tmp_path),
+            ) as main,
             httpx.AsyncClient(base_url=main.api) as client,
         ):
             assert (await client.get("/api/v1/ping")).status_code == 200

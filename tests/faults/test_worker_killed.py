@@ -43,8 +43,11 @@ DELAY_MS = 4000
 LOCK_TTL_S = 1.0
 STALLED_S = 0.5
 MARGIN_S = 5.0
-WORKER = ["--role", "worker", *settings(worker__lock_ttl_s=LOCK_TTL_S,
-                                        worker__stalled_interval_s=STALLED_S)]
+WORKER = [
+    "--role",
+    "worker",
+    *settings(worker__lock_ttl_s=LOCK_TTL_S, worker__stalled_interval_s=STALLED_S),
+]
 
 
 async def active_on(observer: Observer, worker: str, n: int) -> bool:
@@ -61,26 +64,32 @@ async def test_kill_9_jobs_finish_once_on_the_other_worker_and_clients_get_answe
     with trio.fail_after(90):
         async with (
             open_observer(redis_server.url, queue_name) as observer,
-            start_daemon(["--role", "main", *settings(flows__paths=flows,
-                                                      server__prediction_timeout_s=60)],
-                         env=env, cwd=str(tmp_path)) as main,
+            start_daemon(
+                ["--role", "main", *settings(flows__paths=flows, server__prediction_timeout_s=60)],
+                env=env,
+                cwd=str(tmp_path),
+            ) as main,
             httpx.AsyncClient(base_url=main.api, timeout=80) as client,
         ):
-            async with (trio.open_nursery() as clients,
-                        start_daemon(WORKER, env=env, cwd=str(tmp_path)) as doomed):
+            async with (
+                trio.open_nursery() as clients,
+                start_daemon(WORKER, env=env, cwd=str(tmp_path)) as doomed,
+            ):
                 doomed_id = worker_id(doomed)
 
                 async def predict(i: int) -> None:
-                    response = await client.post("/api/v1/prediction/wait",
-                                                 json={"question": f"q{i}"})
+                    response = await client.post(
+                        "/api/v1/prediction/wait", json={"question": f"q{i}"}
+                    )
                     answers[f"q{i}"] = (response.status_code, response.json())
 
                 for i in range(JOBS):
                     clients.start_soon(predict, i)
                 with trio.fail_after(20):
                     await poll(lambda: active_on(observer, doomed_id, JOBS))
-                ids = [j.id for j in await observer.broker.jobs.list_jobs(JobStatus.ACTIVE,
-                                                                      limit=1000)]
+                ids = [
+                    j.id for j in await observer.broker.jobs.list_jobs(JobStatus.ACTIVE, limit=1000)
+                ]
                 assert len(ids) == JOBS
                 await gather(lambda i: observer.wait_event(i, "node_start"), ids)
                 tokens = await gather(observer.token, ids)
@@ -95,8 +104,10 @@ async def test_kill_9_jobs_finish_once_on_the_other_worker_and_clients_get_answe
                     assert await doomed.wait(5) == -signal.SIGKILL
                     restarts = await gather(lambda i: nth_started(observer, i, 2), ids)
                     # The dead worker's token, once the job is another's: refused.
-                    late = [Outcome(i, dead_tokens[i], OutcomeKind.COMPLETED,
-                                    result="late") for i in ids]
+                    late = [
+                        Outcome(i, dead_tokens[i], OutcomeKind.COMPLETED, result="late")
+                        for i in ids
+                    ]
                     assert await observer.broker.work.flush([], late) == [False] * JOBS
                     jobs = await observer.all_finished(ids)
                     finished_at = time.time()
@@ -105,10 +116,12 @@ async def test_kill_9_jobs_finish_once_on_the_other_worker_and_clients_get_answe
             events = await gather(observer.events, ids)
             where = await gather(observer.in_finished_sets, ids)
     back = [event_ms(e) / 1000 - killed_at for e in restarts]
-    print(f"\nkill -9 with {JOBS} running jobs: back in the queue and restarted "
-          f"{min(back):.2f}-{max(back):.2f}s after the kill, all finished "
-          f"{finished_at - killed_at:.2f}s after (delay {DELAY_MS / 1000:g}s, "
-          f"lock ttl {LOCK_TTL_S:g}s, stalled interval {STALLED_S:g}s)")
+    print(
+        f"\nkill -9 with {JOBS} running jobs: back in the queue and restarted "
+        f"{min(back):.2f}-{max(back):.2f}s after the kill, all finished "
+        f"{finished_at - killed_at:.2f}s after (delay {DELAY_MS / 1000:g}s, "
+        f"lock ttl {LOCK_TTL_S:g}s, stalled interval {STALLED_S:g}s)"
+    )
     assert max(back) < LOCK_TTL_S + STALLED_S + MARGIN_S
     assert finished_at - killed_at < LOCK_TTL_S + STALLED_S + DELAY_MS / 1000 + MARGIN_S
     assert all(e.data["worker"] == rescuer_id for e in restarts)

@@ -93,7 +93,7 @@ async def test_allow_permits_and_deny_wins(executors: dict[str, Executor]) -> No
                 "egress.allow to permit it"
             )
             install(make_config("egress.private=deny"))  # without keys
-            assert "because egress.private is \"deny\"" in await refusal(executors, server.url)
+            assert 'because egress.private is "deny"' in await refusal(executors, server.url)
             assert [r.path for r in server.requests] == ["/allowed", "/by-name"]
 
 
@@ -114,8 +114,15 @@ async def test_the_connection_uses_the_address_that_was_checked(
         def __init__(self) -> None:
             self.asked = 0
 
-        async def getaddrinfo(self, host: bytes | str | None, port: Any, family: int = 0,
-                              type: int = 0, proto: int = 0, flags: int = 0) -> Any:
+        async def getaddrinfo(
+            self,
+            host: bytes | str | None,
+            port: Any,
+            family: int = 0,
+            type: int = 0,
+            proto: int = 0,
+            flags: int = 0,
+        ) -> Any:
             self.asked += 1
             address = "127.0.0.1" if self.asked == 1 else "127.0.0.2"
             return [(trio.socket.AF_INET, trio.socket.SOCK_STREAM, 6, "", (address, int(port)))]
@@ -132,7 +139,8 @@ async def test_the_connection_uses_the_address_that_was_checked(
             assert (await get(executors, f"http://rebind.test:{port}/r"))["status"] == 200
             assert resolver.asked == 1
             assert "egress.deny has '127.0.0.2'" in await refusal(
-                executors, f"http://rebind.test:{port}/r")
+                executors, f"http://rebind.test:{port}/r"
+            )
 
 
 async def test_llm_node_is_refused_likewise(executors: dict[str, Executor]) -> None:
@@ -140,9 +148,11 @@ async def test_llm_node_is_refused_likewise(executors: dict[str, Executor]) -> N
     with trio.fail_after(10):
         async with open_http_server(streaming_llm(["hi"])) as server:
             with pytest.raises(NodeError) as info:
-                await run_executor(executors["llm"],
-                                   {"base_url": f"{server.url}/v1", "model": "m"},
-                                   {"prompt": "hello"})
+                await run_executor(
+                    executors["llm"],
+                    {"base_url": f"{server.url}/v1", "model": "m"},
+                    {"prompt": "hello"},
+                )
             assert str(info.value) == (
                 f"egress refused 127.0.0.1 (loopback) for host '127.0.0.1': {PRIVATE_REFUSED}"
             )
@@ -152,21 +162,29 @@ async def test_llm_node_is_refused_likewise(executors: dict[str, Executor]) -> N
 async def test_a_worker_applies_its_config_to_the_flows_it_runs() -> None:
     with trio.fail_after(20):
         async with open_http_server(_ok) as server:
-            flow = {"id": "fetch", "nodes": [{"id": "get", "type": "http", "label": "Get",
-                                              "params": {"url": f"{server.url}/x"}}],
-                    "output": "get"}
+            flow = {
+                "id": "fetch",
+                "nodes": [
+                    {
+                        "id": "get",
+                        "type": "http",
+                        "label": "Get",
+                        "params": {"url": f"{server.url}/x"},
+                    }
+                ],
+                "output": "get",
+            }
             async with open_api(KEYS, flows=[flow]) as api:
-                response = await api.client.post("/api/v1/prediction/fetch",
-                                                  json={"question": "q"},
-                                                  headers=bearer("fqd_ops"))
+                response = await api.client.post(
+                    "/api/v1/prediction/fetch", json={"question": "q"}, headers=bearer("fqd_ops")
+                )
                 assert response.status_code == 500, response.text
                 assert response.json()["message"] == (
                     "node 'get' failed: egress refused 127.0.0.1 (loopback) for host "
                     f"'127.0.0.1': {PRIVATE_REFUSED}"
                 )
             async with open_api(flows=[flow]) as api:  # no keys: loopback is fine
-                response = await api.client.post("/api/v1/prediction/fetch",
-                                                  json={"question": "q"})
+                response = await api.client.post("/api/v1/prediction/fetch", json={"question": "q"})
                 assert response.status_code == 200, response.text
             assert [r.path for r in server.requests] == ["/x"]
 
@@ -234,7 +252,8 @@ async def test_http_response_is_bounded(executors: dict[str, Executor]) -> None:
         async with open_http_server(_big) as server:
             assert (await get(executors, f"{server.url}/chunked/1000"))["text"] == "x" * 1000
             head, _ = await run_executor(
-                executors["http"], {"url": f"{server.url}/declared/5000", "method": "HEAD"})
+                executors["http"], {"url": f"{server.url}/declared/5000", "method": "HEAD"}
+            )
             assert head["status"] == 200 and head["text"] == ""
             for path in ("/chunked/1001", "/chunked/100000", "/declared/5000"):
                 assert await refusal(executors, f"{server.url}{path}?secret=1") == (
@@ -262,9 +281,11 @@ async def test_llm_stream_is_bounded_even_without_line_breaks(
         with trio.fail_after(10):
             async with open_http_server(handler) as server:
                 with pytest.raises(NodeError) as info:
-                    await run_executor(executors["llm"],
-                                       {"base_url": f"{server.url}/v1", "model": "m"},
-                                       {"prompt": "hello"})
+                    await run_executor(
+                        executors["llm"],
+                        {"base_url": f"{server.url}/v1", "model": "m"},
+                        {"prompt": "hello"},
+                    )
         assert str(info.value) == (
             f"LLM server {server.url}/v1 sent more than limits.max_response_bytes (5000 bytes); "
             "raise limits.max_response_bytes or ask for less"
@@ -280,6 +301,8 @@ async def test_llm_whole_completion_is_bounded(executors: dict[str, Executor]) -
     with trio.fail_after(10):
         async with open_http_server(whole) as server:
             with pytest.raises(NodeError, match=r"sent more than limits\.max_response_bytes"):
-                await run_executor(executors["llm"],
-                                   {"base_url": f"{server.url}/v1", "model": "m"},
-                                   {"prompt": "hello"})
+                await run_executor(
+                    executors["llm"],
+                    {"base_url": f"{server.url}/v1", "model": "m"},
+                    {"prompt": "hello"},
+                )

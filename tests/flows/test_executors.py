@@ -150,8 +150,11 @@ async def test_template_never_reads_attributes_of_values() -> None:
     params = {"template": "{question.__class__}"}
     with pytest.raises(NodeFailed, match="has no value"):
         await run_flow_document(
-            {"id": "t", "nodes": [{"id": "t", "type": "template", "params": params}],
-             "output": "t"},
+            {
+                "id": "t",
+                "nodes": [{"id": "t", "type": "template", "params": params}],
+                "output": "t",
+            },
             question="hi",
         )
     nested = {"template": "{overrideConfig.lang}/{overrideConfig.tags[1]}"}

@@ -427,10 +427,15 @@ async def test_an_encoded_run_writes_the_same_json_as_a_plain_one(
         return {"text": ctx.inputs["text"], "n": 3}
 
     flow = compile_flow(
-        {"id": "f", "output": "out", "nodes": [
-            {"id": "p", "type": "template", "params": {"template": "Hi {question}"}},
-            {"id": "c", "type": "chatty", "inputs": {"text": "p"}},
-            {"id": "out", "type": "echo", "inputs": {"text": "c"}}]},
+        {
+            "id": "f",
+            "output": "out",
+            "nodes": [
+                {"id": "p", "type": "template", "params": {"template": "Hi {question}"}},
+                {"id": "c", "type": "chatty", "inputs": {"text": "p"}},
+                {"id": "out", "type": "echo", "inputs": {"text": "c"}},
+            ],
+        },
         {**executors, "chatty": executor("chatty", chatty)},
     )
 
@@ -439,10 +444,17 @@ async def test_an_encoded_run_writes_the_same_json_as_a_plain_one(
         return orjson.dumps([result.output, nodes, [(n, d) for _t, n, d in recorder.events]])
 
     plain, encoded = Recorder(), Recorder()
-    first = await run_flow(flow, job_id="j", inputs={"question": "Ann"}, emit=plain,
-                           credential=no_credentials)
-    second = await run_flow(flow, job_id="j", inputs={"question": "Ann"}, emit=encoded,
-                            credential=no_credentials, encoded=True)
+    first = await run_flow(
+        flow, job_id="j", inputs={"question": "Ann"}, emit=plain, credential=no_credentials
+    )
+    second = await run_flow(
+        flow,
+        job_id="j",
+        inputs={"question": "Ann"},
+        emit=encoded,
+        credential=no_credentials,
+        encoded=True,
+    )
     assert isinstance(second.output, orjson.Fragment)
     assert written(first, plain) == written(second, encoded)
     assert first.output == {"text": "Hi Ann", "n": 3}
@@ -463,8 +475,20 @@ async def test_outputs_and_events_are_checked_without_a_worker_too() -> None:
     assert failed.value.node_id == "s"
     flow = compile_flow({"id": "f", "nodes": [{"id": "m", "type": "m"}], "output": "m"}, execs)
     with pytest.raises(NodeFailed, match=r"over limits\.max_event_bytes \(50\)"):
-        await run_flow(flow, job_id="j", inputs={}, emit=Recorder(), credential=no_credentials,
-                       limits=LimitsConfig(max_event_bytes=50))
+        await run_flow(
+            flow,
+            job_id="j",
+            inputs={},
+            emit=Recorder(),
+            credential=no_credentials,
+            limits=LimitsConfig(max_event_bytes=50),
+        )
     with pytest.raises(NodeFailed, match=r"102 bytes of JSON, over limits\.max_result_bytes"):
-        await run_flow(flow, job_id="j", inputs={}, emit=Recorder(), credential=no_credentials,
-                       limits=LimitsConfig(max_result_bytes=101))
+        await run_flow(
+            flow,
+            job_id="j",
+            inputs={},
+            emit=Recorder(),
+            credential=no_credentials,
+            limits=LimitsConfig(max_result_bytes=101),
+        )

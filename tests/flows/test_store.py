@@ -144,8 +144,9 @@ async def test_flows_paths_follow_flows_max_nodes(
         )
     ]
     with pytest.raises(FlowValidationError):
-        await FlowStore(backend, executors, max_nodes=3).put(orjson.loads(
-            (tmp_path / "big.json").read_bytes()))
+        await FlowStore(backend, executors, max_nodes=3).put(
+            orjson.loads((tmp_path / "big.json").read_bytes())
+        )
     assert backend.versions == {}
     assert await FlowStore(backend, executors, max_nodes=4).load_paths([str(tmp_path)]) == [
         ("big", 1)

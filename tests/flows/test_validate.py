@@ -403,7 +403,8 @@ def test_unknown_node_messages_stay_short_in_a_long_flow(executors: dict[str, Ex
     assert len(info.value.problems) == 500
     assert info.value.problems[0] == (
         "$.nodes[500].inputs.x",
-        "unknown node 'gone'; nodes: " + ", ".join(f"n{i}" for i in range(20))
+        "unknown node 'gone'; nodes: "
+        + ", ".join(f"n{i}" for i in range(20))
         + ", ... (1000 in all) (job inputs start with $)",
     )
 

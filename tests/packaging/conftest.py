@@ -22,10 +22,19 @@ def binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip("PyInstaller is not installed; pip install -e '.[test]' (or '.[packaging]')")
     out = tmp_path_factory.mktemp("binary")
     result = subprocess.run(
-        ["bash", str(ROOT / "packaging" / "build.sh"),
-         "--distpath", str(out / "dist"), "--workpath", str(out / "work")],
-        env={**os.environ, "PYTHON": sys.executable}, cwd=ROOT,
-        capture_output=True, text=True, timeout=900,
+        [
+            "bash",
+            str(ROOT / "packaging" / "build.sh"),
+            "--distpath",
+            str(out / "dist"),
+            "--workpath",
+            str(out / "work"),
+        ],
+        env={**os.environ, "PYTHON": sys.executable},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert result.returncode == 0, f"build failed:\n{result.stdout}\n{result.stderr}"
     return out / "dist" / "flowqd"

@@ -48,14 +48,22 @@ def site(tmp_path: Path) -> Path:
     flows.mkdir()
     (flows / "greet.json").write_text(json.dumps(FLOW))
     (tmp_path / "flowqd.toml").write_text(
-        f'[plugins]\npaths = ["{plugins}"]\n\n[flows]\npaths = ["{flows}"]\n')
+        f'[plugins]\npaths = ["{plugins}"]\n\n[flows]\npaths = ["{flows}"]\n'
+    )
     return tmp_path
 
 
-def run(binary: Path, *args: str, cwd: Path, env: dict[str, str] | None = None
-        ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(binary), *args], capture_output=True, text=True,
-                          env=base_env(env), cwd=cwd, timeout=120)
+def run(
+    binary: Path, *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(binary), *args],
+        capture_output=True,
+        text=True,
+        env=base_env(env),
+        cwd=cwd,
+        timeout=120,
+    )
 
 
 async def predict(api: str) -> httpx.Response:
@@ -66,10 +74,15 @@ async def predict(api: str) -> httpx.Response:
 def package_data_files() -> set[str]:
     """Every file pyproject's package-data ships with flowqd, as bundle paths."""
     patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
-        "package-data"]["flowqd"]
+        "package-data"
+    ]["flowqd"]
     package = ROOT / "flowqd"
-    return {f"flowqd/{path.relative_to(package)}"
-            for pattern in patterns for path in package.glob(pattern) if path.is_file()}
+    return {
+        f"flowqd/{path.relative_to(package)}"
+        for pattern in patterns
+        for path in package.glob(pattern)
+        if path.is_file()
+    }
 
 
 def test_bundle_holds_every_module_data_file_and_hiredis(binary: Path) -> None:
@@ -117,9 +130,7 @@ def test_plugins_lists_built_ins_and_the_plugin_file_only(binary: Path, site: Pa
     assert "entry point" not in result.stdout
 
 
-async def test_role_all_pings_runs_a_flow_and_exits_0_on_sigterm(
-    binary: Path, site: Path
-) -> None:
+async def test_role_all_pings_runs_a_flow_and_exits_0_on_sigterm(binary: Path, site: Path) -> None:
     args = ["--role", "all", "--config", str(site / "flowqd.toml")]
     with trio.fail_after(60):
         async with start_daemon(args, cwd=str(site), command=[str(binary)]) as daemon:
@@ -144,10 +155,12 @@ async def test_main_and_worker_binaries_run_a_job_through_redis(
     command = [str(binary)]
     with trio.fail_after(90):
         async with (
-            start_daemon(["--role", "main", *config], env=env, cwd=str(site),
-                         command=command) as main,
-            start_daemon(["--role", "worker", *config], env=env, cwd=str(site),
-                         command=command) as worker,
+            start_daemon(
+                ["--role", "main", *config], env=env, cwd=str(site), command=command
+            ) as main,
+            start_daemon(
+                ["--role", "worker", *config], env=env, cwd=str(site), command=command
+            ) as worker,
         ):
             assert "broker=redis" in main.text() and "broker=redis" in worker.text()
             answer = await predict(main.api)

@@ -54,8 +54,10 @@ def test_message_is_one_datagram_of_lines(socket_path: str) -> None:
             assert notifier.stopping("draining")
         finally:
             notifier.close()
-        assert drain(sock) == [b"READY=1\nSTATUS=serving: api=http://x",
-                               b"STOPPING=1\nSTATUS=draining"]
+        assert drain(sock) == [
+            b"READY=1\nSTATUS=serving: api=http://x",
+            b"STOPPING=1\nSTATUS=draining",
+        ]
 
 
 def test_status_stays_on_one_line(socket_path: str) -> None:

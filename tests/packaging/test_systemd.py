@@ -73,7 +73,10 @@ def test_systemd_analyze_verify_is_clean(verifiable_units: Path, unit: str) -> N
         pytest.skip("systemd-analyze not found: install Debian's systemd package (CI does)")
     result = subprocess.run(
         [analyze, "verify", str(verifiable_units / unit)],
-        capture_output=True, text=True, timeout=60, cwd=verifiable_units,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=verifiable_units,
     )
     # Unknown keys and bad values are only warnings on stderr, with exit 0.
     assert (result.returncode, result.stderr) == (0, ""), result.stderr
@@ -85,8 +88,9 @@ def test_verify_catches_a_misspelled_key(verifiable_units: Path) -> None:
         pytest.skip("systemd-analyze not found: install Debian's systemd package (CI does)")
     unit = verifiable_units / "flowqd-main.service"
     unit.write_text(unit.read_text().replace("NoNewPrivileges=", "NoNewPrivilege="))
-    result = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
     assert "Unknown key" in result.stderr
 
 
@@ -143,8 +147,11 @@ def test_worker_instance_name_is_its_health_port_whatever_the_environment(
     # An EnvironmentFile setting WORKER_PORT must not move every instance to one port.
     result = subprocess.run(
         [sys.executable, "-m", "flowqd", *command[1:], "check-config"],
-        capture_output=True, text=True, timeout=60,
-        env=base_env({"WORKER_PORT": "1234"}), cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=base_env({"WORKER_PORT": "1234"}),
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
     assert "health_port = 5599" in result.stdout.splitlines()
@@ -153,4 +160,3 @@ def test_worker_instance_name_is_its_health_port_whatever_the_environment(
 def test_target_is_enabled_at_boot_and_workers_default_to_5566() -> None:
     assert one("flowqd.target", "Install.WantedBy") == "multi-user.target"
     assert one("flowqd-worker@.service", "Install.DefaultInstance") == "5566"
-

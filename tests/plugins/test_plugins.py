@@ -282,13 +282,18 @@ def test_example_plugins_own_tests_pass(example_installed: None) -> None:
 
 def test_each_plugin_is_asked_for_its_executors_once_at_start_up(tmp_path: Path) -> None:
     calls = tmp_path / "calls"
-    write_plugin(tmp_path / "plugins", "counting", PLUGIN_HEADER + f"""
+    write_plugin(
+        tmp_path / "plugins",
+        "counting",
+        PLUGIN_HEADER
+        + f"""
     @hookimpl
     def flowqd_executors():
         with open({str(calls)!r}, "a") as f:
             f.write("called\\n")
         return [Executor(type="counted", params=P, run=run, description="counts its calls")]
-    """)
+    """,
+    )
     # What the daemon does: load (which checks the node types), then collect.
     pm = load_plugins(PluginsConfig(paths=[str(tmp_path / "plugins")], disable=["example"]))
     assert "counted" in collect_executors(pm)

@@ -50,11 +50,13 @@ async def _blocked_clients(raw: Redis) -> int:
 
 async def _slip_into_wait(raw: Redis, keys: QueueKeys, job_id: str) -> None:
     """Move a delayed job to ``wait`` without ringing the doorbell."""
-    await raw.pipeline([
-        (b"ZREM", keys.delayed, job_id),
-        (b"HSET", keys.job(job_id), b"st", b"waiting"),
-        (b"LPUSH", keys.wait, job_id),
-    ])
+    await raw.pipeline(
+        [
+            (b"ZREM", keys.delayed, job_id),
+            (b"HSET", keys.job(job_id), b"st", b"waiting"),
+            (b"LPUSH", keys.wait, job_id),
+        ]
+    )
 
 
 async def test_cancelled_blocked_claim_puts_back_what_its_queued_claim_took(

@@ -45,29 +45,38 @@ async def test_enqueue_claim_complete(broker: Broker) -> None:
         assert claimed.job.worker == "w1" and claimed.job.started_at is not None
         assert claimed.job.flow_id == "f" and claimed.job.flow_version == 1
 
-        assert await broker.work.flush(
-            [EmittedEvent(job_id, "token", "a"), EmittedEvent(job_id, "token", "b")], []
-        ) == []
+        assert (
+            await broker.work.flush(
+                [EmittedEvent(job_id, "token", "a"), EmittedEvent(job_id, "token", "b")], []
+            )
+            == []
+        )
         outcome = Outcome(
-            job_id, claimed.token, OutcomeKind.COMPLETED, result={"text": "ab"},
+            job_id,
+            claimed.token,
+            OutcomeKind.COMPLETED,
+            result={"text": "ab"},
             nodes=[{"id": "n1", "status": "FINISHED"}],
         )
-        assert await broker.work.flush(
-            [EmittedEvent(job_id, "node", {"id": "n1"})], [outcome]
-        ) == [True]
+        assert await broker.work.flush([EmittedEvent(job_id, "node", {"id": "n1"})], [outcome]) == [
+            True
+        ]
 
         events = await broker.jobs.read_events(job_id)
         assert [(e.name, e.data) for e in events] == [
-            ("token", "a"), ("token", "b"), ("node", {"id": "n1"}), ("end", {"text": "ab"}),
+            ("token", "a"),
+            ("token", "b"),
+            ("node", {"id": "n1"}),
+            ("end", {"text": "ab"}),
         ]
         job = await broker.jobs.get_job(job_id)
         assert job is not None and job.status == JobStatus.COMPLETED
         assert job.result == {"text": "ab"} and job.nodes == [{"id": "n1", "status": "FINISHED"}]
         assert job.finished_at is not None and job.finished_at >= job.created_at
         # Nothing is appended after the terminal event, and the outcome is not recorded twice.
-        assert await broker.work.flush(
-            [EmittedEvent(job_id, "late", 1)], [done(claimed)]
-        ) == [False]
+        assert await broker.work.flush([EmittedEvent(job_id, "late", 1)], [done(claimed)]) == [
+            False
+        ]
         assert await broker.jobs.read_events(job_id) == events
 
 
@@ -110,8 +119,9 @@ async def test_job_id_of_another_owner_refuses_the_whole_call(broker: Broker) ->
         assert await broker.jobs.enqueue([spec(2, job_id="mine", owner="alice")]) == ["mine"]
         for owner in ("bob", None):
             with pytest.raises(JobIdTaken) as taken:
-                await broker.jobs.enqueue([spec(3, job_id="fresh", owner=owner),
-                                      spec(4, job_id="mine", owner=owner)])
+                await broker.jobs.enqueue(
+                    [spec(3, job_id="fresh", owner=owner), spec(4, job_id="mine", owner=owner)]
+                )
             assert taken.value.positions == [1]
         # Nothing of a refused call was added, and the first job is untouched.
         assert await broker.jobs.get_job("fresh") is None
@@ -277,7 +287,8 @@ async def test_cancel_active(broker: Broker) -> None:
             await noticed.wait()
             assert notices == [job_id]
             assert await broker.work.renew("w1", {job_id: claimed.token}, lock_ttl_s=30) == (
-                set(), {job_id},
+                set(),
+                {job_id},
             )
             outcome = Outcome(job_id, claimed.token, OutcomeKind.CANCELLED)
             assert await broker.work.flush([], [outcome]) == [True]
@@ -326,7 +337,8 @@ async def test_stale_token_refused(broker: Broker) -> None:
         assert job is not None and job.result == 2
         assert len(terminal(await broker.jobs.read_events(job_id))) == 1
         assert await broker.work.renew("w1", {job_id: claimed.token}, lock_ttl_s=30) == (
-            {job_id}, set(),
+            {job_id},
+            set(),
         )
 
 
@@ -358,7 +370,8 @@ async def test_renewed_lock_is_kept(
             claimed = await claim_one(broker, lock_ttl_s=0.3)
             for _ in range(8):  # 0.8 s, far past the first lock's end
                 assert await broker.work.renew("w1", {job_id: claimed.token}, lock_ttl_s=0.3) == (
-                    set(), set(),
+                    set(),
+                    set(),
                 )
                 await trio.sleep(0.1)
             assert await broker.work.flush([], [done(claimed)]) == [True]
@@ -538,8 +551,9 @@ async def test_watch_event_batches_deliver_a_flush_together(broker: Broker) -> N
 
             nursery.start_soon(watcher)
             await first_seen.wait()
-            await broker.work.flush([EmittedEvent(job_id, "token", i) for i in range(300)],
-                               [done(claimed, "r")])
+            await broker.work.flush(
+                [EmittedEvent(job_id, "token", i) for i in range(300)], [done(claimed, "r")]
+            )
         assert batches[0] == [("token", "first")]
         later = [event for batch in batches[1:] for event in batch]
         assert later == [("token", i) for i in range(300)] + [("end", "r")]
@@ -573,8 +587,14 @@ async def test_many_watchers_of_many_jobs(broker: Broker) -> None:
 async def test_heartbeat_and_workers(broker: Broker, clock: trio.testing.MockClock | None) -> None:
     with trio.fail_after(10):
         info = WorkerInfo(
-            id="w1", host="h", pid=1, started_at=1.0, last_seen=2.0,
-            jobs_held=3, concurrency=10, ready=True,
+            id="w1",
+            host="h",
+            pid=1,
+            started_at=1.0,
+            last_seen=2.0,
+            jobs_held=3,
+            concurrency=10,
+            ready=True,
         )
         await broker.work.heartbeat(info, ttl_s=0.3)
         await broker.work.heartbeat(WorkerInfo("w2", "h", 2, 1.0, 2.0, 0, 5, False), ttl_s=30)

@@ -93,9 +93,7 @@ async def test_blocked_claim_cancelled_leaves_queue_intact(
     with trio.fail_after(10):
         async with open_running() as broker:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(
-                    lambda: broker.work.claim("w1", 10, lock_ttl_s=30, block_s=30)
-                )
+                nursery.start_soon(lambda: broker.work.claim("w1", 10, lock_ttl_s=30, block_s=30))
                 await wait_until(lambda: _is_blocked(raw))
                 nursery.cancel_scope.cancel()
             [job_id] = await broker.jobs.enqueue([spec()])

@@ -39,7 +39,8 @@ async def _first_retry_wait(broker_factory: BrokerFactory, **queue: float) -> fl
 
 
 async def test_retry_delay_stops_at_the_cap(
-    open_test_broker: BrokerFactory, clock: trio.testing.MockClock | None,
+    open_test_broker: BrokerFactory,
+    clock: trio.testing.MockClock | None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A cap of a day cannot be waited for: lowered, an hour's backoff waits it.
@@ -59,8 +60,10 @@ async def test_retry_delay_cap_is_a_day() -> None:
 
 @pytest.mark.parametrize("draw", [0.0, 0.999999])
 async def test_jitter_only_adds_and_at_most_its_share(
-    open_test_broker: BrokerFactory, clock: trio.testing.MockClock | None,
-    monkeypatch: pytest.MonkeyPatch, draw: float,
+    open_test_broker: BrokerFactory,
+    clock: trio.testing.MockClock | None,
+    monkeypatch: pytest.MonkeyPatch,
+    draw: float,
 ) -> None:
     # The lowest draw waits the plain backoff, the highest backoff * (1 + share).
     monkeypatch.setattr(policy, "jitter", lambda: draw)
@@ -74,7 +77,8 @@ async def test_jitter_only_adds_and_at_most_its_share(
 
 
 async def test_jitter_share_comes_from_policy(
-    open_test_broker: BrokerFactory, clock: trio.testing.MockClock | None,
+    open_test_broker: BrokerFactory,
+    clock: trio.testing.MockClock | None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(policy, "JITTER_SHARE", 2.0)
@@ -100,7 +104,8 @@ async def test_stalled_job_fails_with_the_stalled_message(
 
 
 async def test_stalled_message_comes_from_policy(
-    open_test_broker: BrokerFactory, clock: trio.testing.MockClock | None,
+    open_test_broker: BrokerFactory,
+    clock: trio.testing.MockClock | None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Quotes, a backslash and non-ASCII text reach the Lua prelude intact.
@@ -137,9 +142,13 @@ async def test_cancelled_jobs_carry_the_cancelled_message(
             assert (await claim_one(broker, lock_ttl_s=0.2)).job.id == stalled
             await broker.jobs.cancel(stalled, reason="gone")
             await wait_terminal(broker, stalled)
-            expected = {queued: "user", unnamed: policy.DEFAULT_CANCEL_REASON,
-                        by_worker: "shutdown", quiet: policy.DEFAULT_CANCEL_REASON,
-                        stalled: "gone"}
+            expected = {
+                queued: "user",
+                unnamed: policy.DEFAULT_CANCEL_REASON,
+                by_worker: "shutdown",
+                quiet: policy.DEFAULT_CANCEL_REASON,
+                stalled: "gone",
+            }
             for job_id, reason in expected.items():
                 job = await broker.jobs.get_job(job_id)
                 assert job is not None and job.status == JobStatus.CANCELLED
@@ -173,8 +182,11 @@ def test_lua_scripts_write_no_rule_of_their_own() -> None:
     # Every state, event name, outcome code, constant and message of the job
     # rules reaches the scripts from Python (the generated prelude).
     names = {s.value for s in JobStatus} | {END, ERROR, CANCELLED} | {"c", "f", "x", "r"}
-    numbers = {str(policy.RETRY_EXPONENT_CAP), repr(policy.JITTER_SHARE),
-               str(round(policy.RETRY_DELAY_CAP_S * 1000))}
+    numbers = {
+        str(policy.RETRY_EXPONENT_CAP),
+        repr(policy.JITTER_SHARE),
+        str(round(policy.RETRY_DELAY_CAP_S * 1000)),
+    }
     for script in (resources.files("flowqd.queue") / "lua").iterdir():
         code = re.sub(r"--[^\n]*", "", script.read_text(encoding="utf-8"))
         strings = set(re.findall(r"'([^']*)'", code)) | set(re.findall(r'"([^"]*)"', code))

@@ -27,8 +27,11 @@ class MemoryJobs:
         await trio.lowlevel.checkpoint()
         state = self._state
         prepared = [(spec, copy(spec.inputs)) for spec in specs]  # may raise before any change
-        taken = [n for n, spec in enumerate(specs) if spec.job_id in state.jobs
-                 and state.jobs[spec.job_id].owner != spec.owner]
+        taken = [
+            n
+            for n, spec in enumerate(specs)
+            if spec.job_id in state.jobs and state.jobs[spec.job_id].owner != spec.owner
+        ]
         if taken:
             raise JobIdTaken(taken)
         ids: list[str] = []

@@ -82,13 +82,22 @@ class RedisBackend:
 
     @classmethod
     def create(
-        cls, redis: Redis, queue: QueueConfig, *, exit_stack: AsyncExitStack,
+        cls,
+        redis: Redis,
+        queue: QueueConfig,
+        *,
+        exit_stack: AsyncExitStack,
         block_margin_s: float,
     ) -> RedisBackend:
         keys = QueueKeys(queue.name)
         return cls(
-            redis, queue, keys, QueueScripts.load(redis, keys, queue), EventHub(redis, keys),
-            BlockingConnections(redis, exit_stack), block_margin_s,
+            redis,
+            queue,
+            keys,
+            QueueScripts.load(redis, keys, queue),
+            EventHub(redis, keys),
+            BlockingConnections(redis, exit_stack),
+            block_margin_s,
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

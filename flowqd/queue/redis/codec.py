@@ -160,7 +160,21 @@ def flush_args(events: Sequence[EmittedEvent], outcomes: Sequence[Outcome]) -> l
 assert _N_FIELDS == 16  # decode_job unpacks exactly these
 # ... and passes them to Job in this order.
 assert [a.name for a in attrs.fields(Job)] == [
-    "id", "flow_id", "flow_version", "inputs", "status", "attempts", "max_attempts",
-    "timeout_s", "owner", "created_at", "started_at", "finished_at", "result", "error",
-    "nodes", "worker", "cancel_requested",
+    "id",
+    "flow_id",
+    "flow_version",
+    "inputs",
+    "status",
+    "attempts",
+    "max_attempts",
+    "timeout_s",
+    "owner",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "result",
+    "error",
+    "nodes",
+    "worker",
+    "cancel_requested",
 ]

@@ -26,21 +26,27 @@ class RedisControl:
 
     async def resume(self) -> None:
         keys = self._backend.keys
-        checked(await self._backend.redis.pipeline(
-            [(b"DEL", keys.paused), (b"ZADD", keys.marker, 0, MARKER_MEMBER)]
-        ))
+        checked(
+            await self._backend.redis.pipeline(
+                [(b"DEL", keys.paused), (b"ZADD", keys.marker, 0, MARKER_MEMBER)]
+            )
+        )
 
     async def is_paused(self) -> bool:
         return bool(await self._backend.redis.execute(b"EXISTS", self._backend.keys.paused))
 
     async def counts(self) -> dict[JobStatus, int]:
         k = self._backend.keys
-        replies = checked(await self._backend.redis.pipeline([
-            (b"LLEN", k.wait),
-            (b"ZCARD", k.delayed),
-            (b"ZCARD", k.active),
-            *((b"ZCARD", k.finished(s.value)) for s in _FINISHED),
-        ]))
+        replies = checked(
+            await self._backend.redis.pipeline(
+                [
+                    (b"LLEN", k.wait),
+                    (b"ZCARD", k.delayed),
+                    (b"ZCARD", k.active),
+                    *((b"ZCARD", k.finished(s.value)) for s in _FINISHED),
+                ]
+            )
+        )
         return {status: int(reply) for status, reply in zip(_COUNTED, replies, strict=True)}
 
     async def workers(self) -> list[WorkerInfo]:

@@ -15,9 +15,7 @@ class RedisFlowDocuments:
         return int(await self._backend.scripts.put_flow((flow_id, document)))
 
     async def get_flow(self, flow_id: str, version: int | None = None) -> tuple[int, bytes] | None:
-        reply = await self._backend.scripts.get_flow(
-            (flow_id, b"" if version is None else version)
-        )
+        reply = await self._backend.scripts.get_flow((flow_id, b"" if version is None else version))
         return None if reply is None else (int(reply[0]), reply[1])
 
     async def list_flows(self) -> dict[str, int]:

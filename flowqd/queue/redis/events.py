@@ -152,7 +152,8 @@ class EventHub:
         while True:
             try:
                 reply = await self._redis.execute(
-                    b"XREVRANGE", self._keys.events(watcher.job_id), b"+", b"-", b"COUNT", 1)
+                    b"XREVRANGE", self._keys.events(watcher.job_id), b"+", b"-", b"COUNT", 1
+                )
             except BrokerUnavailable:
                 await backoff.wait()  # as in watch(): the caller's deadline bounds it
                 continue
@@ -172,8 +173,12 @@ class EventHub:
         self, job_id: str, after: tuple[int, int], count: int
     ) -> list[tuple[tuple[int, int], Event]]:
         reply = await self._redis.execute(
-            b"XRANGE", self._keys.events(job_id), f"({after[0]}-{after[1]}", b"+",
-            b"COUNT", count,
+            b"XRANGE",
+            self._keys.events(job_id),
+            f"({after[0]}-{after[1]}",
+            b"+",
+            b"COUNT",
+            count,
         )
         return decode_entries(reply)
 
@@ -236,7 +241,10 @@ class EventHub:
             chunk = requests[start : start + STREAMS_PER_XREAD]
             commands.append(
                 (
-                    b"XREAD", b"COUNT", BATCH, b"STREAMS",
+                    b"XREAD",
+                    b"COUNT",
+                    BATCH,
+                    b"STREAMS",
                     *(self._keys.events(job_id) for job_id, _ in chunk),
                     *(f"{c[0]}-{c[1]}" for _, c in chunk),
                 )

@@ -78,9 +78,11 @@ class QueueScripts:
     @classmethod
     def load(cls, redis: Redis, keys: QueueKeys, queue: QueueConfig) -> QueueScripts:
         settings = queue_settings(queue)
-        return cls(**{
-            field.name: QueueScript(
-                redis, Script.from_source(source(field.name)), (keys.prefix,), settings
-            )
-            for field in attrs.fields(cls)
-        })
+        return cls(
+            **{
+                field.name: QueueScript(
+                    redis, Script.from_source(source(field.name)), (keys.prefix,), settings
+                )
+                for field in attrs.fields(cls)
+            }
+        )

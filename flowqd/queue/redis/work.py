@@ -114,8 +114,11 @@ class RedisWork:
             async def request() -> None:
                 try:
                     with trio.CancelScope(shield=True):
-                        replies.extend(await connection.pipeline(
-                            commands, timeout=block_s + backend.block_margin_s))
+                        replies.extend(
+                            await connection.pipeline(
+                                commands, timeout=block_s + backend.block_margin_s
+                            )
+                        )
                 except Exception as exc:  # handed to the caller as it is, not in a group
                     failures.append(exc)
                 finally:
@@ -214,16 +217,24 @@ class RedisWork:
         scripts = self._backend.scripts
         async with trio.open_nursery() as nursery:
             nursery.start_soon(maintenance.promote_loop, scripts.promote, name="flowqd-promote")
-            nursery.start_soon(maintenance.stalled_loop, scripts.stalled, stalled_interval_s,
-                               name="flowqd-stalled")
+            nursery.start_soon(
+                maintenance.stalled_loop, scripts.stalled, stalled_interval_s, name="flowqd-stalled"
+            )
             task_status.started()
 
     async def heartbeat(self, info: WorkerInfo, *, ttl_s: float) -> None:
         keys = self._backend.keys
-        checked(await self._backend.redis.pipeline([
-            (
-                b"SET", keys.worker(info.id), orjson.dumps(attrs.asdict(info)),
-                b"PX", max(1, round(ttl_s * 1000)),
-            ),
-            (b"ZADD", keys.workers, int(info.last_seen * 1000), info.id),
-        ]))
+        checked(
+            await self._backend.redis.pipeline(
+                [
+                    (
+                        b"SET",
+                        keys.worker(info.id),
+                        orjson.dumps(attrs.asdict(info)),
+                        b"PX",
+                        max(1, round(ttl_s * 1000)),
+                    ),
+                    (b"ZADD", keys.workers, int(info.last_seen * 1000), info.id),
+                ]
+            )
+        )
