@@ -175,6 +175,7 @@ async def _serve(config: Config, life: Lifecycle, argv: Sequence[str]) -> None:
                 life.roles_scope = roles.cancel_scope
                 if life.shutdown.is_set():
                     life.begin_shutdown()
+                worker: Worker | None = None
                 if config.role in ("worker", "all"):
                     worker = Worker(
                         broker.work,
@@ -184,57 +185,73 @@ async def _serve(config: Config, life: Lifecycle, argv: Sequence[str]) -> None:
                         credential=credentials.get,
                         broker_ok=unreachable is None,
                     )
-                    binds = await _listen(
-                        infra,
-                        HEALTH,
-                        HealthApp(worker, registry),
-                        config.worker.health_host,
-                        config.worker.health_port,
-                        shutdown_trigger=trio.sleep_forever,
-                        graceful_timeout_s=1.0,
-                    )
-                    endpoints["health"] = binds[0]
-                    await roles.start(worker.run, life.shutdown)
+                    endpoints["health"] = await _serve_health(infra, config, worker, registry)
                 if config.role in ("main", "all"):
-                    app = create_app(
-                        ApiContext(
-                            config,
-                            jobs=broker.jobs,
-                            control=broker.control,
-                            limiter=broker.limiter,
-                            flows=flows,
-                            credentials=credentials,
-                            registry=registry,
-                            shutdown=life.shutdown,
-                        )
+                    api = ApiContext(
+                        config,
+                        jobs=broker.jobs,
+                        control=broker.control,
+                        limiter=broker.limiter,
+                        flows=flows,
+                        credentials=credentials,
+                        registry=registry,
+                        shutdown=life.shutdown,
                     )
-                    processes = config.server.processes
-                    binds = await _listen(
-                        roles,
-                        API,
-                        app,
-                        config.server.host,
-                        config.server.port,
-                        shutdown_trigger=life.shutdown.wait,
-                        graceful_timeout_s=config.worker.shutdown_grace_s,
-                        reuse_port=processes > 1 or parent is not None,
-                        server=config.server,
-                    )
-                    endpoints["api"] = binds[0]
-                    if processes > 1:
-                        await roles.start(
-                            run_api_processes,
-                            child_command(argv, bound_port(binds)),
-                            processes - 1,
-                            life.shutdown,
-                        )
-                        endpoints["api_processes"] = str(processes)
+                    endpoints.update(await _serve_api(roles, api, life, argv, parent is not None))
+                # Claiming starts once every port is bound: a start that fails on
+                # a taken port must not have claimed jobs it then abandons.
+                if worker is not None:
+                    await roles.start(worker.run, life.shutdown)
                 ready = " ".join(f"{k}={v}" for k, v in endpoints.items())
                 _announce(life, ready, unreachable, extra=parent is not None)
                 if unreachable is not None and config.role == "main":
                     # A worker says so itself, once it claims again.
                     infra.start_soon(_await_broker, broker, life, ready, name="flowqd.await_broker")
             infra.cancel_scope.cancel()
+
+
+async def _serve_health(
+    nursery: trio.Nursery, config: Config, worker: Worker, registry: Registry
+) -> str:
+    binds = await _listen(
+        nursery,
+        HEALTH,
+        HealthApp(worker, registry),
+        config.worker.health_host,
+        config.worker.health_port,
+        shutdown_trigger=trio.sleep_forever,
+        graceful_timeout_s=1.0,
+    )
+    return binds[0]
+
+
+async def _serve_api(
+    nursery: trio.Nursery, api: ApiContext, life: Lifecycle, argv: Sequence[str], child: bool
+) -> dict[str, str]:
+    """Serve the API (and its extra processes); the endpoints for the ready line."""
+    config = api.config
+    processes = config.server.processes
+    binds = await _listen(
+        nursery,
+        API,
+        create_app(api),
+        config.server.host,
+        config.server.port,
+        shutdown_trigger=life.shutdown.wait,
+        graceful_timeout_s=config.worker.shutdown_grace_s,
+        reuse_port=processes > 1 or child,
+        server=config.server,
+    )
+    endpoints = {"api": binds[0]}
+    if processes > 1:
+        await nursery.start(
+            run_api_processes,
+            child_command(argv, bound_port(binds)),
+            processes - 1,
+            life.shutdown,
+        )
+        endpoints["api_processes"] = str(processes)
+    return endpoints
 
 
 async def _broker_problem(broker: Broker) -> str | None:

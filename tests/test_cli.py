@@ -7,9 +7,15 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
+import trio
+
 from flowqd import __version__
+from flowqd.config import load_config
+from flowqd.jobs import JobSpec, JobStatus
+from flowqd.queue import open_broker
 from tests.daemonproc import base_env
 
 
@@ -172,3 +178,32 @@ def test_health_port_in_use_names_address_and_setting(tmp_path: Path) -> None:
     ) in result.stderr
     assert f"worker.health_port in flowqd.toml, WORKER_PORT={port + 1}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_a_start_that_fails_on_a_taken_port_claims_no_job(
+    tmp_path: Path, redis_url: str, queue_name: str
+) -> None:
+    # A worker that claimed before the API port failed would leave its jobs
+    # locked until they count as stalled.
+    config = load_config(environ={"REDIS_URL": redis_url, "QUEUE_NAME": queue_name})
+    async with open_broker(config) as broker:
+        [job_id] = await broker.jobs.enqueue([JobSpec(flow_id="echo", flow_version=1)])
+        with held_port() as port:
+            result = await trio.to_thread.run_sync(
+                partial(
+                    flowqd,
+                    "--role",
+                    "all",
+                    "--set",
+                    f"server.port={port}",
+                    "--set",
+                    "worker.health_port=0",
+                    cwd=tmp_path,
+                    env={"REDIS_URL": redis_url, "QUEUE_NAME": queue_name},
+                )
+            )
+        assert result.returncode == 2, result.stderr
+        job = await broker.jobs.get_job(job_id)
+        assert job is not None
+        assert job.status is JobStatus.WAITING
+        assert (await broker.control.counts())[JobStatus.ACTIVE] == 0
