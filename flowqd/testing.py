@@ -14,10 +14,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from flowqd.config import PluginsConfig
+from flowqd.config import LimitsConfig, PluginsConfig
 from flowqd.errors import CredentialError, FlowValidationError
 from flowqd.executors.base import Executor, NodeContext
 from flowqd.flows.model import FlowResult, NodeFailed
+from flowqd.flows.outputs import encode_event
 from flowqd.flows.params import structure_params
 from flowqd.flows.runner import run_flow
 from flowqd.flows.validate import compile_flow
@@ -81,13 +82,20 @@ async def run_executor(
     if question is not None:
         job_inputs["question"] = question
     events: Events = []
+    limit = LimitsConfig().max_event_bytes
+
+    def emit(name: str, data: Any) -> None:
+        # The runner's checks: a test sees the NodeError a worker would give.
+        encode_event(name, data, limit)
+        events.append((name, data))
+
     ctx = NodeContext(
         job_id=job_id,
         node_id=node_id,
         inputs=dict(inputs or {}),
         params=params,
         flow_inputs=job_inputs,
-        emit=lambda name, data: events.append((name, data)),
+        emit=emit,
         credential=_credentials(credentials),
     )
     return await executor.run(ctx), events

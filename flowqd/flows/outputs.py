@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from flowqd.errors import NodeError
 from flowqd.executors.base import redaction_mark
 
 JSON_KINDS = "dict, list, str, number, bool, null"
@@ -73,6 +74,23 @@ def json_problem(value: Any) -> str | None:
     except TypeError as exc:
         return not_json(value, exc)
     return None
+
+
+def encode_event(name: str, data: Any, limit: int) -> bytes:
+    """``data`` of an event an executor emits, as JSON; NodeError if it is not JSON or too large."""
+    try:
+        encoded = orjson.dumps(data)
+    except TypeError as exc:
+        raise NodeError(
+            f"emitted a {name!r} event whose data is not JSON: {not_json(data, exc)}; "
+            f"emit JSON-compatible data ({JSON_KINDS})"
+        ) from None
+    if len(encoded) > limit:
+        raise NodeError(
+            f"emitted a {name!r} event of {len(encoded):,} bytes of JSON, over "
+            f"limits.max_event_bytes ({limit}); emit smaller events, or raise the limit"
+        )
+    return encoded
 
 
 class Redactor:

@@ -12,10 +12,10 @@ import orjson
 import trio
 
 from flowqd.config import LimitsConfig
-from flowqd.errors import FlowqdError, NodeError
+from flowqd.errors import FlowqdError
 from flowqd.executors.base import NodeContext
 from flowqd.flows.model import CompiledFlow, CompiledNode, FlowResult, NodeFailed, NodeSource
-from flowqd.flows.outputs import JSON_KINDS, Redactor, not_json
+from flowqd.flows.outputs import JSON_KINDS, Redactor, encode_event, not_json
 
 Emit = Callable[[str, Any], None]
 Credential = Callable[[str], Awaitable[str]]
@@ -237,19 +237,7 @@ class _Run:
         """An executor's ``ctx.emit``: refuses data that is not JSON or too large."""
         if self.redactor is not None:
             data = self.redactor.value(data)
-        try:
-            encoded = _dumps(data)
-        except TypeError as exc:
-            raise NodeError(
-                f"emitted a {name!r} event whose data is not JSON: {not_json(data, exc)}; "
-                f"emit JSON-compatible data ({JSON_KINDS})"
-            ) from None
-        limit = self.limits.max_event_bytes
-        if len(encoded) > limit:
-            raise NodeError(
-                f"emitted a {name!r} event of {len(encoded):,} bytes of JSON, over "
-                f"limits.max_event_bytes ({limit}); emit smaller events, or raise the limit"
-            )
+        encoded = encode_event(name, data, self.limits.max_event_bytes)
         self.emit(name, _Fragment(_exact(encoded)) if self.encoded else data)
 
     async def open_credential(self, name: str) -> str:

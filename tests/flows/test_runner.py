@@ -19,6 +19,7 @@ from flowqd import Executor, NodeContext, NodeError
 from flowqd.config import LimitsConfig
 from flowqd.errors import CredentialError
 from flowqd.flows import CompiledFlow, NodeFailed, compile_flow, run_flow
+from flowqd.testing import run_executor
 
 
 def delay(node_id: str, ms: int, **extra: Any) -> dict[str, Any]:
@@ -492,3 +493,15 @@ async def test_outputs_and_events_are_checked_without_a_worker_too() -> None:
             credential=no_credentials,
             limits=LimitsConfig(max_result_bytes=101),
         )
+
+
+async def test_run_executor_checks_emitted_events_as_the_runner_does() -> None:
+    # A plugin's own tests (flowqd.testing) see the error a worker would give.
+    async def emits_a_set(ctx: NodeContext) -> Any:
+        ctx.emit("progress", {"seen": {1}})
+        return "done"
+
+    with pytest.raises(
+        NodeError, match=r"'progress' event whose data is not JSON: set at \$\.seen"
+    ):
+        await run_executor(executor("e", emits_a_set))
