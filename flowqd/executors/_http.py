@@ -15,7 +15,6 @@ import trio
 
 from flowqd.errors import NodeError
 from flowqd.executors._egress import CheckedBackend, EgressPolicy, outbound
-from flowqd.executors.base import redaction_mark
 
 T = TypeVar("T")
 
@@ -109,30 +108,6 @@ def check_url(url: str, where: str) -> Iterator[tuple[str, str]]:
         return
     if parsed.scheme not in ("http", "https") or not parsed.host:
         yield where, f"expected an http:// or https:// URL with a host, got {url!r}"
-
-
-class Redactor:
-    """Takes a credential out of what an upstream sent, before a message cuts it short.
-
-    The runner redacts whole credential values from everything a job writes,
-    but an error message quoting the first 300 characters of an answer that
-    echoes the key ("Incorrect API key provided: sk-...") can cut the key, and
-    a cut key is no longer a value the runner can find.
-    """
-
-    __slots__ = ("_mark", "_secret")
-
-    def __init__(self, secret: str | None = None, name: str | None = None) -> None:
-        self._secret = secret or ""
-        self._mark = redaction_mark(name or "")
-
-    def text(self, text: str) -> str:
-        return text.replace(self._secret, self._mark) if self._secret else text
-
-    def bytes(self, data: bytes) -> bytes:
-        if not self._secret:
-            return data
-        return data.replace(self._secret.encode(), self._mark.encode())
 
 
 def error_text(body: bytes, limit: int = 300) -> str:

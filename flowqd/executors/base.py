@@ -31,15 +31,6 @@ def _check_params_class(_instance: object, _attribute: object, value: type) -> N
 Problems = Iterable[tuple[str, str]]
 
 
-def redaction_mark(credential: str) -> str:
-    """What a job writes where the value of ``credential`` was.
-
-    No quotes: messages that quote an upstream's answer with ``repr()`` would
-    escape them.
-    """
-    return f"[credential {credential} redacted]"
-
-
 @attrs.frozen
 class Executor:
     """A node type: what a plugin's ``flowqd_executors`` hook returns.

@@ -12,13 +12,13 @@ import trio
 
 from flowqd import Executor, NodeContext, NodeError, hookimpl
 from flowqd.executors._http import (
-    Redactor,
     check_url,
     open_client,
     read_some,
     read_within,
     shown_url,
 )
+from flowqd.redaction import Redactor
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 INPUTS = ("url", "json", "body")
@@ -65,7 +65,7 @@ async def run_http(ctx: NodeContext) -> dict[str, Any]:
     if params.credential is not None:
         secret = await ctx.credential(params.credential)
         request["headers"][params.auth_header] = f"{params.auth_scheme} {secret}".strip()
-        redactor = Redactor(secret, params.credential)
+        redactor.add(params.credential, secret)
     what = f"{params.method} {shown_url(url)}"
     answer: tuple[httpx.Response, bytes] | None = None
     with trio.move_on_after(params.timeout_s):

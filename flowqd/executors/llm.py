@@ -18,7 +18,6 @@ import trio
 from flowqd import Executor, NodeContext, NodeError, hookimpl
 from flowqd.executors._http import (
     Lines,
-    Redactor,
     check_url,
     consume_until,
     error_text,
@@ -27,6 +26,7 @@ from flowqd.executors._http import (
     read_within,
     shown_url,
 )
+from flowqd.redaction import Redactor
 
 _optional = attrs.validators.optional
 _ge, _gt = attrs.validators.ge, attrs.validators.gt
@@ -95,7 +95,7 @@ async def run_llm(ctx: NodeContext) -> str:
     if params.credential is not None:
         key = await ctx.credential(params.credential)
         headers["Authorization"] = f"Bearer {key}"
-        redactor = Redactor(key, params.credential)
+        redactor.add(params.credential, key)
     server = f"LLM server {shown_url(params.base_url)}"
     answer = _Answer()
     with trio.move_on_after(params.timeout_s):

@@ -1,4 +1,4 @@
-"""What a job writes must be JSON, of bounded size, and free of the credentials it used.
+"""What a job writes must be JSON and of bounded size (credentials: flowqd/redaction.py).
 
 The runner encodes each node output and each event once, here, to check it;
 the bytes then travel to the broker as ``orjson.Fragment`` instead of being
@@ -8,17 +8,14 @@ encoded again.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
 from flowqd.errors import NodeError
-from flowqd.executors.base import redaction_mark
+from flowqd.redaction import MAX_JSON_DEPTH
 
 JSON_KINDS = "dict, list, str, number, bool, null"
-# orjson refuses deeper documents ("Recursion limit reached").
-_MAX_DEPTH = 254
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -32,8 +29,8 @@ def not_json(value: Any, exc: Exception) -> str:
 
 
 def _find(value: Any, path: str, depth: int) -> str | None:
-    if depth > _MAX_DEPTH:
-        return f"nesting deeper than {_MAX_DEPTH} levels at {path}"
+    if depth > MAX_JSON_DEPTH:
+        return f"nesting deeper than {MAX_JSON_DEPTH} levels at {path}"
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
@@ -91,41 +88,3 @@ def encode_event(name: str, data: Any, limit: int) -> bytes:
             f"limits.max_event_bytes ({limit}); emit smaller events, or raise the limit"
         )
     return encoded
-
-
-class Redactor:
-    """Replaces the credential values a job opened wherever the job writes text.
-
-    Besides each value as it is, its escaped forms (``repr``, JSON) are
-    replaced, since an error message may quote a response with ``!r``.
-    """
-
-    def __init__(self) -> None:
-        self._marks: dict[str, str] = {}
-
-    def add(self, name: str, value: str) -> None:
-        if not value:
-            return
-        mark = redaction_mark(name)
-        for form in (value, repr(value)[1:-1], orjson.dumps(value).decode()[1:-1]):
-            self._marks.setdefault(form, mark)
-        # Longest first: a value must not be half-replaced by a shorter one.
-        self._marks = dict(sorted(self._marks.items(), key=lambda kv: -len(kv[0])))
-
-    def text(self, text: str) -> str:
-        for secret, mark in self._marks.items():
-            if secret in text:
-                text = text.replace(secret, mark)
-        return text
-
-    def value(self, value: Any, depth: int = 0) -> Any:
-        """``value`` with every string (keys too) redacted; other values as they are."""
-        if isinstance(value, str):
-            return self.text(value)
-        if depth > _MAX_DEPTH:  # not JSON anyway (a cycle, say): encoding refuses it
-            return value
-        if isinstance(value, Mapping):
-            return {self.value(k, depth + 1): self.value(v, depth + 1) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [self.value(item, depth + 1) for item in value]
-        return value

@@ -15,7 +15,8 @@ from flowqd.config import LimitsConfig
 from flowqd.errors import FlowqdError
 from flowqd.executors.base import NodeContext
 from flowqd.flows.model import CompiledFlow, CompiledNode, FlowResult, NodeFailed, NodeSource
-from flowqd.flows.outputs import JSON_KINDS, Redactor, encode_event, not_json
+from flowqd.flows.outputs import JSON_KINDS, encode_event, not_json
+from flowqd.redaction import Redactor
 
 Emit = Callable[[str, Any], None]
 Credential = Callable[[str], Awaitable[str]]
