@@ -42,6 +42,17 @@ _queue_name = _check(
 )
 
 
+def _is_host_port(entry: str) -> bool:
+    host, sep, port = entry.rpartition(":")
+    return bool(sep and host.strip("[]") and port.isdigit() and 0 < int(port) <= 65535)
+
+
+_host_ports = _check(
+    lambda x: all(_is_host_port(e) for e in x),
+    'a list of host:port entries, e.g. ["10.0.0.5:26379"]',
+)
+
+
 _key_entry = _check(
     lambda x: all(re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}:[0-9a-f]{64}(:admin)?", k) for k in x),
     "entries NAME:SHA256HEX or NAME:SHA256HEX:admin, as printed by `flowqd keys add NAME`",
@@ -141,6 +152,21 @@ class RedisConfig:
     connect_timeout_s: float = attrs.field(default=5.0, validator=_positive)
     command_timeout_s: float = attrs.field(default=5.0, validator=_positive)
     max_connections: int = attrs.field(default=32, validator=_positive)
+    # Sentinel: the primary of ``sentinel_master`` is found through these
+    # sentinels (host:port) and followed across failovers; url/host/port unused.
+    sentinels: list[str] = attrs.field(factory=list, validator=_host_ports)
+    sentinel_master: str | None = None
+    # The sentinels' own login and TLS (their ACL is often not the data nodes').
+    sentinel_username: str | None = None
+    sentinel_password: str | None = attrs.field(default=None, repr=False)
+    sentinel_tls: bool = False
+    # Redis Cluster: commands go to their slot's primary; the seeds are url (or
+    # host:port) and ``nodes``.
+    cluster: bool = False
+    nodes: list[str] = attrs.field(factory=list, validator=_host_ports)
+    # Replicas that must acknowledge each enqueue and flush (WAIT); 0: none.
+    wait_replicas: int = attrs.field(default=0, validator=[_non_negative, attrs.validators.le(16)])
+    wait_timeout_s: float = attrs.field(default=0.5, validator=_positive)
 
 
 @attrs.frozen
@@ -229,7 +255,12 @@ class Config:
 SECTIONS: dict[str, type[Any]] = {
     name: tp for name, tp in typing.get_type_hints(Config).items() if attrs.has(tp)
 }
-SECRET_KEYS = {("redis", "password"), ("redis", "tls_key"), ("security", "secret_key")}
+SECRET_KEYS = {
+    ("redis", "password"),
+    ("redis", "tls_key"),
+    ("redis", "sentinel_password"),
+    ("security", "secret_key"),
+}
 # Flowise's queue-mode variables, honoured unchanged.
 FLOWISE_ENV: dict[str, tuple[str, str]] = {
     "WORKER_CONCURRENCY": ("worker", "concurrency"),
@@ -563,7 +594,41 @@ def load_config(
         redis_configured=redis_configured,
     )
     _check_role(config, layers.sources.get(("queue", "broker")))
+    _check_topology(config.redis)
+    if config.redis.wait_replicas and config.redis.wait_timeout_s >= config.server.broker_timeout_s:
+        raise ConfigError(
+            [
+                f"redis.wait_timeout_s ({config.redis.wait_timeout_s:g}) must be shorter than "
+                f"server.broker_timeout_s ({config.server.broker_timeout_s:g}): otherwise an "
+                "enqueue the replicas do not acknowledge times out instead of saying so"
+            ]
+        )
     return config
+
+
+def _check_topology(redis: RedisConfig) -> None:
+    problems = []
+    if redis.sentinels and not redis.sentinel_master:
+        problems.append(
+            "redis.sentinels is set but redis.sentinel_master is not: name the master the "
+            "sentinels monitor (the name in their `sentinel monitor NAME ...` line)"
+        )
+    if redis.sentinel_master and not redis.sentinels:
+        problems.append(
+            "redis.sentinel_master is set but redis.sentinels is empty: list the sentinels "
+            'as host:port, e.g. sentinels = ["10.0.0.5:26379", "10.0.0.6:26379"]'
+        )
+    if redis.cluster and redis.sentinels:
+        problems.append(
+            "redis.cluster and redis.sentinels are both set: a Redis Cluster fails over by "
+            "itself; keep one of them"
+        )
+    if redis.cluster and redis.db:
+        problems.append(
+            f"redis.db = {redis.db} with redis.cluster: Redis Cluster has database 0 only"
+        )
+    if problems:
+        raise ConfigError(problems)
 
 
 def _check_role(config: Config, broker_source: str | None) -> None:

@@ -6,6 +6,8 @@ are not exceptions that escape the daemon: they are recorded on the job.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class FlowqdError(Exception):
     """Base of every error flowqd raises on purpose."""
@@ -32,12 +34,27 @@ class BrokerUnavailable(FlowqdError):
     """
 
 
+class NotReplicated(BrokerUnavailable):
+    """Raised when fewer replicas than ``redis.wait_replicas`` acknowledged a
+    write in ``redis.wait_timeout_s``. The write is on the primary (``replies``
+    holds its answers) but may be lost if the primary fails now."""
+
+    def __init__(self, message: str, replies: list[Any]) -> None:
+        super().__init__(message)
+        self.replies = replies
+
+
 class RedisReplyError(FlowqdError):
     """Raised when Redis answers a command with an error reply.
 
     The message is Redis's own; it usually means a key holds the wrong type or
     a script failed, which points at a bug or a foreign writer in flowqd's keys.
     """
+
+
+class RedisCommandRefused(RedisReplyError):
+    """Raised when Redis forbids a command flowqd needs (an ACL, or a managed
+    service that renamed or removed it). The message names the command."""
 
 
 class PluginError(FlowqdError):

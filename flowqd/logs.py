@@ -3,12 +3,36 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 
 import orjson
 
 from flowqd.config import LogConfig
+
+LOG_EVERY_S = 60.0
+
+
+class ThrottledLog:
+    """One warning per condition a minute, with how many more happened since:
+    a condition that repeats on every request or flush must not flood the log."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+        self._last: dict[str, float] = {}
+        self._missed: dict[str, int] = {}
+
+    def warning(self, condition: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last.get(condition, -math.inf) < LOG_EVERY_S:
+            self._missed[condition] = self._missed.get(condition, 0) + 1
+            return
+        self._last[condition] = now
+        missed = self._missed.pop(condition, 0)
+        suffix = f" ({missed} more since the last report)" if missed else ""
+        self._logger.warning(message + suffix + "; reported at most once a minute", *args)
+
 
 _RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 

@@ -21,7 +21,6 @@ import logging
 import math
 import resource
 import socket
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
@@ -35,6 +34,7 @@ from hypercorn.typing import AppWrapper, ConnectionState, LifespanState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
 from flowqd.config import ServerConfig
+from flowqd.logs import ThrottledLog
 
 log = logging.getLogger("flowqd.serve")
 
@@ -47,27 +47,8 @@ RESERVED_FILES = 1024
 # Refusals being written at once; past this, connections are closed unanswered.
 MAX_REFUSING = 128
 REFUSAL_LINGER_S = 1.0
-LOG_EVERY_S = 60.0
 # A client must accept this much of an answer within server.body_timeout_s.
 SEND_PIECE = 256 * 1024
-
-
-class _Throttled:
-    """One log line per condition a minute, with how many more happened since."""
-
-    def __init__(self) -> None:
-        self._last: dict[str, float] = {}
-        self._missed: dict[str, int] = {}
-
-    def warning(self, condition: str, message: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self._last.get(condition, -math.inf) < LOG_EVERY_S:
-            self._missed[condition] = self._missed.get(condition, 0) + 1
-            return
-        self._last[condition] = now
-        missed = self._missed.pop(condition, 0)
-        suffix = f" ({missed} more since the last report)" if missed else ""
-        log.warning(message + suffix + "; reported at most once a minute", *args)
 
 
 class _Server:
@@ -88,7 +69,7 @@ class _Server:
         self.responses = 0  # responses begun and not yet sent in full
         self.none_owed = trio.Event()
         self.none_owed.set()
-        self.log = _Throttled()
+        self.log = ThrottledLog(log)
         self.refusal = _refusal(server.max_connections, cap_setting)
         # Log lines name the settings only where they apply (not the health server).
         self.cap_name = cap_setting or "a fixed limit"

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, TypeVar
 
 import attrs
 import trio
 
 from flowqd.config import RedisConfig
-from flowqd.errors import BrokerUnavailable, RedisReplyError
+from flowqd.errors import BrokerUnavailable, NotReplicated, RedisReplyError
 from flowqd.redis._connection import Connection, Connector, DeadlinePassed, command_name
 from flowqd.redis._pool import Pool
 from flowqd.redis._pubsub import Subscription
 from flowqd.redis._script import Arg, Script, ScriptCall, pack_command
+from flowqd.redis._sentinel import SentinelLocator, open_sentinel_locator
 from flowqd.redis._tls import build_ssl_context
 from flowqd.redis._url import parse_target
 
@@ -44,11 +45,16 @@ class Redis:
     Replies are hiredis's: bytes, int, list, None; nothing is decoded.
     """
 
-    def __init__(self, connector: Connector, pool: Pool, name: str) -> None:
+    def __init__(
+        self, connector: Connector, pool: Pool, name: str, wait: tuple[int, float] = (0, 0.0)
+    ) -> None:
         self._connector = connector
         self._pool = pool
         self._name = name
         self._timeout = connector.command_timeout
+        # redis.wait_replicas and wait_timeout_s: WAIT after durable writes.
+        self._wait_replicas, self._wait_timeout = wait
+        self._wait = (b"WAIT", self._wait_replicas, max(1, round(self._wait_timeout * 1000)))
 
     async def execute(self, *args: Arg, timeout: float | None = None) -> Any:  # noqa: ASYNC109
         """Run one command on a pooled connection and return its reply."""
@@ -72,7 +78,7 @@ class Redis:
         finally:
             pool.release(connection)
         if reply.__class__ is RedisReplyError:
-            raise self._connector.error(reply)
+            raise self._connector.error(reply, command_name(args))
         return reply
 
     async def pipeline(
@@ -80,17 +86,40 @@ class Redis:
         commands: Sequence[Sequence[Arg] | ScriptCall],
         *,
         timeout: float | None = None,  # noqa: ASYNC109
+        durable: bool = False,
     ) -> list[Any]:
         """Run many commands in one write and one read pass, in order.
 
         Error replies come back as RedisReplyError instances in the list, so
         the caller decides. Script calls that meet NOSCRIPT are loaded and
         run again (after the rest of the pipeline; a pipeline is not a
-        transaction).
+        transaction). ``durable`` writes are followed by WAIT when
+        ``redis.wait_replicas`` is set: NotReplicated (with the replies) if
+        too few replicas acknowledged them in ``redis.wait_timeout_s``.
         """
         if not commands:
             return []
+        if durable and self._wait_replicas:
+            limit = (self._timeout if timeout is None else timeout) + self._wait_timeout
+            replies = await self._on_pool(
+                Connection._pipeline, [*commands, self._wait], limit, "pipeline"
+            )
+            self._check_replicated(replies.pop(), replies)
+            return replies
         return await self._on_pool(Connection._pipeline, commands, timeout, "pipeline")
+
+    def _check_replicated(self, acknowledged: Any, replies: list[Any]) -> None:
+        if acknowledged.__class__ is RedisReplyError:
+            raise self._connector.error(acknowledged, "WAIT")
+        if acknowledged < self._wait_replicas:
+            raise NotReplicated(
+                f"only {acknowledged} of {self._wait_replicas} replicas of Redis at "
+                f"{self._connector.address} acknowledged a write within "
+                f"{self._wait_timeout:g}s (redis.wait_replicas, redis.wait_timeout_s): it is "
+                "on the primary, and lost if the primary fails before a replica copies it; "
+                "check the replicas (INFO replication)",
+                replies,
+            )
 
     def script(self, source: str | bytes) -> Script:
         """A script object; cheap to keep at module or broker level and reuse."""
@@ -103,8 +132,17 @@ class Redis:
         args: Sequence[Arg],
         *,
         timeout: float | None = None,  # noqa: ASYNC109
+        durable: bool = False,
     ) -> Any:
-        """Run ``script`` by EVALSHA, loading it first if Redis does not know it."""
+        """Run ``script`` by EVALSHA, loading it first if Redis does not know it.
+
+        ``durable``: as for ``pipeline``; NotReplicated carries ``[reply]``.
+        """
+        if durable and self._wait_replicas:
+            [reply] = await self.pipeline([script.call(keys, args)], timeout=timeout, durable=True)
+            if reply.__class__ is RedisReplyError:
+                raise self._connector.error(reply, "EVALSHA")
+            return reply
         return await self._on_pool(Connection._script, script.call(keys, args), timeout, "script")
 
     @asynccontextmanager
@@ -149,7 +187,7 @@ class Redis:
                 raise connector.timed_out(timeout, "SUBSCRIBE") from None
             for reply in replies:
                 if reply.__class__ is RedisReplyError:
-                    raise connector.error(reply)
+                    raise connector.error(reply, "SUBSCRIBE")
             yield Subscription(connection, connector, ping_interval)
         finally:
             connection.close()
@@ -198,7 +236,7 @@ class Redis:
             await pool.wait_slot()
             return
         raise BrokerUnavailable(
-            f"no free connection to Redis at {self._connector.target.address} within "
+            f"no free connection to Redis at {self._connector.address} within "
             f"{limit:g}s: all {pool.max_connections} were busy; raise "
             "redis.max_connections, or look for slow or blocking commands on the pool"
         )
@@ -219,17 +257,27 @@ async def open_redis(config: RedisConfig, *, name: str = "flowqd") -> AsyncItera
     if not name or any(ch.isspace() for ch in name):
         raise ValueError(f"the client name must be non-empty and without spaces, got {name!r}")
     target = parse_target(config)
-    ssl_context = await trio.to_thread.run_sync(build_ssl_context, config) if target.tls else None
-    connector = Connector(
-        target=target,
-        ssl_context=ssl_context,
-        connect_timeout=config.connect_timeout_s,
-        command_timeout=config.command_timeout_s,
-        keep_alive_ms=config.keep_alive_ms,
-    )
-    pool = Pool(connector, name, config.max_connections)
-    try:
-        yield Redis(connector, pool, name)
-    finally:
-        pool.close()
-        connector.close_all()
+    tls = target.tls or (bool(config.sentinels) and config.sentinel_tls)
+    ssl_context = await trio.to_thread.run_sync(build_ssl_context, config) if tls else None
+    async with AsyncExitStack() as stack:
+        locator: SentinelLocator | None = None
+        if config.sentinels:
+            locator = await stack.enter_async_context(
+                open_sentinel_locator(config, ssl_context, name)
+            )
+        connector = Connector(
+            target=target,
+            ssl_context=ssl_context if target.tls else None,
+            connect_timeout=config.connect_timeout_s,
+            command_timeout=config.command_timeout_s,
+            keep_alive_ms=config.keep_alive_ms,
+            locator=locator,
+        )
+        if locator is not None:
+            locator.on_switch = connector.moved
+        pool = Pool(connector, name, config.max_connections)
+        try:
+            yield Redis(connector, pool, name, (config.wait_replicas, config.wait_timeout_s))
+        finally:
+            pool.close()
+            connector.close_all()

@@ -19,13 +19,13 @@ import select
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import hiredis
 import trio
 
-from flowqd.errors import BrokerUnavailable, FlowqdError, RedisReplyError
+from flowqd.errors import BrokerUnavailable, FlowqdError, RedisCommandRefused, RedisReplyError
 from flowqd.redis._script import (
     Arg,
     Script,
@@ -43,6 +43,32 @@ _RECEIVE_SIZE = 65536
 # Error replies that mean "not now" rather than "wrong": the command did not
 # run, so callers retry it as for a lost connection.
 _NOT_READY = frozenset({"LOADING", "BUSY", "MASTERDOWN"})
+# The server is no longer (or not yet) the primary: find the primary again.
+_MOVED_ON = frozenset({"READONLY"})
+# Error replies that mean the server forbids the command for this user or at all
+# (ACLs; managed services rename or remove CONFIG, KEYS, DEBUG...).
+_REFUSED = ("NOPERM", "ERR unknown command", "ERR unknown subcommand")
+
+
+class Locator(Protocol):
+    """Where the primary is now, for a topology whose primary moves (Sentinel).
+
+    ``locate`` answers the address to connect to, asking again after
+    ``moved`` was called; ``check_role`` asks each new connection to prove it
+    reached a primary (a ROLE reply of ``master``).
+    """
+
+    check_role: bool
+
+    async def locate(self, deadline: float) -> tuple[str, int]: ...
+
+    def moved(self) -> None: ...
+
+    @property
+    def address(self) -> str: ...
+
+
+_ROLE = pack_command((b"ROLE",))
 
 
 class DeadlinePassed(Exception):
@@ -58,31 +84,69 @@ class Connector:
     connect_timeout: float
     command_timeout: float
     keep_alive_ms: int | None
+    locator: Locator | None = None
     live: set[Connection] = attrs.Factory(set)
 
+    @property
+    def address(self) -> str:
+        """The server's ``host:port``: where the locator last found the primary."""
+        return self.target.address if self.locator is None else self.locator.address
+
     def unavailable(self, what: str, exc: BaseException | None = None) -> BrokerUnavailable:
+        self.rediscover()
         detail = f": {_describe(exc)}" if exc is not None else ""
         return BrokerUnavailable(
-            f"Redis at {self.target.address} {what}{detail}; check that Redis runs there and "
+            f"Redis at {self.address} {what}{detail}; check that Redis runs there and "
             "is reachable from this host (redis.url / REDIS_URL, or redis.host and redis.port)"
         )
 
     def timed_out(self, timeout: float, stage: str) -> BrokerUnavailable:
+        self.rediscover()
         return BrokerUnavailable(
-            f"Redis at {self.target.address} did not answer within {timeout:g}s ({stage}); "
+            f"Redis at {self.address} did not answer within {timeout:g}s ({stage}); "
             "check that it runs, is reachable and is not overloaded "
             "(redis.command_timeout_s sets the deadline)"
         )
 
-    def error(self, reply: RedisReplyError) -> FlowqdError:
-        """What to raise for an error reply: itself, or BrokerUnavailable if
-        Redis refused because it is not ready (the command did not run)."""
-        if str(reply).split(" ", 1)[0] in _NOT_READY:
+    def error(self, reply: RedisReplyError, command: str = "") -> FlowqdError:
+        """What to raise for an error reply: itself, BrokerUnavailable if Redis
+        refused because it is not ready or not the primary (the command did not
+        run), or a RedisCommandRefused naming ``command`` if it is forbidden."""
+        text = str(reply)
+        code = text.split(" ", 1)[0]
+        if code in _NOT_READY:
             return BrokerUnavailable(
-                f"Redis at {self.target.address} is not ready ({reply}); it is starting, "
+                f"Redis at {self.address} is not ready ({reply}); it is starting, "
                 "failing over or busy with a long script: try again shortly"
             )
+        if code in _MOVED_ON:
+            self.moved()
+            return BrokerUnavailable(
+                f"Redis at {self.address} is not the primary any more ({reply}); "
+                "a failover is under way: try again shortly"
+            )
+        if text.startswith(_REFUSED):
+            what = command or "a command"
+            return RedisCommandRefused(
+                f"Redis at {self.address} refused {what}: {reply}; flowqd needs it. Allow it "
+                "for flowqd's user (the ACL rule in docs/deploy.md, 'Managed Redis'), or ask "
+                "the provider whether it is renamed or disabled"
+            )
         return reply
+
+    def rediscover(self) -> None:
+        """A connection failed or timed out: ask where the primary is before the
+        next connect (it may have moved), keeping the connections that work."""
+        if self.locator is not None:
+            self.locator.moved()
+
+    def moved(self) -> None:
+        """The primary moved (READONLY, a failover notice): find it again and drop
+        every connection to the old one, so nothing keeps writing there."""
+        if self.locator is None:
+            return
+        self.locator.moved()
+        self.close_all()
 
     def close_all(self) -> None:
         for connection in list(self.live):
@@ -194,9 +258,13 @@ class Connection:
         connector = self._connector
         target = connector.target
         connect_deadline = trio.current_time() + connector.connect_timeout
+        host, port = target.host, target.port
+        locator = connector.locator
         try:
             with trio.CancelScope(deadline=min(deadline, connect_deadline)) as scope:
-                tcp = await trio.open_tcp_stream(target.host, target.port)
+                if locator is not None:
+                    host, port = await locator.locate(min(deadline, connect_deadline))
+                tcp = await trio.open_tcp_stream(host, port)
                 raw = socket.socket(fileno=tcp.socket.detach())  # NODELAY set by trio
                 raw.setblocking(False)
                 self._raw = raw
@@ -205,13 +273,15 @@ class Connection:
                 if connector.ssl_context is not None:
                     transport = trio.SocketStream(trio.socket.from_stdlib_socket(raw))
                     self._stream = trio.SSLStream(
-                        transport, connector.ssl_context, server_hostname=target.host
+                        transport, connector.ssl_context, server_hostname=host
                     )
                     await self._stream.do_handshake()
                 self._reader = hiredis.Reader(replyError=RedisReplyError)
                 self._fd_poll = select.poll()
                 self._fd_poll.register(raw.fileno(), select.POLLIN)
                 data, checks = self._hello
+                if locator is not None and locator.check_role:
+                    data, checks = data + _ROLE, [*checks, "answered ROLE with an error"]
                 replies = await self._request(data, len(checks), math.inf)
         except BrokerUnavailable:
             raise
@@ -219,9 +289,9 @@ class Connection:
             self.close()
             if isinstance(exc.__cause__, ssl.SSLError):
                 raise BrokerUnavailable(
-                    f"TLS handshake with Redis at {target.address} failed: {_describe(exc)}; "
+                    f"TLS handshake with Redis at {host}:{port} failed: {_describe(exc)}; "
                     "check redis.tls_ca (REDIS_CA), redis.tls_cert/tls_key, that the server "
-                    f"certificate names {target.host}, and that this port speaks TLS"
+                    f"certificate names {host}, and that this port speaks TLS"
                 ) from exc
             raise connector.unavailable("closed the connection in the TLS handshake", exc) from exc
         except OSError as exc:
@@ -235,7 +305,7 @@ class Connection:
             if deadline < connect_deadline:
                 raise DeadlinePassed
             raise BrokerUnavailable(
-                f"could not connect to Redis at {target.address} within "
+                f"could not connect to Redis at {connector.address} within "
                 f"{connector.connect_timeout:g}s (redis.connect_timeout_s); check that it runs "
                 "and is reachable from this host"
                 + ("; TLS is on: check that this port speaks TLS" if connector.ssl_context else "")
@@ -243,7 +313,16 @@ class Connection:
         for reply, problem in zip(replies, checks, strict=True):
             if reply.__class__ is RedisReplyError:
                 self.close()
-                raise BrokerUnavailable(f"Redis at {target.address} {problem}: {reply}")
+                raise BrokerUnavailable(f"Redis at {connector.address} {problem}: {reply}")
+        if locator is not None and locator.check_role:
+            role = replies.pop()
+            if not role or role[0] != b"master":
+                self.close()
+                connector.moved()
+                raise BrokerUnavailable(
+                    f"Redis at {host}:{port} is not a primary (ROLE says "
+                    f"{role[0].decode() if role else 'nothing'}); a failover is under way"
+                )
         if self.dedicated:
             self.client_id = int(replies[-1])
 
@@ -411,9 +490,11 @@ class Connection:
                     if is_noscript(reply) and load.__class__ is RedisReplyError:
                         reply = load  # the script does not compile: say why
                     replies[i] = reply
-        for reply in replies:
+        for index, reply in enumerate(replies):
             if reply.__class__ is RedisReplyError:
-                error = self._connector.error(reply)
+                command = commands[index]
+                name = "EVALSHA" if isinstance(command, ScriptCall) else command_name(command)
+                error = self._connector.error(reply, name)
                 if error is not reply:
                     raise error
         return replies
@@ -425,7 +506,7 @@ class Connection:
             if load.__class__ is RedisReplyError:
                 reply = load
         if reply.__class__ is RedisReplyError:
-            raise self._connector.error(reply)
+            raise self._connector.error(reply, "EVALSHA")
         return reply
 
     # ---- public: a dedicated connection ------------------------------------
@@ -454,7 +535,7 @@ class Connection:
         """
         [reply] = await self._run(command_name(args), timeout, Connection._request_one, args)
         if reply.__class__ is RedisReplyError:
-            raise self._connector.error(reply)
+            raise self._connector.error(reply, command_name(args))
         return reply
 
     async def _request_one(self, args: tuple[Arg, ...], deadline: float) -> list[Any]:

@@ -53,6 +53,6 @@ class Subscription:
             pass
         connection.close()
         raise BrokerUnavailable(
-            f"Redis at {self._connector.target.address} did not answer a PING on the "
+            f"Redis at {self._connector.address} did not answer a PING on the "
             f"subscription within {timeout:g}s; check that it runs and is reachable"
         )

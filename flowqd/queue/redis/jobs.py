@@ -56,7 +56,8 @@ class RedisJobs:
             await trio.lowlevel.checkpoint()
             return ids
         taken: list[int] = []
-        for chunk, reply in enumerate(checked(await self._backend.redis.pipeline(calls))):
+        replies = checked(await self._backend.redis.pipeline(calls, durable=True))
+        for chunk, reply in enumerate(replies):
             taken += [chunk * ENQUEUE_CHUNK + int(n) for n in reply]
         if taken:
             raise JobIdTaken(taken)

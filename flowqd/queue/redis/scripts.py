@@ -53,8 +53,10 @@ class QueueScript:
     _keys: tuple[str]
     _settings: tuple[int, ...]
 
-    async def __call__(self, args: Sequence[Arg] = ()) -> Any:
-        return await self._redis.run_script(self._script, self._keys, (*self._settings, *args))
+    async def __call__(self, args: Sequence[Arg] = (), *, durable: bool = False) -> Any:
+        return await self._redis.run_script(
+            self._script, self._keys, (*self._settings, *args), durable=durable
+        )
 
     def call(self, args: Sequence[Arg]) -> ScriptCall:
         return self._script.call(self._keys, (*self._settings, *args))

@@ -19,6 +19,7 @@ Decisions where the contract left room:
 from __future__ import annotations
 
 import contextlib
+import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -28,12 +29,15 @@ import orjson
 import trio
 
 from flowqd.backoff import Backoff
-from flowqd.errors import BrokerUnavailable
+from flowqd.errors import BrokerUnavailable, NotReplicated
 from flowqd.jobs import Claimed, EmittedEvent, Outcome, OutcomeKind, WorkerInfo
+from flowqd.logs import ThrottledLog
 from flowqd.queue.redis import maintenance
 from flowqd.queue.redis.backend import RedisBackend
 from flowqd.queue.redis.codec import checked, decode_claim, flush_args
 from flowqd.redis import Arg, ScriptCall
+
+_throttled = ThrottledLog(logging.getLogger(__name__))
 
 
 @attrs.define(eq=False)
@@ -170,7 +174,13 @@ class RedisWork:
             return []
         args = flush_args(events, outcomes)
         with trio.CancelScope(shield=True):
-            results = await self._backend.scripts.flush(args)
+            try:
+                results = await self._backend.scripts.flush(args, durable=True)
+            except NotReplicated as exc:
+                # Done on the primary: the outcomes stand. Retrying would be refused
+                # (their tokens are spent), so say it and go on.
+                _throttled.warning("not-replicated", "%s", exc)
+                [results] = exc.replies
         return [bool(r) for r in results]
 
     async def watch_cancels(
