@@ -121,6 +121,18 @@ class Redis:
                 replies,
             )
 
+    @property
+    def name(self) -> str:
+        """The client name every connection sets (CLIENT SETNAME)."""
+        return self._name
+
+    async def unblock(self, connection: Connection) -> None:
+        """End a blocking command in flight on ``connection`` (CLIENT UNBLOCK),
+        sent on the pool to the server that connection is on."""
+        client_id = connection.client_id
+        if client_id is not None:
+            await self.execute(b"CLIENT", b"UNBLOCK", client_id)
+
     def script(self, source: str | bytes) -> Script:
         """A script object; cheap to keep at module or broker level and reuse."""
         return Script.from_source(source)

@@ -113,11 +113,11 @@ async def test_blocked_claim_takes_the_job_in_the_same_round_trip(
         assert [c.job.id for c in got] == [job_id]
         # The ring ended the wait and the claim queued behind it on the same
         # connection took the job: no further command was sent for it.
-        assert await _last_command_of(raw, "flowqd-claim") == "evalsha"
+        assert await _last_command_of(raw, "-claim") == "evalsha"
         assert (await broker.control.counts())[JobStatus.ACTIVE] == 1
 
 
-async def _last_command_of(raw: Redis, name: str) -> str:
+async def _last_command_of(raw: Redis, name_end: str) -> str:
     clients = (await raw.execute(b"CLIENT", b"LIST")).decode().splitlines()
-    [line] = [c for c in clients if f" name={name} " in c]
+    [line] = [c for c in clients if f"{name_end} " in c.split(" name=", 1)[1]]
     return line.split(" cmd=")[1].split()[0]

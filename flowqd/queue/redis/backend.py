@@ -59,7 +59,7 @@ class BlockingConnections:
         else:
             # Connects lazily; after a cancellation closed it, reconnects on next use.
             connection = await self._stack.enter_async_context(
-                self._redis.dedicated(name="flowqd-claim")
+                self._redis.dedicated(name=f"{self._redis.name}-claim")
             )
         try:
             yield connection

@@ -136,10 +136,9 @@ class RedisWork:
                     # Raised after the nursery: from inside it, a group.
                     cancelled = exc
                     with trio.CancelScope(shield=True):
-                        client_id = connection.client_id
-                        if client_id is not None and not done.is_set():
+                        if not done.is_set():
                             with contextlib.suppress(BrokerUnavailable):
-                                await backend.redis.execute(b"CLIENT", b"UNBLOCK", client_id)
+                                await backend.redis.unblock(connection)
                         await done.wait()
                         if replies and not isinstance(replies[1], Exception):
                             claimed = decode_claim(replies[1])
