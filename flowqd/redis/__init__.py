@@ -6,6 +6,7 @@ connections of their own (``Redis.dedicated``, ``Redis.subscribe``).
 """
 
 from flowqd.backoff import Backoff as Backoff
+from flowqd.redis._client import Dedicated as Dedicated
 from flowqd.redis._client import Redis as Redis
 from flowqd.redis._client import RedisStatistics as RedisStatistics
 from flowqd.redis._client import open_redis as open_redis
@@ -21,6 +22,7 @@ __all__ = [
     "Arg",
     "Backoff",
     "Connection",
+    "Dedicated",
     "Redis",
     "RedisStatistics",
     "Script",

@@ -4,23 +4,49 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import attrs
 import trio
 
 from flowqd.config import RedisConfig
-from flowqd.errors import BrokerUnavailable, NotReplicated, RedisReplyError
+from flowqd.errors import BrokerUnavailable, ConfigError, NotReplicated, RedisReplyError
 from flowqd.redis._connection import Connection, Connector, DeadlinePassed, command_name
 from flowqd.redis._pool import Pool
 from flowqd.redis._pubsub import Subscription
 from flowqd.redis._script import Arg, Script, ScriptCall, pack_command
 from flowqd.redis._sentinel import SentinelLocator, open_sentinel_locator
 from flowqd.redis._tls import build_ssl_context
-from flowqd.redis._url import parse_target
+from flowqd.redis._url import Target, parse_target
 
 T = TypeVar("T")
 U = TypeVar("U")
+
+
+class Dedicated(Protocol):
+    """A connection of the caller's own (``Redis.dedicated``): for blocking commands."""
+
+    @property
+    def client_id(self) -> int | None:
+        """Redis's id of the socket now open (for ``Redis.unblock``), or None."""
+
+    async def execute(self, *args: Arg, timeout: float | None = None) -> Any: ...  # noqa: ASYNC109
+
+    async def pipeline(
+        self,
+        commands: Sequence[Sequence[Arg] | ScriptCall],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> list[Any]: ...
+
+    async def run_script(
+        self,
+        script: Script,
+        keys: Sequence[Arg],
+        args: Sequence[Arg],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> Any: ...
 
 
 @attrs.frozen
@@ -65,7 +91,7 @@ class Redis:
             timeout = self._timeout
         deadline = trio.current_time() + timeout
         if not pool.try_slot():
-            await self._wait_slot(deadline, timeout)
+            await wait_slot(pool, deadline, timeout)
         connection: Connection | None = None
         try:
             connection = pool.take_idle()
@@ -126,7 +152,7 @@ class Redis:
         """The client name every connection sets (CLIENT SETNAME)."""
         return self._name
 
-    async def unblock(self, connection: Connection) -> None:
+    async def unblock(self, connection: Dedicated) -> None:
         """End a blocking command in flight on ``connection`` (CLIENT UNBLOCK),
         sent on the pool to the server that connection is on."""
         client_id = connection.client_id
@@ -158,7 +184,7 @@ class Redis:
         return await self._on_pool(Connection._script, script.call(keys, args), timeout, "script")
 
     @asynccontextmanager
-    async def dedicated(self, *, name: str | None = None) -> AsyncIterator[Connection]:
+    async def dedicated(self, *, name: str | None = None) -> AsyncIterator[Dedicated]:
         """A connection of the caller's own, outside the pool, closed on exit.
 
         For blocking commands (BLMOVE, BZPOPMIN, XREAD BLOCK): pass
@@ -182,27 +208,11 @@ class Redis:
         Raises BrokerUnavailable on entry when Redis cannot be reached in the
         command deadline, and from the iterator when the connection is lost.
         """
-        if not channels:
-            raise ValueError("subscribe needs at least one channel")
         self._check_open()
-        connector = self._connector
-        connection = Connection(connector, name or self._name, dedicated=True)
-        timeout = connector.command_timeout
-        deadline = trio.current_time() + timeout
-        try:
-            try:
-                await connection.connect(deadline)
-                replies = await connection._request(
-                    pack_command((b"SUBSCRIBE", *channels)), len(channels), deadline
-                )
-            except DeadlinePassed:
-                raise connector.timed_out(timeout, "SUBSCRIBE") from None
-            for reply in replies:
-                if reply.__class__ is RedisReplyError:
-                    raise connector.error(reply, "SUBSCRIBE")
-            yield Subscription(connection, connector, ping_interval)
-        finally:
-            connection.close()
+        async with subscribe_on(
+            self._connector, channels, name or self._name, ping_interval
+        ) as subscription:
+            yield subscription
 
     def statistics(self) -> RedisStatistics:
         live = self._connector.live
@@ -225,37 +235,107 @@ class Redis:
         limit: float | None,
         what: str,
     ) -> U:
-        pool = self._pool
         timeout = self._timeout if limit is None else limit
         deadline = trio.current_time() + timeout
-        if not pool.try_slot():
-            await self._wait_slot(deadline, timeout)
-        connection: Connection | None = None
-        try:
-            connection = pool.take_idle()
-            if connection is None:
-                connection = await pool.connect(deadline)
-            return await operation(connection, argument, deadline)
-        except DeadlinePassed:
-            stage = "connecting" if connection is None else what
-            raise self._connector.timed_out(timeout, stage) from None
-        finally:
-            pool.release(connection)
-
-    async def _wait_slot(self, deadline: float, limit: float) -> None:
-        pool = self._pool
-        with trio.move_on_at(deadline):
-            await pool.wait_slot()
-            return
-        raise BrokerUnavailable(
-            f"no free connection to Redis at {self._connector.address} within "
-            f"{limit:g}s: all {pool.max_connections} were busy; raise "
-            "redis.max_connections, or look for slow or blocking commands on the pool"
-        )
+        return await on_pool(self._pool, operation, argument, deadline, timeout, what)
 
     def _check_open(self) -> None:
         if self._pool.closed:
             raise trio.ClosedResourceError("this Redis client is closed (open_redis has exited)")
+
+
+async def on_pool(
+    pool: Pool,
+    operation: Callable[[Connection, T, float], Awaitable[U]],
+    argument: T,
+    deadline: float,
+    timeout: float,  # noqa: ASYNC109 (for the message; the deadline is what counts)
+    what: str,
+) -> U:
+    """Run ``operation`` on a connection of ``pool`` (the slot wait, connecting
+    and the operation all under ``deadline``)."""
+    if not pool.try_slot():
+        await wait_slot(pool, deadline, timeout)
+    connection: Connection | None = None
+    try:
+        connection = pool.take_idle()
+        if connection is None:
+            connection = await pool.connect(deadline)
+        return await operation(connection, argument, deadline)
+    except DeadlinePassed:
+        stage = "connecting" if connection is None else what
+        raise pool.connector.timed_out(timeout, stage) from None
+    finally:
+        pool.release(connection)
+
+
+async def wait_slot(pool: Pool, deadline: float, limit: float) -> None:
+    with trio.move_on_at(deadline):
+        await pool.wait_slot()
+        return
+    raise BrokerUnavailable(
+        f"no free connection to Redis at {pool.connector.address} within "
+        f"{limit:g}s: all {pool.max_connections} were busy; raise "
+        "redis.max_connections, or look for slow or blocking commands on the pool"
+    )
+
+
+@asynccontextmanager
+async def subscribe_on(
+    connector: Connector, channels: Sequence[str | bytes], name: str, ping_interval: float
+) -> AsyncIterator[Subscription]:
+    """SUBSCRIBE on a new connection of ``connector``; enters once confirmed."""
+    if not channels:
+        raise ValueError("subscribe needs at least one channel")
+    connection = Connection(connector, name, dedicated=True)
+    timeout = connector.command_timeout
+    deadline = trio.current_time() + timeout
+    try:
+        try:
+            await connection.connect(deadline)
+            replies = await connection._request(
+                pack_command((b"SUBSCRIBE", *channels)), len(channels), deadline
+            )
+        except DeadlinePassed:
+            raise connector.timed_out(timeout, "SUBSCRIBE") from None
+        for reply in replies:
+            if reply.__class__ is RedisReplyError:
+                raise connector.error(reply, "SUBSCRIBE")
+        yield Subscription(connection, connector, ping_interval)
+    finally:
+        connection.close()
+
+
+@asynccontextmanager
+async def open_cluster(config: RedisConfig, seed: Target, name: str) -> AsyncIterator[Redis]:
+    # Imported here: the cluster client builds on this module.
+    from flowqd.redis._cluster import ClusterRedis, Node
+
+    if seed.db:
+        raise ConfigError(
+            [f"redis.url selects database {seed.db}, but a Redis Cluster has database 0 only"]
+        )
+    seeds = [seed]
+    for entry in config.nodes:
+        host, _, port = entry.rpartition(":")
+        seeds.append(attrs.evolve(seed, host=host.strip("[]"), port=int(port)))
+    ssl_context = await trio.to_thread.run_sync(build_ssl_context, config) if seed.tls else None
+
+    def make_node(target: Target) -> Node:
+        connector = Connector(
+            target=target,
+            ssl_context=ssl_context,
+            connect_timeout=config.connect_timeout_s,
+            command_timeout=config.command_timeout_s,
+            keep_alive_ms=config.keep_alive_ms,
+        )
+        return Node(target.address, connector, Pool(connector, name, config.max_connections))
+
+    cluster = ClusterRedis(seeds, make_node, name, (config.wait_replicas, config.wait_timeout_s))
+    try:
+        yield cluster
+    finally:
+        cluster.close()
 
 
 @asynccontextmanager
@@ -269,6 +349,10 @@ async def open_redis(config: RedisConfig, *, name: str = "flowqd") -> AsyncItera
     if not name or any(ch.isspace() for ch in name):
         raise ValueError(f"the client name must be non-empty and without spaces, got {name!r}")
     target = parse_target(config)
+    if config.cluster:
+        async with open_cluster(config, target, name) as cluster:
+            yield cluster
+        return
     tls = target.tls or (bool(config.sentinels) and config.sentinel_tls)
     ssl_context = await trio.to_thread.run_sync(build_ssl_context, config) if tls else None
     async with AsyncExitStack() as stack:

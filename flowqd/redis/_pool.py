@@ -16,7 +16,7 @@ class Pool:
     """
 
     def __init__(self, connector: Connector, name: str, max_connections: int) -> None:
-        self._connector = connector
+        self.connector = connector
         self._name = name
         self.max_connections = max_connections
         self._slots = trio.Semaphore(max_connections)
@@ -59,7 +59,7 @@ class Pool:
 
     async def connect(self, deadline: float) -> Connection:
         """A new connection, for the slot the caller holds."""
-        connection = Connection(self._connector, self._name, dedicated=False)
+        connection = Connection(self.connector, self._name, dedicated=False)
         await connection.connect(deadline)
         return connection
 

@@ -23,6 +23,8 @@ class ScriptCall:
 
     script: Script
     packed: bytes = attrs.field(repr=False)
+    # Routes the call in a Redis Cluster.
+    first_key: Arg | None = None
 
 
 @attrs.frozen(eq=False)
@@ -43,7 +45,8 @@ class Script:
         )
 
     def call(self, keys: Sequence[Arg], args: Sequence[Arg]) -> ScriptCall:
-        return ScriptCall(self, pack_command((b"EVALSHA", self.sha, len(keys), *keys, *args)))
+        packed = pack_command((b"EVALSHA", self.sha, len(keys), *keys, *args))
+        return ScriptCall(self, packed, keys[0] if keys else None)
 
 
 def pack_pipeline(commands: Sequence[Sequence[Arg] | ScriptCall]) -> tuple[bytes, bool]:

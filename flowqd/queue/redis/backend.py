@@ -41,7 +41,7 @@ from flowqd.config import QueueConfig
 from flowqd.queue.keys import QueueKeys
 from flowqd.queue.redis.events import EventHub
 from flowqd.queue.redis.scripts import QueueScripts
-from flowqd.redis import Connection, Redis
+from flowqd.redis import Dedicated, Redis
 
 
 @attrs.define(eq=False)
@@ -50,10 +50,10 @@ class BlockingConnections:
 
     _redis: Redis
     _stack: AsyncExitStack
-    _idle: list[Connection] = attrs.Factory(list)
+    _idle: list[Dedicated] = attrs.Factory(list)
 
     @asynccontextmanager
-    async def connection(self) -> AsyncIterator[Connection]:
+    async def connection(self) -> AsyncIterator[Dedicated]:
         if self._idle:
             connection = self._idle.pop()
         else:
