@@ -184,6 +184,8 @@ class ClusterRedis(Redis):
         if not channels:
             raise ValueError("subscribe needs at least one channel")
         deadline = trio.current_time() + self._timeout
+        if self._stale:
+            await self._refresh_stale(deadline)
         node = await self._owner(key_slot(channels[0]), deadline)
         async with subscribe_on(
             node.connector, channels, name or self._name, ping_interval
