@@ -104,4 +104,6 @@ class RedisBackend:
         await self.events.run(task_status=task_status)
 
     async def ping(self) -> None:
-        await self.redis.execute(b"PING")
+        # A read of one of the queue's keys, not PING: in a Redis Cluster it
+        # reaches the node that holds this queue, which is the one that matters.
+        await self.redis.execute(b"EXISTS", self.keys.paused)
