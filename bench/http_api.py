@@ -72,6 +72,8 @@ async def redis_clients(url: str) -> dict[str, int]:
         listing = (await redis.execute(b"CLIENT", b"LIST")).decode()
     counts: dict[str, int] = {}
     for name in re.findall(r" name=(\S*) ", listing):
+        # By role: flowqd-main-HOST-PID and its -claim connections count as flowqd-main.
+        name = re.sub(r"^(flowqd-(?:main|worker|all))-.*", r"\1", name)
         if name != "flowqd-bench":
             counts[name] = counts.get(name, 0) + 1
     return counts

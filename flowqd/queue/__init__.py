@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import re
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from flowqd.config import Config
 from flowqd.queue.base import Broker, JobIdTaken
 
-__all__ = ["Broker", "JobIdTaken", "open_broker"]
+__all__ = ["Broker", "JobIdTaken", "client_name", "open_broker"]
+
+# Redis refuses client names with spaces or other characters outside printable ASCII.
+_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 @asynccontextmanager
@@ -26,6 +32,17 @@ async def open_broker(config: Config) -> AsyncIterator[Broker]:
         return
     from flowqd.queue.redis import open_redis_broker
 
-    name = f"flowqd-{config.role}"
+    name = client_name(config.role)
     async with open_redis_broker(config.redis, config.queue, name=name) as broker:
         yield broker
+
+
+def client_name(role: str, host: str | None = None, pid: int | None = None) -> str:
+    """``flowqd-ROLE-HOST-PID``: the name every Redis connection of this process
+    sets (CLIENT SETNAME), so CLIENT LIST tells an operator whose it is.
+
+    Characters Redis refuses (spaces and the like) become ``_``, and a long
+    host name is cut at 63 characters (one DNS label's worth).
+    """
+    host = _NAME_UNSAFE.sub("_", socket.gethostname() if host is None else host)[:63]
+    return f"flowqd-{role}-{host or 'unknown'}-{os.getpid() if pid is None else pid}"
