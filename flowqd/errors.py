@@ -52,9 +52,13 @@ class RedisReplyError(FlowqdError):
     """
 
 
-class RedisCommandRefused(RedisReplyError):
+class RedisCommandRefused(BrokerUnavailable, RedisReplyError):
     """Raised when Redis forbids a command flowqd needs (an ACL, or a managed
-    service that renamed or removed it). The message names the command."""
+    service that renamed or removed it). The message names the command.
+
+    A BrokerUnavailable too: the command did not run, the API answers 503 with
+    the message, a worker says it on /readyz and retries, so fixing the ACL
+    (``ACL SETUSER``) needs no restart."""
 
 
 class PluginError(FlowqdError):

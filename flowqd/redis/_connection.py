@@ -129,7 +129,7 @@ class Connector:
             what = command or "a command"
             return RedisCommandRefused(
                 f"Redis at {self.address} refused {what}: {reply}; flowqd needs it. Allow it "
-                "for flowqd's user (the ACL rule in docs/deploy.md, 'Managed Redis'), or ask "
+                "for flowqd's user (the ACL rule in docs/deploy.md, 'Redis TLS and ACL'), or ask "
                 "the provider whether it is renamed or disabled"
             )
         return reply
