@@ -89,20 +89,35 @@ class Harness:
 
 
 def make_config(kind: str, redis_url: str, queue_name: str, *extra: str, **worker: Any) -> Config:
+    """``kind`` "redis" or "cluster" (the Redis broker on a Redis Cluster at ``redis_url``)."""
     worker.setdefault("shutdown_grace_s", 0.5)
     overrides = [f"worker.{k}={v}" for k, v in worker.items()]
     overrides += [f"queue.name={queue_name}", "worker.stalled_interval_s=1", *extra]
-    env = {"REDIS_URL": redis_url} if kind == "redis" else {}
+    env = {"REDIS_URL": redis_url} if kind in ("redis", "cluster") else {}
+    if kind == "cluster":
+        overrides.append("redis.cluster=true")
     return load_config(environ=env, overrides=overrides)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def broker_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+def redis_url_of(kind: str, request: pytest.FixtureRequest) -> str:
+    """The session Redis, or for "cluster" the session Redis Cluster's seed."""
+    if kind == "memory":
+        return ""
+    fixture = "redis_cluster" if kind == "cluster" else "redis_server"
+    return str(request.getfixturevalue(fixture).url)
+
+
 @pytest.fixture
-def harness_factory(broker_kind: str, redis_url: str, queue_name: str) -> Callable[..., Any]:
+def harness_factory(
+    broker_kind: str, request: pytest.FixtureRequest, queue_name: str
+) -> Callable[..., Any]:
+    redis_url = redis_url_of(broker_kind, request)
+
     @asynccontextmanager
     async def factory(
         *,

@@ -21,9 +21,10 @@ from flowqd.queue import Broker, open_broker
 BrokerFactory = Callable[..., AbstractAsyncContextManager[Broker]]
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def broker_kind(request: pytest.FixtureRequest) -> str:
-    """Both backends, always: the suite starts its own redis-server for "redis"."""
+    """Both backends, always, and the Redis one on a Redis Cluster too: the suite
+    starts its own redis-server for "redis" and a cluster for "cluster"."""
     return str(request.param)
 
 
@@ -32,19 +33,31 @@ def clock(broker_kind: str) -> trio.testing.MockClock | None:
     return trio.testing.MockClock(autojump_threshold=0) if broker_kind == "memory" else None
 
 
+def broker_of(kind: str) -> str:
+    """``queue.broker`` for a broker kind: a cluster is the Redis broker."""
+    return "redis" if kind == "cluster" else kind
+
+
+def redis_config(kind: str, request: pytest.FixtureRequest) -> RedisConfig:
+    """The session Redis for "redis", the session Redis Cluster for "cluster"."""
+    if kind == "redis":
+        return RedisConfig(url=request.getfixturevalue("redis_server").url)
+    if kind == "cluster":
+        return RedisConfig(cluster=True, url=request.getfixturevalue("redis_cluster").url)
+    return RedisConfig()
+
+
 @pytest.fixture
 def make_config(
     broker_kind: str, request: pytest.FixtureRequest, queue_name: str
 ) -> Callable[..., Config]:
-    redis = RedisConfig()
-    if broker_kind == "redis":
-        redis = RedisConfig(url=request.getfixturevalue("redis_server").url)
+    redis = redis_config(broker_kind, request)
 
     def make(**queue: Any) -> Config:
         settings: dict[str, Any] = {"backoff_s": 0.05, "name": queue_name} | queue
         return Config(
             role="all",
-            queue=QueueConfig(broker=broker_kind, **settings),  # type: ignore[arg-type]
+            queue=QueueConfig(broker=broker_of(broker_kind), **settings),  # type: ignore[arg-type]
             redis=redis,
         )
 
