@@ -17,6 +17,8 @@ import trio.testing
 
 from flowqd.config import Config, QueueConfig, RedisConfig
 from flowqd.queue import Broker, open_broker
+from flowqd.queue.keys import prefix_of
+from tests.redisproc import RedisCluster
 
 BrokerFactory = Callable[..., AbstractAsyncContextManager[Broker]]
 
@@ -45,6 +47,22 @@ def redis_config(kind: str, request: pytest.FixtureRequest) -> RedisConfig:
     if kind == "cluster":
         return RedisConfig(cluster=True, url=request.getfixturevalue("redis_cluster").url)
     return RedisConfig()
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def redis_kind(request: pytest.FixtureRequest) -> str:
+    """For the Redis-only tests: a single redis-server and a Redis Cluster."""
+    return str(request.param)
+
+
+def node_of_queue(kind: str, request: pytest.FixtureRequest, queue: str) -> RedisConfig:
+    """A plain (not cluster) client's config for the server that holds ``queue``: the
+    session Redis, or the cluster primary owning the queue's slot. For looking at
+    that server (INFO, CLIENT LIST, KEYS) as the tests on one redis-server do."""
+    if kind == "cluster":
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        return RedisConfig(url=cluster.url_of(cluster.owner(prefix_of(queue))))
+    return redis_config(kind, request)
 
 
 @pytest.fixture

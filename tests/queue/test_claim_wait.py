@@ -13,21 +13,21 @@ from collections.abc import AsyncIterator
 import pytest
 import trio
 
-from flowqd.config import Config, QueueConfig, RedisConfig
+from flowqd.config import Config, QueueConfig
 from flowqd.jobs import Claimed, JobStatus
 from flowqd.queue import Broker, open_broker
 from flowqd.queue.keys import QueueKeys
 from flowqd.redis import Redis, open_redis
+from tests.queue.conftest import node_of_queue, redis_config
 from tests.queue.helpers import claim_one, spec, wait_until
-from tests.redisproc import RedisServer
 
 
 @pytest.fixture
-def config(redis_server: RedisServer, queue_name: str) -> Config:
+def config(redis_kind: str, request: pytest.FixtureRequest, queue_name: str) -> Config:
     return Config(
         role="all",
         queue=QueueConfig(broker="redis", name=queue_name),
-        redis=RedisConfig(url=redis_server.url),
+        redis=redis_config(redis_kind, request),
     )
 
 
@@ -38,8 +38,12 @@ async def broker(config: Config) -> AsyncIterator[Broker]:
 
 
 @pytest.fixture
-async def raw(config: Config) -> AsyncIterator[Redis]:
-    async with open_redis(config.redis, name="test-raw") as redis:
+async def raw(
+    redis_kind: str, request: pytest.FixtureRequest, config: Config
+) -> AsyncIterator[Redis]:
+    """A plain client on the server that holds the queue (a cluster node too)."""
+    node = node_of_queue(redis_kind, request, config.queue.name)
+    async with open_redis(node, name="test-raw") as redis:
         yield redis
 
 

@@ -18,16 +18,17 @@ from flowqd.jobs import Claimed, EmittedEvent, Event, JobStatus
 from flowqd.queue import Broker, open_broker
 from flowqd.queue.keys import prefix_of
 from flowqd.redis import Redis, open_redis
+from tests.queue.conftest import node_of_queue, redis_config
 from tests.queue.helpers import claim_one, done, spec, terminal, wait_until, watch_events
-from tests.redisproc import RedisServer, free_port
+from tests.redisproc import free_port
 
 
 @pytest.fixture
-def config(redis_server: RedisServer, queue_name: str) -> Config:
+def config(redis_kind: str, request: pytest.FixtureRequest, queue_name: str) -> Config:
     return Config(
         role="all",
         queue=QueueConfig(broker="redis", name=queue_name, backoff_s=0.05),
-        redis=RedisConfig(url=redis_server.url),
+        redis=redis_config(redis_kind, request),
     )
 
 
@@ -44,8 +45,12 @@ def open_running(config: Config) -> Callable[[], AsyncIterator[Broker]]:
 
 
 @pytest.fixture
-async def raw(config: Config) -> AsyncIterator[Redis]:
-    async with open_redis(config.redis, name="test-raw") as redis:
+async def raw(
+    redis_kind: str, request: pytest.FixtureRequest, config: Config
+) -> AsyncIterator[Redis]:
+    """A plain client on the server that holds the queue (a cluster node too)."""
+    node = node_of_queue(redis_kind, request, config.queue.name)
+    async with open_redis(node, name="test-raw") as redis:
         yield redis
 
 
