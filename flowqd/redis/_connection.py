@@ -48,6 +48,8 @@ _MOVED_ON = frozenset({"READONLY"})
 # Error replies that mean the server forbids the command for this user or at all
 # (ACLs; managed services rename or remove CONFIG, KEYS, DEBUG...).
 _REFUSED = ("NOPERM", "ERR unknown command", "ERR unknown subcommand")
+# Redis 7.0's answer when a command inside a script is refused (it names neither).
+_REFUSED_IN_SCRIPT = "ERR The user executing the script can't"
 
 
 class Locator(Protocol):
@@ -125,8 +127,10 @@ class Connector:
                 f"Redis at {self.address} is not the primary any more ({reply}); "
                 "a failover is under way: try again shortly"
             )
-        if text.startswith(_REFUSED):
+        if text.startswith(_REFUSED) or text.startswith(_REFUSED_IN_SCRIPT):
             what = command or "a command"
+            if text.startswith(_REFUSED_IN_SCRIPT):
+                what = f"a command or key inside a script ({what}; ACL LOG on the server names it)"
             return RedisCommandRefused(
                 f"Redis at {self.address} refused {what}: {reply}; flowqd needs it. Allow it "
                 "for flowqd's user (the ACL rule in docs/deploy.md, 'Redis TLS and ACL'), or ask "
