@@ -1,6 +1,6 @@
 """Enqueue and drain: no-op jobs through one real `flowqd --role worker` process.
 
-    .venv/bin/python bench/drain.py [--jobs 20000]
+    .venv/bin/python bench/drain.py [--jobs 20000] [--replicas 1] [--wait-replicas 1]
 
 Starts its own redis-server and worker. The queue is paused while the jobs
 are enqueued (so the enqueue figures are the producer's alone): 2,000 one at
@@ -11,7 +11,9 @@ is started and becomes ready, then the queue is resumed and the drain timed.
 Each job is one `echo` node with every event a job normally writes
 (started, node_start, node_end, and the terminal `end`). Worker and Redis CPU
 come from /proc (user + system) between resume and the last completion.
-Prints a table and one JSON line per figure.
+Prints a table and one JSON line per figure. ``--replicas`` starts replica
+redis-servers beside the primary; ``--wait-replicas`` sets redis.wait_replicas
+(bench/replicas.py compares 0 and 1).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx
 
+from bench.replicas import start_replicas
 from flowqd.config import PluginsConfig, load_config
 from flowqd.flows import FlowStore
 from flowqd.jobs import JobSpec, JobStatus
@@ -60,9 +63,15 @@ def emit(name: str, value: float, unit: str) -> None:
 
 
 async def bench(
-    url: str, redis_pid: int, jobs: int, batch: int, py_spy: str | None = None
+    url: str,
+    redis_pid: int,
+    jobs: int,
+    batch: int,
+    py_spy: str | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> dict[str, float]:
     env = {"REDIS_URL": url, "QUEUE_NAME": "bench-drain", "REMOVE_ON_COUNT": str(jobs)}
+    env.update(extra_env or {})
     config = load_config(environ=env, overrides=["redis.command_timeout_s=60"])
     results: dict[str, float] = {}
     async with (
@@ -188,12 +197,27 @@ def main() -> None:
         metavar="FILE",
         help="sample the worker with py-spy during the drain (collapsed stacks, GIL held)",
     )
+    parser.add_argument(
+        "--replicas", type=int, default=0, help="replica redis-servers beside the primary"
+    )
+    parser.add_argument(
+        "--wait-replicas",
+        type=int,
+        default=0,
+        help="redis.wait_replicas for the bench and the worker (starts that many replicas)",
+    )
     args = parser.parse_args()
     server = RedisServer()
     server.start()
+    replicas = start_replicas(server, max(args.replicas, args.wait_replicas))
+    extra = {"FLOWQD_REDIS__WAIT_REPLICAS": str(args.wait_replicas)}
     try:
-        results = trio.run(bench, server.url, server.proc.pid, args.jobs, args.batch, args.py_spy)
+        results = trio.run(
+            bench, server.url, server.proc.pid, args.jobs, args.batch, args.py_spy, extra
+        )
     finally:
+        for replica in replicas:
+            replica.close()
         server.close()
     print(f"{'figure':28} {'value':>12}")
     units = {"_jobs_s": "jobs/s", "_us_per_job": "us/job", "_mb": "MB", "_jobs": "jobs"}

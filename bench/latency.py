@@ -1,6 +1,6 @@
 """Latency: no-op jobs offered one at a time at a steady rate to one worker process.
 
-    .venv/bin/python bench/latency.py [--jobs 2000] [--rate 500]
+    .venv/bin/python bench/latency.py [--jobs 2000] [--rate 500] [--replicas 1] [--wait-replicas 1]
 
 Starts its own redis-server and `flowqd --role worker`. Each job (one `echo`
 node, all the usual events) is enqueued on its own, on a fixed schedule of
@@ -9,9 +9,11 @@ arrival here of the last events doorbell naming the job: the doorbell is
 published by the script call that appends a job's events, and the one that
 writes the terminal event and the outcome is the job's last (nothing is
 appended after it). So it is enqueue-to-complete as a subscriber sees it,
-one pub/sub hop included. The job records' own timestamps (created and
+one pub/sub hop included; ``enqueue_p50/p99_ms`` is the enqueue call alone
+(what a producer waits for its acknowledgement). The job records' own timestamps (created and
 finished, whole milliseconds of Redis's clock) are reported too. The first
 ``--warmup`` jobs are not counted. Prints a table and one JSON line per figure.
+``--replicas`` and ``--wait-replicas``: as for drain.py (bench/replicas.py).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ sys.path.pop(0)
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.drain import cpu_seconds, emit, rss_mb
+from bench.replicas import start_replicas
 from flowqd.config import PluginsConfig, load_config
 from flowqd.flows import FlowStore
 from flowqd.jobs import JobSpec, JobStatus, new_job_id
@@ -63,9 +66,10 @@ async def listen(
 
 async def run_jobs(
     broker: Broker, flow: tuple[str, int], n: int, rate: float, rung: dict[str, float]
-) -> tuple[list[str], dict[str, float]]:
+) -> tuple[list[str], dict[str, float], dict[str, float]]:
     ids: list[str] = []
     sent: dict[str, float] = {}
+    acknowledged: dict[str, float] = {}
     with trio.fail_after(n / rate + 60):
         start = trio.current_time()
         for i in range(n):
@@ -76,18 +80,23 @@ async def run_jobs(
             await broker.jobs.enqueue(
                 [JobSpec(flow[0], flow[1], {"question": f"q{i}"}, job_id=job_id)]
             )
+            # The producer's wait (with redis.wait_replicas, WAIT's included).
+            acknowledged[job_id] = time.perf_counter()
         while any(job_id not in rung for job_id in ids):  # noqa: ASYNC110
             await trio.sleep(0.01)
         # Rings published before the outcome was recorded are not the last.
         while (await broker.control.counts())[JobStatus.COMPLETED] < len(rung):  # noqa: ASYNC110
             await trio.sleep(0.01)
         await trio.sleep(0.05)
-    return ids, sent
+    return ids, {job_id: sent[job_id] for job_id in ids}, acknowledged
 
 
-async def bench(url: str, jobs: int, rate: float, warmup: int) -> dict[str, float]:
+async def bench(
+    url: str, jobs: int, rate: float, warmup: int, extra_env: dict[str, str] | None = None
+) -> dict[str, float]:
     queue = "bench-latency"
     env = {"REDIS_URL": url, "QUEUE_NAME": queue, "REMOVE_ON_COUNT": str(jobs + warmup)}
+    env.update(extra_env or {})
     config = load_config(environ=env, overrides=["redis.command_timeout_s=60"])
     results: dict[str, float] = {}
     rung: dict[str, float] = {}
@@ -105,7 +114,7 @@ async def bench(url: str, jobs: int, rate: float, warmup: int) -> dict[str, floa
             pid = worker.process.pid
             await run_jobs(broker, flow, warmup, rate, rung)
             cpu0, t0 = cpu_seconds(pid), time.perf_counter()
-            ids, sent = await run_jobs(broker, flow, jobs, rate, rung)
+            ids, sent, acknowledged = await run_jobs(broker, flow, jobs, rate, rung)
             wall, cpu = time.perf_counter() - t0, cpu_seconds(pid) - cpu0
             latencies = [(rung[job_id] - sent[job_id]) * 1000 for job_id in ids]
             results["offered_jobs_s"] = (
@@ -116,6 +125,9 @@ async def bench(url: str, jobs: int, rate: float, warmup: int) -> dict[str, floa
             results["latency_p99_ms"] = percentile(latencies, 99)
             results["latency_max_ms"] = max(latencies)
             results["latency_mean_ms"] = statistics.fmean(latencies)
+            enqueues = [(acknowledged[job_id] - sent[job_id]) * 1000 for job_id in ids]
+            results["enqueue_p50_ms"] = percentile(enqueues, 50)
+            results["enqueue_p99_ms"] = percentile(enqueues, 99)
             recorded = []
             for job_id in ids:
                 job = await broker.jobs.get_job(job_id)
@@ -136,12 +148,25 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--rate", type=float, default=500.0, help="jobs offered per second")
     parser.add_argument("--warmup", type=int, default=100, help="jobs run first, not counted")
+    parser.add_argument(
+        "--replicas", type=int, default=0, help="replica redis-servers beside the primary"
+    )
+    parser.add_argument(
+        "--wait-replicas",
+        type=int,
+        default=0,
+        help="redis.wait_replicas for the bench and the worker (starts that many replicas)",
+    )
     args = parser.parse_args()
     server = RedisServer()
     server.start()
+    replicas = start_replicas(server, max(args.replicas, args.wait_replicas))
+    extra = {"FLOWQD_REDIS__WAIT_REPLICAS": str(args.wait_replicas)}
     try:
-        results = trio.run(bench, server.url, args.jobs, args.rate, args.warmup)
+        results = trio.run(bench, server.url, args.jobs, args.rate, args.warmup, extra)
     finally:
+        for replica in replicas:
+            replica.close()
         server.close()
     units = {"_jobs_s": "jobs/s", "_ms": "ms", "_us_per_job": "us/job", "_mb": "MB"}
     print(f"{'figure':28} {'value':>12}")
