@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import typing
 from pathlib import Path
@@ -329,3 +330,121 @@ def test_egress_entries_are_checked_when_the_config_loads() -> None:
     assert "got 'http://metadata' (entry 1)" in line
     config = load_config(environ={}, overrides=["egress.allow=*.example.com,10.1.2.3,::1/128"])
     assert config.egress.allow == ["*.example.com", "10.1.2.3", "::1/128"]
+
+
+# ---- Redis topologies (sentinels, cluster, wait_replicas) ----------------------
+
+SENTINEL_ENV = {
+    "FLOWQD_REDIS__SENTINELS": "10.0.0.5:26379,10.0.0.6:26379",
+    "FLOWQD_REDIS__SENTINEL_MASTER": "flowqd-primary",
+    "FLOWQD_REDIS__SENTINEL_USERNAME": "watcher",
+    "FLOWQD_REDIS__SENTINEL_PASSWORD": "sentinel-hunter2",
+    "FLOWQD_REDIS__SENTINEL_TLS": "true",
+    "FLOWQD_REDIS__WAIT_REPLICAS": "1",
+    "FLOWQD_REDIS__WAIT_TIMEOUT_S": "0.25",
+}
+
+
+def check_config(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], *args: str) -> int:
+    from flowqd import cli
+
+    for name in list(os.environ):
+        if name.startswith(("FLOWQD_", "REDIS_")):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return cli.main(["check-config", *args])
+
+
+def test_check_config_shows_the_topology_keys_with_the_sentinel_password_masked(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert check_config(monkeypatch, SENTINEL_ENV, "--role", "worker") == 0
+    out = capsys.readouterr().out
+    assert "sentinel-hunter2" not in out
+    for line in (
+        'sentinels = ["10.0.0.5:26379", "10.0.0.6:26379"]',
+        'sentinel_master = "flowqd-primary"',
+        'sentinel_username = "watcher"',
+        'sentinel_password = "***"',
+        "sentinel_tls = true",
+        "cluster = false",
+        "nodes = []",
+        "wait_replicas = 1",
+        "wait_timeout_s = 0.25",
+    ):
+        assert re.search(rf"^{re.escape(line)}$", out, flags=re.M), (line, out)
+    assert "broker in use: redis" in out
+
+
+def test_cluster_and_its_nodes_parse_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = {
+        "REDIS_URL": "redis://10.0.0.7:7000",
+        "FLOWQD_REDIS__CLUSTER": "true",
+        "FLOWQD_REDIS__NODES": "10.0.0.8:7001, [fd00::9]:7002",
+    }
+    config = load_config(environ=env)
+    assert config.redis.cluster is True
+    assert config.redis.nodes == ["10.0.0.8:7001", "[fd00::9]:7002"]
+    assert config.redis.sentinels == [] and config.redis.wait_replicas == 0
+    assert check_config(monkeypatch, env, "--role", "main") == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^cluster = true$", out, flags=re.M), out
+    assert 'nodes = ["10.0.0.8:7001", "[fd00::9]:7002"]' in out
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (
+            {"FLOWQD_REDIS__SENTINELS": "a:1,b:2"},
+            ["redis.sentinels is set but redis.sentinel_master is not"],
+        ),
+        (
+            {"FLOWQD_REDIS__SENTINEL_MASTER": "m"},
+            ["redis.sentinel_master is set but redis.sentinels is empty"],
+        ),
+        (
+            {
+                "FLOWQD_REDIS__SENTINELS": "a:1",
+                "FLOWQD_REDIS__SENTINEL_MASTER": "m",
+                "FLOWQD_REDIS__CLUSTER": "true",
+                "REDIS_HOST": "a",
+                "FLOWQD_REDIS__DB": "2",
+            },
+            [
+                "redis.cluster and redis.sentinels are both set",
+                "redis.db = 2 with redis.cluster: Redis Cluster has database 0 only",
+            ],
+        ),
+        (
+            {"REDIS_URL": "redis://a:6379", "FLOWQD_REDIS__WAIT_REPLICAS": "1"}
+            | {"FLOWQD_REDIS__WAIT_TIMEOUT_S": "1.5", "FLOWQD_SERVER__BROKER_TIMEOUT_S": "1.5"},
+            ["redis.wait_timeout_s (1.5) must be shorter than server.broker_timeout_s (1.5)"],
+        ),
+        (
+            {"FLOWQD_REDIS__SENTINELS": "a:1,b", "FLOWQD_REDIS__WAIT_REPLICAS": "17"},
+            [
+                "environment variable FLOWQD_REDIS__SENTINELS: redis.sentinels: expected a "
+                "list of host:port entries",
+                "environment variable FLOWQD_REDIS__WAIT_REPLICAS: redis.wait_replicas",
+            ],
+        ),
+    ],
+)
+def test_topology_cross_checks_name_the_keys(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    env: dict[str, str],
+    expected: list[str],
+) -> None:
+    found = problems(environ=env, role="worker")
+    assert len(found) == len(expected), found
+    for line, start in zip(found, expected, strict=True):
+        assert start in line, (start, line)
+    # check-config says the same, one line each, exit 2.
+    assert check_config(monkeypatch, env, "--role", "worker") == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == len(expected) and all(e.startswith("flowqd: error: ") for e in err), err
