@@ -325,3 +325,23 @@ async def test_a_process_refused_a_command_says_so_and_recovers_once_allowed(
             )
             assert answer.status_code == 200 and answer.json()["text"] == "ok", answer.text
             assert_no_crash(main, worker)
+
+
+async def test_readonly_behind_one_endpoint_drops_the_pooled_connections(
+    managed: RedisServer,
+) -> None:
+    """A managed service's primary endpoint is a DNS name moved on failover; the
+    old primary, now a replica, answers READONLY on the connections still open
+    to it. They are closed, so the next command connects (and resolves) again."""
+    demoted = RedisServer()
+    demoted.start()
+    try:
+        async with open_redis(RedisConfig(url=demoted.url), name="test-readonly") as redis:
+            await redis.execute(b"SET", b"flowqd:{ro}:x", b"1")
+            assert redis.statistics().open_connections == 1
+            await redis.execute(b"REPLICAOF", b"127.0.0.1", str(managed.port))
+            with pytest.raises(BrokerUnavailable, match="not the primary any more"):
+                await redis.execute(b"SET", b"flowqd:{ro}:x", b"2")
+            assert redis.statistics().open_connections == 0
+    finally:
+        demoted.close()

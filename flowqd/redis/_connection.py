@@ -146,10 +146,11 @@ class Connector:
 
     def moved(self) -> None:
         """The primary moved (READONLY, a failover notice): find it again and drop
-        every connection to the old one, so nothing keeps writing there."""
-        if self.locator is None:
-            return
-        self.locator.moved()
+        every connection to the old one, so nothing keeps writing there. Without
+        a locator too: a managed service's endpoint is a DNS name that moves to
+        the new primary, while the old one (a replica now) keeps our sockets."""
+        if self.locator is not None:
+            self.locator.moved()
         self.close_all()
 
     def close_all(self) -> None:
