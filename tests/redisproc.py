@@ -122,6 +122,11 @@ def redis_command(port: int, *args: str | bytes | int, timeout: float = 2.0) -> 
             reader.feed(data)
 
 
+def _ok(reply: Any) -> None:
+    if isinstance(reply, hiredis.ReplyError):
+        raise RuntimeError(f"redis-server answered {reply}")
+
+
 def _fields(info: bytes) -> dict[str, str]:
     """``INFO`` or ``CLUSTER INFO`` text as a dict."""
     pairs = (line.partition(":") for line in info.decode().splitlines() if ":" in line)
@@ -285,6 +290,46 @@ class RedisCluster:
             time.sleep(0.05)
         self.wait_healthy(max(1.0, deadline - time.monotonic()))
         return replica
+
+    def begin_migration(self, slot: int, target: int) -> int:
+        """Start moving ``slot`` to the primary on ``target`` (IMPORTING there,
+        MIGRATING on its owner); the owner's port. Keys move with ``migrate``."""
+        source = self.slot_map(target)[slot]
+        _ok(redis_command(target, "CLUSTER", "SETSLOT", slot, "IMPORTING", self.node_id(source)))
+        _ok(redis_command(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", self.node_id(target)))
+        return source
+
+    def migrate(self, slot: int, source: int, target: int, keys: list[bytes] | None = None) -> None:
+        """MIGRATE ``keys`` (default: every key left in ``slot``) from source to target."""
+        if keys is None:
+            keys = list(redis_command(source, "CLUSTER", "GETKEYSINSLOT", slot, 100_000))
+        if keys:
+            reply = redis_command(
+                source, "MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *keys
+            )
+            _ok(reply)
+
+    def finish_migration(self, slot: int, source: int, target: int, timeout: float = 10.0) -> None:
+        """Move the keys left, give ``slot`` to ``target`` (the target first, so it
+        claims the slot with a new epoch, then the source, then the other
+        primaries) and wait until every node agrees."""
+        self.migrate(slot, source, target)
+        target_id = self.node_id(target)
+        others = [p for p in self.primaries() if p not in (source, target)]
+        for port in (target, source, *others):
+            _ok(redis_command(port, "CLUSTER", "SETSLOT", slot, "NODE", target_id))
+        deadline = time.monotonic() + timeout
+        while any(self.slot_map(port).get(slot) != target for port in self.live_ports()):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the nodes did not agree that {target} owns slot {slot}")
+            time.sleep(0.02)
+        self.wait_healthy(max(1.0, deadline - time.monotonic()))
+
+    def move_slot(self, slot: int, target: int) -> int:
+        """Move ``slot`` and its keys to the primary on ``target``; its old owner's port."""
+        source = self.begin_migration(slot, target)
+        self.finish_migration(slot, source, target)
+        return source
 
     def kill(self, port: int) -> None:
         """``kill -9`` the node on ``port``; ``heal`` starts it again."""
