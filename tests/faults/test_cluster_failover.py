@@ -14,8 +14,9 @@ from __future__ import annotations
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 import attrs
@@ -62,16 +63,17 @@ class Load:
     statuses: Counter[int] = attrs.Factory(Counter)
     failed_requests: int = 0
 
-    async def timed(self, request: Callable[[], object]) -> httpx.Response | None:
+    async def timed(
+        self, request: Callable[[], Awaitable[httpx.Response]]
+    ) -> httpx.Response | None:
         started = time.monotonic()
         try:
-            response = await request()  # type: ignore[misc]
+            response = await request()
         except httpx.TransportError:
             self.failed_requests += 1
             return None
         finally:
             self.latencies.append(time.monotonic() - started)
-        assert isinstance(response, httpx.Response)
         self.statuses[response.status_code] += 1
         return response
 
@@ -120,7 +122,7 @@ async def run_scenario(
     cluster: RedisCluster,
     queue: str,
     tmp_path: Path,
-    fault: Callable[[RedisCluster, int], object],
+    fault: Callable[[RedisCluster, int], Awaitable[None]],
     *extra: str,
 ) -> None:
     env = cluster_env(cluster, queue)
@@ -162,7 +164,7 @@ async def run_scenario(
                         }
                         while True:
                             response = await load.timed(
-                                lambda body=body: client.post("/api/v1/jobs", json=body)
+                                partial(client.post, "/api/v1/jobs", json=body)
                             )
                             if response is not None and response.status_code == 202:
                                 break
@@ -190,7 +192,7 @@ async def run_scenario(
                     await poll(lambda: _waiting_at_least(client, main.api, PREDICTIONS))
                     primary = await trio.to_thread.run_sync(cluster.owner, prefix_of(queue))
                     started = time.monotonic()
-                    await fault(cluster, primary)  # type: ignore[misc]
+                    await fault(cluster, primary)
                     figures["fault_s"] = time.monotonic() - started
                     assert await trio.to_thread.run_sync(cluster.owner, prefix_of(queue)) != primary
 
