@@ -43,9 +43,20 @@ MAX_REDIRECTS = 16
 # (a MOVED always refreshes): a dead node must not cause a storm of CLUSTER SLOTS.
 REFRESH_EVERY_S = 0.25
 _ASKING = (b"ASKING",)
-# Commands without a key: sent to any primary.
+# Commands without a key (or, for SCAN, of one node only): sent to any primary.
 _KEYLESS = frozenset(
-    {b"PING", b"CLIENT", b"INFO", b"SCRIPT", b"TIME", b"ROLE", b"WAIT", b"CLUSTER", b"ECHO"}
+    {
+        b"PING",
+        b"CLIENT",
+        b"INFO",
+        b"SCRIPT",
+        b"TIME",
+        b"ROLE",
+        b"WAIT",
+        b"CLUSTER",
+        b"ECHO",
+        b"SCAN",
+    }
 )
 
 

@@ -17,6 +17,7 @@ import attrs
 import orjson
 import trio
 
+from flowqd.errors import NotReplicated
 from flowqd.jobs import Event, Job, JobSpec, JobStatus, new_job_id, parse_event_id
 from flowqd.queue import policy
 from flowqd.queue.base import JobIdTaken
@@ -56,7 +57,17 @@ class RedisJobs:
             await trio.lowlevel.checkpoint()
             return ids
         taken: list[int] = []
-        replies = checked(await self._backend.redis.pipeline(calls, durable=True))
+        try:
+            replies = checked(await self._backend.redis.pipeline(calls, durable=True))
+        except NotReplicated as exc:
+            # The jobs exist and will run: the client must learn their ids, or a
+            # retry of its request would enqueue them twice.
+            shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+            raise NotReplicated(
+                f"{exc}. The job(s) {shown} were queued on the primary and may still run: "
+                "look them up (GET /api/v1/jobs/ID) before sending the request again",
+                exc.replies,
+            ) from None
         for chunk, reply in enumerate(replies):
             taken += [chunk * ENQUEUE_CHUNK + int(n) for n in reply]
         if taken:

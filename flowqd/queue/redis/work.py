@@ -37,13 +37,14 @@ from flowqd.queue.redis.backend import RedisBackend
 from flowqd.queue.redis.codec import checked, decode_claim, flush_args
 from flowqd.redis import Arg, ScriptCall
 
-_throttled = ThrottledLog(logging.getLogger(__name__))
+log = logging.getLogger(__name__)
 
 
 @attrs.define(eq=False)
 class RedisWork:
     _backend: RedisBackend
     _drained: bool = False  # the last claim left no job waiting
+    _throttled: ThrottledLog = attrs.Factory(lambda: ThrottledLog(log))
 
     async def ping(self) -> None:
         await self._backend.ping()
@@ -178,7 +179,7 @@ class RedisWork:
             except NotReplicated as exc:
                 # Done on the primary: the outcomes stand. Retrying would be refused
                 # (their tokens are spent), so say it and go on.
-                _throttled.warning("not-replicated", "%s", exc)
+                self._throttled.warning("not-replicated", "%s", exc)
                 [results] = exc.replies
         return [bool(r) for r in results]
 
