@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import hiredis
+import trio
 
 from flowqd.redis._script import pack_command
 from tests.redisproc import RedisServer, free_port, redis_command
@@ -271,10 +272,21 @@ class SentinelTopology:
                 if sentinel.proc is None:
                     sentinel.start()  # from the config it rewrote with what it learnt
             if self.problems():
-                self._restart_killed_nodes(timeout)
-                self.wait_healthy(timeout)
+                self.heal(timeout)
         except (RuntimeError, OSError):
             self.build(timeout)
+
+    def heal(self, timeout: float = 30.0) -> None:
+        """Once the sentinels promoted the survivor, start a killed node again as
+        its replica (as an orchestrator would), point a replica left on a
+        ``ReplicationLink`` back at the primary, and wait until healthy."""
+        self._restart_killed_nodes(timeout)
+        primary = self.primary()
+        for node in self.nodes:
+            info = _fields(redis_command(node.port, "INFO", "replication"))
+            if node.port != primary and info.get("master_port") != str(primary):
+                redis_command(node.port, "REPLICAOF", "127.0.0.1", primary)
+        self.wait_healthy(timeout)
 
     def _restart_killed_nodes(self, timeout: float) -> None:
         down = [n for n in self.nodes if n.proc is None]
@@ -282,16 +294,37 @@ class SentinelTopology:
             return
         # The survivor, once the sentinels promoted it, is the primary.
         survivor = next(n for n in self.nodes if n.proc is not None)
-        wait_for(lambda: self._agree_on(survivor.port), timeout, lambda: "no failover happened")
+        wait_for(lambda: self._settled_on(survivor.port), timeout, lambda: "no failover happened")
         for node in down:
             node.extra_args = (*_NODE_ARGS, "--replicaof", "127.0.0.1", str(survivor.port))
             node.start()
 
-    def _agree_on(self, port: int) -> bool:
+    def _settled_on(self, port: int) -> bool:
+        """Every live sentinel names ``port`` the primary, is connected to it
+        and has no PING to it unanswered. Until then a sentinel may still judge
+        the new primary down: after a switch it reconnects only on its next
+        once-a-second attempt, and that wait counts against a down-after of
+        1000 ms; a node restarted as a replica by then would be failed over to."""
         try:
-            return self.primary() == port
-        except (RuntimeError, OSError):
+            if self.primary() != port:
+                return False
+            for sentinel in self.sentinels:
+                if sentinel.proc is not None:
+                    master = _pairs(sentinel_command(sentinel.port, "SENTINEL", "MASTER", MASTER))
+                    if master["flags"] != "master" or master["last-ping-sent"] != "0":
+                        return False
+        except (RuntimeError, OSError, KeyError):
             return False
+        return True
+
+    def logs(self, tail: int = 3000) -> str:
+        """The end of every process's log, for a failure's message."""
+        parts = [f"--- sentinel {s.port}\n{s.log()[-tail:]}" for s in self.sentinels]
+        for node in self.nodes:
+            path = node.dir / "redis.log"
+            text = path.read_text(errors="replace") if path.exists() else ""
+            parts.append(f"--- node {node.port}\n{text[-tail:]}")
+        return "\n".join(parts)
 
     def close(self) -> None:
         for sentinel in self.sentinels:
@@ -309,3 +342,57 @@ def wait_for(
         if time.monotonic() > deadline:
             raise RuntimeError(f"not reached in {timeout}s: {describe()}")
         time.sleep(0.05)
+
+
+class ReplicationLink:
+    """A TCP relay the replica replicates through (``REPLICAOF 127.0.0.1
+    link.port``), to play a replica that falls behind: ``hold()`` stops the
+    primary's stream reaching it (its acknowledgements still flow, so WAIT
+    sees it lag), and ``cut()`` ends the link, dropping whatever the
+    primary sent meanwhile, as a partition would."""
+
+    def __init__(self, primary: int) -> None:
+        self.primary = primary
+        self.port = 0
+        self.held = False
+        self._scope = trio.CancelScope()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Relay until ``cut()``."""
+        with self._scope:
+            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+            self.port = int(listeners[0].socket.getsockname()[1])
+            task_status.started()
+            await trio.serve_listeners(self._relay, listeners)
+
+    def hold(self) -> None:
+        self.held = True
+
+    def cut(self) -> None:
+        """Close the listener and every relayed connection, dropping what is held."""
+        self._scope.cancel()
+
+    async def _relay(self, replica: trio.SocketStream) -> None:
+        async with (
+            replica,
+            await trio.open_tcp_stream("127.0.0.1", self.primary) as primary,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(self._pipe, replica, primary, False, nursery.cancel_scope)
+            nursery.start_soon(self._pipe, primary, replica, True, nursery.cancel_scope)
+
+    async def _pipe(
+        self,
+        source: trio.SocketStream,
+        sink: trio.SocketStream,
+        from_primary: bool,
+        scope: trio.CancelScope,
+    ) -> None:
+        try:
+            async for chunk in source:
+                if from_primary and self.held:
+                    await trio.sleep_forever()  # held until the link is cut
+                await sink.send_all(chunk)
+        except trio.BrokenResourceError:
+            pass
+        scope.cancel()
