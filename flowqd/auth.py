@@ -1,21 +1,23 @@
-"""API keys: bearer tokens kept only as SHA-256 hashes, and ``flowqd keys add``.
+"""API keys: bearer tokens kept only as SHA-256 hashes; the ring a main checks them with.
 
 A key is a random token (``fqd_`` + 43 url-safe characters, 256 bits), so a
 plain SHA-256 is enough to keep the stored form useless to a reader of the
 config; a slow hash would only add CPU to every request. A key file or
 ``auth.keys`` holds one entry per key: ``NAME:SHA256HEX`` or
 ``NAME:SHA256HEX:admin``. The name is what a job records as its owner.
+A running main follows changes to ``auth.keys_file`` within a second
+(``KeysFileWatch``); ``flowqd keys`` (``keys_command.py``) edits that file.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import ipaddress
+import logging
 import os
 import re
 import secrets
-import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -23,10 +25,15 @@ import attrs
 
 from flowqd.config import AuthConfig, Config
 from flowqd.errors import ConfigError
+from flowqd.sessions import SessionSigner
+
+log = logging.getLogger("flowqd.auth")
 
 KEY_PREFIX = "fqd_"
 ENTRY = re.compile(r"(?P<name>[A-Za-z0-9_.@-]{1,64}):(?P<digest>[0-9a-f]{64})(?P<admin>:admin)?")
 LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost"})
+# How often a running main looks at auth.keys_file for added and revoked keys.
+RELOAD_INTERVAL_S = 1.0
 
 
 @attrs.frozen
@@ -101,10 +108,20 @@ def read_keys_file(path: Path) -> list[KeyEntry]:
 
 def load_keys(config: AuthConfig) -> list[KeyEntry]:
     """Every configured key, from ``auth.keys`` and ``auth.keys_file``; names must be unique."""
-    entries = [e for e in (parse_entry(k) for k in config.keys) if e is not None]
+    entries = config_entries(config)
     if config.keys_file:
         entries += read_keys_file(Path(config.keys_file))
-    seen: dict[str, KeyEntry] = {}
+    return unique(entries)
+
+
+def config_entries(config: AuthConfig) -> list[KeyEntry]:
+    """The keys of ``auth.keys`` (the config file, the environment or ``--set``)."""
+    return [e for e in (parse_entry(k) for k in config.keys) if e is not None]
+
+
+def unique(entries: list[KeyEntry]) -> list[KeyEntry]:
+    """``entries``, or ConfigError naming each name configured twice."""
+    seen: set[str] = set()
     problems: list[str] = []
     for entry in entries:
         if entry.name in seen:
@@ -112,7 +129,7 @@ def load_keys(config: AuthConfig) -> list[KeyEntry]:
                 f"auth: key name {entry.name!r} is configured twice; names must "
                 "be unique (a job's owner is its key's name)"
             )
-        seen[entry.name] = entry
+        seen.add(entry.name)
     if problems:
         raise ConfigError(problems)
     return entries
@@ -127,14 +144,80 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class KeyRing:
-    """Turns an ``Authorization`` header into a Principal."""
+@attrs.define(eq=False)
+class KeysFileWatch:
+    """Notices changes to ``auth.keys_file`` so a running main follows ``keys add`` and
+    ``keys revoke``: one stat at most every ``interval_s`` on the request path, a read
+    only when the file's inode, size or times changed."""
 
-    def __init__(self, entries: Iterable[KeyEntry], *, allow_anonymous: bool) -> None:
+    path: Path
+    fixed: list[KeyEntry]  # auth.keys: they only change with a restart
+    interval_s: float = RELOAD_INTERVAL_S
+    next_check: float = 0.0
+    signature: tuple[int, ...] | None = None
+
+    def _stat(self) -> tuple[int, ...]:
+        """What identifies the file's content without reading it; () when it is missing."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return ()
+        except OSError as exc:
+            if self.signature != (-1,):
+                log.warning("auth.keys_file: cannot stat %s: %s", self.path, exc.strerror)
+            return (-1,)
+        return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def mark(self, now: float) -> None:
+        """Take the file as it is now as read; call it *before* reading it, so a change
+        made in between is seen by the next poll."""
+        self.signature = self._stat()
+        self.next_check = now + self.interval_s
+
+    def poll(self, now: float) -> list[KeyEntry] | None:
+        """Every key, when the file changed since the last look; None when it did not
+        (or cannot be used now: the keys read before stay, with a warning)."""
+        self.next_check = now + self.interval_s
+        signature = self._stat()
+        if signature == self.signature or signature == (-1,):
+            self.signature = signature
+            return None
+        self.signature = signature
+        if not signature:
+            log.warning("auth.keys_file %s is gone: its keys no longer work", self.path)
+        try:
+            return unique(self.fixed + read_keys_file(self.path))
+        except ConfigError as exc:
+            log.warning(
+                "auth.keys_file changed but is not usable, so the keys read before stay "
+                "in force until it is fixed: %s",
+                "; ".join(exc.problems),
+            )
+            return None
+
+
+class KeyRing:
+    """Turns an ``Authorization`` header or a dashboard session token into a Principal."""
+
+    def __init__(
+        self,
+        entries: Iterable[KeyEntry],
+        *,
+        allow_anonymous: bool,
+        sessions: SessionSigner | None = None,
+        watch: KeysFileWatch | None = None,
+    ) -> None:
+        self._allow_anonymous = allow_anonymous
+        self.sessions = sessions or SessionSigner.per_process()
+        self._watch = watch
+        self._install(list(entries))
+        # Open access is decided at start-up: revoking every key later closes
+        # the API rather than opening it.
+        self._open_when_empty = not self._by_digest
+
+    def _install(self, entries: list[KeyEntry]) -> None:
         self._by_digest = {e.digest: Principal(e.name, e.admin) for e in entries}
-        self._anonymous = (
-            OPEN_ACCESS if not self._by_digest else (ANONYMOUS if allow_anonymous else None)
-        )
+        self._by_name = {e.name: e for e in entries}
 
     @classmethod
     def from_config(cls, config: Config) -> KeyRing:
@@ -143,6 +226,10 @@ class KeyRing:
         Without keys the API is open, so it may only listen on loopback unless
         ``auth.allow_anonymous`` says otherwise.
         """
+        watch = None
+        if config.auth.keys_file:
+            watch = KeysFileWatch(Path(config.auth.keys_file), config_entries(config.auth))
+            watch.mark(time.monotonic())
         entries = load_keys(config.auth)
         if not entries and not config.auth.allow_anonymous and not is_loopback(config.server.host):
             raise ConfigError(
@@ -152,94 +239,76 @@ class KeyRing:
                     "auth.keys_file), or set auth.allow_anonymous = true to serve without keys"
                 ]
             )
-        return cls(entries, allow_anonymous=config.auth.allow_anonymous)
+        return cls(
+            entries,
+            allow_anonymous=config.auth.allow_anonymous,
+            sessions=SessionSigner.from_config(config),
+            watch=watch,
+        )
+
+    def _refresh(self) -> None:
+        watch = self._watch
+        if watch is None:
+            return
+        now = time.monotonic()
+        if now < watch.next_check:
+            return
+        entries = watch.poll(now)
+        if entries is None:
+            return
+        before = set(self._by_name)
+        self._install(entries)
+        after = set(self._by_name)
+        log.info(
+            "auth.keys_file %s changed: %d keys (added: %s; removed: %s)",
+            watch.path,
+            len(after),
+            ", ".join(sorted(after - before)) or "none",
+            ", ".join(sorted(before - after)) or "none",
+        )
+        if not after and not self._open_when_empty:
+            log.warning("no API keys are left: every request that needs a key is refused")
 
     @property
     def has_keys(self) -> bool:
-        return bool(self._by_digest)
+        return bool(self._by_digest) or not self._open_when_empty
 
     def names(self) -> set[str]:
-        return {p.name for p in self._by_digest.values() if p.name is not None}
+        return set(self._by_name)
+
+    def _anonymous(self) -> Principal | None:
+        if not self._by_digest and self._open_when_empty:
+            return OPEN_ACCESS
+        return ANONYMOUS if self._allow_anonymous else None
 
     def authenticate(self, authorization: str | None) -> Principal | None:
         """The caller, or None when the request must be refused with 401."""
+        self._refresh()
         if not authorization:
-            return self._anonymous
+            return self._anonymous()
         scheme, _, token = authorization.strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return None
         if not self._by_digest:
-            return OPEN_ACCESS
+            return OPEN_ACCESS if self._open_when_empty else None
         return self._by_digest.get(hash_key(token.strip()))
 
-
-# ---- flowqd keys add ---------------------------------------------------------------
-
-
-def add_keys_parser(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser],
-) -> argparse.ArgumentParser:
-    """The ``keys`` command: ``flowqd keys add NAME [--admin] [--file PATH]``.
-
-    Returns the ``add`` parser, so the caller can add the common options to it.
-    """
-    keys = commands.add_parser("keys", help="manage API keys: keys add NAME (stored as hashes)")
-    sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
-    add = sub.add_parser("add", help="create a key for NAME and print it once")
-    add.add_argument("name", help="who the key is for; jobs record it as their owner")
-    add.add_argument(
-        "--admin",
-        action="store_true",
-        help="the key sees every job and may change flows, credentials, the queue",
-    )
-    add.add_argument(
-        "--file", metavar="PATH", help="key file to append to (default: auth.keys_file)"
-    )
-    return add
-
-
-def run_keys_command(args: argparse.Namespace, config: Config) -> int:
-    """``flowqd keys add``: print a new key on stdout once, store only its hash."""
-    name: str = args.name
-    if not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", name):
-        print(
-            f"flowqd: error: key name {name!r}: use 1-64 letters, digits and _ . @ -",
-            file=sys.stderr,
+    def issue_session(self, who: Principal, lifetime_s: int) -> str:
+        """A session token for ``who`` (a key of this ring) valid for ``lifetime_s``."""
+        entry = self._by_name[str(who.name)]
+        return self.sessions.issue(
+            entry.name, entry.admin, entry.digest, expires=int(time.time()) + lifetime_s
         )
-        return 2
-    try:
-        existing = load_keys(
-            attrs.evolve(config.auth, keys_file=args.file or config.auth.keys_file)
-        )
-    except ConfigError as exc:
-        for line in exc.problems:
-            print(f"flowqd: error: {line}", file=sys.stderr)
-        return 2
-    if any(e.name == name for e in existing):
-        print(
-            f"flowqd: error: a key named {name!r} already exists; pick another name "
-            "(remove its line from the keys file to replace it)",
-            file=sys.stderr,
-        )
-        return 2
-    key = new_key()
-    entry = KeyEntry(name, hash_key(key), bool(args.admin))
-    target = args.file or config.auth.keys_file
-    if target:
-        append_entry(Path(target), entry)
-        print(f"flowqd: key {name!r} added to {target}; it is shown only once:", file=sys.stderr)
-    else:
-        print(
-            "flowqd: no auth.keys_file is configured; add this entry to auth.keys in "
-            f"flowqd.toml:\n  {entry.line}\nThe key is shown only once:",
-            file=sys.stderr,
-        )
-    print(key)
-    return 0
 
-
-def append_entry(path: Path, entry: KeyEntry) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    with os.fdopen(fd, "a") as f:
-        f.write(entry.line + "\n")
+    def session(self, token: str) -> Principal | None:
+        """The key a session token stands for; None when it is forged, expired, or its
+        key was revoked, replaced or changed its admin flag since the sign-in."""
+        self._refresh()
+        name = self.sessions.claimed_name(token)
+        entry = None if name is None else self._by_name.get(name)
+        if entry is None:
+            return None
+        session = self.sessions.verify(token, entry.digest, now=time.time())
+        if session is None or session.admin != entry.admin:
+            return None
+        return Principal(entry.name, entry.admin)

@@ -1,4 +1,4 @@
-"""Command line: ``flowqd [--role R] [--config F]``, ``check-config``, ``plugins``."""
+"""Command line: ``flowqd [--role R] [--config F]``, ``check-config``, ``plugins``, ``keys``."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from flowqd._version import __version__
-from flowqd.auth import add_keys_parser, run_keys_command
 from flowqd.config import ROLES, Config, as_toml_dict, load_config
 from flowqd.errors import ConfigError, PluginError
+from flowqd.keys_command import add_keys_parser, run_keys_command
 
 EXIT_CONFIG = 2
 
@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(check, suppress=True)
     plugins = commands.add_parser("plugins", help="list plugins and the node types they add")
     _common(plugins, suppress=True)
-    _common(add_keys_parser(commands), suppress=True)
+    for action in add_keys_parser(commands):
+        _common(action, suppress=True)
     return parser
 
 

@@ -3,8 +3,9 @@
 Every route needs a key unless its handler is marked ``open_route`` (anyone
 may call it) or ``self_authenticated`` (it decides itself: the dashboard's
 page and sign-in). The key comes from the ``Authorization: Bearer`` header,
-else from the first credential source that finds one (the dashboard adds its
-sign-in cookie as one); the header wins when both are sent.
+else the caller from the first credential source that finds a credential (the
+dashboard adds its signed session cookie as one); the header wins when both
+are sent.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ __all__ = [
 ]
 
 Access = Literal["key", "open", "self"]
-# A key the request carries elsewhere than its Authorization header, or None;
-# raises ApiError (403) for a credential the request may not use.
-CredentialSource = Callable[[Request], str | None]
+# Who a credential the request carries elsewhere than its Authorization header
+# proves the caller is (checked against the key ring), or None when it carries
+# none; raises ApiError for one it may not use (403) or that no longer holds (401).
+CredentialSource = Callable[[Request, KeyRing], Principal | None]
 Handler = TypeVar("Handler", bound=Callable[..., object])
 _ACCESS = "flowqd_access"
 
@@ -80,9 +82,9 @@ class Authenticator:
         header = req.headers.get("Authorization")
         if not header:
             for source in self.sources:
-                token = source(req)
-                if token is not None:
-                    return self.keys.authenticate(f"Bearer {token}")
+                who = source(req, self.keys)
+                if who is not None:
+                    return who
         return self.keys.authenticate(header)
 
     async def admit(self) -> None:

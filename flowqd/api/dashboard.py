@@ -5,10 +5,13 @@ and read through importlib.resources (so it works inside the one-file
 binary). It talks only to the JSON API, like any other client.
 
 Sign-in: when API keys are configured the page asks for one, and
-``POST /admin/queues/session`` keeps it in an HttpOnly, SameSite=Strict
-cookie, so page scripts never hold the key. The API accepts that cookie
-instead of the bearer header, but only for same-origin requests (see
-``cookie_token``, the credential source the app's authentication adds).
+``POST /admin/queues/session`` answers with an HttpOnly, SameSite=Strict
+cookie holding a signed session token (``flowqd/sessions.py``), never the
+key: page scripts and the browser's cookie store never hold it. The token
+names the key, expires after ``COOKIE_MAX_AGE_S`` and ends as soon as the key
+is revoked. The API accepts that cookie instead of the bearer header, but only
+for same-origin requests (see ``cookie_token``, the credential source the
+app's authentication adds).
 """
 
 from __future__ import annotations
@@ -40,8 +43,9 @@ SECURITY_HEADERS = {
 }
 
 
-def cookie_token(req: Request) -> str | None:
-    """The key in the sign-in cookie, for same-origin requests only; 403 for anything else.
+def cookie_token(req: Request, keys: KeyRing) -> Principal | None:
+    """Who the session cookie stands for, for same-origin requests only; 403 for anything
+    else, 401 when its session is over (expired, forged, or its key revoked).
 
     A cookie rides along on requests other sites make, so it proves nothing
     about who wrote the request. SameSite=Strict keeps it off cross-site
@@ -74,7 +78,15 @@ def cookie_token(req: Request) -> str | None:
             f"{CSRF_HEADER} header (the dashboard's scripts send it); other "
             "clients send Authorization: Bearer <key>",
         )
-    return cookie
+    who = keys.session(cookie)
+    if who is None:
+        raise ApiError(
+            401,
+            "the dashboard session is over (it expired, or its key was revoked or "
+            "replaced): sign in again on the dashboard page",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return who
 
 
 def _signed_in(keys: KeyRing, who: Principal) -> bool:
@@ -120,7 +132,7 @@ async def dashboard_page() -> Response:
         # A navigation from a sibling origin (same site, another port) gets the
         # cookie refused by the hook; the page itself holds no data, so it may
         # open signed in, and its own requests are same-origin.
-        who = ctx.keys.authenticate(f"Bearer {cookie}") or who
+        who = ctx.keys.session(cookie) or who
     signed_in = _signed_in(ctx.keys, who)
     # Browsers name text/html when they navigate; scripts and curl (*/*) get JSON.
     wants_html = "text/html" in request.headers.get("Accept", "")
@@ -190,7 +202,9 @@ async def dashboard_sign_in() -> Response:
     if who is None or who is ANONYMOUS or who.name is None:
         raise ApiError(401, "unknown API key: use a key printed by `flowqd keys add NAME`")
     response = json_response(_who(keys, who))
-    _set_cookie(response, key.strip(), COOKIE_MAX_AGE_S)
+    # The cookie's Max-Age and the token's own expiry agree; the server
+    # checks the latter, since a client can keep a cookie as long as it likes.
+    _set_cookie(response, keys.issue_session(who, COOKIE_MAX_AGE_S), COOKIE_MAX_AGE_S)
     return response
 
 

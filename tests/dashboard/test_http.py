@@ -32,6 +32,15 @@ def cookie_client(api: Api, value: str) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=api.url, timeout=10, cookies={COOKIE: value})
 
 
+async def sign_in(api: Api, key: str) -> str:
+    """The session cookie's value the dashboard's sign-in answers with for ``key``."""
+    ok = await api.client.post(
+        "/admin/queues/session", json={"key": key}, headers={**CSRF, **SAME_ORIGIN}
+    )
+    assert ok.status_code == 200, ok.text
+    return ok.cookies[COOKIE]
+
+
 async def wait_until_finished(api: Api, job_id: str, headers: dict[str, str]) -> dict[str, Any]:
     # The event stream ends with the terminal event: no polling, no sleeps.
     stream = await api.client.get(f"/api/v1/jobs/{job_id}/events", headers=headers)
@@ -184,7 +193,7 @@ async def test_cross_site_post_with_only_the_cookie_is_refused(broker_env: dict[
                     "/api/v1/jobs", json={"flow": "slow"}, headers=bearer(ALICE_KEY)
                 )
             ).json()["id"]
-            async with cookie_client(api, ALICE_KEY) as browser:
+            async with cookie_client(api, await sign_in(api, ALICE_KEY)) as browser:
                 attempts: list[dict[str, str]] = [
                     {},  # a plain HTML form from anywhere: no custom header possible
                     {"Sec-Fetch-Site": "cross-site"},
