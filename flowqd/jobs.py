@@ -45,6 +45,10 @@ class JobSpec:
     max_attempts: int | None = None  # None: queue.max_attempts
     timeout_s: float | None = None  # None: worker.job_timeout_s
     owner: str | None = None  # API key name that created the job
+    # W3C trace context the job's spans continue: the ``traceparent`` value,
+    # then a newline and ``tracestate`` when there is one (neither may hold a
+    # newline). None: not traced, or tracing off where it was enqueued.
+    trace: str | None = None
 
 
 @attrs.frozen
@@ -68,6 +72,7 @@ class Job:
     nodes: list[dict[str, Any]] = attrs.Factory(list)  # per-node data, in finish order
     worker: str | None = None
     cancel_requested: bool = False
+    trace: str | None = None  # as JobSpec.trace
 
 
 @attrs.frozen

@@ -53,6 +53,7 @@ JOB_FIELDS: tuple[str, ...] = (
     "nodes",
     "wk",
     "cx",
+    "tc",  # W3C trace context (JobSpec.trace), absent when not traced
 )
 MARKER_MEMBER = "m"
 

@@ -97,6 +97,23 @@ async def test_bulk_enqueue_is_fifo(broker: Broker) -> None:
         assert (await broker.control.counts())[JobStatus.COMPLETED] == 50
 
 
+async def test_trace_context_travels_with_the_job(broker: Broker) -> None:
+    traced = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\nvendor=a b,other=c"
+    with trio.fail_after(10):
+        # Mixed in one call: the per-job arguments stay aligned whether a job has one or not.
+        ids = await broker.jobs.enqueue(
+            [spec(1), spec(2, trace=traced, owner="k"), spec(3, delay_s=0.0)]
+        )
+        stored = [await broker.jobs.get_job(i) for i in ids]
+        assert [(j.trace, j.inputs, j.owner) for j in stored if j is not None] == [
+            (None, {"n": 1}, None),
+            (traced, {"n": 2}, "k"),
+            (None, {"n": 3}, None),
+        ]
+        claimed = await broker.work.claim("w1", 3, lock_ttl_s=30, block_s=1)
+        assert [c.job.trace for c in claimed] == [None, traced, None]
+
+
 async def test_duplicate_job_id_makes_one_job(broker: Broker) -> None:
     with trio.fail_after(10):
         ids = await broker.jobs.enqueue([spec(1, job_id="dup"), spec(2, job_id="dup")])

@@ -1,21 +1,22 @@
--- Add jobs; an id that exists adds nothing. Args per job (8):
--- id, flow id, flow version, inputs (JSON), delay ms, max attempts, timeout s or '', owner or ''
+-- Add jobs; an id that exists adds nothing. Args per job (9):
+-- id, flow id, flow version, inputs (JSON), delay ms, max attempts, timeout s or '', owner or '',
+-- trace context or ''
 -- An id held by a job of another owner refuses the whole call before anything
 -- is added (checked here, atomically): returns the 0-based positions of those
 -- jobs, or an empty array when the jobs were added.
 local exists = {}
 local taken = {}
-for i = A, #ARGV, 8 do
+for i = A, #ARGV, 9 do
   local found = redis.call('HMGET', job_key(ARGV[i]), 'st', 'own')
   if found[1] then
     exists[ARGV[i]] = true
-    if (found[2] or '') ~= ARGV[i + 7] then taken[#taken + 1] = (i - A) / 8 end
+    if (found[2] or '') ~= ARGV[i + 7] then taken[#taken + 1] = (i - A) / 9 end
   end
 end
 if #taken > 0 then return taken end
 local now = now_ms()
 local waiting = {}
-for i = A, #ARGV, 8 do
+for i = A, #ARGV, 9 do
   local id = ARGV[i]
   local jk = job_key(id)
   if not exists[id] then
@@ -34,6 +35,8 @@ for i = A, #ARGV, 8 do
       redis.call('HSET', jk, 'flow', ARGV[i + 1], 'ver', ARGV[i + 2], 'in', ARGV[i + 3],
         'st', status, 'max', ARGV[i + 5], 'ct', now, 'to', timeout, 'own', owner)
     end
+    -- Only traced jobs pay for the field.
+    if ARGV[i + 8] ~= '' then redis.call('HSET', jk, 'tc', ARGV[i + 8]) end
     if delay > 0 then
       redis.call('ZADD', K_DELAYED, now + delay, id)
     else

@@ -72,6 +72,7 @@ class JobRecord:
     lock_deadline: float = 0.0
     stalls: int = 0
     due: float = 0.0
+    trace: str | None = None
 
     def to_job(self) -> Job:
         return Job(
@@ -92,6 +93,7 @@ class JobRecord:
             nodes=copy(self.nodes),
             worker=self.worker,
             cancel_requested=self.cancel is not None,
+            trace=self.trace,
         )
 
 
@@ -133,6 +135,7 @@ class MemoryState:
             timeout_s=spec.timeout_s,
             owner=spec.owner,
             created_at=time.time(),
+            trace=spec.trace,
         )
         self.jobs[job_id] = rec
         if spec.delay_s > 0:

@@ -57,7 +57,7 @@ def decode_job(job_id: str, fields: list[Any]) -> Job | None:
     Fields the claim script has just set come back as Lua values (integers
     for numbers); ``int()`` takes both.
     """
-    flow, ver, inputs, st, att, mx, timeout, owner, ct, sat, ft, res, err, nodes, wk, cx = fields
+    flow, ver, inputs, st, att, mx, timeout, owner, ct, sat, ft, res, err, nodes, wk, cx, tc = fields
     if st is None:
         return None
     # Positional, in Job's field order: every claimed job passes through here,
@@ -80,6 +80,7 @@ def decode_job(job_id: str, fields: list[Any]) -> Job | None:
         orjson.loads(nodes) if nodes else [],
         wk.decode() if wk else None,
         cx is not None,
+        tc.decode() if tc else None,
     )
 
 
@@ -157,7 +158,7 @@ def flush_args(events: Sequence[EmittedEvent], outcomes: Sequence[Outcome]) -> l
     return args
 
 
-assert _N_FIELDS == 16  # decode_job unpacks exactly these
+assert _N_FIELDS == 17  # decode_job unpacks exactly these
 # ... and passes them to Job in this order.
 assert [a.name for a in attrs.fields(Job)] == [
     "id",
@@ -177,4 +178,5 @@ assert [a.name for a in attrs.fields(Job)] == [
     "nodes",
     "worker",
     "cancel_requested",
+    "trace",
 ]

@@ -51,6 +51,7 @@ class RedisJobs:
                     spec.max_attempts or default_attempts,
                     repr(float(spec.timeout_s)) if spec.timeout_s is not None else b"",
                     spec.owner or b"",
+                    spec.trace or b"",
                 )
             calls.append(enqueue.call(args))
         if not calls:
