@@ -25,6 +25,10 @@ END = "end"  # data: the flow's result
 ERROR = "error"  # data: {"message": str, "node": str | None}
 CANCELLED = "cancelled"  # data: {"reason": str}
 TERMINAL_EVENTS = frozenset({END, ERROR, CANCELLED})
+# Written right after the terminal event of a failed or cancelled job that is
+# queued again (data: {"attempt": the next attempt's number}): the stream keeps
+# every earlier run's events, and that terminal event is no longer the last word.
+RETRIED = "retried"
 
 
 def new_job_id() -> str:
@@ -120,12 +124,17 @@ def parse_event_id(value: str) -> tuple[int, int]:
 
 
 def through_terminal(events: list[Event]) -> tuple[list[Event], bool]:
-    """``events`` up to and including the first terminal one, and whether there was one.
+    """``events`` up to and including the final terminal one, and whether there was one.
 
-    A job's stream ends at its terminal event: nothing after it is delivered.
+    Each run of a job to its end writes exactly one terminal event; a retry
+    writes ``RETRIED`` right after it and the job runs again. So a terminal
+    event followed by ``RETRIED`` is an earlier run's and the stream goes on;
+    any other terminal event ends it (at the end of ``events``: the job had
+    ended when they were read). Nothing after the final one is delivered.
     """
+    last = len(events) - 1
     for n, event in enumerate(events):
-        if event.name in TERMINAL_EVENTS:
+        if event.name in TERMINAL_EVENTS and (n == last or events[n + 1].name != RETRIED):
             return events[: n + 1], True
     return events, False
 
