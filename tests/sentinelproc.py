@@ -208,8 +208,10 @@ class SentinelTopology:
                 return [f"node {node.port} is not running"]
             info = _fields(redis_command(node.port, "INFO", "replication"))
             if node.port == primary:
-                if info.get("role") != "master" or info.get("connected_slaves") != "1":
-                    found.append(f"{node.port}: {info.get('role')}, {info.get('connected_slaves')}")
+                # "online" only once the replica acknowledged the sync: before
+                # that WAIT does not count it.
+                if info.get("role") != "master" or "state=online" not in info.get("slave0", ""):
+                    found.append(f"{node.port}: {info.get('role')}, {info.get('slave0')}")
             elif info.get("role") != "slave" or info.get("master_link_status") != "up":
                 found.append(f"{node.port}: {info.get('role')} {info.get('master_link_status')}")
             elif info.get("master_port") != str(primary):

@@ -11,6 +11,7 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 import trio
 
@@ -18,7 +19,8 @@ from flowqd.config import RedisConfig
 from flowqd.errors import BrokerUnavailable
 from flowqd.redis import open_redis
 from flowqd.redis._sentinel import open_sentinel_locator
-from tests.faults.helpers import poll
+from tests.daemonproc import start_daemon
+from tests.faults.helpers import poll, settings
 from tests.redisproc import RedisServer, free_port, redis_command
 from tests.sentinelproc import (
     MASTER,
@@ -128,6 +130,21 @@ async def test_with_no_sentinel_up_the_client_opens_and_commands_fail_clearly() 
                 await redis.execute("PING")
     message = str(caught.value)
     assert all(f"{address}: cannot be reached" in message for address in nobody), message
+
+
+async def test_a_daemon_starts_with_no_sentinel_up_and_answers_503_naming_them() -> None:
+    nobody = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+    env = {"FLOWQD_REDIS__SENTINELS": ",".join(nobody), "FLOWQD_REDIS__SENTINEL_MASTER": MASTER}
+    timeouts = settings(redis__connect_timeout_s=1, server__broker_timeout_s=1)
+    with trio.fail_after(30):
+        async with (
+            start_daemon(["--role", "main", *timeouts], env=env) as main,
+            httpx.AsyncClient(base_url=main.api, timeout=3) as client,
+        ):
+            response = await client.get("/api/v1/queue")
+    assert response.status_code == 503, response.text
+    assert all(address in main.text() for address in nobody), main.text()
+    assert "redis.sentinels" in main.text()
 
 
 async def test_a_dead_sentinel_is_asked_last_next_time(sentinels: SentinelTopology) -> None:
