@@ -18,7 +18,9 @@ from flowqd.api import dashboard
 from flowqd.api.assets import ASSETS, load_assets
 from flowqd.api.dashboard import COOKIE, CSRF_HEADER
 from flowqd.api.throughput import FinishRate
-from tests.api.conftest import ADMIN_KEY, ALICE_KEY, Api, bearer, keyring, open_api
+from flowqd.auth import KeyRing, hash_key
+from flowqd.sessions import SEPARATOR, SessionSigner
+from tests.api.conftest import ADMIN_KEY, ALICE_KEY, Api, bearer, keyring, make_config, open_api
 from tests.api.sse import parse_sse
 
 ON = "dashboard.enabled=true"
@@ -38,6 +40,7 @@ async def sign_in(api: Api, key: str) -> str:
         "/admin/queues/session", json={"key": key}, headers={**CSRF, **SAME_ORIGIN}
     )
     assert ok.status_code == 200, ok.text
+    api.client.cookies.clear()  # the shared client stays a cookie-less API client
     return ok.cookies[COOKIE]
 
 
@@ -157,6 +160,9 @@ async def test_cookie_sign_in_then_the_api_accepts_the_cookie() -> None:
             assert {"httponly", "path", "max-age"} <= attributes
             assert "SameSite=Strict" in set_cookie and "Path=/" in set_cookie
             value = ok.cookies[COOKIE]
+            # A signed token naming the key, not the key nor its stored hash.
+            assert ADMIN_KEY not in value and hash_key(ADMIN_KEY) not in value
+            assert value.split(SEPARATOR)[1:3] == ["admin", "1"]
 
             async with cookie_client(api, value) as browser:
                 page = await browser.get("/admin/queues", headers={**HTML, **SAME_ORIGIN})
@@ -224,6 +230,86 @@ async def test_cross_site_post_with_only_the_cookie_is_refused(broker_env: dict[
                 assert done.status_code in (200, 202), done.text
             finished = await wait_until_finished(api, job, bearer(ALICE_KEY))
             assert finished["status"] == "cancelled"
+
+
+def _edit(token: str, field: int, value: str) -> str:
+    parts = token.split(SEPARATOR)
+    parts[field] = value
+    return SEPARATOR.join(parts)
+
+
+async def _jobs_status(api: Api, cookie: str) -> int:
+    async with cookie_client(api, cookie) as browser:
+        return (await browser.get("/api/v1/jobs", headers=SAME_ORIGIN)).status_code
+
+
+async def test_a_tampered_forged_or_expired_session_is_401() -> None:
+    with trio.fail_after(15):
+        async with open_api(ON, keys=keyring()) as api:
+            token = await sign_in(api, ALICE_KEY)
+            assert await _jobs_status(api, token) == 200
+            _, _, _, expires, _, signature = token.split(SEPARATOR)
+            assert int(expires) - time.time() > dashboard.COOKIE_MAX_AGE_S - 60
+            flipped = signature[:-1] + ("A" if signature[-1] != "A" else "B")
+            sessions = api.context.keys.sessions
+            digest = hash_key(ALICE_KEY)
+            refused = {
+                "another name": _edit(token, 1, "admin"),
+                "admin flag": _edit(token, 2, "1"),
+                "later expiry": _edit(token, 3, str(int(expires) + 3600)),
+                "signature": _edit(token, 5, flipped),
+                "the key itself": ALICE_KEY,
+                "expired": sessions.issue("alice", False, digest, expires=int(time.time()) - 1),
+                "another secret": SessionSigner(b"other").issue(
+                    "alice", False, digest, expires=int(time.time()) + 60
+                ),
+                "signed as admin": sessions.issue("alice", True, digest, expires=int(expires)),
+            }
+            for what, cookie in refused.items():
+                async with cookie_client(api, cookie) as browser:
+                    answer = await browser.get("/api/v1/jobs", headers=SAME_ORIGIN)
+                    assert answer.status_code == 401, what
+                    assert "sign in again" in answer.json()["message"], what
+                    page = await browser.get("/admin/queues", headers=HTML)
+                    assert page.status_code == 401 and 'data-view="signin"' in page.text, what
+            # The same signer with a good expiry passes: "expired" failed on its expiry.
+            fresh = sessions.issue("alice", False, digest, expires=int(time.time()) + 60)
+            assert await _jobs_status(api, fresh) == 200
+
+
+async def test_a_revoked_or_replaced_key_ends_its_sessions(tmp_path: Path) -> None:
+    keys_file = tmp_path / "keys"
+    keys_file.write_text(f"alice:{hash_key(ALICE_KEY)}\nadmin:{hash_key(ADMIN_KEY)}:admin\n")
+    ring = KeyRing.from_config(make_config(ON, f"auth.keys_file={keys_file}"))
+
+    def rewrite(text: str) -> None:
+        temp = tmp_path / "keys.new"
+        temp.write_text(text)
+        temp.replace(keys_file)
+
+    async def until(cookie: str, status: int) -> None:
+        # The main looks at the file at most once a second.
+        for _ in range(100):
+            if await _jobs_status(api, cookie) == status:
+                return
+            await trio.sleep(0.05)
+        raise AssertionError(f"still not {status} after 5 s")
+
+    with trio.fail_after(20):
+        async with open_api(ON, keys=ring) as api:
+            alice, root = await sign_in(api, ALICE_KEY), await sign_in(api, ADMIN_KEY)
+            # Same name, admin now: a session signed in without admin rights ends.
+            rewrite(f"alice:{hash_key(ALICE_KEY)}:admin\nadmin:{hash_key(ADMIN_KEY)}:admin\n")
+            await until(alice, 401)
+            alice = await sign_in(api, ALICE_KEY)
+            # Same name, a new key (a rotation after a leak): the old key's session ends.
+            rewrite(f"alice:{hash_key('fqd_rotated')}:admin\nadmin:{hash_key(ADMIN_KEY)}:admin\n")
+            await until(alice, 401)
+            assert await _jobs_status(api, root) == 200
+            rewrite("")  # admin revoked too
+            await until(root, 401)
+            no_key = await api.client.get("/api/v1/jobs")
+            assert no_key.status_code == 401  # every key revoked closes the API, never opens it
 
 
 async def test_retry_a_failed_job_and_only_a_failed_or_cancelled_one(
