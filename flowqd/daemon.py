@@ -21,6 +21,7 @@ from typing import Any
 import attrs
 import trio
 
+from flowqd import tracing
 from flowqd.api.app import ApiContext, create_app
 from flowqd.api_processes import (
     child_command,
@@ -86,6 +87,7 @@ def run(config: Config, argv: Sequence[str] = ()) -> int:
     for the extra API processes of ``server.processes``.
     """
     setup_logging(config.log)
+    tracing.setup(config.role)  # only if the OTEL_* variables ask for traces
     code = 1
     try:
         code = trio.run(_main, config, argv)
@@ -102,6 +104,7 @@ def run(config: Config, argv: Sequence[str] = ()) -> int:
         # A signal arriving during interpreter teardown would kill us with
         # 143 after a clean stop; from here on signals have nothing to stop.
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        tracing.shutdown()  # the spans still buffered, within tracing.FLUSH_DEADLINE_S
     return code
 
 

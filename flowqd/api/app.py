@@ -16,6 +16,7 @@ from quart import Request, Response, current_app, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
+from flowqd import tracing
 from flowqd.api import dashboard, jobs, manage, predictions, service
 from flowqd.api.authn import Authenticator
 from flowqd.api.context import ApiContext, context
@@ -59,6 +60,10 @@ def create_app(ctx: ApiContext) -> QuartTrio:
     app.register_error_handler(BrokerUnavailable, _broker_down)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected)
+    if tracing.current is not None:
+        # Nothing at all per request while tracing is off.
+        app.asgi_app = tracing.asgi_middleware(app.asgi_app)  # type: ignore[method-assign]
+        app.after_request(_name_span)
     return app
 
 
@@ -90,6 +95,12 @@ async def _count(response: Response) -> Response:
         # bytes make the connection unusable, and a keep-alive client's next
         # request on it could wait forever. Close it after this answer.
         response.headers["Connection"] = "close"
+    return response
+
+
+async def _name_span(response: Response) -> Response:
+    if request.url_rule is not None:
+        tracing.name_route(request.scope, request.method, request.url_rule.rule)
     return response
 
 

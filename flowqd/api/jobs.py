@@ -9,6 +9,7 @@ import attrs
 import trio
 from quart import Blueprint, Response, request
 
+from flowqd import tracing
 from flowqd.api import sse
 from flowqd.api.context import JOB_ID_HEADER, ApiContext, context, principal
 from flowqd.api.http import ApiError, Problems, json_response, read_json, require_object
@@ -202,6 +203,7 @@ async def build_specs(ctx: ApiContext, body: Any) -> tuple[list[JobSpec], bool]:
         )
     problems.raise_if_any("the jobs cannot run with these inputs")
     owner = principal().name
+    trace = tracing.job_trace(request.scope)  # every job of the request continues its trace
     specs = []
     for draft, _path in drafts:
         assert draft is not None
@@ -217,6 +219,7 @@ async def build_specs(ctx: ApiContext, body: Any) -> tuple[list[JobSpec], bool]:
                 max_attempts=draft["max_attempts"],
                 timeout_s=draft["timeout_s"],
                 owner=owner,
+                trace=trace,
             )
         )
     return specs, bulk

@@ -13,6 +13,7 @@ import attrs
 import trio
 from quart import Blueprint, Response, request
 
+from flowqd import tracing
 from flowqd.api import flowise, sse
 from flowqd.api.authn import open_route
 from flowqd.api.context import JOB_ID_HEADER, ApiContext, context, principal
@@ -123,6 +124,7 @@ async def prediction(flow_id: str) -> Response:
         inputs=inputs,
         job_id=job_id,
         owner=principal().name,
+        trace=tracing.job_trace(request.scope),
     )
     try:
         with ctx.deadline("enqueueing the job"):
