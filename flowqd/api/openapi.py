@@ -454,9 +454,10 @@ PATHS: dict[str, Any] = _at_the_door(
                 open_route=True,
             ),
             "post": _op(
-                "Dashboard sign-in: checks the key and keeps it in an HttpOnly, SameSite=Strict "
-                "cookie the API accepts on same-origin requests (unsafe methods also need the "
-                "X-Flowqd-CSRF header)",
+                "Dashboard sign-in: checks the key and sets an HttpOnly, SameSite=Strict cookie "
+                "holding a signed session token (never the key; it ends after 12 h or when the "
+                "key is revoked) the API accepts on same-origin requests (unsafe methods also "
+                "need the X-Flowqd-CSRF header)",
                 {"200": _json("{name, admin, open}; Set-Cookie flowqd_session")},
                 body=_body(
                     {
