@@ -23,8 +23,13 @@ messages, are ``policy.py``'s):
   its lock expires (found by ``run_maintenance`` of any live worker), its
   attempt counted; past ``queue.max_stalled`` stalls it fails with reason
   ``stalled``.
-- Every job's event stream ends with exactly one terminal event (``end``,
-  ``error`` or ``cancelled``), written together with the outcome.
+- Each run of a job to its end writes exactly one terminal event (``end``,
+  ``error`` or ``cancelled``), together with the outcome; automatic retries
+  within a run write none. A retry (``JobStore.retry``,
+  ``QueueControl.retry_failed``) keeps the stream and appends ``retried``
+  right after that terminal event, so every terminal event but the last is
+  followed by ``retried``, and once the job has ended the stream's last
+  entry is the current run's terminal event. Attempts go on counting.
 - A cancelled job never runs again: a queued one is cancelled at once, a
   running one is flagged and its worker told (``watch_cancels``); ``renew``
   also reports it, so a lost notice costs at most one renewal interval.
@@ -126,7 +131,25 @@ class JobStore(Protocol):
         """
 
     async def retry(self, job_id: str) -> Job | None:
-        """Put a failed or cancelled job back in ``waiting`` with a fresh stream."""
+        """Put a failed or cancelled job back in ``waiting``; other states: unchanged.
+
+        The attempt count goes on (the next claim is attempt n+1; when every
+        attempt was used, ``max_attempts`` grows to allow this one), the
+        stall count starts again, the stream keeps the earlier runs' events
+        and gets ``retried`` ``{"attempt": n+1}``. Returns the job as it now
+        stands, None if unknown.
+        """
+
+    async def promote(self, job_id: str) -> Job | None:
+        """Run a delayed job now (to ``waiting``); other states: unchanged. None if unknown."""
+
+    async def delete_job(self, job_id: str) -> JobStatus | None:
+        """Forget a job: its record and its events. Returns the status it had.
+
+        An active job is refused (returns ``ACTIVE``, nothing changes): its
+        worker holds it; cancel it first. None when unknown. Watchers of a
+        deleted queued job get no terminal event (their own deadline ends them).
+        """
 
     async def read_events(self, job_id: str, *, after: str = "0", count: int = 1000) -> list[Event]:
         """Up to ``count`` events after event id ``after`` ("0": from the start)."""
@@ -161,6 +184,21 @@ class QueueControl(Protocol):
 
     async def counts(self) -> dict[JobStatus, int]:
         """Number of jobs per state."""
+
+    async def retry_failed(self, limit: int) -> int:
+        """Retry (as ``JobStore.retry``) up to ``limit`` failed jobs, oldest first.
+
+        Bounded work per call: callers loop, at most as many times as there
+        were failed jobs to begin with (a retried job may fail again). Returns
+        how many were retried.
+        """
+
+    async def clean(self, status: JobStatus, *, older_than_s: float | None, limit: int) -> int:
+        """Forget up to ``limit`` jobs (records and events) that ended in ``status``
+        (completed, failed or cancelled) at least ``older_than_s`` ago (None: any),
+        oldest first. Bounded work per call: callers loop while it returns
+        ``limit``. Returns how many were removed; ValueError for another status.
+        """
 
     async def workers(self) -> list[WorkerInfo]:
         """Workers whose heartbeat is recent."""

@@ -677,21 +677,160 @@ async def test_rate_limit_refills_with_time(broker: Broker) -> None:
         assert await broker.limiter.rate_limit("r", per_minute=6000, burst=1) == 0
 
 
-async def test_retry_of_failed_job(broker: Broker) -> None:
+async def test_retry_of_failed_job_keeps_attempts_and_history(broker: Broker) -> None:
+    # The terminal rule: each run to an end writes exactly one terminal event;
+    # a retry appends "retried" right after it; once the job has ended again,
+    # the stream's last entry is the current run's terminal event.
     with trio.fail_after(10):
         [job_id] = await broker.jobs.enqueue([spec()])
-        await broker.work.flush([], [failed(await claim_one(broker), retry=False)])
+        first = await claim_one(broker)
+        await broker.work.flush(
+            [EmittedEvent(job_id, "started", {"attempt": 1})], [failed(first, retry=False)]
+        )
         job = await broker.jobs.retry(job_id)
-        assert job is not None and job.status == JobStatus.WAITING and job.attempts == 0
-        assert job.error is None and await broker.jobs.read_events(job_id) == []
+        assert job is not None and job.status == JobStatus.WAITING and job.attempts == 1
+        assert job.max_attempts == 2  # every attempt was used: one more is allowed
+        assert job.error is None and job.finished_at is None
+        kept = await broker.jobs.read_events(job_id)
+        assert [(e.name, e.data) for e in kept] == [
+            ("started", {"attempt": 1}),
+            ("error", {"message": "boom", "node": "n1"}),
+            ("retried", {"attempt": 2}),
+        ]
         assert (await broker.control.counts())[JobStatus.FAILED] == 0
         claimed = await claim_one(broker)
-        assert claimed.job.id == job_id and claimed.job.attempts == 1
-        await broker.work.flush([], [done(claimed, "second time")])
-        assert [e.name for e in await wait_terminal(broker, job_id)] == ["end"]
+        assert claimed.job.id == job_id and claimed.job.attempts == 2
+        await broker.work.flush(
+            [EmittedEvent(job_id, "started", {"attempt": 2})], [done(claimed, "second time")]
+        )
+        # A late client replaying from the start sees both runs, through the last one's end.
+        names = [e.name for e in await wait_terminal(broker, job_id)]
+        assert names == ["started", "error", "retried", "started", "end"]
+        events = await broker.jobs.read_events(job_id)
+        assert len(terminal(events)) == 2 and events[-1].name == "end"
+        assert events[events.index(terminal(events)[0]) + 1].name == "retried"
+        # Resuming after the first run's terminal event goes on to the second run.
+        after_error = [e.name async for e in watch_events(broker.jobs, job_id, after=events[1].id)]
+        assert after_error == ["retried", "started", "end"]
         completed = await broker.jobs.retry(job_id)  # not failed or cancelled: unchanged
         assert completed is not None and completed.status == JobStatus.COMPLETED
+        assert completed.attempts == 2
         assert await broker.jobs.retry("nope") is None
+
+
+async def test_retry_of_cancelled_job_keeps_its_attempt_budget(broker: Broker) -> None:
+    with trio.fail_after(10):
+        [job_id] = await broker.jobs.enqueue([spec(max_attempts=3)])
+        await broker.jobs.cancel(job_id, reason="oops")
+        job = await broker.jobs.retry(job_id)
+        assert job is not None and (job.attempts, job.max_attempts) == (0, 3)
+        assert job.cancel_requested is False
+        watched = []
+        async with broker.jobs.open_event_watch(job_id) as batches:
+            claimed = await claim_one(broker)
+            assert claimed.job.attempts == 1
+            await broker.work.flush([], [done(claimed)])
+            async for batch in batches:
+                watched += [e.name for e in batch]
+        assert watched == ["cancelled", "retried", "end"]
+
+
+async def test_retry_failed_in_bounded_batches_oldest_first(broker: Broker) -> None:
+    with trio.fail_after(10):
+        ids = await broker.jobs.enqueue([spec(n) for n in range(5)])
+        for _ in ids:
+            await broker.work.flush([], [failed(await claim_one(broker), retry=False)])
+        [ok] = await broker.jobs.enqueue([spec(9)])
+        await broker.work.flush([], [done(await claim_one(broker))])
+        assert await broker.control.retry_failed(2) == 2
+        counts = await broker.control.counts()
+        assert counts[JobStatus.FAILED] == 3 and counts[JobStatus.WAITING] == 2
+        assert await broker.control.retry_failed(10) == 3
+        assert await broker.control.retry_failed(10) == 0
+        # Oldest failure first, and each run of them back in the wait list.
+        claimed = [(await claim_one(broker)).job for _ in ids]
+        assert [j.id for j in claimed] == ids and {j.attempts for j in claimed} == {2}
+        events = await broker.jobs.read_events(ids[0])
+        assert [e.name for e in events] == ["error", "retried"]
+        assert (await broker.jobs.get_job(ok)).status == JobStatus.COMPLETED  # type: ignore[union-attr]
+
+
+async def test_clean_finished_jobs_by_state_and_age(
+    open_test_broker: BrokerFactory, clock: trio.testing.MockClock | None
+) -> None:
+    with trio.fail_after(20):
+        async with open_test_broker() as broker:
+            old = await broker.jobs.enqueue([spec(n) for n in range(3)])
+            for _ in old:
+                await broker.work.flush([], [done(await claim_one(broker))])
+            await trio.sleep(0.5)
+            [new, bad] = await broker.jobs.enqueue([spec(5), spec(6)])
+            await broker.work.flush([], [done(await claim_one(broker))])
+            await broker.work.flush([], [failed(await claim_one(broker), retry=False)])
+            with pytest.raises(ValueError, match="only finished jobs"):
+                await broker.control.clean(JobStatus.ACTIVE, older_than_s=None, limit=10)
+            # Older than 0.3 s: the first three only, two per call.
+            assert await broker.control.clean(JobStatus.COMPLETED, older_than_s=0.3, limit=2) == 2
+            assert await broker.control.clean(JobStatus.COMPLETED, older_than_s=0.3, limit=2) == 1
+            assert await broker.control.clean(JobStatus.COMPLETED, older_than_s=0.3, limit=2) == 0
+            for job_id in old:
+                assert await broker.jobs.get_job(job_id) is None
+                assert await broker.jobs.read_events(job_id) == []
+            assert await broker.jobs.get_job(new) is not None
+            counts = await broker.control.counts()
+            assert counts[JobStatus.COMPLETED] == 1 and counts[JobStatus.FAILED] == 1
+            assert await broker.control.clean(JobStatus.COMPLETED, older_than_s=None, limit=9) == 1
+            assert await broker.jobs.get_job(new) is None
+            assert (await broker.jobs.get_job(bad)).status == JobStatus.FAILED  # type: ignore[union-attr]
+
+
+async def test_delete_job_in_each_state(broker: Broker) -> None:
+    with trio.fail_after(10):
+        finished, delayed, running, queued = await broker.jobs.enqueue(
+            [spec(0), spec(1, delay_s=60), spec(2), spec(3)]
+        )
+        first, active = await claim_one(broker), await claim_one(broker)
+        assert (first.job.id, active.job.id) == (finished, running)
+        await broker.work.flush([EmittedEvent(finished, "x", 1)], [done(first)])
+        assert await broker.jobs.delete_job(running) == JobStatus.ACTIVE  # refused
+        assert (await broker.jobs.get_job(running)).status == JobStatus.ACTIVE  # type: ignore[union-attr]
+        assert await broker.jobs.delete_job(finished) == JobStatus.COMPLETED
+        assert await broker.jobs.get_job(finished) is None
+        assert await broker.jobs.read_events(finished) == []
+        assert await broker.jobs.delete_job(delayed) == JobStatus.DELAYED
+        assert await broker.jobs.delete_job(queued) == JobStatus.WAITING
+        assert await broker.jobs.delete_job(queued) is None
+        counts = await broker.control.counts()
+        assert counts == {**dict.fromkeys(JobStatus, 0), JobStatus.ACTIVE: 1}
+        # The active one still ends normally; nothing else is left to claim.
+        await broker.work.flush([], [done(active)])
+        assert await broker.work.claim("w1", 5, lock_ttl_s=5, block_s=0.05) == []
+
+
+async def test_a_retry_right_after_a_full_page_of_events_is_followed(broker: Broker) -> None:
+    # The Redis reader reads 256 entries at a time: here the first run's terminal
+    # event is the 256th, so the page ends on it and "retried" lies past it.
+    with trio.fail_after(20):
+        [job_id] = await broker.jobs.enqueue([spec()])
+        noise = [EmittedEvent(job_id, "token", n) for n in range(255)]
+        await broker.work.flush(noise, [failed(await claim_one(broker), retry=False)])
+        await broker.jobs.retry(job_id)
+        await broker.work.flush([], [done(await claim_one(broker))])
+        names = [e.name for e in await wait_terminal(broker, job_id)]
+        assert len(names) == 258 and names[255:] == ["error", "retried", "end"]
+
+
+async def test_promote_a_delayed_job(broker: Broker) -> None:
+    with trio.fail_after(10):
+        [later, now] = await broker.jobs.enqueue([spec(0, delay_s=3600), spec(1)])
+        job = await broker.jobs.promote(later)
+        assert job is not None and job.status == JobStatus.WAITING
+        assert (await broker.control.counts())[JobStatus.DELAYED] == 0
+        unchanged = await broker.jobs.promote(now)  # waiting already
+        assert unchanged is not None and unchanged.status == JobStatus.WAITING
+        assert await broker.jobs.promote("nope") is None
+        claimed = {(await claim_one(broker)).job.id for _ in range(2)}
+        assert claimed == {later, now}
 
 
 async def test_unknown_job(broker: Broker) -> None:

@@ -1,15 +1,48 @@
--- Put a failed or cancelled job back in wait with a fresh stream. Args: id.
-local id = ARGV[A]
-local jk = job_key(id)
-local status = redis.call('HGET', jk, 'st')
-if not status then return false end
-if status == S_FAILED or status == S_CANCELLED then
+-- Put failed or cancelled jobs back in wait. Attempts go on (max grows when
+-- all were used), stalls start again, and the stream is kept: 'retried' goes
+-- right after the earlier run's terminal event.
+-- Args: id, or '' and a limit: the oldest `limit` failed jobs.
+-- Returns {1 or 0, the job's fields} for an id (false: unknown), {count} for failed jobs.
+local function reopen(id, status)
+  local jk = job_key(id)
   redis.call('ZREM', finished_key(status), id)
-  redis.call('DEL', events_key(id))
   redis.call('HDEL', jk, 'res', 'err', 'nodes', 'cx', 'sat', 'ft', 'wk', 'tok')
-  redis.call('HSET', jk, 'st', S_WAITING, 'att', 0, 'stl', 0)
+  local f = redis.call('HMGET', jk, 'att', 'max')
+  local att = tonumber(f[1] or '0')
+  local max = math.max(tonumber(f[2]), att + 1)
+  redis.call('HSET', jk, 'st', S_WAITING, 'stl', 0, 'max', max)
   redis.call('PERSIST', jk)
+  redis.call('PERSIST', events_key(id))
+  add_event(id, EV_RETRIED, cjson.encode({attempt = att + 1}))
   redis.call('LPUSH', K_WAIT, id)
-  ring_workers()
 end
-return redis.call('HMGET', jk, unpack(JOB_FIELDS))
+
+local id = ARGV[A]
+if id ~= '' then
+  local jk = job_key(id)
+  local status = redis.call('HGET', jk, 'st')
+  if not status then return false end
+  local done = 0
+  if status == S_FAILED or status == S_CANCELLED then
+    reopen(id, status)
+    ring_workers()
+    announce()
+    done = 1
+  end
+  return {done, redis.call('HMGET', jk, unpack(JOB_FIELDS))}
+end
+
+local count = 0
+for _, failed in ipairs(redis.call('ZRANGE', K_FAILED, 0, tonumber(ARGV[A + 1]) - 1)) do
+  if redis.call('HGET', job_key(failed), 'st') == S_FAILED then
+    reopen(failed, S_FAILED)
+    count = count + 1
+  else
+    redis.call('ZREM', K_FAILED, failed)  -- its record expired: nothing to retry
+  end
+end
+if count > 0 then
+  ring_workers()
+  announce()
+end
+return {count}

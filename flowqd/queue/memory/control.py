@@ -39,6 +39,16 @@ class MemoryControl:
         )
         return result
 
+    async def retry_failed(self, limit: int) -> int:
+        await trio.lowlevel.checkpoint()
+        return self._state.retry_failed(limit)
+
+    async def clean(self, status: JobStatus, *, older_than_s: float | None, limit: int) -> int:
+        await trio.lowlevel.checkpoint()
+        if status not in FINISHED:
+            raise ValueError(f"only finished jobs are cleaned, not {status.value} ones")
+        return self._state.clean(status, older_than_s, limit)
+
     async def workers(self) -> list[WorkerInfo]:
         await trio.lowlevel.checkpoint()
         now = trio.current_time()

@@ -79,6 +79,19 @@ class MemoryJobs:
         self._state.retry(rec)
         return rec.to_job()
 
+    async def promote(self, job_id: str) -> Job | None:
+        await trio.lowlevel.checkpoint()
+        rec = self._state.jobs.get(job_id)
+        if rec is None:
+            return None
+        self._state.promote(rec)
+        return rec.to_job()
+
+    async def delete_job(self, job_id: str) -> JobStatus | None:
+        await trio.lowlevel.checkpoint()
+        rec = self._state.jobs.get(job_id)
+        return None if rec is None else self._state.delete(rec)
+
     async def read_events(self, job_id: str, *, after: str = "0", count: int = 1000) -> list[Event]:
         await trio.lowlevel.checkpoint()
         events = self._state.events.get(job_id, [])

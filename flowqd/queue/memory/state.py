@@ -30,6 +30,7 @@ from flowqd.jobs import (
     CANCELLED,
     END,
     ERROR,
+    RETRIED,
     Claimed,
     Event,
     Job,
@@ -214,19 +215,58 @@ class MemoryState:
             for callback in list(self.cancel_callbacks):
                 callback(rec.id)
 
-    def retry(self, rec: JobRecord) -> None:
-        """failed or cancelled -> waiting, with a fresh stream and attempts."""
+    def retry(self, rec: JobRecord) -> bool:
+        """failed or cancelled -> waiting: attempts go on, the stream gets ``retried``."""
         if rec.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
-            return
+            return False
         self.finished[rec.status].pop(rec.id, None)
-        self.events.pop(rec.id, None)
         rec.status = JobStatus.WAITING
-        rec.attempts = rec.stalls = 0
+        rec.stalls = 0
+        rec.max_attempts = max(rec.max_attempts, rec.attempts + 1)
         rec.started_at = rec.finished_at = rec.result = rec.error = None
         rec.worker = rec.cancel = rec.token = None
         rec.nodes = []
+        self.append_event(rec.id, RETRIED, {"attempt": rec.attempts + 1})
         self.wait.appendleft(rec.id)
         self.ring_claimers()
+        return True
+
+    def retry_failed(self, limit: int) -> int:
+        """Up to ``limit`` failed jobs, oldest first, back to waiting as ``retry`` does."""
+        oldest = list(itertools.islice(self.finished[JobStatus.FAILED], limit))
+        return sum(self.retry(self.jobs[job_id]) for job_id in oldest)
+
+    def promote(self, rec: JobRecord) -> None:
+        """delayed -> waiting now (its heap entry goes stale)."""
+        if rec.status == JobStatus.DELAYED:
+            rec.status = JobStatus.WAITING
+            self.wait.appendleft(rec.id)
+            self.ring_claimers()
+
+    def delete(self, rec: JobRecord) -> JobStatus:
+        """Forget a job that no worker holds; an active one is left as it is."""
+        status = rec.status
+        if status == JobStatus.ACTIVE:
+            return status
+        if status == JobStatus.WAITING:
+            self.wait.remove(rec.id)
+        if status in FINISHED:
+            self._forget(rec.id)
+        else:  # delayed: its heap entry is skipped once the record is gone
+            del self.jobs[rec.id]
+            self.events.pop(rec.id, None)
+        return status
+
+    def clean(self, status: JobStatus, older_than_s: float | None, limit: int) -> int:
+        """Forget up to ``limit`` jobs that ended in ``status`` at least ``older_than_s`` ago."""
+        finished = self.finished[status]
+        cutoff = float("inf") if older_than_s is None else trio.current_time() - older_than_s
+        doomed = list(
+            itertools.islice(itertools.takewhile(lambda i: finished[i] <= cutoff, finished), limit)
+        )
+        for job_id in doomed:
+            self._forget(job_id)
+        return len(doomed)
 
     def promote_due(self, now: float) -> None:
         """delayed -> waiting, for every job whose time has come."""

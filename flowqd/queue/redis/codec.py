@@ -12,6 +12,7 @@ from flowqd.jobs import (
     CANCELLED,
     END,
     ERROR,
+    RETRIED,
     Claimed,
     EmittedEvent,
     Event,
@@ -35,10 +36,10 @@ _OUTCOME_CODES = {
 
 def lua_names() -> str:
     """Lua locals for the values scripts store and compare: job states (``S_WAITING``),
-    terminal event names (``EV_END``) and the flush script's outcome codes
+    terminal event names (``EV_END``) and ``EV_RETRIED``, and the flush script's outcome codes
     (``O_COMPLETED``), all from the Python definitions."""
     lines = [f"local S_{status.name} = '{status.value}'" for status in JobStatus]
-    lines += [f"local EV_{name.upper()} = '{name}'" for name in (END, ERROR, CANCELLED)]
+    lines += [f"local EV_{name.upper()} = '{name}'" for name in (END, ERROR, CANCELLED, RETRIED)]
     lines += [f"local O_{kind.name} = '{code.decode()}'" for kind, code in _OUTCOME_CODES.items()]
     return "\n".join(lines) + "\n"
 

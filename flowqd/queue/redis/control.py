@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import attrs
@@ -48,6 +49,16 @@ class RedisControl:
             )
         )
         return {status: int(reply) for status, reply in zip(_COUNTED, replies, strict=True)}
+
+    async def retry_failed(self, limit: int) -> int:
+        [count] = await self._backend.scripts.retry((b"", limit))
+        return int(count)
+
+    async def clean(self, status: JobStatus, *, older_than_s: float | None, limit: int) -> int:
+        if status not in _FINISHED:
+            raise ValueError(f"only finished jobs are cleaned, not {status.value} ones")
+        age = b"" if older_than_s is None else math.ceil(older_than_s * 1000)
+        return int(await self._backend.scripts.clean((status.value, age, limit)))
 
     async def workers(self) -> list[WorkerInfo]:
         records = await self._backend.scripts.workers()

@@ -34,7 +34,7 @@ import trio
 
 from flowqd.backoff import Backoff
 from flowqd.errors import BrokerUnavailable
-from flowqd.jobs import Event, through_terminal
+from flowqd.jobs import RETRIED, Event, through_terminal
 from flowqd.queue.keys import QueueKeys
 from flowqd.queue.policy import resume_point
 from flowqd.queue.redis.codec import checked, decode_entries
@@ -47,24 +47,28 @@ SAFETY_INTERVAL_S = 1.0
 
 
 class _Watcher:
-    __slots__ = ("buffer", "cursor", "job_id", "lagging", "woken")
+    __slots__ = ("buffer", "cursor", "cut", "job_id", "lagging", "woken")
 
     def __init__(self, job_id: str, cursor: tuple[int, int]) -> None:
         self.job_id = job_id
         self.cursor = cursor
         self.buffer: deque[tuple[tuple[int, int], Event]] = deque()
         self.lagging = True
+        # The last read that filled the buffer stopped at its COUNT: the
+        # stream may go on past the buffer's last entry.
+        self.cut = False
         self.woken = trio.Event()
 
     def wake(self) -> None:
         self.woken.set()
 
     def offer(self, entries: list[tuple[tuple[int, int], Event]]) -> None:
+        self.cut = len(entries) >= BATCH
         for key, event in entries:
             if key <= self.cursor:
                 continue
             if len(self.buffer) >= BUFFER:
-                self.lagging = True
+                self.lagging = self.cut = True
                 break
             self.buffer.append((key, event))
             self.cursor = key
@@ -114,7 +118,12 @@ class EventHub:
         try:
             while True:
                 if watcher.buffer:
-                    batch, ended = through_terminal([event for _, event in watcher.buffer])
+                    events = [event for _, event in watcher.buffer]
+                    batch, ended = through_terminal(events)
+                    if ended and watcher.cut and len(batch) == len(events):
+                        # A read cut at its COUNT right after a terminal event
+                        # cannot tell whether ``retried`` follows: look.
+                        ended = not await self._retried_after(watcher)
                     watcher.buffer.clear()
                     yield batch
                     if ended:
@@ -160,6 +169,16 @@ class EventHub:
             last = decode_entries(reply)
             watcher.cursor = resume_point(watcher.cursor, last[0][0] if last else None)
             return
+
+    async def _retried_after(self, watcher: _Watcher) -> bool:
+        backoff = Backoff(initial=0.05, maximum=1.0)
+        while True:
+            try:
+                page = await self._range(watcher.job_id, watcher.cursor, 1)
+            except BrokerUnavailable:
+                await backoff.wait()  # as in watch(): the caller's deadline bounds it
+                continue
+            return bool(page) and page[0][1].name == RETRIED
 
     async def _catch_up(self, watcher: _Watcher) -> None:
         page = await self._range(watcher.job_id, watcher.cursor, BATCH)

@@ -108,8 +108,16 @@ class RedisJobs:
         return None if fields is None else decode_job(job_id, fields)
 
     async def retry(self, job_id: str) -> Job | None:
-        fields = await self._backend.scripts.retry((job_id,))
+        reply = await self._backend.scripts.retry((job_id, 0))
+        return None if reply is None else decode_job(job_id, reply[1])
+
+    async def promote(self, job_id: str) -> Job | None:
+        fields = await self._backend.scripts.promote_job((job_id,))
         return None if fields is None else decode_job(job_id, fields)
+
+    async def delete_job(self, job_id: str) -> JobStatus | None:
+        status = await self._backend.scripts.delete_job((job_id,))
+        return None if status is None else JobStatus(status.decode())
 
     async def read_events(self, job_id: str, *, after: str = "0", count: int = 1000) -> list[Event]:
         return await self._backend.events.read(job_id, parse_event_id(after), count)

@@ -71,6 +71,9 @@ class QueueScripts:
     cancel: QueueScript
     retry: QueueScript
     promote: QueueScript
+    promote_job: QueueScript
+    delete_job: QueueScript
+    clean: QueueScript
     stalled: QueueScript
     workers: QueueScript
     put_flow: QueueScript

@@ -1,0 +1,13 @@
+-- Run one delayed job now. Args: id. Other states: unchanged. Returns the
+-- job's fields, false if unknown.
+local id = ARGV[A]
+local jk = job_key(id)
+local status = redis.call('HGET', jk, 'st')
+if not status then return false end
+if status == S_DELAYED then
+  redis.call('ZREM', K_DELAYED, id)
+  redis.call('HSET', jk, 'st', S_WAITING)
+  redis.call('LPUSH', K_WAIT, id)
+  ring_workers()
+end
+return redis.call('HMGET', jk, unpack(JOB_FIELDS))
