@@ -13,6 +13,7 @@ import httpx
 import orjson
 import trio
 
+from flowqd import tracing
 from flowqd.errors import NodeError
 from flowqd.executors._egress import CheckedBackend, EgressPolicy, outbound
 
@@ -49,7 +50,9 @@ def open_client(timeout_s: float) -> httpx.AsyncClient:
     """
     policy = outbound().policy
     transport = None if policy.open else _CheckedTransport(policy)
-    return httpx.AsyncClient(
+    # Traced: a client span per request, traceparent sent along.
+    client = httpx.AsyncClient if tracing.current is None else tracing.TracedClient
+    return client(
         verify=_ssl_context(), timeout=httpx.Timeout(timeout_s), transport=transport
     )
 

@@ -11,6 +11,7 @@ import attrs
 import orjson
 import trio
 
+from flowqd import tracing
 from flowqd.config import LimitsConfig
 from flowqd.errors import FlowqdError
 from flowqd.executors.base import NodeContext
@@ -42,6 +43,7 @@ async def run_flow(
     credential: Credential,
     limits: LimitsConfig = _DEFAULT_LIMITS,
     encoded: bool = False,
+    trace: tracing.Span | None = None,
 ) -> FlowResult:
     """Run every node of ``flow``; return the output node's value and per-node records.
 
@@ -57,13 +59,14 @@ async def run_flow(
     the run writes after. With ``encoded``, the values the checks encoded go
     out as ``orjson.Fragment`` (node outputs in records, events and the
     result; executors' event data), for a caller that stores them as JSON.
+    With ``trace`` (the job's span), each node gets a span under it.
     """
-    run = _Run(flow, job_id, inputs, emit, credential, limits, encoded)
+    run = _Run(flow, job_id, inputs, emit, credential, limits, encoded, trace)
     if flow.sequential:
         # A chain (one node, say): no nursery, no task per node. Same events,
         # same records, same outcome as below, at a fraction of the cost.
         for node in flow.nodes:
-            await run.node(node)
+            await run.step(node)
             if run.failure is not None:
                 break
     else:
@@ -86,6 +89,7 @@ class _Run:
         credential: Credential,
         limits: LimitsConfig,
         encoded: bool,
+        trace: tracing.Span | None = None,
     ) -> None:
         self.flow = flow
         self.job_id = job_id
@@ -105,6 +109,8 @@ class _Run:
         self.records: list[dict[str, Any]] = []
         self.failure: NodeFailed | None = None
         self.nursery: trio.Nursery | None = None
+        self.trace = trace
+        self.step = self.node if trace is None else self.traced_node
 
     async def concurrently(self) -> None:
         """Each node in a task of its own, started once its inputs are ready."""
@@ -113,7 +119,7 @@ class _Run:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
                 for node in self.flow.nodes:
-                    nursery.start_soon(self.node, node, name=f"flow {self.flow.id} node {node.id}")
+                    nursery.start_soon(self.step, node, name=f"flow {self.flow.id} node {node.id}")
         except BaseExceptionGroup as group:
             # Node tasks turn every Exception into NodeFailed, so a group here is
             # normally the caller's cancellation arriving in several nodes: hand
@@ -123,7 +129,21 @@ class _Run:
                 raise
             raise _first_leaf(cancelled) from None
 
-    async def node(self, node: CompiledNode) -> None:
+    async def traced_node(self, node: CompiledNode) -> None:
+        """``node`` in a span of its own, from when its inputs are ready."""
+        if self.done:
+            for upstream in node.upstream:
+                await self.done[upstream].wait()
+        assert tracing.current is not None and self.trace is not None
+        span = tracing.current.start_node(self.trace, node.id, node.type)
+        try:
+            await self.node(node, span)
+        finally:
+            # Its record is the last one of its id (none: stopped before it ended).
+            record = next((r for r in reversed(self.records) if r["nodeId"] == node.id), None)
+            tracing.end_node(span, record)
+
+    async def node(self, node: CompiledNode, span: tracing.Span | None = None) -> None:
         if self.done:
             for upstream in node.upstream:
                 await self.done[upstream].wait()
@@ -152,7 +172,10 @@ class _Run:
                     self.node_emit,
                     self.open_credential,
                 )
-                output = await node.executor.run(ctx)
+                if span is None:
+                    output = await node.executor.run(ctx)
+                else:  # the current span of this task while the executor runs
+                    output = await tracing.within(span, node.executor.run(ctx))
             except Exception as exc:
                 # Escaped: a lone surrogate in a message would make the job unstorable.
                 error = _storable(describe_exception(exc))

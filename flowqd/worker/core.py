@@ -17,6 +17,7 @@ from typing import Any
 import attrs
 import trio
 
+from flowqd import tracing
 from flowqd.backoff import Backoff
 from flowqd.config import Config
 from flowqd.errors import BrokerUnavailable, CredentialError, FlowqdError
@@ -224,6 +225,8 @@ class Worker:
         job = held.claimed.job
         started = trio.current_time()
         outcome: Outcome | None = None
+        traced = tracing.current
+        span = None if traced is None else traced.start_job(job, self.id, self.config.queue.name)
         try:
             if held.stop_reason is not None:  # stopped before a runner took it
                 outcome = self._stopped(held)
@@ -233,7 +236,7 @@ class Worker:
                     self._timeouts.wake_at(deadline)
                 held.scope = scope
                 try:
-                    outcome = await self._attempt(held)
+                    outcome = await self._attempt(held, span)
                 except trio.Cancelled:
                     if not held.stopped():
                         raise  # not this job's stop: the worker's drain deadline
@@ -249,6 +252,8 @@ class Worker:
                 outcome = held.outcome(OutcomeKind.REQUEUE)
             raise
         finally:
+            if span is not None:
+                tracing.end_job(span, outcome)
             if outcome is None:  # lock lost: another worker owns the job now
                 self._held.pop(job.id, None)
                 self._outbox.forget(job.id)
@@ -278,7 +283,7 @@ class Worker:
             },
         )
 
-    async def _attempt(self, held: Held) -> Outcome:
+    async def _attempt(self, held: Held, span: tracing.Span | None = None) -> Outcome:
         job = held.claimed.job
         outbox = self._outbox
 
@@ -309,6 +314,7 @@ class Worker:
                 credential=self.credential,
                 limits=self.config.limits,
                 encoded=True,
+                trace=span,
             )
         except NodeFailed as exc:
             log.warning("job %s failed in node %s: %s", job.id, exc.node_id, exc.message)
