@@ -170,7 +170,11 @@ JOB: Schema = {
         "status": {"enum": ["waiting", "delayed", "active", "completed", "failed", "cancelled"]},
         "attempts": {"type": "integer"},
         "result": {},
-        "error": {"type": ["object", "null"]},
+        "error": {
+            "type": ["object", "null"],
+            "description": "{message, node, reason?}; traceback (the failing code's, "
+            "credentials redacted, at most 16 KB) for admin keys only",
+        },
         "nodes": {"type": "array", "items": JSON_ANY},
         "created_at": {"type": "number"},
         "started_at": {"type": ["number", "null"]},
@@ -298,6 +302,21 @@ PATHS: dict[str, Any] = _at_the_door(
                 {"200": _json("the job", JOB)},
                 params=JOB_ID,
                 errors=("401", "404", "503"),
+            ),
+            "delete": _op(
+                "Delete a job: its record and its events (admin). An active job is refused "
+                "(409): cancel it first, then delete it once it has ended",
+                {"204": {"description": "deleted"}},
+                params=JOB_ID,
+                errors=("401", "403", "404", "409", "503"),
+            ),
+        },
+        "/api/v1/jobs/{job_id}/promote": {
+            "post": _op(
+                "Run a delayed job now (admin): back to waiting at once",
+                {"200": _json("promoted", JOB)},
+                params=JOB_ID,
+                errors=("401", "403", "404", "409", "503"),
             )
         },
         "/api/v1/jobs/{job_id}/cancel": {
@@ -310,8 +329,10 @@ PATHS: dict[str, Any] = _at_the_door(
         },
         "/api/v1/jobs/{job_id}/retry": {
             "post": _op(
-                "Run a failed or cancelled job again: back to waiting, attempts reset, a fresh "
-                "event stream",
+                "Run a failed or cancelled job again: back to waiting; attempts go on (the next "
+                "is attempt n+1; max_attempts grows when all were used) and the event stream "
+                "keeps the earlier runs' events, with a 'retried' event {attempt} right after "
+                "the earlier run's terminal event",
                 {"202": _json("queued again", JOB)},
                 params=JOB_ID,
                 errors=("401", "403", "404", "409", "503"),
@@ -388,8 +409,9 @@ PATHS: dict[str, Any] = _at_the_door(
         },
         "/api/v1/queue": {
             "get": _op(
-                "Jobs per state, paused or not, live workers (their id, "
-                "host and pid for admin keys only; others see worker-N)",
+                "Jobs per state (admin keys; null for others: the counts tell every key's "
+                "volume), paused or not, live workers (their id, host, pid and jobs held for "
+                "admin keys only; others see worker-N and jobs_held null)",
                 {"200": _json("{name, paused, counts, workers}")},
                 errors=("401", "503"),
             )
@@ -397,14 +419,40 @@ PATHS: dict[str, Any] = _at_the_door(
         "/api/v1/queue/throughput": {
             "get": _op(
                 "Jobs finished (completed, failed) per 30 s over the last 15 minutes, oldest "
-                "first, and the rate over the last 5 minutes",
+                "first, and the rate over the last 5 minutes (admin: every key's jobs)",
                 {
                     "200": _json(
                         "{window_s, bucket_s, now, buckets: [{start, completed, failed}], "
                         "last_5_min, per_minute, saturated}"
                     )
                 },
-                errors=("401", "503"),
+                errors=("401", "403", "503"),
+            )
+        },
+        "/api/v1/queue/retry-failed": {
+            "post": _op(
+                "Retry every failed job, oldest first, in batches of 500 (admin); as many as "
+                "were failed when asked",
+                {"200": _json('{"retried": n}')},
+                errors=("401", "403", "503"),
+            )
+        },
+        "/api/v1/queue/clean": {
+            "post": _op(
+                "Delete the jobs (records and events) that ended in a state, all of them or "
+                "those older than older_than_s, oldest first, in batches of 500 (admin)",
+                {"200": _json('{"removed": n, "status": ...}')},
+                body=_body(
+                    {
+                        "type": "object",
+                        "required": ["status"],
+                        "properties": {
+                            "status": {"enum": ["completed", "failed", "cancelled"]},
+                            "older_than_s": {"type": "number", "minimum": 0},
+                        },
+                    }
+                ),
+                errors=("401", "403", "422", "503"),
             )
         },
         "/api/v1/queue/pause": {
