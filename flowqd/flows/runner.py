@@ -221,7 +221,9 @@ class _Run:
             self.records.append(record)
             self.emit("node_end", {**identity, "status": "ERROR", "error": error})
             if self.failure is None:
-                self.failure = NodeFailed(node.id, error, trace, list(self.records))
+                self.failure = NodeFailed(
+                    node.id, error, bounded_traceback(trace), list(self.records)
+                )
                 if self.nursery is not None:
                     self.nursery.cancel_scope.cancel()
             return
@@ -319,6 +321,20 @@ assert [a.name for a in attrs.fields(NodeContext)] == [
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     first = group.exceptions[0]
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+# A traceback goes into the job record (admins read it in the job's detail):
+# its end names the error and the innermost frames, so that part is kept.
+TRACEBACK_MAX_CHARS = 16_000
+
+
+def bounded_traceback(text: str) -> str:
+    """``text`` cut to its last ``TRACEBACK_MAX_CHARS`` characters (redact before: a
+    credential cut in half would no longer be found)."""
+    if len(text) <= TRACEBACK_MAX_CHARS:
+        return text
+    cut = len(text) - TRACEBACK_MAX_CHARS
+    return f"[{cut} characters of the traceback cut]\n" + text[cut:]
 
 
 def _storable(text: str) -> str:

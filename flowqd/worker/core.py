@@ -23,6 +23,7 @@ from flowqd.config import Config
 from flowqd.errors import BrokerUnavailable, CredentialError, FlowqdError
 from flowqd.executors._egress import install as install_outbound
 from flowqd.flows import FlowStore, NodeFailed, run_flow
+from flowqd.flows.runner import bounded_traceback
 from flowqd.jobs import EmittedEvent, Job, Outcome, OutcomeKind, WorkerInfo
 from flowqd.queue.roles import WorkQueue
 from flowqd.worker.held import Held, StopReason
@@ -333,7 +334,7 @@ class Worker:
                 error={
                     "message": f"{type(exc).__name__}: {exc}",
                     "node": None,
-                    "traceback": traceback.format_exc(),
+                    "traceback": bounded_traceback(traceback.format_exc()),
                 },
             )
         # Positional (job_id, token, kind, result, error, nodes): every job ends here.
