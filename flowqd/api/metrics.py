@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import attrs
+import trio
 
-from flowqd.metrics import Counter, Gauge, Histogram, Registry
+from flowqd.errors import BrokerUnavailable
+from flowqd.metrics import BrokerFigures, Counter, Gauge, Histogram, Registry
+from flowqd.metrics_share import MetricsShare
+from flowqd.queue.roles import QueueControl
 
 
 @attrs.define(eq=False)
@@ -17,11 +21,13 @@ class ApiMetrics:
     rate_limited: Counter = attrs.field(init=False)
     queue_depth: Gauge = attrs.field(init=False)
     broker_up: Gauge = attrs.field(init=False)
-    broker: Gauge = attrs.field(init=False)
+    broker: BrokerFigures = attrs.field(init=False)
     streams: Gauge = attrs.field(init=False)
     waiting: Gauge = attrs.field(init=False)
     open_streams: int = 0
     open_waits: int = 0
+    # The view across server.processes, once the daemon has set it up.
+    share: MetricsShare | None = None
 
     def __attrs_post_init__(self) -> None:
         add = self.registry.add
@@ -41,13 +47,18 @@ class ApiMetrics:
         self.rate_limited = add(
             Counter("flowqd_api_rate_limited_total", "Requests refused with 429, by flow.")
         )
-        self.queue_depth = add(Gauge("flowqd_queue_jobs", "Jobs per state (read at scrape)."))
+        # Read from the queue by whichever process answers the scrape: not summed.
+        self.queue_depth = add(
+            Gauge("flowqd_queue_jobs", "Jobs per state (read at scrape).", across="local")
+        )
         self.broker_up = add(
-            Gauge("flowqd_broker_up", "1 when the broker answered the last scrape, else 0.")
+            Gauge(
+                "flowqd_broker_up",
+                "1 when the broker answered this scrape in time, else 0.",
+                across="local",
+            )
         )
-        self.broker = add(
-            Gauge("flowqd_broker_stat", "Broker figures (connections held and the like).")
-        )
+        self.broker = BrokerFigures(self.registry)
         self.streams = add(
             Gauge(
                 "flowqd_api_streams_open", "Event streams open now.", read=lambda: self.open_streams
@@ -60,6 +71,27 @@ class ApiMetrics:
                 read=lambda: self.open_waits,
             )
         )
+
+    async def refresh(self, control: QueueControl, timeout: float) -> None:  # noqa: ASYNC109
+        """Read the figures that live in the queue, within ``timeout`` (server.broker_timeout_s)."""
+        try:
+            with trio.fail_after(timeout):
+                counts = await control.counts()
+                self.broker.record(await control.statistics())
+        except (BrokerUnavailable, trio.TooSlowError):
+            self.broker_up.set(0)
+            return
+        self.broker_up.set(1)
+        for status, n in counts.items():
+            self.queue_depth.set(n, state=status.value)
+
+    async def refresh_local(self, control: QueueControl) -> None:
+        """The broker's figures about this process (its connections): no round trip."""
+        self.broker.record(await control.statistics())
+
+    def render(self) -> bytes:
+        """The text format, across every API process when there are several."""
+        return self.registry.render() if self.share is None else self.share.render()
 
     def stream_opened(self) -> None:
         self.open_streams += 1

@@ -202,8 +202,27 @@ PATHS: dict[str, Any] = _at_the_door(
         },
         "/metrics": {
             "get": _op(
-                "Prometheus metrics: requests, latencies, jobs by outcome, queue depth",
+                "Prometheus metrics: requests, latencies, jobs by outcome, queue depth, "
+                "Redis connections, process_*; summed over every server.processes",
                 {"200": {"description": "text format"}},
+                open_route=True,
+            )
+        },
+        "/healthz": {
+            "get": _op(
+                "Liveness: the process answers",
+                {"200": _json('{"status": "ok"}')},
+                open_route=True,
+            )
+        },
+        "/readyz": {
+            "get": _op(
+                "Readiness: the API is serving and the broker answers within "
+                "server.broker_timeout_s",
+                {
+                    "200": _json('{"status": "ready", "reason": "taking requests"}'),
+                    "503": _json('{"status": "not ready", "reason": what is wrong}'),
+                },
                 open_route=True,
             )
         },

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import trio
 from quart import Blueprint, Response
 
 from flowqd.api import openapi
 from flowqd.api.authn import open_route
 from flowqd.api.context import context
 from flowqd.api.http import json_response
-from flowqd.errors import BrokerUnavailable
 from flowqd.metrics import CONTENT_TYPE
 
 __all__ = ["blueprint"]
@@ -27,20 +25,8 @@ async def ping() -> Response:
 @open_route
 async def metrics() -> Response:
     ctx = context()
-    try:
-        with trio.fail_after(ctx.config.server.broker_timeout_s):
-            counts = await ctx.control.counts()
-            stats = await ctx.control.statistics()
-    except (BrokerUnavailable, trio.TooSlowError):
-        ctx.metrics.broker_up.set(0)
-    else:
-        ctx.metrics.broker_up.set(1)
-        for status, n in counts.items():
-            ctx.metrics.queue_depth.set(n, state=status.value)
-        for name, value in stats.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                ctx.metrics.broker.set(value, name=name)
-    return Response(ctx.registry.render(), content_type=CONTENT_TYPE)
+    await ctx.metrics.refresh(ctx.control, ctx.config.server.broker_timeout_s)
+    return Response(ctx.metrics.render(), content_type=CONTENT_TYPE)
 
 
 @blueprint.get("/api/v1/openapi.json")
