@@ -60,21 +60,32 @@ def child_command(argv: Sequence[str], port: int) -> list[str]:
     ]
 
 
+ExtraEnv = Callable[[int], Mapping[str, str]]
+
+
+def _no_extra_env(number: int) -> Mapping[str, str]:
+    return {}
+
+
 async def run_api_processes(
     command: Sequence[str],
     count: int,
     shutdown: trio.Event,
+    extra_env: ExtraEnv = _no_extra_env,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run ``count`` copies of ``command``; ``started()`` once each said it is ready.
 
-    Raises ProcessError when one exits or stays silent before its first
-    readiness. Returns once ``shutdown`` is set and every child has exited.
+    ``extra_env(number)`` is added to process ``number``'s environment (the
+    shared metrics' directory and slot). Raises ProcessError when one exits
+    or stays silent before its first readiness. Returns once ``shutdown`` is
+    set and every child has exited.
     """
     async with trio.open_nursery() as nursery:
         for number in range(2, count + 2):  # the parent is process 1
-            await nursery.start(_supervise, list(command), number, shutdown)
+            env = extra_env(number)
+            await nursery.start(_supervise, list(command), number, shutdown, env)
         task_status.started()
 
 
@@ -82,13 +93,15 @@ async def _supervise(
     command: list[str],
     number: int,
     shutdown: trio.Event,
+    extra_env: Mapping[str, str],
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     backoff = Backoff(initial=0.5, maximum=10.0)
     first = True
     while not shutdown.is_set():
-        code = await _run_once(command, number, shutdown, task_status if first else None)
+        status = task_status if first else None
+        code = await _run_once(command, number, shutdown, extra_env, status)
         first = False
         if shutdown.is_set():
             return
@@ -100,6 +113,7 @@ async def _run_once(
     command: list[str],
     number: int,
     shutdown: trio.Event,
+    extra_env: Mapping[str, str],
     task_status: trio.TaskStatus[None] | None,
 ) -> int:
     with trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
@@ -108,7 +122,7 @@ async def _run_once(
         # Its own session: a signal to our process group (Ctrl-C, `timeout`)
         # reaches the child once, from us, not twice (a second one forces it).
         process = await trio.lowlevel.open_process(
-            command, env=_child_env(os.environ, name), start_new_session=True
+            command, env={**_child_env(os.environ, name), **extra_env}, start_new_session=True
         )
         try:
             if not await _wait_ready(notify, process):

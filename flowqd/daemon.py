@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import signal
 import socket
 from collections.abc import AsyncIterator, Sequence
@@ -41,10 +42,12 @@ from flowqd.errors import (
 )
 from flowqd.flows import FlowStore
 from flowqd.health import HealthApp
-from flowqd.logs import setup_logging
+from flowqd.logs import LOG_EVERY_S, ThrottledLog, setup_logging
 from flowqd.metrics import Registry
+from flowqd.metrics_share import child_env, run_metrics_share
 from flowqd.notify import Notifier
 from flowqd.plugins import collect_executors, load_plugins
+from flowqd.process_metrics import add_process_metrics
 from flowqd.queue import open_broker
 from flowqd.queue.base import Broker
 from flowqd.serve import bound_port, serve_asgi
@@ -59,6 +62,8 @@ STARTUP_ERRORS = (ConfigError, PluginError, FlowValidationError)
 # How long the broker may take to answer a PING at start before start-up says
 # it is unreachable (and the worker's /readyz, which asks the same, says 503).
 BROKER_PROBE_S = 1.0
+# How often a main asks the broker whether it answers, to log when it does not.
+BROKER_WATCH_EVERY_S = 1.0
 
 
 @attrs.define(eq=False)
@@ -152,7 +157,9 @@ async def _open_components(config: Config) -> AsyncIterator[tuple[Broker, FlowSt
     executors = collect_executors(pm)
     async with open_broker(config) as broker:
         flows = FlowStore(broker.flow_documents, executors, max_nodes=config.flows.max_nodes)
-        yield broker, flows, Registry()
+        registry = Registry()
+        add_process_metrics(registry, config.role)
+        yield broker, flows, registry
 
 
 async def _serve(config: Config, life: Lifecycle, argv: Sequence[str]) -> None:
@@ -188,7 +195,9 @@ async def _serve(config: Config, life: Lifecycle, argv: Sequence[str]) -> None:
                         credential=credentials.get,
                         broker_ok=unreachable is None,
                     )
-                    endpoints["health"] = await _serve_health(infra, config, worker, registry)
+                    endpoints["health"] = await _serve_health(
+                        infra, config, worker, registry, broker
+                    )
                 if config.role in ("main", "all"):
                     api = ApiContext(
                         config,
@@ -200,6 +209,13 @@ async def _serve(config: Config, life: Lifecycle, argv: Sequence[str]) -> None:
                         registry=registry,
                         shutdown=life.shutdown,
                     )
+                    # In infra: its directory outlives the extra API processes.
+                    api.metrics.share = await infra.start(
+                        run_metrics_share,
+                        registry,
+                        partial(api.metrics.refresh_local, broker.control),
+                        config.server.processes,
+                    )
                     endpoints.update(await _serve_api(roles, api, life, argv, parent is not None))
                 # Claiming starts once every port is bound: a start that fails on
                 # a taken port must not have claimed jobs it then abandons.
@@ -207,19 +223,21 @@ async def _serve(config: Config, life: Lifecycle, argv: Sequence[str]) -> None:
                     await roles.start(worker.run, life.shutdown)
                 ready = " ".join(f"{k}={v}" for k, v in endpoints.items())
                 _announce(life, ready, unreachable, extra=parent is not None)
-                if unreachable is not None and config.role == "main":
+                if config.role == "main":
                     # A worker says so itself, once it claims again.
-                    infra.start_soon(_await_broker, broker, life, ready, name="flowqd.await_broker")
+                    infra.start_soon(
+                        _watch_broker, broker, life, ready, unreachable, name="flowqd.watch_broker"
+                    )
             infra.cancel_scope.cancel()
 
 
 async def _serve_health(
-    nursery: trio.Nursery, config: Config, worker: Worker, registry: Registry
+    nursery: trio.Nursery, config: Config, worker: Worker, registry: Registry, broker: Broker
 ) -> str:
     binds = await _listen(
         nursery,
         HEALTH,
-        HealthApp(worker, registry),
+        HealthApp(worker, registry, broker.control.statistics),
         config.worker.health_host,
         config.worker.health_port,
         shutdown_trigger=trio.sleep_forever,
@@ -252,6 +270,7 @@ async def _serve_api(
             child_command(argv, bound_port(binds)),
             processes - 1,
             life.shutdown,
+            partial(child_env, api.metrics.share),
         )
         endpoints["api_processes"] = str(processes)
     return endpoints
@@ -281,13 +300,35 @@ def _announce(life: Lifecycle, ready: str, unreachable: str | None, *, extra: bo
     life.notifier.ready(f"serving: {ready}")
 
 
-async def _await_broker(broker: Broker, life: Lifecycle, ready: str) -> None:
-    """Say when the broker a main could not reach at start answers."""
-    backoff = Backoff(maximum=1.0)
-    while await _broker_problem(broker) is not None:
-        await backoff.wait()
-    log.info("broker reachable: ready: %s", ready)
-    life.notifier.status(f"serving: {ready}")
+async def _watch_broker(
+    broker: Broker, life: Lifecycle, ready: str, unreachable_at_start: str | None
+) -> None:
+    """On main: warn while the broker does not answer (at once, then at most once a
+    minute), and say when it answers again. Requests that need it answer 503 meanwhile."""
+    down_since_start = unreachable_at_start is not None
+    warnings: ThrottledLog | None = ThrottledLog(log) if down_since_start else None
+    # Start-up has just said so: the next report comes a minute on.
+    quiet_until = trio.current_time() + LOG_EVERY_S if down_since_start else -math.inf
+    while True:
+        problem = await _broker_problem(broker)
+        if problem is not None and trio.current_time() >= quiet_until:
+            if warnings is None:
+                warnings = ThrottledLog(log)  # a new outage is reported at once
+            warnings.warning(
+                "broker",
+                "main cannot reach the broker: %s; requests that need it answer 503 until "
+                "it is back",
+                problem,
+            )
+        elif problem is None and warnings is not None:
+            warnings, quiet_until = None, -math.inf
+            if down_since_start:
+                log.info("broker reachable: ready: %s", ready)
+            else:
+                log.info("broker reachable again: serving requests")
+            down_since_start = False
+            life.notifier.status(f"serving: {ready}")
+        await trio.sleep(BROKER_WATCH_EVERY_S)
 
 
 @attrs.frozen

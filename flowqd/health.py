@@ -6,12 +6,12 @@ and it is served by its own hypercorn instance on ``worker.health_port``.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 import orjson
 
-from flowqd.metrics import CONTENT_TYPE, Registry
+from flowqd.metrics import CONTENT_TYPE, BrokerFigures, Registry
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -24,10 +24,20 @@ class Readiness(Protocol):
         ...
 
 
+Statistics = Callable[[], Awaitable[Mapping[str, Any]]]
+
+
 class HealthApp:
-    def __init__(self, readiness: Readiness, registry: Registry) -> None:
+    """``statistics``: the broker's figures about this process (QueueControl.statistics),
+    shown under the same names as on main."""
+
+    def __init__(
+        self, readiness: Readiness, registry: Registry, statistics: Statistics | None = None
+    ) -> None:
         self._readiness = readiness
         self._registry = registry
+        self._statistics = statistics
+        self._broker = BrokerFigures(registry)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -48,6 +58,8 @@ class HealthApp:
                 {"status": "ready" if ready else "not ready", "reason": reason},
             )
         elif path == "/metrics":
+            if self._statistics is not None:
+                self._broker.record(await self._statistics())
             await _send(send, 200, self._registry.render(), CONTENT_TYPE)
         else:
             await _reply(
