@@ -37,7 +37,8 @@ if TYPE_CHECKING:
     from opentelemetry.context import Context
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
-    from opentelemetry.trace import Span, Tracer
+    from opentelemetry.trace import Span as Span
+    from opentelemetry.trace import Tracer
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 else:
     Span = object  # for annotations elsewhere: ``tracing.Span | None``
