@@ -11,7 +11,7 @@ from quart import Blueprint, Response, request
 
 from flowqd import tracing
 from flowqd.api import sse
-from flowqd.api.context import JOB_ID_HEADER, ApiContext, context, principal
+from flowqd.api.context import JOB_ID_HEADER, ApiContext, context, principal, require_admin
 from flowqd.api.http import ApiError, Problems, json_response, read_json, require_object
 from flowqd.errors import BrokerUnavailable
 from flowqd.flows import CompiledFlow
@@ -42,11 +42,11 @@ SEARCH_SCAN = 5000
 
 def job_json(job: Job, admin: bool) -> dict[str, Any]:
     """A job as the API shows it; ``admin`` False hides which worker ran it (its id
-    names the host and pid, which are for operators)."""
-    error = None
-    if job.error is not None:
-        # Tracebacks stay in the job record and the worker's log.
-        error = {k: v for k, v in job.error.items() if k != "traceback"}
+    names the host and pid, which are for operators) and the failing code's
+    traceback (file paths and code of the deployment are for operators too)."""
+    error = job.error
+    if error is not None and not admin and "traceback" in error:
+        error = {k: v for k, v in error.items() if k != "traceback"}
     duration = (
         job.finished_at - job.started_at
         if job.finished_at is not None and job.started_at is not None
@@ -77,6 +77,7 @@ def job_json(job: Job, admin: bool) -> dict[str, Any]:
             "events": f"{base}/events",
             "cancel": f"{base}/cancel",
             "retry": f"{base}/retry",
+            "promote": f"{base}/promote",
         },
     }
 
@@ -415,8 +416,41 @@ async def retry(job_id: str) -> Response:
         raise ApiError(404, f"job {job_id} not found (removed by retention)")
     if now.status in (JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.COMPLETED):
         raise ApiError(409, f"job {job_id} could not be retried (it is {now.status.value})")
-    # 202: queued again with attempts reset and a fresh event stream.
+    # 202: queued again; attempts go on and the stream keeps the earlier runs' events.
     return json_response(job_json(now, principal().admin), 202)
+
+
+@blueprint.post("/api/v1/jobs/<job_id>/promote")
+async def promote(job_id: str) -> Response:
+    require_admin("promoting a job")
+    ctx = context()
+    job = await ctx.visible_job(job_id)
+    if job.status != JobStatus.DELAYED:
+        raise ApiError(
+            409, f"job {job_id} is {job.status.value}; only a delayed job can be promoted"
+        )
+    with ctx.deadline("promoting the job"):
+        now = await ctx.jobs.promote(job_id)
+    if now is None:
+        raise ApiError(404, f"job {job_id} not found (removed by retention)")
+    return json_response(job_json(now, True))
+
+
+@blueprint.delete("/api/v1/jobs/<job_id>")
+async def delete_job(job_id: str) -> Response:
+    require_admin("deleting a job")
+    ctx = context()
+    with ctx.deadline("deleting the job"):
+        status = await ctx.jobs.delete_job(job_id)
+    if status is None:
+        raise ApiError(404, f"job {job_id} not found (unknown, or removed by retention)")
+    if status == JobStatus.ACTIVE:
+        raise ApiError(
+            409,
+            f"job {job_id} is active: a worker is running it. Cancel it first "
+            f"(POST /api/v1/jobs/{job_id}/cancel), then delete it once it has ended",
+        )
+    return Response(b"", status=204)
 
 
 @blueprint.get("/api/v1/jobs/<job_id>/events")
@@ -442,16 +476,20 @@ def event_stream(ctx: ApiContext, job: Job, after: str) -> Response:
 
     async def replay(send: sse.Send) -> None:
         # The job ended before we looked: its stream is complete, read it in pages.
+        # One entry more than a page: whether "retried" follows a terminal event
+        # at the page's end decides whether the stream goes on.
         cursor = after
         while True:
             with trio.fail_after(server.broker_timeout_s * 5):
-                page = await jobs.read_events(job.id, after=cursor, count=REPLAY_PAGE)
+                page = await jobs.read_events(job.id, after=cursor, count=REPLAY_PAGE + 1)
             events, ended = through_terminal(page)
+            if len(events) > REPLAY_PAGE:
+                events, ended = events[:REPLAY_PAGE], False
             if events:
                 await send.send(sse.sse_events(events))
-            if ended or len(page) < REPLAY_PAGE:
+            if ended or len(page) <= REPLAY_PAGE:
                 return
-            cursor = page[-1].id
+            cursor = events[-1].id
 
     async def live(send: sse.Send) -> None:
         async with jobs.open_event_watch(job.id, after=after) as batches:

@@ -10,13 +10,17 @@ import attrs
 from quart import Blueprint, Response, request
 
 from flowqd.api.context import context, principal, require_admin
-from flowqd.api.http import ApiError, json_response, read_json, require_object
+from flowqd.api.http import ApiError, Problems, json_response, read_json, require_object
 from flowqd.errors import CredentialError, FlowValidationError
-from flowqd.jobs import WorkerInfo
+from flowqd.jobs import JobStatus, WorkerInfo
 
 blueprint = Blueprint("manage", __name__)
 
 CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+# Jobs per broker call of retry-failed and clean: a few milliseconds of Redis each.
+ADMIN_BATCH = 500
+CLEANABLE = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
+MAX_AGE_S = 10 * 365 * 86400
 
 
 def _problems(exc: FlowValidationError) -> list[dict[str, str]]:
@@ -24,12 +28,13 @@ def _problems(exc: FlowValidationError) -> list[dict[str, str]]:
 
 
 def _anonymous(worker: WorkerInfo, number: int) -> dict[str, Any]:
-    """A worker as a non-admin key sees it: whether the queue is served, not where.
-    Host, pid and the id made of them are for operators."""
+    """A worker as a non-admin key sees it: whether the queue is served, not where
+    nor how busy. Host, pid and the id made of them are for operators; the jobs
+    it holds (null here) would tell other keys' volume."""
     return {
         "id": f"worker-{number}",
         "ready": worker.ready,
-        "jobs_held": worker.jobs_held,
+        "jobs_held": None,
         "concurrency": worker.concurrency,
         "started_at": worker.started_at,
         "last_seen": worker.last_seen,
@@ -171,16 +176,17 @@ async def delete_credential(name: str) -> Response:
 @blueprint.get("/api/v1/queue")
 async def queue() -> Response:
     ctx = context()
+    admin = principal().admin
+    # Queue-wide counts tell every key's volume: for admins only (null for others).
     with ctx.deadline("reading the queue"):
-        counts = await ctx.control.counts()
+        counts = await ctx.control.counts() if admin else None
         paused = await ctx.control.is_paused()
         workers = await ctx.control.workers()
-    admin = principal().admin
     return json_response(
         {
             "name": ctx.config.queue.name,
             "paused": paused,
-            "counts": {status.value: n for status, n in counts.items()},
+            "counts": None if counts is None else {s.value: n for s, n in counts.items()},
             "workers": [
                 attrs.asdict(w) if admin else _anonymous(w, n)
                 for n, w in enumerate(sorted(workers, key=lambda w: w.started_at), 1)
@@ -207,8 +213,65 @@ async def resume() -> Response:
     return json_response({"paused": False})
 
 
+@blueprint.post("/api/v1/queue/retry-failed")
+async def retry_failed() -> Response:
+    require_admin("retrying failed jobs")
+    ctx = context()
+    with ctx.deadline("counting failed jobs"):
+        failed = (await ctx.control.counts())[JobStatus.FAILED]
+    retried = 0
+    # In batches, each one short script call, so Redis serves others between
+    # them; at most as many as failed when asked (a job that fails again
+    # meanwhile is not retried twice).
+    while retried < failed:
+        with ctx.deadline("retrying failed jobs"):
+            n = await ctx.control.retry_failed(min(ADMIN_BATCH, failed - retried))
+        if n == 0:
+            break
+        retried += n
+    return json_response({"retried": retried})
+
+
+@blueprint.post("/api/v1/queue/clean")
+async def clean() -> Response:
+    require_admin("cleaning the queue")
+    status, older_than_s = _clean_request(require_object(await read_json(request)))
+    ctx = context()
+    removed = 0
+    while True:  # batches, as in retry_failed
+        with ctx.deadline("cleaning the queue"):
+            n = await ctx.control.clean(status, older_than_s=older_than_s, limit=ADMIN_BATCH)
+        removed += n
+        if n < ADMIN_BATCH:
+            break
+    return json_response({"removed": removed, "status": status.value})
+
+
+def _clean_request(body: dict[str, Any]) -> tuple[JobStatus, float | None]:
+    problems = Problems()
+    for key in body.keys() - {"status", "older_than_s"}:
+        problems.add(f"$.{key}", 'unknown key; known keys: "status", "older_than_s"')
+    names = ", ".join(s.value for s in CLEANABLE)
+    raw = body.get("status")
+    status = next((s for s in CLEANABLE if s.value == raw), None)
+    if status is None:
+        problems.add("$.status", f"expected one of {names}, got {raw!r}")
+    age = body.get("older_than_s")
+    if (
+        age is not None
+        and problems.expect(age, (int, float), "$.older_than_s", "seconds")
+        and not 0 <= age <= MAX_AGE_S
+    ):
+        problems.add("$.older_than_s", f"must be from 0 to {MAX_AGE_S} seconds (10 years)")
+    problems.raise_if_any()
+    assert status is not None
+    return status, None if age is None else float(age)
+
+
 @blueprint.get("/api/v1/queue/throughput")
 async def throughput() -> Response:
+    # Finished jobs of every key: queue-wide volume, for admins.
+    require_admin("reading the queue's throughput")
     # Wall-clock time on purpose: finish times in job records are unix seconds.
     now = time.time()
     ctx = context()
