@@ -290,7 +290,8 @@ class Connection:
                 replies = await self._request(data, len(checks), math.inf)
         except BrokerUnavailable:
             raise
-        except trio.BrokenResourceError as exc:
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            # Closed: by another task's Connector.moved while the handshake ran.
             self.close()
             if isinstance(exc.__cause__, ssl.SSLError):
                 raise BrokerUnavailable(
@@ -348,14 +349,18 @@ class Connection:
         deadline and BrokerUnavailable when the connection is lost; either
         way, and on cancellation, the connection is closed.
         """
-        raw = self._raw
+        # Both taken now: another task may close this connection at any await
+        # (Connector.moved on a failover), and the socket then fails as lost.
+        raw, reader = self._raw, self._reader
         try:
             if self._stream is not None:
                 with trio.CancelScope(deadline=deadline) as scope:
                     return await self._stream_request(data, count)
                 raise DeadlinePassed
+            if raw is None:
+                raise EOFError
             try:
-                sent = raw.send(data)  # type: ignore[union-attr]
+                sent = raw.send(data)
             except BlockingIOError:
                 sent = 0
             if sent < len(data):
@@ -363,16 +368,15 @@ class Connection:
             # One scheduler pass: fair to other tasks, and Redis's answer has
             # usually arrived by then, so no wait (and no cancel scope).
             await trio.lowlevel.checkpoint()
-            reader = self._reader
             replies: list[Any] = []
             while True:
                 reply = reader.gets()
                 if reply is False:
                     try:
-                        chunk = raw.recv(_RECEIVE_SIZE)  # type: ignore[union-attr]
+                        chunk = raw.recv(_RECEIVE_SIZE)
                     except BlockingIOError:
                         with trio.CancelScope(deadline=deadline) as scope:
-                            await trio.lowlevel.wait_readable(raw)  # type: ignore[arg-type]
+                            await trio.lowlevel.wait_readable(raw)
                         if scope.cancelled_caught:
                             raise DeadlinePassed from None
                         continue

@@ -8,6 +8,7 @@ by the client name each test picks), not from the client's internals.
 from __future__ import annotations
 
 import secrets
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -178,6 +179,37 @@ async def test_after_a_failover_the_notice_drops_old_connections_and_writes_reac
         assert redis_command(new, "GET", key) == b"after"
         assert clients(new, name)
         assert not clients(old, name)
+
+
+async def test_commands_in_flight_when_the_primary_moves_fail_only_as_unavailable(
+    sentinels: SentinelTopology,
+) -> None:
+    # The notice closes every connection, those with a command in flight too:
+    # each such command must end as BrokerUnavailable (a 503), never as a bug.
+    name, key = unique(), unique("key")
+    ports = [s.port for s in sentinels.sentinels]
+    outcomes: Counter[str] = Counter()
+    done = trio.Event()
+
+    async def hammer() -> None:
+        while not done.is_set():
+            try:
+                await redis.execute("INCR", key)
+                outcomes["ok"] += 1
+            except BrokerUnavailable:
+                outcomes["unavailable"] += 1
+
+    async with open_redis(sentinel_config(sentinels, max_connections=64), name=name) as redis:
+        await until(lambda: bool(subscribed_on(ports, name)), 5)
+        async with trio.open_nursery() as nursery:
+            for _ in range(64):
+                nursery.start_soon(hammer)
+            new = await trio.to_thread.run_sync(sentinels.failover)
+            before = outcomes["ok"]
+            await until(lambda: outcomes["ok"] > before + 100, 5)
+            done.set()
+    assert int(redis_command(new, "GET", key)) > 0
+    assert outcomes["ok"] > 100, outcomes
 
 
 async def test_readonly_from_a_demoted_primary_finds_the_new_one(
