@@ -1,4 +1,5 @@
-"""The OpenAPI document covers every route; /metrics has requests, latencies, outcomes, depth."""
+"""The OpenAPI document covers every route; /metrics has requests, latencies, outcomes, depth,
+and the broker's figures as named metrics."""
 
 from __future__ import annotations
 
@@ -49,3 +50,8 @@ async def test_metrics_count_requests_latencies_outcomes_and_queue_depth() -> No
             assert 'flowqd_queue_jobs{state="completed"} 1' in lines
             assert 'flowqd_queue_jobs{state="failed"} 1' in lines
             assert "flowqd_broker_up 1" in lines
+            # The broker's figures are named metrics of their own, not one lumped gauge
+            # (the embedded broker has none to report: their HELP and TYPE only).
+            assert "# TYPE flowqd_redis_connections_open gauge" in lines
+            assert "# TYPE flowqd_redis_doorbells_total counter" in lines
+            assert "flowqd_broker_stat" not in text
