@@ -97,9 +97,14 @@ class Connector:
     def unavailable(self, what: str, exc: BaseException | None = None) -> BrokerUnavailable:
         self.rediscover()
         detail = f": {_describe(exc)}" if exc is not None else ""
+        where = (
+            "redis.url / REDIS_URL, or redis.host and redis.port"
+            if self.locator is None
+            else "the primary the sentinels named: flowqd asks them again and follows a failover"
+        )
         return BrokerUnavailable(
             f"Redis at {self.address} {what}{detail}; check that Redis runs there and "
-            "is reachable from this host (redis.url / REDIS_URL, or redis.host and redis.port)"
+            f"is reachable from this host ({where})"
         )
 
     def timed_out(self, timeout: float, stage: str) -> BrokerUnavailable:
