@@ -25,6 +25,7 @@ const S = {
   offset: 0,
   q: "",
   hasMore: false,
+  followEvents: true,   // the event list stays scrolled to its end until the reader scrolls up
   selected: null,       // job id shown in the detail panel
   job: null,            // its record
   stream: null,         // {id, ctrl, last, ended}
@@ -63,6 +64,9 @@ const nowS = () => Date.now() / 1000 + S.skew;
 const enc = encodeURIComponent;
 const shortId = (id) => (id.length > 14 ? id.slice(0, 12) + "…" : id);
 const fmtInt = (n) => (n === undefined || n === null ? "–" : Number(n).toLocaleString("en-US"));
+// "1 job", "2 jobs": English needs only the one/other split.
+const plural = (n, one, other) => `${fmtInt(n)} ${n === 1 ? one : other || one + "s"}`;
+const isAdmin = () => !S.who || S.who.admin;
 
 function fmtDuration(s) {
   if (s === null || s === undefined || Number.isNaN(s)) return "–";
@@ -210,7 +214,7 @@ async function tick() {
   if (S.busy || document.body.dataset.view !== "app") return;
   S.busy = true;
   try {
-    await Promise.all([loadQueue(), loadRate(), loadJobs(), S.selected ? loadJob() : null]);
+    await Promise.all([loadQueue(), isAdmin() ? loadRate() : null, loadJobs(), S.selected ? loadJob() : null]);
   } finally {
     S.busy = false;
   }
@@ -270,10 +274,14 @@ async function loadJob() {
     const before = S.job;
     S.job = job;
     renderDetail();
-    // A retried job starts a fresh event stream.
-    if (before && TERMINAL.has(before.status) && !TERMINAL.has(job.status)) openStream(id, true);
+    // A retried job's stream goes on after its earlier run's events (the new
+    // run may have ended already between two polls: a new finish time says so).
+    const stream = S.stream;
+    const rerun = before && before.id === id && (!TERMINAL.has(job.status) || before.finished_at !== job.finished_at);
+    if (rerun && TERMINAL.has(before.status) && (!stream || stream.id !== id || stream.ended)) openStream(id, false);
   } catch (e) {
     if (e.status === 404 && S.selected === id) {
+      delete $("detail-outcome").dataset.sig;
       $("detail-outcome").replaceChildren(el("p", { cls: "muted", text: "This job no longer exists (removed by retention)." }));
     }
   }
@@ -286,6 +294,14 @@ function renderWho() {
   const open = !who || who.open;
   $("who").textContent = open ? "open access (no API keys configured)" : `signed in as ${who.name}${who.admin ? " (admin)" : ""}`;
   $("sign-out").hidden = open;
+  const admin = isAdmin();
+  document.body.dataset.admin = admin ? "true" : "false";
+  // Queue-wide figures tell every key's volume: the API gives them to admins only.
+  $("counts").hidden = !admin;
+  $("throughput-panel").hidden = !admin;
+  $("overview").classList.toggle("single", !admin);
+  $("scope-note").hidden = admin;
+  $("admin-actions").hidden = !admin;
 }
 
 function renderQueue() {
@@ -293,11 +309,12 @@ function renderQueue() {
   if (!q) return;
   $("queue-name").textContent = q.name;
   for (const state of STATES) {
+    if (!q.counts) break;
     const n = q.counts[state] || 0;
     $(`count-${state}`).textContent = fmtInt(n);
     document.querySelector(`.count[data-state="${state}"]`).classList.toggle("zero", n === 0);
   }
-  const canControl = !S.who || S.who.admin;
+  const canControl = isAdmin();
   const btn = $("pause-btn");
   btn.hidden = !canControl;
   btn.textContent = q.paused ? "Resume queue" : "Pause queue";
@@ -308,9 +325,11 @@ function renderQueue() {
 }
 
 function renderTabs() {
-  const counts = (S.queue && S.queue.counts) || {};
-  const total = STATES.reduce((sum, s) => sum + (counts[s] || 0), 0);
-  const tabs = [["all", "All", total], ...STATES.map((s) => [s, s[0].toUpperCase() + s.slice(1), counts[s] || 0])];
+  const counts = S.queue && S.queue.counts;
+  // Without counts (a non-admin key), the tabs carry no numbers.
+  const count = (s) => (counts ? counts[s] || 0 : null);
+  const total = counts ? STATES.reduce((sum, s) => sum + count(s), 0) : null;
+  const tabs = [["all", "All", total], ...STATES.map((s) => [s, s[0].toUpperCase() + s.slice(1), count(s)])];
   const nav = $("tabs");
   if (nav.children.length !== tabs.length) {
     nav.replaceChildren(...tabs.map(([state, label]) =>
@@ -320,7 +339,7 @@ function renderTabs() {
   for (const [state, , n] of tabs) {
     const tab = nav.querySelector(`[data-tab="${state}"]`);
     tab.classList.toggle("selected", S.tab === state);
-    tab.querySelector(".n").textContent = fmtInt(n);
+    tab.querySelector(".n").textContent = n === null ? "" : fmtInt(n);
   }
   for (const card of document.querySelectorAll(".count")) {
     card.classList.toggle("selected", card.dataset.state === S.tab);
@@ -337,20 +356,22 @@ function renderWorkers() {
   }
   const sorted = [...workers].sort((a, b) => a.id.localeCompare(b.id));
   body.replaceChildren(...sorted.map((w) => {
-    const share = w.concurrency ? Math.min(1, w.jobs_held / w.concurrency) : 0;
+    const known = w.jobs_held !== null && w.jobs_held !== undefined;
+    const share = known && w.concurrency ? Math.min(1, w.jobs_held / w.concurrency) : 0;
     const meter = el("span", { cls: "meter" }, el("span"));
     meter.firstChild.style.width = `${Math.max(share * 100, w.jobs_held ? 4 : 0)}%`;
     const stale = nowS() - w.last_seen > STALE_WORKER_S;
     return el("tr", { "data-worker-id": w.id },
       el("td", { cls: "id", title: `pid ${w.pid}, up since ${fmtDate(w.started_at)}`, text: w.id }),
-      el("td", { text: w.host }),
-      el("td", {}, meter, `${fmtInt(w.jobs_held)} / ${fmtInt(w.concurrency)}`),
+      el("td", { text: w.host || "–" }),
+      known ? el("td", {}, meter, `${fmtInt(w.jobs_held)} / ${fmtInt(w.concurrency)}`) : el("td", { cls: "muted", text: "–" }),
       el("td", { cls: stale ? "failed-text" : "", text: fmtAgo(w.last_seen) }),
       el("td", {}, el("span", { cls: w.ready ? "ready" : "ready no", text: w.ready ? "ready" : "not ready" })));
   }));
   const ready = workers.filter((w) => w.ready).length;
-  const held = workers.reduce((sum, w) => sum + w.jobs_held, 0);
-  $("workers-summary").textContent = `${ready} of ${workers.length} ready · ${fmtInt(held)} jobs held`;
+  const held = workers.reduce((sum, w) => sum + (w.jobs_held || 0), 0);
+  const holding = isAdmin() ? ` · ${plural(held, "job")} held` : "";
+  $("workers-summary").textContent = `${ready} of ${plural(workers.length, "worker")} ready${holding}`;
 }
 
 function healthReasons() {
@@ -367,11 +388,11 @@ function healthReasons() {
   else if (!ready.length) reasons.push(["bad", "No worker is ready (Redis unreachable from the workers, or they are stopping)"]);
   if (q.paused) reasons.push(["warn", "Queue paused: workers take no new jobs"]);
   const stale = workers.filter((w) => nowS() - w.last_seen > STALE_WORKER_S);
-  if (stale.length) reasons.push(["warn", `${stale.length} worker(s) not heard from for over ${STALE_WORKER_S} s`]);
+  if (stale.length) reasons.push(["warn", `${plural(stale.length, "worker")} not heard from for over ${STALE_WORKER_S} s`]);
   const capacity = ready.reduce((sum, w) => sum + w.concurrency, 0);
-  const held = ready.reduce((sum, w) => sum + w.jobs_held, 0);
-  if (ready.length && q.counts.waiting > 0 && held >= capacity) {
-    reasons.push(["warn", `Workers at full capacity with ${fmtInt(q.counts.waiting)} jobs waiting`]);
+  const held = ready.reduce((sum, w) => sum + (w.jobs_held || 0), 0);
+  if (q.counts && ready.length && q.counts.waiting > 0 && held >= capacity) {
+    reasons.push(["warn", `Workers at full capacity with ${plural(q.counts.waiting, "job")} waiting`]);
   }
   if (S.rate) {
     const done = S.rate.last_5_min.completed;
@@ -379,7 +400,7 @@ function healthReasons() {
     if (failed > 0) {
       const ratio = failed / (failed + done);
       const level = ratio >= 0.5 && failed >= 3 ? "bad" : "warn";
-      reasons.push([level, `${fmtInt(failed)} job${failed === 1 ? "" : "s"} failed in the last 5 minutes (${Math.round(ratio * 100)}% of finished)`]);
+      reasons.push([level, `${plural(failed, "job")} failed in the last 5 minutes (${Math.round(ratio * 100)}% of finished)`]);
     }
   }
   return reasons;
@@ -447,6 +468,9 @@ function renderRate() {
 function jobRow(job) {
   const selected = job.id === S.selected;
   const actions = el("td", {});
+  if (job.status === "delayed" && isAdmin()) {
+    actions.append(el("button", { type: "button", cls: "btn small", "data-action": "promote", "data-id": job.id, text: "Run now" }), " ");
+  }
   if (!TERMINAL.has(job.status)) {
     actions.append(el("button", { type: "button", cls: "btn small danger", "data-action": "cancel", "data-id": job.id, text: "Cancel", disabled: job.cancel_requested }));
   } else if (job.status !== "completed") {
@@ -492,7 +516,7 @@ function renderJobs(jobs, scanLimited) {
   const first = jobs.length ? S.offset + 1 : 0;
   const last = S.offset + jobs.length;
   let total = "";
-  if (!S.q && S.tab !== "all" && S.queue && (!S.who || S.who.admin)) total = ` of ${fmtInt(S.queue.counts[S.tab] || 0)}`;
+  if (!S.q && S.tab !== "all" && S.queue && S.queue.counts) total = ` of ${fmtInt(S.queue.counts[S.tab] || 0)}`;
   $("page-info").textContent = jobs.length ? `${first}–${last}${total}${scanLimited ? " (search reads the newest 5,000 per state)" : ""}` : "";
   $("prev").disabled = S.offset === 0;
   $("next").disabled = !S.hasMore;
@@ -519,6 +543,9 @@ function renderDetail() {
   $("detail-cancel").hidden = TERMINAL.has(job.status);
   $("detail-cancel").disabled = job.cancel_requested;
   $("detail-retry").hidden = !(job.status === "failed" || job.status === "cancelled");
+  $("detail-promote").hidden = !(job.status === "delayed" && isAdmin());
+  // An active job is its worker's: cancel it first (the API says so too).
+  $("detail-delete").hidden = !isAdmin() || job.status === "active";
 
   const waited = job.started_at ? job.started_at - job.created_at : null;
   const running = job.started_at && !job.finished_at ? nowS() - job.started_at : null;
@@ -535,7 +562,17 @@ function renderDetail() {
   ];
   $("detail-facts").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
 
+  renderOutcome(job);
+  $("detail-inputs").textContent = json(job.inputs);
+  renderNodes(job);
+}
+
+function renderOutcome(job) {
   const outcome = $("detail-outcome");
+  // Rebuilt only when it changed: an open traceback keeps its place.
+  const sig = JSON.stringify([job.id, job.status, job.cancel_requested, job.error, job.result]);
+  if (outcome.dataset.sig === sig) return;
+  outcome.dataset.sig = sig;
   if (job.status === "completed") {
     outcome.replaceChildren(el("div", { cls: "box ok" }, el("h3", { text: "Result" }), el("pre", { cls: "json", id: "detail-result", text: json(job.result) })));
   } else if (job.error) {
@@ -544,14 +581,19 @@ function renderDetail() {
     outcome.replaceChildren(el("div", { cls: "box bad" },
       el("h3", { text: job.status === "cancelled" ? "Cancelled" : "Error" }),
       el("div", { id: "detail-error", text: e.message || json(e) }),
-      where ? el("div", { cls: "muted small", text: where }) : null));
+      where ? el("div", { cls: "muted small", text: where }) : null,
+      // The API sends a traceback to admin keys only.
+      e.traceback ? el("details", { cls: "trace", id: "detail-trace" },
+        el("summary", { text: "Traceback" }),
+        el("pre", { cls: "json", id: "detail-traceback", text: e.traceback })) : null));
   } else if (job.cancel_requested) {
     outcome.replaceChildren(el("div", { cls: "box bad" }, el("div", { text: "Cancel requested: the worker is stopping the job." })));
   } else {
     outcome.replaceChildren();
   }
-  $("detail-inputs").textContent = json(job.inputs);
+}
 
+function renderNodes(job) {
   const nodes = job.nodes || [];
   $("detail-nodes").replaceChildren(...(nodes.length ? nodes.map((n) => {
     const ok = n.status === "FINISHED";
@@ -598,9 +640,14 @@ function stopStream() {
 }
 
 function openStream(id, fresh) {
+  // Not fresh: the same job's stream goes on from the last event shown.
+  const last = !fresh && S.stream && S.stream.id === id ? S.stream.last : "0";
   stopStream();
-  if (fresh) $("detail-events").replaceChildren();
-  const stream = { id, ctrl: new AbortController(), last: "0", ended: false };
+  if (fresh || last === "0") {
+    $("detail-events").replaceChildren();
+    S.followEvents = true;
+  }
+  const stream = { id, ctrl: new AbortController(), last, ended: false, closing: false };
   S.stream = stream;
   runStream(stream);
 }
@@ -622,7 +669,11 @@ async function runStream(stream) {
         let buffer = "";
         for (;;) {
           const { value, done } = await reader.read();
-          if (done) break;
+          if (done) {
+            // The server ends the response after the job's final terminal event.
+            if (stream.closing) onStreamEnd(stream);
+            break;
+          }
           buffer += decoder.decode(value, { stream: true }).replace(/\r\n/g, "\n");
           let cut;
           while ((cut = buffer.indexOf("\n\n")) >= 0) {
@@ -658,18 +709,22 @@ function onEventBlock(stream, block) {
   try { parsed = JSON.parse(data); } catch (e) { /* shown as text */ }
   const list = $("detail-events");
   const ms = Number(id.split("-")[0]);
-  list.append(el("li", { "data-event": name },
+  list.append(el("li", { "data-event": name, cls: name === "retried" ? "retried" : "" },
     el("span", { cls: "muted", text: Number.isFinite(ms) && ms > 1e12 ? fmtClock(ms / 1000, true) : id }),
     el("span", { cls: `name ${name}`, text: name }),
     el("span", { cls: "data", text: oneLine(parsed, 240) })));
   while (list.children.length > MAX_EVENTS) list.firstChild.remove();
-  list.scrollTop = list.scrollHeight;
-  if (TERMINAL_EVENTS.has(name)) {
-    stream.ended = true;
-    $("events-state").textContent = "· ended";
-    loadJob();
-    loadJobs();
-  }
+  if (S.followEvents) list.scrollTop = list.scrollHeight;
+  // A terminal event ends the stream unless "retried" follows (an earlier run's).
+  if (TERMINAL_EVENTS.has(name)) stream.closing = true;
+  else if (name === "retried") stream.closing = false;
+}
+
+function onStreamEnd(stream) {
+  stream.ended = true;
+  $("events-state").textContent = "· ended";
+  loadJob();
+  loadJobs();
 }
 
 // ---- actions -------------------------------------------------------------------
@@ -680,14 +735,65 @@ async function act(action, id) {
       const job = await api("POST", `/api/v1/jobs/${enc(id)}/cancel`);
       toast(job.status === "cancelled" ? `Job ${shortId(id)} cancelled.` : `Cancel requested: job ${shortId(id)} stops when its worker hears of it.`);
     } else if (action === "retry") {
-      await api("POST", `/api/v1/jobs/${enc(id)}/retry`);
-      toast(`Job ${shortId(id)} queued again.`);
-      if (S.selected === id) openStream(id, true);
+      const job = await api("POST", `/api/v1/jobs/${enc(id)}/retry`);
+      toast(`Job ${shortId(id)} queued again (attempt ${job.attempts + 1}).`);
+      if (S.selected === id) openStream(id, false);
+    } else if (action === "promote") {
+      await api("POST", `/api/v1/jobs/${enc(id)}/promote`);
+      toast(`Job ${shortId(id)} runs now.`);
+    } else if (action === "delete") {
+      await api("DELETE", `/api/v1/jobs/${enc(id)}`);
+      toast(`Job ${shortId(id)} deleted.`);
+      if (S.selected === id) closeDetail();
     }
   } catch (e) {
     toast(e.message, true);
   }
   await tick();
+}
+
+async function retryAllFailed() {
+  try {
+    const answer = await api("POST", "/api/v1/queue/retry-failed");
+    toast(answer.retried ? `${plural(answer.retried, "failed job")} queued again.` : "No failed jobs to retry.");
+  } catch (e) {
+    toast(e.message, true);
+  }
+  await tick();
+}
+
+async function cleanState() {
+  const status = $("clean-state").value;
+  const age = $("clean-age").value;
+  const body = age ? { status, older_than_s: Number(age) } : { status };
+  try {
+    const answer = await api("POST", "/api/v1/queue/clean", body);
+    toast(`${plural(answer.removed, `${status} job`)} deleted.`);
+  } catch (e) {
+    toast(e.message, true);
+  }
+  await tick();
+}
+
+// Destructive buttons ask once more in place: the first click arms them for a
+// few seconds ("Delete for good?"), the second one acts.
+function confirmed(button) {
+  if (button.classList.contains("armed")) {
+    disarm(button);
+    return true;
+  }
+  button.dataset.label = button.textContent;
+  button.textContent = button.dataset.confirm;
+  button.classList.add("armed");
+  button.armTimer = setTimeout(() => disarm(button), 5000);
+  return false;
+}
+
+function disarm(button) {
+  clearTimeout(button.armTimer);
+  if (!button.classList.contains("armed")) return;
+  button.classList.remove("armed");
+  button.textContent = button.dataset.label;
 }
 
 async function togglePause() {
@@ -738,6 +844,12 @@ function init() {
   $("detail-close").addEventListener("click", closeDetail);
   $("detail-cancel").addEventListener("click", () => S.selected && act("cancel", S.selected));
   $("detail-retry").addEventListener("click", () => S.selected && act("retry", S.selected));
+  $("detail-promote").addEventListener("click", () => S.selected && act("promote", S.selected));
+  $("detail-delete").addEventListener("click", (e) => {
+    if (S.selected && confirmed(e.currentTarget)) act("delete", S.selected);
+  });
+  $("retry-all").addEventListener("click", (e) => { if (confirmed(e.currentTarget)) retryAllFailed(); });
+  $("clean-btn").addEventListener("click", (e) => { if (confirmed(e.currentTarget)) cleanState(); });
   $("prev").addEventListener("click", () => { S.offset = Math.max(0, S.offset - PAGE_SIZE); loadJobs(); });
   $("next").addEventListener("click", () => { if (S.hasMore) { S.offset += PAGE_SIZE; loadJobs(); } });
   let debounce = null;
@@ -750,6 +862,11 @@ function init() {
     }, 250);
   });
   $("toast").addEventListener("click", () => { $("toast").hidden = true; });
+  const events = $("detail-events");
+  const atEnd = () => events.scrollHeight - events.scrollTop - events.clientHeight < 24;
+  events.addEventListener("scroll", () => { S.followEvents = atEnd(); });
+  // The list shrinks when the job's result or nodes arrive above it: keep its end in view.
+  new ResizeObserver(() => { if (S.followEvents) events.scrollTop = events.scrollHeight; }).observe(events);
   document.addEventListener("keydown", (e) => { if (e.key === "Escape" && S.selected) closeDetail(); });
   renderTabs();
   if (document.body.dataset.view === "signin") showSignIn();
