@@ -62,15 +62,18 @@ async def run_flow(
     With ``trace`` (the job's span), each node gets a span under it.
     """
     run = _Run(flow, job_id, inputs, emit, credential, limits, encoded, trace)
+    # A local, not an attribute: a bound method kept on ``run`` would make a
+    # reference cycle, left for the garbage collector with all the job's data.
+    step = run.node if trace is None else run.traced_node
     if flow.sequential:
         # A chain (one node, say): no nursery, no task per node. Same events,
         # same records, same outcome as below, at a fraction of the cost.
         for node in flow.nodes:
-            await run.step(node)
+            await step(node)
             if run.failure is not None:
                 break
     else:
-        await run.concurrently()
+        await run.concurrently(step)
     # A failure racing the caller's cancellation: the cancellation wins, so
     # a job timeout is reported as a timeout.
     await trio.lowlevel.checkpoint_if_cancelled()
@@ -110,16 +113,15 @@ class _Run:
         self.failure: NodeFailed | None = None
         self.nursery: trio.Nursery | None = None
         self.trace = trace
-        self.step = self.node if trace is None else self.traced_node
 
-    async def concurrently(self) -> None:
+    async def concurrently(self, step: Callable[[CompiledNode], Awaitable[None]]) -> None:
         """Each node in a task of its own, started once its inputs are ready."""
         self.done = {node.id: trio.Event() for node in self.flow.nodes}
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
                 for node in self.flow.nodes:
-                    nursery.start_soon(self.step, node, name=f"flow {self.flow.id} node {node.id}")
+                    nursery.start_soon(step, node, name=f"flow {self.flow.id} node {node.id}")
         except BaseExceptionGroup as group:
             # Node tasks turn every Exception into NodeFailed, so a group here is
             # normally the caller's cancellation arriving in several nodes: hand
