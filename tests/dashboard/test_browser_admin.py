@@ -18,7 +18,14 @@ import trio
 
 from flowqd.auth import hash_key, new_key
 from tests.daemonproc import start_daemon
-from tests.dashboard.test_browser import CHROMIUM, LAUNCH_ARGS, WAIT_MS, free_port, need_browser
+from tests.dashboard.test_browser import (
+    ARTIFACTS,
+    CHROMIUM,
+    LAUNCH_ARGS,
+    WAIT_MS,
+    free_port,
+    need_browser,
+)
 
 # A chain of nodes: about a hundred events, more than the event list shows at once.
 CHAIN = 48
@@ -199,12 +206,16 @@ def admin_tour(s: Session) -> None:
     # ---- a 420 px window: the header wraps, nothing overflows sideways -----------------------
     s.row(failed[1]).click()
     expect(page.locator("#detail")).to_have_attribute("data-job-id", failed[1])
+    page.locator("#toast").evaluate("toast => { toast.hidden = true; }")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-admin.png"))
     page.set_viewport_size({"width": 420, "height": 860})
     expect(page.locator("#sign-out")).to_be_in_viewport()
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 420, width
     box = page.locator("#sign-out").bounding_box()
     assert box is not None and box["x"] + box["width"] <= 420, box
+    page.screenshot(path=str(ARTIFACTS / "dashboard-420.png"), full_page=True)
 
 
 def non_admin_tour(s: Session, admin: Session) -> None:
@@ -228,6 +239,7 @@ def non_admin_tour(s: Session, admin: Session) -> None:
     expect(page.locator("#detail-error")).to_be_visible()
     expect(page.locator("#detail-trace")).to_have_count(0)
     expect(page.locator("#detail-delete")).to_be_hidden()
+    page.screenshot(path=str(ARTIFACTS / "dashboard-non-admin.png"))
     # Nothing the page received holds one either.
     job = s.client.get(f"/api/v1/jobs/{mine}").json()
     assert "traceback" not in job["error"]
