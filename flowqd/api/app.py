@@ -110,7 +110,7 @@ async def _api_error(exc: ApiError) -> Response:
 
 
 async def _broker_down(exc: BrokerUnavailable) -> Response:
-    error = unavailable(str(exc))
+    error = unavailable(str(exc), explained=True)
     return error_response(error.status, error.message, error.headers)
 
 

@@ -56,13 +56,16 @@ def error_response(
     )
 
 
-def unavailable(detail: str) -> ApiError:
-    return ApiError(
-        503,
-        f"{detail}: the broker (Redis) is unreachable or too slow; check that Redis runs "
-        "at redis.url (REDIS_URL) and try again",
-        headers={"Retry-After": "1"},
+def unavailable(detail: str, *, explained: bool = False) -> ApiError:
+    """503 for a broker that did not answer; ``explained``: ``detail`` already says
+    what to check (a BrokerUnavailable's message names the server and the setting)."""
+    advice = (
+        "try again"
+        if explained
+        else "the broker (Redis) is unreachable or too slow; check that Redis runs and "
+        "answers (redis.url, or redis.sentinels or redis.nodes) and try again"
     )
+    return ApiError(503, f"{detail}; {advice}", headers={"Retry-After": "1"})
 
 
 @contextmanager
@@ -74,7 +77,7 @@ def broker_deadline(seconds: float, what: str) -> Iterator[None]:
     except trio.TooSlowError:
         raise unavailable(f"{what}: no answer within {seconds:g}s") from None
     except BrokerUnavailable as exc:
-        raise unavailable(f"{what}: {exc}") from None
+        raise unavailable(f"{what}: {exc}", explained=True) from None
 
 
 async def read_json(request: Request) -> Any:
