@@ -11,12 +11,15 @@ from __future__ import annotations
 import gzip
 import logging
 import os
+import re
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -34,8 +37,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from flowqd import tracing
 from flowqd.config import RedisConfig
+from flowqd.flows import compile_flow, run_flow
+from flowqd.jobs import Job, JobStatus
 from flowqd.queue.keys import QueueKeys
 from flowqd.redis import open_redis
+from flowqd.testing import load_executors
 from tests.api.conftest import open_api
 from tests.daemonproc import Daemon, start_daemon
 from tests.faults.helpers import poll
@@ -364,3 +370,92 @@ def test_service_name_defaults_to_flowqd_and_follows_otel_service_name(
     assert tracing.Tracing.start("main", []).service == "flowqd"
     monkeypatch.setitem(os.environ, "OTEL_SERVICE_NAME", "api-eu")
     assert tracing.Tracing.start("main", []).service == "api-eu"
+
+
+class _Llm(BaseHTTPRequestHandler):
+    """An OpenAI-style streamed completion: one token, then (once the node has it) the rest."""
+
+    seen: list[str]
+    first_token_read: threading.Event
+    rest_sent_ns: list[int]
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.seen.append(self.headers.get("traceparent", ""))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        self.wfile.write(b'data: {"choices": [{"delta": {"content": "Hello"}}]}\n\n')
+        self.wfile.flush()
+        # The rest only once the node has read the first token: the answer's
+        # headers are long in, and the client span must still be open.
+        assert self.first_token_read.wait(10)
+        self.rest_sent_ns.append(time.time_ns())
+        self.wfile.write(b'data: {"choices": [{"delta": {"content": " world"}}]}\n\n')
+        self.wfile.write(b"data: [DONE]\n\n")
+        self.close_connection = True
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+async def test_a_streamed_llm_call_is_one_client_span_until_its_body_is_read(
+    traced_here: InMemorySpanExporter,
+) -> None:
+    _Llm.seen = seen = []
+    _Llm.first_token_read = first_token = threading.Event()
+    _Llm.rest_sent_ns = rest_sent = []
+
+    def emit(name: str, data: Any) -> None:
+        if name == "token":
+            first_token.set()
+
+    traced = tracing.current
+    assert traced is not None
+    with _serve(_Llm) as llm, trio.fail_after(20):
+        ask = {"base_url": f"{llm}/v1", "model": "m"}
+        node = {"id": "ask", "type": "llm", "params": ask, "inputs": {"prompt": "$question"}}
+        flow = compile_flow({"id": "chat", "nodes": [node], "output": "ask"}, load_executors())
+        job_span = traced.start_job(_job("chat"), "w1", "q")
+        result = await run_flow(
+            flow,
+            job_id="j1",
+            inputs={"question": "hi"},
+            emit=emit,
+            credential=_no_credential,
+            trace=job_span,
+        )
+        tracing.end_job(job_span, None)
+    assert result.output == "Hello world"
+    traced.provider.force_flush()
+    spans = traced_here.get_finished_spans()
+    [asked] = [s for s in spans if s.name == "node ask"]
+    [client] = [s for s in spans if s.kind.name == "CLIENT"]
+    assert asked.parent is not None and asked.parent.span_id == job_span.get_span_context().span_id
+    assert client.parent is not None and client.parent.span_id == asked.context.span_id
+    assert client.attributes is not None and client.attributes["http.request.method"] == "POST"
+    assert client.attributes["url.full"] == f"{llm}/v1/chat/completions"
+    assert client.end_time is not None and client.end_time >= rest_sent[0]
+    trace_id = f"{client.context.trace_id:032x}"
+    [sent] = seen
+    assert sent.startswith(f"00-{trace_id}-{client.context.span_id:016x}-")
+
+
+def _job(flow_id: str) -> Job:
+    now = time.time()
+    return Job("j1", flow_id, 1, {}, JobStatus.ACTIVE, 1, 1, None, None, now, now)
+
+
+async def _no_credential(name: str) -> str:
+    raise AssertionError(f"no credential expected, asked for {name}")
+
+
+def test_only_flowqd_tracing_imports_opentelemetry() -> None:
+    # The extra is optional: an import anywhere else would break a plain install.
+    package = Path(tracing.__file__).parent
+    importers = sorted(
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if re.search(r"^\s*(from|import) opentelemetry", path.read_text(), flags=re.M)
+    )
+    assert importers == ["tracing.py"]
