@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import sys
 import threading
 import time
@@ -459,3 +460,25 @@ def test_only_flowqd_tracing_imports_opentelemetry() -> None:
         if re.search(r"^\s*(from|import) opentelemetry", path.read_text(), flags=re.M)
     )
     assert importers == ["tracing.py"]
+
+
+async def test_shutdown_waits_for_a_silent_collector_only_until_the_deadline() -> None:
+    # A collector that accepts connections and never answers: the exporter
+    # would wait for its own timeout (10 s), the flush at exit does not.
+    with socket.socket() as silent, trio.fail_after(40):
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        env = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{silent.getsockname()[1]}",
+            "OTEL_EXPORTER_OTLP_TIMEOUT": "30",
+            "OTEL_BSP_SCHEDULE_DELAY": "60000",
+        }
+        async with start_daemon(["--role", "all"], env=env) as daemon:
+            async with httpx.AsyncClient(base_url=daemon.api, timeout=10) as client:
+                assert (await client.get("/api/v1/ping")).status_code == 200
+            daemon.signal(signal.SIGTERM)
+            stopping = trio.current_time()
+            assert await daemon.wait(20) == 0
+            took = trio.current_time() - stopping
+    assert "exporter did not take the last spans within 5s" in daemon.text()
+    assert tracing.FLUSH_DEADLINE_S <= took < tracing.FLUSH_DEADLINE_S + 4, took
