@@ -22,9 +22,11 @@ from typing import Any, Literal, TypeVar
 
 _LabelKey = tuple[tuple[str, str], ...]
 Across = Literal["sum", "process", "local"]
-# One process's figures, as JSON: {"process": "2", "metrics": {name: [[labels, value], ...]}}
-# where labels is a list of [name, value] pairs and value a number, or a
-# histogram's bucket counts followed by its sum and count.
+# One process's figures, as JSON: {"process": "2", "metrics": {name: {"kind", "help",
+# "across", "series": [[labels, value], ...]}}} where labels is a list of [name,
+# value] pairs and value a number, or a histogram's bucket counts followed by its
+# sum and count. Kind and help travel along: a process may have metrics the one
+# answering has not (the parent's worker under --role all).
 Snapshot = dict[str, Any]
 _Value = float | list[float]
 
@@ -156,31 +158,50 @@ class Registry:
         return {
             "process": process,
             "metrics": {
-                name: [[list(key), value] for key, value in metric.current().items()]
+                name: {
+                    "kind": metric.kind,
+                    "help": metric.help,
+                    "across": metric.across,
+                    "series": [[list(key), value] for key, value in metric.current().items()],
+                }
                 for name, metric in self.metrics.items()
             },
         }
 
     def resume(self, snapshot: Snapshot) -> None:
         """Carry over the counters and histograms of the process this one replaced."""
-        for name, series in snapshot.get("metrics", {}).items():
+        for name, entry in snapshot.get("metrics", {}).items():
             metric = self.metrics.get(name)
             if metric is None or metric.kind == "gauge":
                 continue
-            metric.base = {_key(labels): value for labels, value in series}
+            metric.base = {_key(labels): value for labels, value in entry.get("series", [])}
 
     def render(self, others: Sequence[Snapshot] = (), process: str | None = None) -> bytes:
         """The text format: this process's figures, merged with ``others`` (see the
         module docstring); ``process`` names this one in ``process="N"`` series."""
         for collect in self.collectors:
             collect()
+        metrics = dict(self.metrics)
+        for snapshot in others:
+            for name, entry in snapshot.get("metrics", {}).items():
+                if name not in metrics:
+                    metrics[name] = _known_elsewhere(name, entry)
         lines: list[str] = []
-        for metric in self.metrics.values():
+        for metric in metrics.values():
             series = _merge(metric, others, process)
             lines.append(f"# HELP {metric.name} {metric.help}")
             lines.append(f"# TYPE {metric.name} {metric.kind}")
             lines.extend(_samples(metric, series))
         return ("\n".join(lines) + "\n").encode()
+
+
+def _known_elsewhere(name: str, entry: Mapping[str, Any]) -> Metric:
+    """An empty metric of this process, to merge another process's series into."""
+    kind, help = entry.get("kind"), str(entry.get("help", ""))
+    if kind == "histogram":
+        return Histogram(name, help)
+    across: Across = entry.get("across", "sum")
+    return (Gauge if kind == "gauge" else Counter)(name, help, across=across)
 
 
 def _key(labels: Iterable[Sequence[str]]) -> _LabelKey:
@@ -197,7 +218,7 @@ def _merge(
         return own
     parts: list[tuple[str, Mapping[_LabelKey, _Value]]] = [(process or "1", own)]
     for snapshot in others:
-        found = snapshot.get("metrics", {}).get(metric.name, [])
+        found = snapshot.get("metrics", {}).get(metric.name, {}).get("series", [])
         parts.append((str(snapshot.get("process", "?")), {_key(k): v for k, v in found}))
     out: dict[_LabelKey, _Value] = {}
     for number, series in parts:

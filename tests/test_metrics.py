@@ -71,6 +71,16 @@ def test_a_scrape_sums_counters_and_histograms_and_keeps_per_process_gauges_apar
     assert "rss_bytes 2.5\n" in child.render().decode()
 
 
+def test_a_process_shows_the_metrics_only_another_one_has() -> None:
+    # --role all with server.processes: the parent runs the worker, its children do not.
+    parent, child = _two_processes()
+    jobs = parent.add(Counter("worker_jobs_total", "Jobs finished."))
+    jobs.inc(5, outcome="completed")
+    text = child.render([parent.snapshot("1")], process="2").decode()
+    assert "# HELP worker_jobs_total Jobs finished.\n# TYPE worker_jobs_total counter\n" in text
+    assert value(text, 'worker_jobs_total{outcome="completed"}') == 5
+
+
 def test_a_restarted_process_carries_its_predecessors_counters_not_its_gauges() -> None:
     _, before = _two_processes()
     _metric(before, "requests_total").inc(5, route="/a")
