@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -93,10 +94,17 @@ def setup(role: str, environ: Mapping[str, str] = os.environ) -> Tracing | None:
     try:
         from opentelemetry.sdk.trace import TracerProvider  # noqa: F401
     except ImportError:
+        # The one-file binary leaves it out (packaging/flowqd.spec).
+        where = (
+            "the one-file binary exports no traces: run flowqd installed with "
+            if getattr(sys, "frozen", False)
+            else ""
+        )
         log.warning(
-            "traces were asked for (%s) but OpenTelemetry is not installed: %s, or unset "
+            "traces were asked for (%s) but OpenTelemetry is not installed: %s%s, or unset "
             "the OTEL_* variables; running without traces",
             reason,
+            where,
             INSTALL_HINT,
         )
         return None
