@@ -58,7 +58,9 @@ def decode_job(job_id: str, fields: list[Any]) -> Job | None:
     Fields the claim script has just set come back as Lua values (integers
     for numbers); ``int()`` takes both.
     """
-    flow, ver, inputs, st, att, mx, timeout, owner, ct, sat, ft, res, err, nodes, wk, cx, tc = fields
+    (flow, ver, inputs, st, att, mx, timeout, owner, ct, sat, ft, res, err, nodes, wk, cx, tc) = (
+        fields
+    )
     if st is None:
         return None
     # Positional, in Job's field order: every claimed job passes through here,
