@@ -52,9 +52,7 @@ def open_client(timeout_s: float) -> httpx.AsyncClient:
     transport = None if policy.open else _CheckedTransport(policy)
     # Traced: a client span per request, traceparent sent along.
     client = httpx.AsyncClient if tracing.current is None else tracing.TracedClient
-    return client(
-        verify=_ssl_context(), timeout=httpx.Timeout(timeout_s), transport=transport
-    )
+    return client(verify=_ssl_context(), timeout=httpx.Timeout(timeout_s), transport=transport)
 
 
 def too_large(what: str, limit: int) -> NodeError:
