@@ -173,6 +173,7 @@ class RedisConfig:
 class LogConfig:
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
+    access: bool = True  # one flowqd.access line per HTTP request on main
 
 
 @attrs.frozen
