@@ -26,6 +26,7 @@ from flowqd.flows import FlowStore, NodeFailed, run_flow
 from flowqd.flows.runner import bounded_traceback
 from flowqd.jobs import EmittedEvent, Job, Outcome, OutcomeKind, WorkerInfo
 from flowqd.queue.roles import WorkQueue
+from flowqd.worker import transitions
 from flowqd.worker.held import Held, StopReason
 from flowqd.worker.metrics import WorkerMetrics
 from flowqd.worker.outbox import Outbox
@@ -150,7 +151,9 @@ class Worker:
             # Claimed but never started before the grace ended: back to the queue too.
             for held in pool.take_backlog():
                 if held.stop_reason is not StopReason.LOST:
-                    self._outbox.outcomes.append(held.outcome(OutcomeKind.REQUEUE))
+                    requeue = held.outcome(OutcomeKind.REQUEUE)
+                    self._outbox.outcomes.append(requeue)
+                    self._log_ended(held.claimed.job, requeue, 0.0)
                 else:
                     self._held.pop(held.claimed.job.id, None)
             await self._outbox.close(self.config.redis.command_timeout_s * 2)
@@ -214,6 +217,7 @@ class Worker:
                 self._broker_ok = True
             backoff.reset()
             if claimed:
+                transitions.claimed(claimed, self.id, self.config.queue.name)
                 for item in claimed:
                     held = Held(item)
                     self._held[item.job.id] = held
@@ -259,7 +263,14 @@ class Worker:
                 self._held.pop(job.id, None)
                 self._outbox.forget(job.id)
             else:
-                self._outbox.add(outcome, trio.current_time() - started)
+                seconds = trio.current_time() - started
+                self._outbox.add(outcome, seconds)
+                self._log_ended(job, outcome, seconds)
+
+    def _log_ended(self, job: Job, outcome: Outcome, seconds: float) -> None:
+        transitions.ended(
+            job, outcome, seconds, self.id, self.config.queue.name, self.config.queue.backoff_s
+        )
 
     def _timeout_of(self, job: Job) -> float:
         return job.timeout_s or self.config.worker.job_timeout_s
@@ -267,7 +278,11 @@ class Worker:
     def _stopped(self, held: Held) -> Outcome | None:
         job, reason = held.claimed.job, held.stop_reason
         if reason is StopReason.LOST:
-            log.warning("job %s: lock lost (another worker took it over); stopped", job.id)
+            log.warning(
+                "job %s: lock lost (another worker took it over); stopped",
+                job.id,
+                extra={"job_id": job.id, "flow": job.flow_id, "worker": self.id},
+            )
             return None
         if reason is StopReason.CANCEL:
             return held.outcome(
@@ -317,8 +332,7 @@ class Worker:
                 encoded=True,
                 trace=span,
             )
-        except NodeFailed as exc:
-            log.warning("job %s failed in node %s: %s", job.id, exc.node_id, exc.message)
+        except NodeFailed as exc:  # logged by _log_ended with the retry, if any
             return held.outcome(
                 OutcomeKind.FAILED,
                 error={"message": exc.message, "node": exc.node_id, "traceback": exc.traceback},
@@ -328,7 +342,11 @@ class Worker:
             return _failed(held, str(exc), retry=False)
         except Exception as exc:
             # A bug outside any node: record it on the job, keep the worker.
-            log.exception("job %s crashed outside a node", job.id)
+            log.exception(
+                "job %s crashed outside a node",
+                job.id,
+                extra={"job_id": job.id, "flow": job.flow_id, "attempt": job.attempts},
+            )
             return held.outcome(
                 OutcomeKind.FAILED,
                 error={
@@ -393,5 +411,5 @@ class Worker:
 
 
 def _failed(held: Held, message: str, *, retry: bool) -> Outcome:
-    log.warning("job %s failed: %s", held.claimed.job.id, message)
+    # Logged by Worker._log_ended, with the retry if any.
     return held.outcome(OutcomeKind.FAILED, error={"message": message, "node": None}, retry=retry)

@@ -1,0 +1,98 @@
+"""One info line per job transition in the worker: claimed, then how its run ended.
+
+Each line carries the job's facts as fields (``job_id``, ``flow``, ``queue``,
+``worker``, ``attempt``, and ``duration_ms`` once it ran), so a collector
+filters on them instead of parsing messages. The worker logs two of these a
+job, so they are built cheaply: one level check per claimed batch, one dict a
+line, the message formatted only by the handler.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flowqd.jobs import Claimed, Job, Outcome, OutcomeKind
+from flowqd.queue import policy
+
+log = logging.getLogger("flowqd.worker")
+
+
+def _fields(job: Job, worker: str, queue: str) -> dict[str, object]:
+    return {
+        "job_id": job.id,
+        "flow": job.flow_id,
+        "queue": queue,
+        "worker": worker,
+        "attempt": job.attempts,
+    }
+
+
+def claimed(jobs: list[Claimed], worker: str, queue: str) -> None:
+    if not log.isEnabledFor(logging.INFO):
+        return
+    for item in jobs:
+        job = item.job
+        log.info(
+            "job %s claimed (flow %s, attempt %d of %d)",
+            job.id,
+            job.flow_id,
+            job.attempts,
+            job.max_attempts,
+            extra=_fields(job, worker, queue),
+        )
+
+
+def ended(
+    job: Job, outcome: Outcome, seconds: float, worker: str, queue: str, backoff_s: float
+) -> None:
+    """How ``job``'s run ended: succeeded, failed, retried (and when), cancelled or requeued."""
+    if not log.isEnabledFor(logging.INFO):
+        return
+    fields = _fields(job, worker, queue)
+    fields["duration_ms"] = round(seconds * 1000, 3)
+    kind = outcome.kind
+    if kind is OutcomeKind.COMPLETED:
+        log.info("job %s succeeded", job.id, extra=fields)
+    elif kind is OutcomeKind.FAILED:
+        _failed(job, outcome, fields, backoff_s)
+    elif kind is OutcomeKind.CANCELLED:
+        log.info("job %s cancelled", job.id, extra=fields)
+    else:
+        log.info(
+            "job %s requeued: the worker is shutting down (the attempt is not counted)",
+            job.id,
+            extra=fields,
+        )
+
+
+def _failed(job: Job, outcome: Outcome, fields: dict[str, object], backoff_s: float) -> None:
+    error = outcome.error or {}
+    node = error.get("node")
+    where = f" in node {node}" if node else ""
+    message = error.get("message") or "job failed"
+    if outcome.retry and job.attempts < job.max_attempts and not job.cancel_requested:
+        # The broker draws the jitter; the retry is due within this range.
+        earliest = policy.retry_delay_s(backoff_s, job.attempts, 0.0)
+        latest = policy.retry_delay_s(backoff_s, job.attempts, 1.0)
+        fields["retry_in_s"] = round(earliest, 3)
+        log.info(
+            "job %s failed%s (attempt %d of %d), retried in %.3gs to %.3gs: %s",
+            job.id,
+            where,
+            job.attempts,
+            job.max_attempts,
+            earliest,
+            latest,
+            message,
+            extra=fields,
+        )
+    else:
+        log.info(
+            "job %s failed%s (attempt %d of %d, no retry): %s",
+            job.id,
+            where,
+            job.attempts,
+            job.max_attempts,
+            message,
+            extra=fields,
+        )
