@@ -13,6 +13,7 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -58,6 +59,31 @@ class ThrottledLog:
         missed = self._missed.pop(condition, 0)
         suffix = f" ({missed} more since the last report)" if missed else ""
         self._logger.warning(message + suffix + "; reported at most once a minute", *args)
+
+
+_queue_log = logging.getLogger("flowqd.queue")
+
+
+def log_stalled(
+    queue: str, requeued: Sequence[str], failed: Sequence[str], cancelled: Sequence[str]
+) -> None:
+    """One line per job the stalled check took back from a dead or hung worker:
+    which job (``job_id``), and what became of it (``stalled``): requeued (it
+    runs again), failed (stalled more often than queue.max_stalled allows) or
+    cancelled (a cancel was waiting for it). Both brokers' checks call this."""
+    for ids, outcome, what in (
+        (requeued, "requeued", "requeued, it runs again"),
+        (failed, "failed", "failed: stalled more often than queue.max_stalled allows"),
+        (cancelled, "cancelled", "cancelled, as was asked before"),
+    ):
+        for job_id in ids:
+            _queue_log.warning(
+                "job %s stalled (its worker stopped renewing the lock: crashed, hung or "
+                "cut off from the broker); %s",
+                job_id,
+                what,
+                extra={"job_id": job_id, "queue": queue, "stalled": outcome},
+            )
 
 
 _RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}

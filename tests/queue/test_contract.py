@@ -6,6 +6,8 @@ Every test is bounded by ``trio.fail_after``; waits are on broker events
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import trio
 import trio.testing
@@ -419,6 +421,42 @@ async def test_stalled_cancelled_job_ends_cancelled(
             await broker.jobs.cancel(job_id, reason="gone")
             events = await wait_terminal(broker, job_id)
             assert [(e.name, e.data) for e in events] == [("cancelled", {"reason": "gone"})]
+
+
+async def test_stalled_check_logs_each_job_it_takes_back(
+    open_test_broker: BrokerFactory,
+    clock: trio.testing.MockClock | None,
+    caplog: pytest.LogCaptureFixture,
+    queue_name: str,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="flowqd.queue")
+
+    def stalled() -> list[tuple[str, str, str]]:
+        return [
+            (r.__dict__["job_id"], r.__dict__["stalled"], r.__dict__["queue"])
+            for r in caplog.records
+            if r.name == "flowqd.queue" and "stalled" in r.__dict__
+        ]
+
+    async def logged(count: int) -> bool:
+        await trio.lowlevel.checkpoint()
+        return len(stalled()) >= count
+
+    with trio.fail_after(10):
+        async with open_test_broker(max_stalled=1, stalled_interval_s=0.1) as broker:
+            [twice, cancelled] = await broker.jobs.enqueue([spec(1), spec(2)])
+            await claim_one(broker, lock_ttl_s=0.2)
+            await claim_one(broker, lock_ttl_s=0.2)
+            await broker.jobs.cancel(cancelled, reason="gone")
+            await wait_until(lambda: logged(2))
+            # Requeued once; its worker dies again: past max_stalled, failed.
+            assert (await claim_one(broker, lock_ttl_s=0.2)).job.id == twice
+            await wait_until(lambda: logged(3))
+    assert stalled() == [
+        (twice, "requeued", queue_name),
+        (cancelled, "cancelled", queue_name),
+        (twice, "failed", queue_name),
+    ]
 
 
 async def test_requeue_does_not_count_attempt(broker: Broker) -> None:

@@ -1,14 +1,16 @@
 -- Stalled check: jobs whose lock deadline passed go back to wait (attempt
 -- counted) or, past max_stalled, fail. Also trims finished sets by age.
 -- Args: check key ttl ms (0: this caller already won this round), limit.
--- Returns -1 if another process runs this round, else the number of stalled
--- jobs handled.
+-- Returns -1 if another process runs this round, else {number of stalled
+-- jobs handled, ids requeued, ids failed (past max_stalled), ids cancelled}
+-- (the caller logs them).
 if ARGV[A] ~= '0' then
   if not redis.call('SET', K_STALLED_CHECK, '1', 'NX', 'PX', ARGV[A]) then return -1 end
 end
 local now = now_ms()
 local ids = redis.call('ZRANGEBYSCORE', K_ACTIVE, '-inf', now, 'LIMIT', 0, tonumber(ARGV[A + 1]))
 local rang = false
+local requeued, failed, cancelled = {}, {}, {}
 for _, id in ipairs(ids) do
   redis.call('ZREM', K_ACTIVE, id)
   local jk = job_key(id)
@@ -18,11 +20,14 @@ for _, id in ipairs(ids) do
     local stalls = redis.call('HINCRBY', jk, 'stl', 1)
     if f[2] then
       finish_cancelled(id, f[2], now)
+      cancelled[#cancelled + 1] = id
     elseif stalls > CFG.max_stalled then
       terminal(id, S_FAILED, EV_ERROR, STALLED_EVENT, now, {'err', STALLED_ERROR})
+      failed[#failed + 1] = id
     else
       redis.call('HSET', jk, 'st', S_WAITING)
       redis.call('RPUSH', K_WAIT, id)
+      requeued[#requeued + 1] = id
       rang = true
     end
   end
@@ -33,4 +38,4 @@ for _, status in ipairs({S_COMPLETED, S_FAILED, S_CANCELLED}) do
   redis.call('ZREMRANGEBYSCORE', finished_key(status), '-inf', cutoff)
 end
 announce()
-return #ids
+return {#ids, requeued, failed, cancelled}

@@ -279,21 +279,31 @@ class MemoryState:
         if promoted:
             self.ring_claimers()
 
-    def check_stalled(self, now: float) -> None:
-        """active past its lock deadline -> waiting (a stall counted), failed past max_stalled."""
+    def check_stalled(self, now: float) -> tuple[list[str], list[str], list[str]]:
+        """active past its lock deadline -> waiting (a stall counted), failed past max_stalled.
+
+        Returns the ids requeued, failed and cancelled (a cancel was waiting), to be logged.
+        """
+        requeued: list[str] = []
+        failed: list[str] = []
+        cancelled: list[str] = []
         for job_id in [i for i in self.active if self.jobs[i].lock_deadline <= now]:
             rec = self.jobs[job_id]
             self._release(rec)
             rec.stalls += 1
             if rec.cancel is not None:
                 self._finish_cancelled(rec)
+                cancelled.append(job_id)
             elif rec.stalls > self.cfg.max_stalled:
                 rec.error = policy.stalled_error()
                 self._terminal(rec, JobStatus.FAILED, ERROR, policy.error_event_data(rec.error))
+                failed.append(job_id)
             else:
                 rec.status = JobStatus.WAITING
                 self.wait.append(job_id)  # next in line: it has waited longest
                 self.ring_claimers()
+                requeued.append(job_id)
+        return requeued, failed, cancelled
 
     def retain_by_age(self) -> None:
         cutoff = trio.current_time() - self.cfg.remove_on_age_s

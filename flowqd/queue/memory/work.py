@@ -8,6 +8,7 @@ import attrs
 import trio
 
 from flowqd.jobs import Claimed, EmittedEvent, JobStatus, Outcome, WorkerInfo
+from flowqd.logs import log_stalled
 from flowqd.queue.memory.state import MemoryState, copy
 
 # How often retention by age runs (besides the stalled check interval).
@@ -101,7 +102,7 @@ class MemoryWork:
             now = trio.current_time()
             state.promote_due(now)
             if now >= next_stalled:
-                state.check_stalled(now)
+                log_stalled(state.cfg.name, *state.check_stalled(now))
                 next_stalled = now + stalled_interval_s
             if now >= next_retention:
                 state.retain_by_age()

@@ -228,7 +228,11 @@ class RedisWork:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(maintenance.promote_loop, scripts.promote, name="flowqd-promote")
             nursery.start_soon(
-                maintenance.stalled_loop, scripts.stalled, stalled_interval_s, name="flowqd-stalled"
+                maintenance.stalled_loop,
+                scripts.stalled,
+                stalled_interval_s,
+                self._backend.queue.name,
+                name="flowqd-stalled",
             )
             task_status.started()
 
