@@ -3,21 +3,45 @@
 Each line carries the job's facts as fields (``job_id``, ``flow``, ``queue``,
 ``worker``, ``attempt``, and ``duration_ms`` once it ran), so a collector
 filters on them instead of parsing messages. The worker logs two of these a
-job, so they are built cheaply: one level check per claimed batch, one dict a
-line, the message formatted only by the handler.
+job, so they are built cheaply: one level check per call, and a record made
+by copying a template's attributes (``_record``) instead of ``Logger.info``,
+which also looks up the caller's frame, thread and process; the handlers see
+an ordinary ``LogRecord``.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from typing import Any
 
 from flowqd.jobs import Claimed, Job, Outcome, OutcomeKind
 from flowqd.queue import policy
 
 log = logging.getLogger("flowqd.worker")
 
+# A record's attributes as Logger.makeRecord sets them, for _record to copy.
+_TEMPLATE = logging.LogRecord(log.name, logging.INFO, __file__, 0, "", (), None).__dict__
+# What relativeCreated counts from (when logging was imported).
+_STARTED: float = getattr(logging, "_startTime", time.time())
 
-def _fields(job: Job, worker: str, queue: str) -> dict[str, object]:
+
+def _info(message: str, args: tuple[Any, ...], fields: dict[str, Any]) -> None:
+    """``log.info(message, *args, extra=fields)`` for a caller that checked the level."""
+    record = logging.LogRecord.__new__(logging.LogRecord)
+    attributes = _TEMPLATE.copy()
+    now = time.time()
+    attributes["created"] = now
+    attributes["msecs"] = (now - int(now)) * 1000
+    attributes["relativeCreated"] = (now - _STARTED) * 1000
+    attributes["msg"] = message
+    attributes["args"] = args
+    attributes.update(fields)
+    record.__dict__ = attributes
+    log.handle(record)
+
+
+def _fields(job: Job, worker: str, queue: str) -> dict[str, Any]:
     return {
         "job_id": job.id,
         "flow": job.flow_id,
@@ -32,13 +56,10 @@ def claimed(jobs: list[Claimed], worker: str, queue: str) -> None:
         return
     for item in jobs:
         job = item.job
-        log.info(
+        _info(
             "job %s claimed (flow %s, attempt %d of %d)",
-            job.id,
-            job.flow_id,
-            job.attempts,
-            job.max_attempts,
-            extra=_fields(job, worker, queue),
+            (job.id, job.flow_id, job.attempts, job.max_attempts),
+            _fields(job, worker, queue),
         )
 
 
@@ -52,20 +73,20 @@ def ended(
     fields["duration_ms"] = round(seconds * 1000, 3)
     kind = outcome.kind
     if kind is OutcomeKind.COMPLETED:
-        log.info("job %s succeeded", job.id, extra=fields)
+        _info("job %s succeeded", (job.id,), fields)
     elif kind is OutcomeKind.FAILED:
         _failed(job, outcome, fields, backoff_s)
     elif kind is OutcomeKind.CANCELLED:
-        log.info("job %s cancelled", job.id, extra=fields)
+        _info("job %s cancelled", (job.id,), fields)
     else:
-        log.info(
+        _info(
             "job %s requeued: the worker is shutting down (the attempt is not counted)",
-            job.id,
-            extra=fields,
+            (job.id,),
+            fields,
         )
 
 
-def _failed(job: Job, outcome: Outcome, fields: dict[str, object], backoff_s: float) -> None:
+def _failed(job: Job, outcome: Outcome, fields: dict[str, Any], backoff_s: float) -> None:
     error = outcome.error or {}
     node = error.get("node")
     where = f" in node {node}" if node else ""
@@ -75,24 +96,14 @@ def _failed(job: Job, outcome: Outcome, fields: dict[str, object], backoff_s: fl
         earliest = policy.retry_delay_s(backoff_s, job.attempts, 0.0)
         latest = policy.retry_delay_s(backoff_s, job.attempts, 1.0)
         fields["retry_in_s"] = round(earliest, 3)
-        log.info(
+        _info(
             "job %s failed%s (attempt %d of %d), retried in %.3gs to %.3gs: %s",
-            job.id,
-            where,
-            job.attempts,
-            job.max_attempts,
-            earliest,
-            latest,
-            message,
-            extra=fields,
+            (job.id, where, job.attempts, job.max_attempts, earliest, latest, message),
+            fields,
         )
     else:
-        log.info(
+        _info(
             "job %s failed%s (attempt %d of %d, no retry): %s",
-            job.id,
-            where,
-            job.attempts,
-            job.max_attempts,
-            message,
-            extra=fields,
+            (job.id, where, job.attempts, job.max_attempts, message),
+            fields,
         )
