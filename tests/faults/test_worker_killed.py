@@ -112,6 +112,10 @@ async def test_kill_9_jobs_finish_once_on_the_other_worker_and_clients_get_answe
                     jobs = await observer.all_finished(ids)
                     finished_at = time.time()
                     assert_no_crash(main, rescuer)
+                    # The live worker ran the stalled check: it says which jobs it took back.
+                    for i in ids:
+                        await rescuer.wait_for_log(f"job {i} stalled", 5)
+                    stalled = [line for line in rescuer.log if " stalled (" in line]
             # Every client's request has returned (the nursery waited for them).
             events = await gather(observer.events, ids)
             where = await gather(observer.in_finished_sets, ids)
@@ -134,6 +138,8 @@ async def test_kill_9_jobs_finish_once_on_the_other_worker_and_clients_get_answe
         names = [e.name for e in job_events]
         assert terminal_count(job_events) == 1, names
         assert names.count("started") == 2, names
+    assert len(stalled) == JOBS, stalled
+    assert all("stalled=requeued" in line and f"queue={queue_name}" in line for line in stalled)
     assert sorted(answers) == sorted(f"q{i}" for i in range(JOBS))
     for question, (status, body) in answers.items():
         assert status == 200, body
