@@ -93,8 +93,8 @@ async def test_kill_9_jobs_finish_once_on_the_other_worker_and_clients_get_answe
                 assert len(ids) == JOBS
                 await gather(lambda i: observer.wait_event(i, "node_start"), ids)
                 tokens = await gather(observer.token, ids)
-                dead_tokens = dict(zip(ids, tokens, strict=True))
                 assert all(tokens)
+                dead_tokens = {i: str(t) for i, t in zip(ids, tokens, strict=True)}
                 async with start_daemon(WORKER, env=env, cwd=str(tmp_path)) as rescuer:
                     rescuer_id = worker_id(rescuer)
                     # Still running on the doomed worker when it dies.
@@ -113,8 +113,8 @@ async def test_kill_9_jobs_finish_once_on_the_other_worker_and_clients_get_answe
                     finished_at = time.time()
                     assert_no_crash(main, rescuer)
                     # The live worker ran the stalled check: it says which jobs it took back.
-                    for i in ids:
-                        await rescuer.wait_for_log(f"job {i} stalled", 5)
+                    for job_id in ids:
+                        await rescuer.wait_for_log(f"job {job_id} stalled", 5)
                     stalled = [line for line in rescuer.log if " stalled (" in line]
             # Every client's request has returned (the nursery waited for them).
             events = await gather(observer.events, ids)
