@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 
 import attrs
+import orjson
 import trio
 
 # The lines that end start-up, each followed by the bound addresses.
@@ -138,11 +139,22 @@ async def _read_log(
             for text, arrived in waiters:
                 if text in line:
                     arrived.set()
-            marker = next((m for m in STARTED if m in line), None)
+            text = _message(line)
+            marker = next((m for m in STARTED if m in text), None)
             if not ready.is_set() and marker is not None:
-                for part in line.split(marker, 1)[1].split():
+                for part in text.split(marker, 1)[1].split():
                     key, _, value = part.partition("=")
                     endpoints[key] = value
                 ready.set()
     if not ready.is_set():
         ready.set()  # exited before ready; start_daemon reports the log
+
+
+def _message(line: str) -> str:
+    """A text line as it is; a JSON line (log.format = "json") as " " + its msg."""
+    if line.startswith("{"):
+        try:
+            return " " + str(orjson.loads(line).get("msg", ""))
+        except orjson.JSONDecodeError:
+            pass
+    return line
