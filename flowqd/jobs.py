@@ -147,6 +147,36 @@ class OutcomeKind(enum.StrEnum):
 
 
 @attrs.frozen
+class ConversationKey:
+    """One conversation: a flow's session (Flowise's ``sessionId``, else ``chatId``)
+    as seen by one API key (``owner``; None without keys). Another key's
+    conversation of the same session id is another conversation."""
+
+    flow_id: str
+    session: str
+    owner: str | None
+
+
+@attrs.frozen
+class Turn:
+    """One exchange of a conversation: the question and the flow's answer text."""
+
+    job_id: str
+    chat_id: str | None  # the request's chatId (Flowise answers it per message)
+    question: str
+    answer: str
+    at: float  # unix seconds, when the job completed
+
+
+@attrs.frozen
+class TurnWrite:
+    """A turn to append to a conversation, recorded with a completed outcome only."""
+
+    key: ConversationKey
+    turn: Turn
+
+
+@attrs.frozen
 class Outcome:
     """What a worker reports for a job it holds."""
 
@@ -157,6 +187,9 @@ class Outcome:
     error: dict[str, Any] | None = None
     nodes: list[dict[str, Any]] = attrs.Factory(list)
     retry: bool = True
+    # Appended to its conversation in the same step that records the outcome,
+    # and only when it is recorded: a refused (late) outcome writes no turn.
+    turn: TurnWrite | None = None
 
 
 @attrs.frozen

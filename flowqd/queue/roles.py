@@ -12,6 +12,8 @@ for the daemon, and a part of flowqd depends only on the roles it uses:
 - ``FlowDocuments`` and ``SealedSecrets``: the small documents main and
   workers share (flow versions, encrypted credentials).
 - ``RateLimiter``: request budgets shared by every main process.
+- ``Conversations``: chat memory, read by workers and the chat-message routes;
+  turns are written only with a completed outcome (``Outcome.turn``).
 
 Semantics every backend keeps (the contract suite in tests/queue runs them
 on both backends, through these roles; the job rules themselves, delays and
@@ -45,7 +47,18 @@ from typing import Any, Protocol
 
 import trio
 
-from flowqd.jobs import Claimed, EmittedEvent, Event, Job, JobSpec, JobStatus, Outcome, WorkerInfo
+from flowqd.jobs import (
+    Claimed,
+    ConversationKey,
+    EmittedEvent,
+    Event,
+    Job,
+    JobSpec,
+    JobStatus,
+    Outcome,
+    Turn,
+    WorkerInfo,
+)
 
 
 class WorkQueue(Protocol):
@@ -249,3 +262,25 @@ class RateLimiter(Protocol):
         up to ``burst`` at once. Returns 0.0 when the request may go ahead,
         else the seconds until it would (the request is not counted).
         """
+
+
+class Conversations(Protocol):
+    """Chat memory: bounded conversations, kept ``memory.ttl_s`` after their last turn.
+
+    Turns are appended only by ``WorkQueue.flush`` with a completed outcome
+    (``Outcome.turn``), so a retried, stalled or refused run never writes one
+    twice. Each conversation keeps at most ``memory.max_turns`` turns and
+    ``memory.max_bytes`` of turn data, dropping its oldest turns first.
+    """
+
+    async def read_turns(self, key: ConversationKey, *, turns: int | None = None) -> list[Turn]:
+        """The conversation's last ``turns`` turns (None: all kept), oldest first."""
+
+    async def sessions(
+        self, flow_id: str, *, owner: str | None, all_owners: bool = False, limit: int = 1000
+    ) -> list[ConversationKey]:
+        """The flow's conversations of ``owner`` (every owner's with ``all_owners``),
+        most recently active first, at most ``limit``."""
+
+    async def clear(self, key: ConversationKey) -> int:
+        """Forget a conversation; returns how many turns it had."""
