@@ -28,13 +28,13 @@ import pluggy
 from flowqd import hookspecs
 from flowqd.config import PluginsConfig
 from flowqd.errors import PluginError
-from flowqd.executors import delay, echo, http, llm, template
+from flowqd.executors import condition, delay, echo, http, llm, template
 from flowqd.executors.base import Executor
 from flowqd.flows.params import converter
 
 log = logging.getLogger("flowqd.plugins")
 
-BUILTINS: tuple[ModuleType, ...] = (echo, delay, template, http, llm)
+BUILTINS: tuple[ModuleType, ...] = (echo, delay, template, http, llm, condition)
 ENTRY_POINT_GROUP = "flowqd"
 PATH_MODULE_PREFIX = "flowqd_path_plugins."
 

@@ -20,6 +20,11 @@ HEARTBEAT = b":heartbeat\n\n"
 DONE = "[DONE]"
 # Worker bookkeeping with no Flowise counterpart.
 SILENT_EVENTS = frozenset({"started"})
+# A node on a branch not taken. Flowise lists the nodes that ran only (its
+# agentFlowExecutedData has FINISHED and ERROR entries), so skipped nodes stay
+# out of its answers; the job's records and events have them.
+SKIPPED = "SKIPPED"
+NODE_SKIPPED = "node_skipped"
 
 
 def frame(name: str, data: Any) -> bytes:
@@ -99,7 +104,9 @@ def answer(chat: Chat, result: Any, job: Job | None) -> dict[str, Any]:
         "chatMessageId": chat.chat_message_id,
         "executionId": chat.execution_id,
         "sessionId": chat.session_id,
-        "agentFlowExecutedData": [executed_entry(r) for r in (job.nodes if job else [])],
+        "agentFlowExecutedData": [
+            executed_entry(r) for r in (job.nodes if job else []) if r.get("status") != SKIPPED
+        ],
     }
     if isinstance(result, (dict, list)):
         body["json"] = result
@@ -119,6 +126,10 @@ class StreamTranslator:
     its tokens did not stream goes as one more ``token``: all of it for a
     node that streams none (as Flowise does), none for one that streamed it
     all. Joining the ``token`` frames gives the answer, once.
+
+    With ``output`` a list (a flow with branches), the answer is the first of
+    them that is not skipped: ``current``, which moves on as they are skipped.
+    One that becomes it while running, or after it ended, is sent whole.
     """
 
     flow: CompiledFlow
@@ -131,7 +142,12 @@ class StreamTranslator:
     )
     running: set[str] = attrs.Factory(set)
     outputs: dict[str, Any] = attrs.Factory(dict)  # finished nodes' outputs
-    streamed: list[str] = attrs.Factory(list)  # the output node's tokens sent
+    # The current answer node's tokens sent; None: send its text whole at its end.
+    streamed: list[str] | None = attrs.Factory(list)
+    current: str = attrs.field(
+        init=False, default=attrs.Factory(lambda self: self.flow.output, takes_self=True)
+    )
+    skipped: set[str] = attrs.Factory(set)
     # completed, failed or cancelled once the terminal event is through; "ended"
     # when the stream had to stop without one (deadline, shutdown).
     outcome: str | None = None
@@ -148,8 +164,9 @@ class StreamTranslator:
         if name == "token":
             if (
                 len(self.running) == 1
-                and self.flow.output in self.running
+                and self.current in self.running
                 and isinstance(data, str)
+                and self.streamed is not None
             ):
                 self.streamed.append(data)
                 return [frame("token", data)]
@@ -157,8 +174,8 @@ class StreamTranslator:
         if name == "node_start":
             node_id = data.get("node")
             self.running.add(node_id)
-            if node_id == self.flow.output:
-                self.streamed.clear()  # a new attempt streams its own
+            if node_id == self.current:
+                self.streamed = []  # a new attempt streams its own
             return [frame("nextAgentFlow", self._progress(data, "INPROGRESS"))]
         if name == "node_end":
             self.running.discard(data.get("node"))
@@ -178,7 +195,13 @@ class StreamTranslator:
                 f"job {self.chat.execution_id} was cancelled" + (f": {reason}" if reason else ""),
                 "cancelled",
             )
+        if name == NODE_SKIPPED:
+            return self._skipped(data)
         if name in SILENT_EVENTS:
+            if self.skipped:  # a new attempt decides its branches again
+                self.skipped.clear()
+                self.outputs.clear()
+                self.current, self.streamed = self.flow.output, []
             return []
         return [frame(name, data)]
 
@@ -203,13 +226,14 @@ class StreamTranslator:
         return values
 
     def _node_end(self, data: dict[str, Any]) -> list[bytes]:
+        """A node ran: its progress and the nodes executed so far, and the answer's rest."""
         node_id = data.get("node")
         if data.get("status") == "ERROR":
             return [frame("nextAgentFlow", self._progress(data, "ERROR"))]
         out: list[bytes] = []
         output = data.get("output")
-        if node_id == self.flow.output:
-            rest = _unstreamed(as_text(output), "".join(self.streamed))
+        if node_id == self.current:
+            rest = _unstreamed(as_text(output), "".join(self.streamed or ()))
             if rest:
                 out.append(frame("token", rest))
         node = self.nodes.get(node_id) if isinstance(node_id, str) else None
@@ -228,6 +252,23 @@ class StreamTranslator:
         out.append(frame("nextAgentFlow", self._progress(data, "FINISHED")))
         out.append(frame("agentFlowExecutedData", list(self.executed)))
         return out
+
+    def _skipped(self, data: Any) -> list[bytes]:
+        node_id = data.get("node") if isinstance(data, dict) else None
+        if not isinstance(node_id, str):
+            return []
+        self.skipped.add(node_id)
+        if node_id != self.current:
+            return []
+        outputs = self.flow.outputs
+        self.current = next(
+            (o for o in outputs[outputs.index(node_id) + 1 :] if o not in self.skipped), node_id
+        )
+        if self.current in self.outputs:  # it ended while not the answer: send it now
+            text = as_text(self.outputs[self.current])
+            return [frame("token", text)] if text else []
+        self.streamed = None if self.current in self.running else []
+        return []
 
 
 def _unstreamed(text: str, streamed: str) -> str:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import builtins
 import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Set
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence, Set
 from typing import Any
 
 import attrs
 
 # Events the runner and the broker write themselves; an executor emitting one
 # of these would corrupt the job's stream (a second "end", say).
-RESERVED_EVENTS = frozenset({"node_start", "node_end", "end", "error", "cancelled"})
+RESERVED_EVENTS = frozenset({"node_start", "node_end", "node_skipped", "end", "error", "cancelled"})
 _TYPE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
 
 
@@ -48,6 +48,11 @@ class Executor:
         ``check(params, input_names)``; yields ``(relative_path, message)``
         pairs such as ``("inputs", "needs an input named 'prompt'")``, the
         path relative to the node.
+    :param branches: optional; makes the type a branching one (like
+        ``condition``): ``branches(params)`` gives the outcomes a node with
+        these params can choose, and ``run`` returns the chosen one (a str
+        among them, or the node fails). Other nodes run only on some
+        outcomes through their ``when`` field; the rest are skipped.
     """
 
     type: str = attrs.field(validator=_check_type_name)
@@ -55,6 +60,7 @@ class Executor:
     run: Callable[[NodeContext], Awaitable[Any]]
     description: str
     check: Callable[[Any, Set[str]], Problems] | None = None
+    branches: Callable[[Any], Sequence[str]] | None = None
 
 
 @attrs.frozen
@@ -82,8 +88,8 @@ class NodeContext:
 
         Use ``"token"`` for each chunk of generated text (data: the string),
         ``"progress"`` for progress reports, or a name of your own. The names
-        the runner and the queue use (``node_start``, ``node_end``, ``end``,
-        ``error``, ``cancelled``) raise ValueError. ``data`` must be
+        the runner and the queue use (``node_start``, ``node_end``,
+        ``node_skipped``, ``end``, ``error``, ``cancelled``) raise ValueError. ``data`` must be
         JSON-compatible and within ``limits.max_event_bytes``, or this raises
         NodeError (which fails the node unless caught).
         """

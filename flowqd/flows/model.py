@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -27,6 +28,8 @@ def _upstream(node: CompiledNode) -> tuple[str, ...]:
     for _name, source in node.inputs:
         if source.node is not None:
             seen[source.node] = None
+    for branch_node in node.when:  # it runs once these chose
+        seen[branch_node] = None
     return tuple(seen)
 
 
@@ -39,14 +42,27 @@ class CompiledNode:
     params: Any
     inputs: tuple[tuple[str, NodeSource], ...]
     timeout_s: float | None
-    # Upstream node ids, in input order, without repeats. Computed once: the
-    # runner reads it for every node of every job.
+    # Its "when": branching node id -> the outcomes on which this node runs.
+    when: Mapping[str, frozenset[str]] = attrs.Factory(dict)
+    # Upstream node ids, in input order, without repeats, then the nodes of
+    # its "when". Computed once: the runner reads it for every node of every job.
     upstream: tuple[str, ...] = attrs.field(
         init=False, default=attrs.Factory(_upstream, takes_self=True)
     )
 
 
+@attrs.frozen(eq=False)
+class Branching:
+    """How a flow whose nodes have ``when`` runs (flows/branches.py): made at registration."""
+
+    roots: tuple[CompiledNode, ...]  # the nodes without upstream
+    # Node id -> the nodes that read it or name it in their "when".
+    consumers: Mapping[str, tuple[CompiledNode, ...]]
+
+
 def _is_chain(flow: CompiledFlow) -> bool:
+    if flow.branching is not None:
+        return False
     return all(flow.nodes[i - 1].id in node.upstream for i, node in enumerate(flow.nodes) if i > 0)
 
 
@@ -62,6 +78,10 @@ class CompiledFlow:
     # (e.g. {"question"}); executors may also read ``ctx.flow_inputs`` directly.
     flow_inputs: frozenset[str]
     version: int | None = None
+    # "output" as a list: the first of these that ran is the result (output is
+    # the first). A flow with "when" gets ``branching``: skips, not the paths below.
+    outputs: tuple[str, ...] = attrs.Factory(lambda self: (self.output,), takes_self=True)
+    branching: Branching | None = None
     # Every node needs the one before it: no two nodes can ever run at the
     # same time, so the runner runs them one after another without a nursery.
     sequential: bool = attrs.field(init=False, default=attrs.Factory(_is_chain, takes_self=True))
@@ -69,7 +89,8 @@ class CompiledFlow:
 
 @attrs.frozen
 class FlowResult:
-    """A finished run: the output node's value and per-node records in finish order."""
+    """A finished run: the output node's value and per-node records in finish order
+    (a skipped node's when it was skipped)."""
 
     output: Any
     nodes: list[dict[str, Any]]

@@ -15,6 +15,7 @@ from flowqd import tracing
 from flowqd.config import LimitsConfig
 from flowqd.errors import FlowqdError
 from flowqd.executors.base import NodeContext
+from flowqd.flows import branches
 from flowqd.flows.model import CompiledFlow, CompiledNode, FlowResult, NodeFailed, NodeSource
 from flowqd.flows.outputs import JSON_KINDS, encode_event, not_json
 from flowqd.redaction import Redactor
@@ -60,11 +61,16 @@ async def run_flow(
     out as ``orjson.Fragment`` (node outputs in records, events and the
     result; executors' event data), for a caller that stores them as JSON.
     With ``trace`` (the job's span), each node gets a span under it.
+
+    In a flow with branches (nodes with ``when``), a node that is not to run
+    gets a ``node_skipped`` event and a SKIPPED record instead, and the
+    result is the first node of the flow's ``outputs`` that ran.
     """
     run = _Run(flow, job_id, inputs, emit, credential, limits, encoded, trace)
     # A local, not an attribute: a bound method kept on ``run`` would make a
     # reference cycle, left for the garbage collector with all the job's data.
     step = run.node if trace is None else run.traced_node
+    answer = flow.output
     if flow.sequential:
         # A chain (one node, say): no nursery, no task per node. Same events,
         # same records, same outcome as below, at a fraction of the cost.
@@ -72,14 +78,16 @@ async def run_flow(
             await step(node)
             if run.failure is not None:
                 break
-    else:
+    elif flow.branching is None:
         await run.concurrently(step)
+    else:
+        answer = await branches.run(run, step, flow.branching)
     # A failure racing the caller's cancellation: the cancellation wins, so
     # a job timeout is reported as a timeout.
     await trio.lowlevel.checkpoint_if_cancelled()
     if run.failure is not None:
         raise run.failure
-    return FlowResult(output=run.docs[flow.output], nodes=run.records)
+    return FlowResult(output=run.docs[answer], nodes=run.records)
 
 
 class _Run:
@@ -243,7 +251,7 @@ class _Run:
                 f"output is {size:,} bytes of JSON, over limits.max_node_output_bytes "
                 f"({limits.max_node_output_bytes}); return less, or raise the limit"
             )
-        if size > limits.max_result_bytes and node.id == self.flow.output:
+        if size > limits.max_result_bytes and node.id in self.flow.outputs:
             return (
                 f"output is the job's result and is {size:,} bytes of JSON, over "
                 f"limits.max_result_bytes ({limits.max_result_bytes}); return less, or "

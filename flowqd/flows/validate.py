@@ -4,12 +4,17 @@ Document shape::
 
     {"id": "greet",
      "nodes": [{"id": "prompt", "type": "template", "label": "Prompt",
-                "params": {...}, "inputs": {"name": "<source>"}, "timeout_s": 10}],
+                "params": {...}, "inputs": {"name": "<source>"}, "timeout_s": 10,
+                "when": {"route": ["billing"]}}],
      "output": "prompt"}
 
 An input source is an upstream node id (``"prompt"``) or a job input written
 ``$name``, with dots reaching into objects: ``$question``,
 ``$overrideConfig.temperature``.
+
+``when`` makes a node run only on some outcomes of branching nodes (a
+``condition``, say); ``output`` may then list nodes, the first that ran
+being the result (flows/branches.py checks every combination).
 """
 
 from __future__ import annotations
@@ -21,11 +26,12 @@ from typing import Any
 
 from flowqd.errors import FlowValidationError
 from flowqd.executors.base import Executor
+from flowqd.flows import branches
 from flowqd.flows.model import CompiledFlow, CompiledNode, NodeSource
 from flowqd.flows.params import Problem, key_path, show, structure_params
 
 TOP_KEYS = ("id", "nodes", "output", "description")
-NODE_KEYS = ("id", "type", "label", "params", "inputs", "timeout_s")
+NODE_KEYS = ("id", "type", "label", "params", "inputs", "timeout_s", "when")
 FLOW_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}")
 NODE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,127}")
 INPUT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
@@ -58,6 +64,8 @@ class _Draft:
         self.params_ok = False
         self.inputs: dict[str, tuple[str, NodeSource]] = {}  # name -> (path, source)
         self.timeout_s: float | None = None
+        self.when: dict[str, tuple[str, list[str]]] = {}  # node -> (path, outcomes)
+        self.outcomes: tuple[str, ...] | None = None  # a branching node's, if readable
 
 
 def compile_flow(
@@ -111,6 +119,7 @@ def compile_flow(
             if source.node is not None and source.node not in by_id:
                 problems.append((path, _unknown_node(source.node, by_id)))
                 del draft.inputs[name]
+    problems.extend(_when_refs(drafts, by_id))
     problems.extend(_cycles(drafts, by_id))
     output = _output(document, by_id, problems)
     for draft in drafts:
@@ -118,7 +127,16 @@ def compile_flow(
     if problems:
         raise FlowValidationError(problems)
     assert flow_id is not None and output is not None
-    return _compiled(flow_id, drafts, output, document)
+    flow = _compiled(flow_id, drafts, output, document)
+    if flow.branching is not None or len(flow.outputs) > 1:
+        problems = branches.check(
+            flow,
+            {d.id: d.path for d in drafts if d.id is not None},
+            {n: by_id[n].outcomes or () for d in drafts for n in d.when},
+        )
+        if problems:
+            raise FlowValidationError(problems)
+    return flow
 
 
 def _flow_id(document: Mapping[str, Any], problems: list[Problem]) -> str | None:
@@ -214,6 +232,10 @@ def _read_node(draft: _Draft, executors: Mapping[str, Executor], problems: list[
     elif "params" in raw and not isinstance(raw["params"], Mapping):
         problems.append((f"{path}.params", f"expected an object, got {show(raw['params'])}"))
     _read_inputs(draft, problems)
+    if draft.executor is not None and draft.executor.branches is not None and draft.params_ok:
+        draft.outcomes = _outcomes(draft, draft.executor, problems)
+    if "when" in raw:
+        _read_when(draft, problems)
 
 
 def _read_inputs(draft: _Draft, problems: list[Problem]) -> None:
@@ -255,7 +277,7 @@ def _unknown_node(node: str, by_id: Mapping[str, _Draft]) -> str:
 def _cycles(drafts: list[_Draft], by_id: Mapping[str, _Draft]) -> list[Problem]:
     """One problem per cycle (strongly connected component), at its first node."""
     edges = {
-        d.id: [s.node for _p, s in d.inputs.values() if s.node is not None]
+        d.id: [s.node for _p, s in d.inputs.values() if s.node is not None] + list(d.when)
         for d in drafts
         if d.id is not None and by_id[d.id] is d
     }
@@ -331,18 +353,43 @@ def _cycle_text(start: str, members: set[str], edges: Mapping[str, list[str]]) -
 
 def _output(
     document: Mapping[str, Any], by_id: Mapping[str, _Draft], problems: list[Problem]
-) -> str | None:
+) -> tuple[str, ...] | None:
+    """The output node, or the output nodes of a list (the first that ran is the result)."""
     if "output" not in document:
         problems.append(("$.output", "missing; name the node whose output is the flow's result"))
         return None
     output = document["output"]
+    if isinstance(output, list) and output:
+        return _outputs(output, by_id, problems)
     if not isinstance(output, str):
-        problems.append(("$.output", f"expected a node id, got {show(output)}"))
+        problems.append(
+            ("$.output", f"expected a node id or a non-empty list of node ids, got {show(output)}")
+        )
         return None
     if output not in by_id:
         problems.append(("$.output", _unknown_node(output, by_id)))
         return None
-    return output
+    return (output,)
+
+
+def _outputs(
+    output: list[Any], by_id: Mapping[str, _Draft], problems: list[Problem]
+) -> tuple[str, ...] | None:
+    found: dict[str, str] = {}
+    ok = True
+    for index, item in enumerate(output):
+        path = f"$.output[{index}]"
+        if not isinstance(item, str):
+            problems.append((path, f"expected a node id, got {show(item)}"))
+        elif item not in by_id:
+            problems.append((path, _unknown_node(item, by_id)))
+        elif item in found:
+            problems.append((path, f"node {item!r} is listed twice (first at {found[item]})"))
+        else:
+            found[item] = path
+            continue
+        ok = False
+    return tuple(found) if ok else None
 
 
 def _executor_check(draft: _Draft) -> list[Problem]:
@@ -358,12 +405,92 @@ def _executor_check(draft: _Draft) -> list[Problem]:
         return [(draft.path, f"the {executor.type!r} executor's check failed: {exc!r}")]
 
 
+def _outcomes(draft: _Draft, executor: Executor, problems: list[Problem]) -> tuple[str, ...] | None:
+    """What a branching node can choose (its executor's ``branches``), checked."""
+    assert executor.branches is not None
+    try:
+        outcomes = tuple(executor.branches(draft.params))
+    except Exception as exc:
+        problems.append((draft.path, f"the {executor.type!r} executor's branches failed: {exc!r}"))
+        return None
+    if not outcomes or not all(isinstance(o, str) for o in outcomes):
+        problems.append(
+            (
+                draft.path,
+                f"the {executor.type!r} executor's branches gave {show(outcomes)}, "
+                "not a non-empty list of outcome names",
+            )
+        )
+        return None
+    return outcomes
+
+
+def _read_when(draft: _Draft, problems: list[Problem]) -> None:
+    """``"when": {"route": "billing"}`` or ``{"route": ["billing", "refund"]}``: its shape."""
+    when, path = draft.raw["when"], f"{draft.path}.when"
+    if not isinstance(when, Mapping) or not when:
+        problems.append(
+            (
+                path,
+                "expected an object of branching node id -> the outcome (or list of outcomes) "
+                f'on which this node runs, such as {{"route": "billing"}}, got {show(when)}',
+            )
+        )
+        return
+    for node, outcomes in when.items():
+        item = key_path(path, node)
+        if not isinstance(node, str) or not NODE_ID.fullmatch(node):
+            problems.append((item, f"expected a branching node's id as the key, got {show(node)}"))
+            continue
+        values = outcomes if isinstance(outcomes, list) else [outcomes]
+        if not values or not all(isinstance(v, str) for v in values):
+            problems.append(
+                (
+                    item,
+                    f"expected an outcome name or a non-empty list of them, got {show(outcomes)}",
+                )
+            )
+            continue
+        draft.when[node] = (item, values)
+
+
+def _when_refs(drafts: list[_Draft], by_id: Mapping[str, _Draft]) -> list[Problem]:
+    """Each ``when`` names a branching node and outcomes it can choose."""
+    problems: list[Problem] = []
+    for draft in drafts:
+        for node, (path, values) in list(draft.when.items()):
+            target = by_id.get(node)
+            if target is None:
+                problems.append((path, _unknown_node(node, by_id)))
+                del draft.when[node]
+            elif target.executor is not None and target.executor.branches is None:
+                problems.append(
+                    (
+                        path,
+                        f"node {node!r} is a {target.type} node, which does not choose a branch; "
+                        "when names a node of a branching type such as condition",
+                    )
+                )
+                del draft.when[node]
+            elif target.outcomes is not None:
+                for value in values:
+                    if value not in target.outcomes:
+                        problems.append(
+                            (
+                                path,
+                                f"{node!r} has no outcome {value!r}; its outcomes: "
+                                f"{', '.join(target.outcomes)}",
+                            )
+                        )
+    return problems
+
+
 def _known(executors: Mapping[str, Executor]) -> str:
     return ", ".join(sorted(executors)) or "none (no executor plugins loaded)"
 
 
 def _compiled(
-    flow_id: str, drafts: list[_Draft], output: str, document: Mapping[str, Any]
+    flow_id: str, drafts: list[_Draft], output: tuple[str, ...], document: Mapping[str, Any]
 ) -> CompiledFlow:
     nodes = {}
     flow_inputs: set[str] = set()
@@ -371,21 +498,28 @@ def _compiled(
         assert draft.id is not None and draft.type is not None and draft.executor is not None
         inputs = tuple((name, source) for name, (_p, source) in draft.inputs.items())
         flow_inputs.update(s.flow_path[0] for _n, s in inputs if s.node is None)
+        executor = draft.executor
+        if draft.outcomes is not None:  # its output must be one of them
+            executor = branches.choosing(executor, draft.outcomes)
         nodes[draft.id] = CompiledNode(
             id=draft.id,
             type=draft.type,
             label=draft.label if draft.label is not None else draft.id,
-            executor=draft.executor,
+            executor=executor,
             params=draft.params,
             inputs=inputs,
             timeout_s=draft.timeout_s,
+            when={node: frozenset(values) for node, (_p, values) in draft.when.items()},
         )
+    ordered = _topological(list(nodes.values()))
     return CompiledFlow(
         id=flow_id,
-        nodes=_topological(list(nodes.values())),
-        output=output,
+        nodes=ordered,
+        output=output[0],
         document=dict(document),
         flow_inputs=frozenset(flow_inputs),
+        outputs=output,
+        branching=branches.plan(ordered),
     )
 
 

@@ -14,7 +14,7 @@ from flowqd.executors.base import Executor
 from flowqd.flows import compile_flow, parse_flow_file
 from flowqd.flows.model import NodeSource
 
-TYPES = "delay, echo, http, llm, template"
+TYPES = "condition, delay, echo, http, llm, template"
 
 
 def flow(*nodes: dict[str, Any], output: Any = "a", **extra: Any) -> dict[str, Any]:
@@ -60,7 +60,7 @@ BAD_FLOWS: list[tuple[str, Any, list[tuple[str, str]]]] = [
         [
             (
                 "$.nodes[0].color",
-                "unknown key; known keys: id, type, label, params, inputs, timeout_s",
+                "unknown key; known keys: id, type, label, params, inputs, timeout_s, when",
             ),
             ("$.nodes[0].type", f"unknown node type 'nope'; known types: {TYPES}"),
         ],
