@@ -146,17 +146,19 @@ def check_condition(params: ConditionParams, inputs: Set[str]) -> Iterator[tuple
         yield "inputs", f"condition reads one input named 'value', got {', '.join(sorted(inputs))}"
     if not params.cases:
         yield "params.cases", "a condition needs at least one case"
-    first: dict[str, str] = {}
+    first: dict[str, int] = {}
     for index, case in enumerate(params.cases):
-        where = f"params.cases[{index}].name"
         if case.name in first:
-            yield where, f"duplicate outcome {case.name!r} (also at {first[case.name]})"
-        first.setdefault(case.name, where)
+            yield (
+                f"params.cases[{index}].name",
+                f"duplicate outcome {case.name!r} (cases[{first[case.name]}] has it too)",
+            )
+        first.setdefault(case.name, index)
     if params.default is not None and params.default in first:
         yield (
             "params.default",
-            f"the default outcome {params.default!r} is also a case's name "
-            f"({first[params.default]}); give it a name of its own",
+            f"the default outcome {params.default!r} is also the name of "
+            f"cases[{first[params.default]}]; give it a name of its own",
         )
 
 

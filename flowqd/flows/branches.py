@@ -184,7 +184,7 @@ def _text(flow: CompiledFlow, ran: Mapping[str, str | None], outcomes: Mapping[s
 
 
 def _no_output(flow: CompiledFlow, combinations: list[str]) -> str:
-    shown = "; ".join(combinations[:SHOWN_COMBINATIONS])
+    shown = ", or ".join(combinations[:SHOWN_COMBINATIONS])
     if len(combinations) > SHOWN_COMBINATIONS:
         shown += f" (and {len(combinations) - SHOWN_COMBINATIONS} more combinations)"
     if len(flow.outputs) == 1:

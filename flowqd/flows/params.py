@@ -148,7 +148,8 @@ def _walk(exc: BaseException, path: str, out: list[Problem], tp: Any = None) -> 
         for sub in iother:
             _walk(sub, path, out, exc.cl)
     elif isinstance(exc, ForbiddenExtraKeysError):
-        known = ", ".join(f.name for f in attrs.fields(exc.cl)) or "none"
+        # Fields set in __attrs_post_init__ (init=False) are not keys a flow writes.
+        known = ", ".join(f.name for f in attrs.fields(exc.cl) if f.init) or "none"
         for key in sorted(exc.extra_fields, key=str):
             out.append((key_path(path, key), f"unknown key; known keys: {known}"))
     else:
