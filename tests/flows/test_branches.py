@@ -6,6 +6,7 @@ Timing tests run on trio's autojump clock: virtual time, no wall-clock sleeps.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -527,3 +528,22 @@ def test_a_plugins_branches_function_is_checked(executors: dict[str, Executor]) 
             "the 'b' executor's branches gave (), not a non-empty list of outcome names",
         )
     ]
+
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "plugins.md"
+
+
+async def test_the_docs_example_runs_and_its_quoted_message_is_real(
+    executors: dict[str, Executor],
+) -> None:
+    section = DOC.read_text().split("### Branches", 1)[1]
+    document = orjson.loads(section.split("```json\n", 1)[1].split("```", 1)[0])
+    compiled = compile_flow(document, executors)
+    result = await run(compiled, Recorder(), "An invoice?")
+    assert result.output == "Billing: An invoice?"
+    result = await run(compiled, Recorder(), '{"order": {"id": 7}}')
+    assert result.output == '{"order": {"id": 7}}'
+    assert [r["status"] for r in result.nodes] == ["FINISHED", "SKIPPED", "FINISHED"]
+    document["nodes"][2]["when"] = {"route": "order"}
+    [(path, message)] = problems(document, executors)
+    assert f'(`{path}`: "{message}")' in " ".join(section.split())

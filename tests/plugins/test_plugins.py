@@ -69,7 +69,14 @@ def test_builtins_are_explicit_imports_registered_as_plugins() -> None:
     pm = load_plugins(PluginsConfig(disable=["example"]))
     names = [name for name, plugin in pm.list_name_plugin() if plugin is not None]
     assert names == [m.__name__ for m in BUILTINS]
-    assert sorted(collect_executors(pm)) == ["delay", "echo", "http", "llm", "template"]
+    assert sorted(collect_executors(pm)) == [
+        "condition",
+        "delay",
+        "echo",
+        "http",
+        "llm",
+        "template",
+    ]
 
 
 async def test_example_plugin_through_its_entry_point(example_installed: None) -> None:
