@@ -7,7 +7,7 @@ from typing import Any
 import attrs
 
 from flowqd.errors import FlowqdError
-from flowqd.executors.base import Executor
+from flowqd.executors.base import Executor, Tool
 
 
 @attrs.frozen
@@ -39,6 +39,10 @@ class CompiledNode:
     params: Any
     inputs: tuple[tuple[str, NodeSource], ...]
     timeout_s: float | None
+    # A tool node's description and parameters (it runs only when called);
+    # the tools this node may call (its "tools" field).
+    tool: Tool | None = None
+    tools: tuple[Tool, ...] = ()
     # Upstream node ids, in input order, without repeats. Computed once: the
     # runner reads it for every node of every job.
     upstream: tuple[str, ...] = attrs.field(
@@ -62,6 +66,8 @@ class CompiledFlow:
     # (e.g. {"question"}); executors may also read ``ctx.flow_inputs`` directly.
     flow_inputs: frozenset[str]
     version: int | None = None
+    # Tool nodes by id: not in ``nodes``, the graph never runs them on its own.
+    tools: dict[str, CompiledNode] = attrs.Factory(dict)
     # Every node needs the one before it: no two nodes can ever run at the
     # same time, so the runner runs them one after another without a nursery.
     sequential: bool = attrs.field(init=False, default=attrs.Factory(_is_chain, takes_self=True))
