@@ -59,6 +59,27 @@ class Executor:
     check: Callable[[Any, Set[str]], Problems] | None = None
 
 
+USAGE_KEYS = ("input_tokens", "output_tokens", "total_tokens")
+
+
+def sum_usage(records: Iterable[Mapping[str, Any]]) -> dict[str, int] | None:
+    """The job's token usage: the ``usage`` of its node records added up (None: none has one).
+
+    Computed when a job is read, never while it runs.
+    """
+    total: dict[str, int] | None = None
+    for record in records:
+        usage = record.get("usage")
+        if isinstance(usage, Mapping):
+            if total is None:
+                total = dict.fromkeys(USAGE_KEYS, 0)
+            for key in USAGE_KEYS:
+                value = usage.get(key)
+                if isinstance(value, int):
+                    total[key] += value
+    return total
+
+
 @attrs.frozen
 class Tool:
     """A tool offered to a node: another node of the flow, run when the node calls it.
@@ -159,11 +180,7 @@ class NodeContext:
         """
         if total_tokens is None:
             total_tokens = input_tokens + output_tokens
-        counts = {
-            "input_tokens": input_tokens,
-            "output_tokens": output_tokens,
-            "total_tokens": total_tokens,
-        }
+        counts = dict(zip(USAGE_KEYS, (input_tokens, output_tokens, total_tokens), strict=True))
         for key, value in counts.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"record_usage: {key} must be an integer >= 0, got {value!r}")

@@ -117,7 +117,7 @@ def compile_flow(
     problems.extend(_tool_uses(drafts, by_id))
     problems.extend(_cycles(drafts, by_id))
     output = _output(document, by_id, problems)
-    if output is not None and by_id[output].tool is not None:
+    if output is not None and "tool" in by_id[output].raw:
         problems.append(("$.output", _is_tool(output)))
     for draft in drafts:
         problems.extend(_executor_check(draft))
@@ -461,17 +461,20 @@ def _is_tool(node: str) -> str:
 
 
 def _tool_uses(drafts: list[_Draft], by_id: Mapping[str, _Draft]) -> list[Problem]:
-    """Tools offered must be tool nodes; tool nodes are never another node's input."""
+    """Tools offered must be tool nodes; tool nodes are never another node's input.
+
+    A node with a "tool" field counts as a tool here even when the field is
+    wrong: that is reported once, where it is wrong.
+    """
     problems: list[Problem] = []
     for draft in drafts:
-        for name, (path, source) in list(draft.inputs.items()):
-            if source.node is not None and by_id[source.node].tool is not None:
+        for path, source in draft.inputs.values():
+            if source.node is not None and "tool" in by_id[source.node].raw:
                 problems.append((path, _is_tool(source.node)))
-                del draft.inputs[name]  # not an edge of the graph: no cycle through it
         for path, name in draft.tools:
             if name not in by_id:
                 problems.append((path, _unknown_node(name, by_id)))
-            elif by_id[name].tool is None:
+            elif "tool" not in by_id[name].raw:
                 problems.append(
                     (
                         path,
