@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import re
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -430,3 +432,16 @@ def test_tool_nodes_are_compiled_apart_from_the_graph(executors: dict[str, Execu
     [answer] = compiled.nodes
     assert [t.name for t in answer.tools] == ["weather", "forecast"]
     assert answer.tools[0].description == "The weather in a city"
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/plugins.md"])
+def test_the_documented_tool_flows_are_valid(executors: dict[str, Executor], doc: str) -> None:
+    text = (Path(__file__).resolve().parents[2] / doc).read_text()
+    examples = [
+        orjson.loads(block)
+        for block in re.findall(r"```json\n(.*?)```", text, flags=re.S)
+        if '"tool"' in block
+    ]
+    assert len(examples) == 1
+    compiled = compile_flow(examples[0], executors)
+    assert [t.name for t in compiled.nodes[0].tools] == ["weather"]
