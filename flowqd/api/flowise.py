@@ -226,7 +226,7 @@ class StreamTranslator:
             "nodeId": node_id,
             "nodeLabel": data.get("label"),
             "type": data.get("type"),
-            "input": self._input(node) if node else {},
+            "input": self._input(node) if node else data.get("input", {}),
             "output": output,
             "status": "FINISHED",
             "previousNodeIds": _previous(node, data),

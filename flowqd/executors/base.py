@@ -115,11 +115,6 @@ class NodeContext:
     flow_inputs: Mapping[str, Any]
     _emit: Callable[[str, Any], None] = attrs.field(repr=False)
     _credential: Callable[[str], Awaitable[str]] = attrs.field(repr=False)
-    # Defaults, so the runner builds most nodes' contexts without them.
-    tools: tuple[Tool, ...] = ()
-    _call_tool: Callable[[str, Mapping[str, Any]], Awaitable[Any]] | None = attrs.field(
-        default=None, repr=False
-    )
     # Set by record_usage (a frozen class: written with object.__setattr__);
     # the runner copies it to the node's record.
     _usage: dict[str, int] | None = attrs.field(default=None, init=False, repr=False)
@@ -148,6 +143,10 @@ class NodeContext:
         """
         return await self._credential(name)
 
+    @property
+    def tools(self) -> tuple[Tool, ...]:
+        return ()
+
     async def call_tool(self, name: str, arguments: Mapping[str, Any]) -> Any:
         """Run the tool ``name`` (one of ``tools``) with ``arguments``; return its output.
 
@@ -160,13 +159,12 @@ class NodeContext:
         not offered to this node, the arguments are not an object, or the
         tool fails (its record says ERROR); catch it to let the node go on.
         """
-        if self._call_tool is None:
-            offered = ", ".join(t.name for t in self.tools) or "none"
-            raise NodeError(
-                f"node {self.node_id!r} cannot call tool {name!r}: it is offered no tools "
-                f'(tools: {offered}); list the tool nodes in its "tools" field'
-            )
-        return await self._call_tool(name, arguments)
+        # A node offered tools gets a context of the runner's that overrides
+        # this: the others pay nothing for the feature.
+        raise NodeError(
+            f"node {self.node_id!r} cannot call tool {name!r}: it is offered no tools; "
+            'list the tool nodes in its "tools" field'
+        )
 
     def record_usage(
         self, input_tokens: int = 0, output_tokens: int = 0, total_tokens: int | None = None

@@ -10,7 +10,7 @@ job: it raises NodeError in the caller, which may carry on.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +19,7 @@ import orjson
 import trio
 
 from flowqd.errors import NodeError
-from flowqd.executors.base import NodeContext
+from flowqd.executors.base import NodeContext, Tool
 from flowqd.flows.model import CompiledNode
 from flowqd.flows.outputs import JSON_KINDS, not_json
 from flowqd.flows.params import show
@@ -28,9 +28,37 @@ if TYPE_CHECKING:
     from flowqd.flows.runner import _Run
 
 
+@attrs.frozen
+class ToolingContext(NodeContext):
+    """The context of a node offered tools: ``tools`` and ``call_tool`` work."""
+
+    _tools: tuple[Tool, ...] = ()
+    _call: Callable[[str, Mapping[str, Any]], Awaitable[Any]] | None = attrs.field(
+        default=None, repr=False
+    )
+
+    @property
+    def tools(self) -> tuple[Tool, ...]:
+        return self._tools
+
+    async def call_tool(self, name: str, arguments: Mapping[str, Any]) -> Any:
+        assert self._call is not None
+        return await self._call(name, arguments)
+
+
 def offer(run: _Run, node: CompiledNode, ctx: NodeContext) -> NodeContext:
     """``ctx`` with the node's tools and the means to call them."""
-    return attrs.evolve(ctx, tools=node.tools, call_tool=partial(call_tool, run, node))
+    return ToolingContext(
+        ctx.job_id,
+        ctx.node_id,
+        ctx.inputs,
+        ctx.params,
+        ctx.flow_inputs,
+        run.node_emit,
+        run.open_credential,
+        tools=node.tools,
+        call=partial(call_tool, run, node),
+    )
 
 
 async def call_tool(
@@ -102,7 +130,8 @@ async def call_tool(
         "startedAt": started,
         "finishedAt": time.time(),
     }
-    end: dict[str, Any] = {**identity, "status": record["status"]}
+    # With its input: a Flowise stream shows the call's arguments as the job does.
+    end: dict[str, Any] = {**identity, "status": record["status"], "input": values}
     if ctx._usage is not None:
         record["usage"] = end["usage"] = ctx._usage
     if error is not None:
