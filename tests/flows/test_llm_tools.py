@@ -11,6 +11,7 @@ import attrs
 import orjson
 import pytest
 import trio
+import trio.testing
 
 from flowqd import Executor, FlowValidationError, NodeContext, NodeError
 from flowqd.flows import NodeFailed, compile_flow
@@ -48,12 +49,18 @@ async def spend(ctx: NodeContext) -> Any:
     return {"spent": True}
 
 
+async def leak(ctx: NodeContext) -> Any:
+    return f"the key is {await ctx.credential('weather-key')}"
+
+
 def with_test_executors(executors: dict[str, Executor]) -> dict[str, Executor]:
-    """The built-ins and two plugin executors: one that fails, one that records usage."""
+    """The built-ins and plugin executors: one that fails, one that records usage, one
+    that returns a credential."""
     return {
         **executors,
         "refuse": Executor("refuse", NoParams, refuse, "always fails"),
         "spend": Executor("spend", NoParams, spend, "records usage"),
+        "leak": Executor("leak", NoParams, leak, "returns a credential"),
     }
 
 
@@ -445,3 +452,76 @@ def test_the_documented_tool_flows_are_valid(executors: dict[str, Executor], doc
     assert len(examples) == 1
     compiled = compile_flow(examples[0], executors)
     assert [t.name for t in compiled.nodes[0].tools] == ["weather"]
+
+
+async def test_a_tool_runs_with_its_timeout_and_redaction(
+    executors: dict[str, Executor], autojump_clock: trio.testing.MockClock
+) -> None:
+    document = flow("", ["slow", "leaky"])
+    document["nodes"][:2] = [
+        {
+            "id": "slow",
+            "type": "delay",
+            "params": {"ms": 60_000},
+            "timeout_s": 2,
+            "tool": WEATHER_TOOL,
+        },
+        {"id": "leaky", "type": "leak", "tool": WEATHER_TOOL},
+    ]
+    llm = scripted_llm(
+        tool_calls_answer(("c1", "slow", ['{"city": "A"}']), ("c2", "leaky", ['{"city": "B"}'])),
+        text_answer(["Done."]),
+    )
+    async with open_http_server(llm) as server:
+        document["nodes"][2]["params"]["base_url"] = f"{server.url}/v1"
+        result, _events = await run_flow_document(
+            document,
+            "?",
+            executors=with_test_executors(executors),
+            credentials={"weather-key": "wk-secret"},
+        )
+    slow, leaky, _answer = result.nodes
+    assert slow["status"] == "ERROR" and slow["error"] == (
+        "timed out after 2 s (the tool node's timeout_s); raise timeout_s or make the tool faster"
+    )
+    assert leaky["output"] == "the key is [credential weather-key redacted]"
+    assert tool_messages(server, 1) == [
+        ("c1", orjson.dumps({"error": f"tool 'slow' failed: {slow['error']}"}).decode()),
+        ("c2", "the key is [credential weather-key redacted]"),
+    ]
+    assert "wk-secret" not in repr(server.requests[1].body)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (
+            b'data: {"choices":[{"index":0,"delta":{"tool_calls":"weather"}}]}\n\n',
+            "sent a malformed stream: tool_calls in",
+        ),
+        (
+            b'data: {"choices":[{"index":0,"delta":{"tool_calls":[{"function":{}}]}}]}\n\n',
+            'sent a malformed tool call: {"function":{}}',
+        ),
+        (
+            b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}\n\n'
+            b"data: [DONE]\n\n",
+            "ended with finish_reason tool_calls but sent no calls",
+        ),
+        (
+            tool_calls_answer(*[(f"c{i}", "weather", ["{}"]) for i in range(17)]),
+            "the model asked for more than 16 tool calls at once",
+        ),
+    ],
+    ids=["not-a-list", "no-index", "no-calls", "too-many"],
+)
+async def test_malformed_tool_calls_fail_the_node(
+    executors: dict[str, Executor], raw: bytes, message: str
+) -> None:
+    with trio.fail_after(10):
+        async with open_http_server(scripted_llm(raw)) as server:
+            with pytest.raises(NodeFailed) as info:
+                await run_flow_document(
+                    flow(server.url, ["weather"]), "?", executors=with_test_executors(executors)
+                )
+    assert message in info.value.message
