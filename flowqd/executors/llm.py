@@ -132,7 +132,7 @@ async def run_llm(ctx: NodeContext) -> str:
         answer = await _ask(ctx, body, headers, server, redactor)
         said.append(answer.text)
         if answer.usage is not None:
-            _record_usage(ctx, answer.usage, server)
+            _record_usage(ctx, answer.usage)
         if not ctx.tools or not answer.calls:
             if ctx.tools and answer.finish_reason == "tool_calls":
                 raise NodeError(f"{server} ended with finish_reason tool_calls but sent no calls")
@@ -175,11 +175,12 @@ def _tool_json(tool: Tool) -> dict[str, Any]:
     return {"type": "function", "function": {**function, "parameters": tool.parameters}}
 
 
-def _record_usage(ctx: NodeContext, usage: dict[str, Any], server: str) -> None:
+def _record_usage(ctx: NodeContext, usage: dict[str, Any]) -> None:
     """OpenAI's ``usage`` (prompt_tokens, completion_tokens, total_tokens) on the record."""
     counts = [usage.get(key, 0) for key in ("prompt_tokens", "completion_tokens", "total_tokens")]
     if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts):
-        raise NodeError(f"{server} sent a malformed usage: {error_text(orjson.dumps(usage))}")
+        # Bookkeeping, not the answer: a server's odd usage must not fail the node.
+        return
     ctx.record_usage(counts[0], counts[1], counts[2] or counts[0] + counts[1])
 
 

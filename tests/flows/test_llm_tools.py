@@ -525,3 +525,14 @@ async def test_malformed_tool_calls_fail_the_node(
                     flow(server.url, ["weather"]), "?", executors=with_test_executors(executors)
                 )
     assert message in info.value.message
+
+
+async def test_a_malformed_usage_is_left_out_not_fatal(executors: dict[str, Executor]) -> None:
+    odd = b'data: {"choices": [], "usage": {"prompt_tokens": "many"}}\n\n'
+    answer = text_answer(["Fine."]).replace(b"data: [DONE]", odd + b"data: [DONE]")
+    with trio.fail_after(10):
+        async with open_http_server(scripted_llm(answer)) as server:
+            result, _events = await run_flow_document(
+                flow(server.url, ["weather"]), "?", executors=with_test_executors(executors)
+            )
+    assert result.output == "Fine." and "usage" not in result.nodes[-1]
