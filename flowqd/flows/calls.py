@@ -70,6 +70,12 @@ async def call_tool(
         raise NodeError(f"unknown tool {name!r}: node {caller.id!r} offers {offered}")
     if not isinstance(arguments, Mapping):
         raise NodeError(f"the arguments of tool {name!r} must be an object, got {show(arguments)}")
+    try:
+        orjson.dumps(arguments)  # they go on the job record
+    except TypeError as exc:
+        raise NodeError(
+            f"the arguments of tool {name!r} are not JSON: {not_json(arguments, exc)}"
+        ) from None
     node = run.flow.tools[name]
     # Imported here: the runner imports this module.
     from flowqd.flows.runner import _exact, _storable, describe_exception

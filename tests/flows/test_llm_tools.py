@@ -536,3 +536,27 @@ async def test_a_malformed_usage_is_left_out_not_fatal(executors: dict[str, Exec
                 flow(server.url, ["weather"]), "?", executors=with_test_executors(executors)
             )
     assert result.output == "Fine." and "usage" not in result.nodes[-1]
+
+
+async def test_call_tool_from_a_plugin_checks_its_arguments(
+    executors: dict[str, Executor],
+) -> None:
+    async def ask(ctx: NodeContext) -> Any:
+        answers = [await ctx.call_tool("weather", {"city": "Oslo"})]
+        for arguments in ({"city": {1, 2}}, ["Oslo"]):
+            try:
+                await ctx.call_tool("weather", arguments)  # type: ignore[arg-type]
+            except NodeError as exc:
+                answers.append(str(exc))
+        return answers
+
+    document = flow("http://127.0.0.1:9", ["weather"])
+    document["nodes"][2] = {"id": "answer", "type": "ask", "tools": ["weather"]}
+    result, _events = await run_flow_document(
+        document,
+        executors={**with_test_executors(executors), "ask": Executor("ask", NoParams, ask, "x")},
+    )
+    assert result.output[0] == "sunny in Oslo"
+    assert result.output[1].startswith("the arguments of tool 'weather' are not JSON: ")
+    assert result.output[2] == "the arguments of tool 'weather' must be an object, got ['Oslo']"
+    assert [r["nodeId"] for r in result.nodes] == ["weather", "answer"]
