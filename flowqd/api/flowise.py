@@ -75,6 +75,10 @@ def executed_entry(record: dict[str, Any], node_type: str | None = None) -> dict
         "output": output if isinstance(output, dict) else {"content": output},
         "state": {},
     }
+    usage = record.get("usage")
+    if usage is not None and "usageMetadata" not in data["output"]:
+        # Where Flowise's LLM nodes put theirs (LangChain's usage_metadata keys).
+        data["output"] = {**data["output"], "usageMetadata": usage}
     if record.get("error") is not None:
         data["error"] = record["error"]
     return {
@@ -236,6 +240,9 @@ class StreamTranslator:
             rest = _unstreamed(as_text(output), "".join(self.streamed or ()))
             if rest:
                 out.append(frame("token", rest))
+            if data.get("usage") is not None:
+                # Flowise streams its answering LLM node's usage as this event.
+                out.append(frame("usageMetadata", data["usage"]))
         node = self.nodes.get(node_id) if isinstance(node_id, str) else None
         if node is not None:
             self.outputs[node.id] = output
@@ -243,10 +250,11 @@ class StreamTranslator:
             "nodeId": node_id,
             "nodeLabel": data.get("label"),
             "type": data.get("type"),
-            "input": self._input(node) if node else {},
+            "input": self._input(node) if node else data.get("input", {}),
             "output": output,
             "status": "FINISHED",
-            "previousNodeIds": list(node.upstream) if node else [],
+            "previousNodeIds": _previous(node, data),
+            "usage": data.get("usage"),
         }
         self.executed.append(executed_entry(record))
         out.append(frame("nextAgentFlow", self._progress(data, "FINISHED")))
@@ -269,6 +277,14 @@ class StreamTranslator:
             return [frame("token", text)] if text else []
         self.streamed = None if self.current in self.running else []
         return []
+
+
+def _previous(node: CompiledNode | None, data: dict[str, Any]) -> list[str]:
+    if node is not None:
+        return list(node.upstream)
+    # A tool call: the node that called it came before, as its job record says.
+    called_by = data.get("calledBy")
+    return [called_by] if isinstance(called_by, str) else []
 
 
 def _unstreamed(text: str, streamed: str) -> str:

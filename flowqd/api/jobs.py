@@ -14,6 +14,7 @@ from flowqd.api import sse
 from flowqd.api.context import JOB_ID_HEADER, ApiContext, context, principal, require_admin
 from flowqd.api.http import ApiError, Problems, json_response, read_json, require_object
 from flowqd.errors import BrokerUnavailable
+from flowqd.executors.base import sum_usage
 from flowqd.flows import CompiledFlow
 from flowqd.jobs import (
     TERMINAL_STATUSES,
@@ -70,6 +71,7 @@ def job_json(job: Job, admin: bool) -> dict[str, Any]:
         "result": job.result,
         "error": error,
         "nodes": job.nodes,
+        "usage": sum_usage(job.nodes),
         "worker": job.worker if admin else None,
         "cancel_requested": job.cancel_requested,
         "links": {

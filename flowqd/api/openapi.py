@@ -176,6 +176,11 @@ JOB: Schema = {
             "credentials redacted, at most 16 KB) for admin keys only",
         },
         "nodes": {"type": "array", "items": JSON_ANY},
+        "usage": {
+            "type": ["object", "null"],
+            "description": "tokens the job's models used, summed over its node records: "
+            "{input_tokens, output_tokens, total_tokens}; null when no node recorded any",
+        },
         "created_at": {"type": "number"},
         "started_at": {"type": ["number", "null"]},
         "finished_at": {"type": ["number", "null"]},

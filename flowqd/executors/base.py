@@ -9,6 +9,8 @@ from typing import Any
 
 import attrs
 
+from flowqd.errors import NodeError
+
 # Events the runner and the broker write themselves; an executor emitting one
 # of these would corrupt the job's stream (a second "end", say).
 RESERVED_EVENTS = frozenset({"node_start", "node_end", "node_skipped", "end", "error", "cancelled"})
@@ -63,6 +65,41 @@ class Executor:
     branches: Callable[[Any], Sequence[str]] | None = None
 
 
+USAGE_KEYS = ("input_tokens", "output_tokens", "total_tokens")
+
+
+def sum_usage(records: Iterable[Mapping[str, Any]]) -> dict[str, int] | None:
+    """The job's token usage: the ``usage`` of its node records added up (None: none has one).
+
+    Computed when a job is read, never while it runs.
+    """
+    total: dict[str, int] | None = None
+    for record in records:
+        usage = record.get("usage")
+        if isinstance(usage, Mapping):
+            if total is None:
+                total = dict.fromkeys(USAGE_KEYS, 0)
+            for key in USAGE_KEYS:
+                value = usage.get(key)
+                if isinstance(value, int):
+                    total[key] += value
+    return total
+
+
+@attrs.frozen
+class Tool:
+    """A tool offered to a node: another node of the flow, run when the node calls it.
+
+    :ivar name: the tool node's id; ``ctx.call_tool(name, arguments)`` runs it.
+    :ivar description: what the tool does, for the model (the node's ``tool.description``).
+    :ivar parameters: the JSON schema (an object schema) of its arguments.
+    """
+
+    name: str
+    description: str
+    parameters: Mapping[str, Any]
+
+
 @attrs.frozen
 class NodeContext:
     """What an executor's run function gets for one node of one job.
@@ -73,6 +110,8 @@ class NodeContext:
         flow inputs).
     :ivar params: the node's params, an instance of the executor's params class.
     :ivar flow_inputs: the job's inputs (``question``, ``overrideConfig``, ...).
+    :ivar tools: the tools the node's ``tools`` field offers it, in that order
+        (empty for most nodes); run one with ``call_tool``.
     """
 
     job_id: str
@@ -82,6 +121,9 @@ class NodeContext:
     flow_inputs: Mapping[str, Any]
     _emit: Callable[[str, Any], None] = attrs.field(repr=False)
     _credential: Callable[[str], Awaitable[str]] = attrs.field(repr=False)
+    # Set by record_usage (a frozen class: written with object.__setattr__);
+    # the runner copies it to the node's record.
+    _usage: dict[str, int] | None = attrs.field(default=None, init=False, repr=False)
 
     def emit(self, event: str, data: Any) -> None:
         """Add an event to the job's stream, in order; never blocks.
@@ -106,3 +148,46 @@ class NodeContext:
         redacted]`` instead.
         """
         return await self._credential(name)
+
+    @property
+    def tools(self) -> tuple[Tool, ...]:
+        return ()
+
+    async def call_tool(self, name: str, arguments: Mapping[str, Any]) -> Any:
+        """Run the tool ``name`` (one of ``tools``) with ``arguments``; return its output.
+
+        ``arguments`` (a JSON object, as a model sends it) become the tool
+        node's inputs. The call runs that node's executor with its params and
+        ``timeout_s``, the same output limits and credential redaction as any
+        node, and is recorded on the job as a node record with ``calledBy``
+        (this node's id), between ``node_start`` and ``node_end`` events that
+        carry ``calledBy`` too. Raises ``flowqd.NodeError`` when ``name`` is
+        not offered to this node, the arguments are not an object, or the
+        tool fails (its record says ERROR); catch it to let the node go on.
+        """
+        # A node offered tools gets a context of the runner's that overrides
+        # this: the others pay nothing for the feature.
+        raise NodeError(
+            f"node {self.node_id!r} cannot call tool {name!r}: it is offered no tools; "
+            'list the tool nodes in its "tools" field'
+        )
+
+    def record_usage(
+        self, input_tokens: int = 0, output_tokens: int = 0, total_tokens: int | None = None
+    ) -> None:
+        """Add tokens a model used for this node to its record (``usage``).
+
+        Call it once per model request: the counts add up. ``total_tokens``
+        defaults to input plus output. The job's usage is the sum over its
+        records (``usage`` in the job JSON, ``usageMetadata`` for Flowise).
+        Raises ValueError for counts that are not integers >= 0.
+        """
+        if total_tokens is None:
+            total_tokens = input_tokens + output_tokens
+        counts = dict(zip(USAGE_KEYS, (input_tokens, output_tokens, total_tokens), strict=True))
+        for key, value in counts.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"record_usage: {key} must be an integer >= 0, got {value!r}")
+        if self._usage is not None:
+            counts = {key: self._usage.get(key, 0) + value for key, value in counts.items()}
+        object.__setattr__(self, "_usage", counts)

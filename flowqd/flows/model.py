@@ -8,7 +8,7 @@ from typing import Any
 import attrs
 
 from flowqd.errors import FlowqdError
-from flowqd.executors.base import Executor
+from flowqd.executors.base import Executor, Tool
 
 
 @attrs.frozen
@@ -44,6 +44,10 @@ class CompiledNode:
     timeout_s: float | None
     # Its "when": branching node id -> the outcomes on which this node runs.
     when: Mapping[str, frozenset[str]] = attrs.Factory(dict)
+    # A tool node's description and parameters (it runs only when called);
+    # the tools this node may call (its "tools" field).
+    tool: Tool | None = None
+    tools: tuple[Tool, ...] = ()
     # Upstream node ids, in input order, without repeats, then the nodes of
     # its "when". Computed once: the runner reads it for every node of every job.
     upstream: tuple[str, ...] = attrs.field(
@@ -82,6 +86,8 @@ class CompiledFlow:
     # the first). A flow with "when" gets ``branching``: skips, not the paths below.
     outputs: tuple[str, ...] = attrs.Factory(lambda self: (self.output,), takes_self=True)
     branching: Branching | None = None
+    # Tool nodes by id: not in ``nodes``, the graph never runs them on its own.
+    tools: dict[str, CompiledNode] = attrs.Factory(dict)
     # Every node needs the one before it: no two nodes can ever run at the
     # same time, so the runner runs them one after another without a nursery.
     sequential: bool = attrs.field(init=False, default=attrs.Factory(_is_chain, takes_self=True))

@@ -15,7 +15,7 @@ from flowqd import tracing
 from flowqd.config import LimitsConfig
 from flowqd.errors import FlowqdError
 from flowqd.executors.base import NodeContext
-from flowqd.flows import branches
+from flowqd.flows import branches, calls
 from flowqd.flows.model import CompiledFlow, CompiledNode, FlowResult, NodeFailed, NodeSource
 from flowqd.flows.outputs import JSON_KINDS, encode_event, not_json
 from flowqd.redaction import Redactor
@@ -165,6 +165,7 @@ class _Run:
         trace = ""
         output: Any = None
         doc: Any = None
+        ctx: NodeContext | None = None
         # No scope at all without a node timeout: most nodes have none.
         scope = trio.move_on_after(node.timeout_s) if node.timeout_s is not None else _NO_SCOPE
         with scope:
@@ -182,6 +183,8 @@ class _Run:
                     self.node_emit,
                     self.open_credential,
                 )
+                if node.tools:
+                    ctx = calls.offer(self, node, ctx)
                 if span is None:
                     output = await node.executor.run(ctx)
                 else:  # the current span of this task while the executor runs
@@ -226,10 +229,14 @@ class _Run:
             "startedAt": started,
             "finishedAt": time.time(),
         }
+        usage = ctx._usage if ctx is not None else None  # set by ctx.record_usage
+        if usage is not None:
+            record["usage"] = usage
         if error is not None:
             record["error"] = error
             self.records.append(record)
-            self.emit("node_end", {**identity, "status": "ERROR", "error": error})
+            end = {**identity, "status": "ERROR", "error": error}
+            self.emit("node_end", end if usage is None else {**end, "usage": usage})
             if self.failure is None:
                 self.failure = NodeFailed(
                     node.id, error, bounded_traceback(trace), list(self.records)
@@ -240,7 +247,8 @@ class _Run:
         self.records.append(record)
         self.outputs[node.id] = output
         self.docs[node.id] = doc
-        self.emit("node_end", {**identity, "status": "FINISHED", "output": doc})
+        end = {**identity, "status": "FINISHED", "output": doc}
+        self.emit("node_end", end if usage is None else {**end, "usage": usage})
         if self.done:
             self.done[node.id].set()
 
@@ -316,8 +324,8 @@ class _NoScope:
 
 _NO_SCOPE = _NoScope()
 
-# _Run.node builds NodeContext positionally, in this order.
-assert [a.name for a in attrs.fields(NodeContext)] == [
+# _Run.node builds NodeContext positionally, in this order (the rest have defaults).
+assert [a.name for a in attrs.fields(NodeContext)][:7] == [
     "job_id",
     "node_id",
     "inputs",

@@ -25,13 +25,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from flowqd.errors import FlowValidationError
-from flowqd.executors.base import Executor
+from flowqd.executors.base import Executor, Tool
 from flowqd.flows import branches
 from flowqd.flows.model import CompiledFlow, CompiledNode, NodeSource
 from flowqd.flows.params import Problem, key_path, show, structure_params
 
 TOP_KEYS = ("id", "nodes", "output", "description")
-NODE_KEYS = ("id", "type", "label", "params", "inputs", "timeout_s", "when")
+NODE_KEYS = ("id", "type", "label", "params", "inputs", "timeout_s", "when", "tool", "tools")
+TOOL_KEYS = ("description", "parameters")
 FLOW_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}")
 NODE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,127}")
 INPUT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
@@ -66,6 +67,8 @@ class _Draft:
         self.timeout_s: float | None = None
         self.when: dict[str, tuple[str, list[str]]] = {}  # node -> (path, outcomes)
         self.outcomes: tuple[str, ...] | None = None  # a branching node's, if readable
+        self.tool: Tool | None = None  # set for a tool node
+        self.tools: list[tuple[str, str]] = []  # (path, tool node id) it offers
 
 
 def compile_flow(
@@ -120,8 +123,13 @@ def compile_flow(
                 problems.append((path, _unknown_node(source.node, by_id)))
                 del draft.inputs[name]
     problems.extend(_when_refs(drafts, by_id))
+    problems.extend(_tool_uses(drafts, by_id))
     problems.extend(_cycles(drafts, by_id))
     output = _output(document, by_id, problems)
+    for index, node in enumerate(output or ()):
+        if "tool" in by_id[node].raw:
+            where = f"$.output[{index}]" if isinstance(document["output"], list) else "$.output"
+            problems.append((where, _is_tool(node)))
     for draft in drafts:
         problems.extend(_executor_check(draft))
     if problems:
@@ -236,6 +244,8 @@ def _read_node(draft: _Draft, executors: Mapping[str, Executor], problems: list[
         draft.outcomes = _outcomes(draft, draft.executor, problems)
     if "when" in raw:
         _read_when(draft, problems)
+    if "tool" in raw or "tools" in raw:
+        _read_tool(draft, problems)
 
 
 def _read_inputs(draft: _Draft, problems: list[Problem]) -> None:
@@ -396,6 +406,8 @@ def _executor_check(draft: _Draft) -> list[Problem]:
     executor = draft.executor
     if executor is None or executor.check is None or not draft.params_ok:
         return []
+    if draft.tool is not None:
+        return _tool_check(draft, executor)
     try:
         return [
             (f"{draft.path}.{relative}" if relative else draft.path, message)
@@ -463,6 +475,9 @@ def _when_refs(drafts: list[_Draft], by_id: Mapping[str, _Draft]) -> list[Proble
             if target is None:
                 problems.append((path, _unknown_node(node, by_id)))
                 del draft.when[node]
+            elif "tool" in target.raw:
+                problems.append((path, _is_tool(node)))
+                del draft.when[node]
             elif target.executor is not None and target.executor.branches is None:
                 problems.append(
                     (
@@ -485,6 +500,151 @@ def _when_refs(drafts: list[_Draft], by_id: Mapping[str, _Draft]) -> list[Proble
     return problems
 
 
+def _read_tool(draft: _Draft, problems: list[Problem]) -> None:
+    """The ``tool`` field (this node is a tool) and the ``tools`` field (it calls some)."""
+    raw, path = draft.raw, draft.path
+    if "tool" in raw:
+        draft.tool = _tool(draft, raw["tool"], f"{path}.tool", problems)
+        if "inputs" in raw:
+            problems.append(
+                (
+                    f"{path}.inputs",
+                    "a tool node takes its inputs from the arguments the model sends "
+                    "(tool.parameters), not from inputs; remove inputs",
+                )
+            )
+        if "when" in raw:
+            problems.append(
+                (
+                    f"{path}.when",
+                    "a tool node runs whenever a node offered it calls it; remove when "
+                    "(give the calling node the when instead)",
+                )
+            )
+        if "tools" in raw:
+            problems.append(
+                (f"{path}.tools", "a tool node cannot offer tools itself; remove tools")
+            )
+            return
+    if "tools" not in raw:
+        return
+    tools = raw["tools"]
+    if not isinstance(tools, list) or not tools:
+        problems.append(
+            (f"{path}.tools", f"expected a non-empty list of tool node ids, got {show(tools)}")
+        )
+        return
+    seen: set[str] = set()
+    for index, name in enumerate(tools):
+        item = f"{path}.tools[{index}]"
+        if not isinstance(name, str) or not NODE_ID.fullmatch(name):
+            problems.append((item, f"expected a tool node's id, got {show(name)}"))
+        elif name in seen:
+            problems.append((item, f"tool {name!r} is listed twice"))
+        else:
+            seen.add(name)
+            draft.tools.append((item, name))
+
+
+def _tool(draft: _Draft, raw: Any, path: str, problems: list[Problem]) -> Tool | None:
+    if not isinstance(raw, Mapping):
+        problems.append(
+            (path, f"expected an object with description and parameters, got {show(raw)}")
+        )
+        return None
+    ok = True
+    for key in raw:
+        if key not in TOOL_KEYS:
+            problems.append(
+                (key_path(path, key), f"unknown key; known keys: {', '.join(TOOL_KEYS)}")
+            )
+            ok = False
+    description = raw.get("description")
+    if not isinstance(description, str) or not description.strip():
+        problems.append(
+            (
+                f"{path}.description",
+                "missing or empty: say what the tool does, the model reads it to choose "
+                f"(got {show(description)})",
+            )
+        )
+        ok = False
+    parameters = raw.get("parameters", {"type": "object", "properties": {}})
+    if not isinstance(parameters, Mapping) or parameters.get("type") != "object":
+        problems.append(
+            (
+                f"{path}.parameters",
+                'expected a JSON schema of an object, {"type": "object", "properties": '
+                f"{{...}}}}, got {show(parameters)}",
+            )
+        )
+        ok = False
+    elif not isinstance(parameters.get("properties", {}), Mapping):
+        problems.append(
+            (
+                f"{path}.parameters.properties",
+                f"expected an object of argument name -> schema, got "
+                f"{show(parameters['properties'])}",
+            )
+        )
+        ok = False
+    if not ok or draft.id is None or not isinstance(description, str):
+        return None
+    return Tool(draft.id, description.strip(), dict(parameters))
+
+
+def _is_tool(node: str) -> str:
+    return (
+        f"node {node!r} is a tool: it runs only when a node offered it calls it, so it "
+        "has no output here; read the output of the node that calls it"
+    )
+
+
+def _tool_uses(drafts: list[_Draft], by_id: Mapping[str, _Draft]) -> list[Problem]:
+    """Tools offered must be tool nodes; tool nodes are never another node's input.
+
+    A node with a "tool" field counts as a tool here even when the field is
+    wrong: that is reported once, where it is wrong.
+    """
+    problems: list[Problem] = []
+    for draft in drafts:
+        for path, source in draft.inputs.values():
+            if source.node is not None and "tool" in by_id[source.node].raw:
+                problems.append((path, _is_tool(source.node)))
+        for path, name in draft.tools:
+            if name not in by_id:
+                problems.append((path, _unknown_node(name, by_id)))
+            elif "tool" not in by_id[name].raw:
+                problems.append(
+                    (
+                        path,
+                        f'node {name!r} is not a tool: give it a "tool" field with a '
+                        "description and parameters",
+                    )
+                )
+    return problems
+
+
+def _tool_check(draft: _Draft, executor: Executor) -> list[Problem]:
+    """The executor's check, as if the tool's arguments were its inputs."""
+    assert draft.tool is not None and executor.check is not None
+    properties = draft.tool.parameters.get("properties", {})
+    where = f"{draft.path}.tool.parameters.properties"
+
+    def at(relative: str) -> str:
+        if relative.startswith("inputs"):  # "inputs", "inputs.x": the arguments
+            return where + relative.removeprefix("inputs")
+        return f"{draft.path}.{relative}" if relative else draft.path
+
+    try:
+        return [
+            (at(relative), message)
+            for relative, message in executor.check(draft.params, frozenset(properties))
+        ]
+    except Exception as exc:
+        return [(draft.path, f"the {executor.type!r} executor's check failed: {exc!r}")]
+
+
 def _known(executors: Mapping[str, Executor]) -> str:
     return ", ".join(sorted(executors)) or "none (no executor plugins loaded)"
 
@@ -494,6 +654,7 @@ def _compiled(
 ) -> CompiledFlow:
     nodes = {}
     flow_inputs: set[str] = set()
+    tools = {d.id: d.tool for d in drafts if d.tool is not None}
     for draft in drafts:
         assert draft.id is not None and draft.type is not None and draft.executor is not None
         inputs = tuple((name, source) for name, (_p, source) in draft.inputs.items())
@@ -510,8 +671,11 @@ def _compiled(
             inputs=inputs,
             timeout_s=draft.timeout_s,
             when={node: frozenset(values) for node, (_p, values) in draft.when.items()},
+            tool=draft.tool,
+            tools=tuple(tools[name] for _p, name in draft.tools),
         )
-    ordered = _topological(list(nodes.values()))
+    # Tool nodes run only when called: the graph, and its branches, leave them out.
+    ordered = _topological([n for n in nodes.values() if n.tool is None])
     return CompiledFlow(
         id=flow_id,
         nodes=ordered,
@@ -520,6 +684,7 @@ def _compiled(
         flow_inputs=frozenset(flow_inputs),
         outputs=output,
         branching=branches.plan(ordered),
+        tools={n.id: n for n in nodes.values() if n.tool is not None},
     )
 
 

@@ -129,3 +129,78 @@ def streaming_llm(tokens: Sequence[str]) -> Handler:
         await stream.send_all(chunk(None, "stop") + b"data: [DONE]\n\n")
 
     return handler
+
+
+# ---- a scripted OpenAI-compatible server: tool calls and usage --------------
+
+
+def _delta_chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+    choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+    return (
+        b"data: " + orjson.dumps({"object": "chat.completion.chunk", "choices": [choice]}) + b"\n\n"
+    )
+
+
+def usage_chunk(prompt_tokens: int, completion_tokens: int) -> bytes:
+    """The last chunk of a stream asked with ``stream_options.include_usage``: no choices."""
+    usage = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+    return b"data: " + orjson.dumps({"choices": [], "usage": usage}) + b"\n\n"
+
+
+def tool_calls_answer(
+    *calls: tuple[str, str, Sequence[str]], usage: tuple[int, int] | None = None
+) -> bytes:
+    """A streamed answer asking for tool calls, each ``(id, name, argument pieces)``.
+
+    As OpenAI streams them: a first piece with the call's index, id and name,
+    then the arguments' JSON text in pieces, then finish_reason tool_calls.
+    """
+    out = _delta_chunk({"role": "assistant", "content": None})
+    for index, (call_id, name, pieces) in enumerate(calls):
+        first = {"index": index, "id": call_id, "type": "function"}
+        out += _delta_chunk(
+            {"tool_calls": [{**first, "function": {"name": name, "arguments": ""}}]}
+        )
+        for piece in pieces:
+            out += _delta_chunk(
+                {"tool_calls": [{"index": index, "function": {"arguments": piece}}]}
+            )
+    out += _delta_chunk({}, "tool_calls")
+    if usage is not None:
+        out += usage_chunk(*usage)
+    return out + b"data: [DONE]\n\n"
+
+
+def text_answer(tokens: Sequence[str], usage: tuple[int, int] | None = None) -> bytes:
+    """A streamed answer of ``tokens``, then finish_reason stop (and usage)."""
+    out = b"".join(chunk(token) for token in tokens) + chunk(None, "stop")
+    if usage is not None:
+        out += usage_chunk(*usage)
+    return out + b"data: [DONE]\n\n"
+
+
+def scripted_llm(*answers: bytes | dict[str, Any]) -> Handler:
+    """Answers the n-th chat completion request with ``answers[n]``, then HTTP 500.
+
+    A bytes answer is an event stream body; a dict is sent as a whole (not
+    streamed) chat completion. The test reads what each request sent from
+    ``Server.requests`` (the tool results the node sent back, say).
+    """
+    script = list(answers)
+
+    async def handler(request: Request, stream: trio.SocketStream) -> None:
+        if not script:
+            await send_json(stream, 500, {"error": {"message": "the script has no more answers"}})
+            return
+        answer = script.pop(0)
+        if isinstance(answer, dict):
+            await send_json(stream, 200, answer)
+            return
+        await send_head(stream, 200, [("Content-Type", "text/event-stream")])
+        await stream.send_all(answer)
+
+    return handler

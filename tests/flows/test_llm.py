@@ -80,6 +80,7 @@ async def test_flow_streams_tokens_in_order(executors: dict[str, Executor]) -> N
     assert request.json() == {
         "model": "test-model",
         "stream": True,
+        "stream_options": {"include_usage": True},
         "temperature": 0.5,
         "max_tokens": 20,
         "messages": [

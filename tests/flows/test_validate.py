@@ -60,7 +60,8 @@ BAD_FLOWS: list[tuple[str, Any, list[tuple[str, str]]]] = [
         [
             (
                 "$.nodes[0].color",
-                "unknown key; known keys: id, type, label, params, inputs, timeout_s, when",
+                "unknown key; known keys: id, type, label, params, inputs, timeout_s, when, "
+                "tool, tools",
             ),
             ("$.nodes[0].type", f"unknown node type 'nope'; known types: {TYPES}"),
         ],
