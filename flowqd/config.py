@@ -137,6 +137,22 @@ class QueueConfig:
 
 
 @attrs.frozen
+class MemoryConfig:
+    """Conversation memory (``Conversations``): turns per session, kept in the broker."""
+
+    enabled: bool = True
+    max_turns: int = attrs.field(default=50, validator=_positive)
+    # Encoded turn data per conversation; a turn alone larger than this is cut to fit.
+    max_bytes: int = attrs.field(
+        default=65536, validator=_check(lambda x: x >= 1024, "a value of 1024 or more")
+    )
+    ttl_s: float = attrs.field(default=7 * 86400.0, validator=_positive)
+    # Conversations kept per flow (every API key's together); the least recently
+    # active beyond this are forgotten when another one is written.
+    max_sessions: int = attrs.field(default=10000, validator=_positive)
+
+
+@attrs.frozen
 class RedisConfig:
     url: str | None = None
     host: str = "localhost"
@@ -239,6 +255,7 @@ class Config:
     auth: AuthConfig = attrs.Factory(AuthConfig)
     limits: LimitsConfig = attrs.Factory(LimitsConfig)
     egress: EgressConfig = attrs.Factory(EgressConfig)
+    memory: MemoryConfig = attrs.Factory(MemoryConfig)
     # Where the values came from; not configuration itself.
     source: str = attrs.field(default="defaults", eq=False)
     redis_configured: bool = attrs.field(default=False, eq=False)

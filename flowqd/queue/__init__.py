@@ -28,12 +28,14 @@ async def open_broker(config: Config) -> AsyncIterator[Broker]:
     if config.broker == "memory":
         from flowqd.queue.memory import memory_broker
 
-        yield memory_broker(config.queue)
+        yield memory_broker(config.queue, config.memory)
         return
     from flowqd.queue.redis import open_redis_broker
 
     name = client_name(config.role)
-    async with open_redis_broker(config.redis, config.queue, name=name) as broker:
+    async with open_redis_broker(
+        config.redis, config.queue, name=name, memory=config.memory
+    ) as broker:
         yield broker
 
 

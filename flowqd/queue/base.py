@@ -15,6 +15,7 @@ import attrs
 import trio
 
 from flowqd.queue.roles import (
+    Conversations,
     FlowDocuments,
     JobStore,
     QueueControl,
@@ -56,6 +57,7 @@ class Broker:
     flow_documents: FlowDocuments
     secrets: SealedSecrets
     limiter: RateLimiter
+    conversations: Conversations
     _backend: Backend
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

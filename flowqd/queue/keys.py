@@ -35,6 +35,11 @@ EVENTS = "events:"  # stream, entries {n: name, d: orjson data}
 WORKER = "worker:"  # string, orjson WorkerInfo, PX heartbeat ttl
 FLOW = "flow:"  # flow:<id>:v<n> string, the flow document of version n
 RATE = "rate:"  # string, a rate limit's theoretical arrival time (ms), PX until idle
+# Conversation memory, per flow; a conversation is "<owner>/<session>" within
+# its flow (queue/turns.py), so its keys are conv:<flow>/<owner>/<session>.
+CONV = "conv:"  # list, the conversation's encoded turns, oldest first; PX memory.ttl_s
+CONV_BYTES = "conv-bytes:"  # string, the byte total of those turns; PX memory.ttl_s
+CONVS = "convs:"  # zset per flow: conversation -> its last turn (ms); PX memory.ttl_s
 # Job hash fields returned (in this order) wherever a job record is read.
 JOB_FIELDS: tuple[str, ...] = (
     "flow",
@@ -135,6 +140,15 @@ class QueueKeys:
     def flow(self, flow_id: str, version: int) -> str:
         return f"{self.prefix}{FLOW}{flow_id}:v{version}"
 
+    def conversation(self, flow_id: str, conversation: str) -> str:
+        return f"{self.prefix}{CONV}{flow_id}/{conversation}"
+
+    def conversation_bytes(self, flow_id: str, conversation: str) -> str:
+        return f"{self.prefix}{CONV_BYTES}{flow_id}/{conversation}"
+
+    def conversations(self, flow_id: str) -> str:
+        return self.prefix + CONVS + flow_id
+
 
 _SUFFIX = {const: suffix for const, suffix, _ in FIXED}
 assert all(_SUFFIX[f"K_{s.upper()}"] == s for s in ("completed", "failed", "cancelled"))
@@ -151,6 +165,10 @@ def lua_prelude() -> str:
         f"local function flow_key(id, v) return P .. '{FLOW}' .. id .. ':v' .. v end",
         "local function finished_key(status) return P .. status end",
         f"local function rate_key(name) return P .. '{RATE}' .. name end",
+        f"local function conv_key(flow, c) return P .. '{CONV}' .. flow .. '/' .. c end",
+        f"local function conv_bytes_key(flow, c) return P .. '{CONV_BYTES}' .. flow .. '/' .. c"
+        " end",
+        f"local function convs_key(flow) return P .. '{CONVS}' .. flow end",
         "local JOB_FIELDS = {" + ", ".join(f"'{f}'" for f in JOB_FIELDS) + "}",
         *(f"local F_{f.upper()} = {i}" for i, f in enumerate(JOB_FIELDS, 1)),
         f"local MARKER_MEMBER = '{MARKER_MEMBER}'",

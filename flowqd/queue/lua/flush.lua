@@ -2,18 +2,71 @@
 -- id, event count C, then C pairs (name, data); then per outcome (8): id,
 -- token, kind (c f x r), stored (result JSON / error JSON / cancel reason),
 -- event data (error event JSON), nodes JSON or '', retry '1'/'0', jitter in
--- [0, 1) (failures only).
+-- [0, 1) (failures only) or, for a completed outcome with a conversation
+-- turn, TURN_MARK followed by TURN_ARGS more (see add_turn).
 -- Returns 1/0 per outcome (0: token is not the job's current one: refused).
 local now = now_ms()
 local n_runs = tonumber(ARGV[A])
 local first_outcome = A + 1
 for _ = 1, n_runs do first_outcome = first_outcome + 2 + 2 * tonumber(ARGV[first_outcome + 1]) end
+
+-- The arguments after an outcome's TURN_MARK: flow id, conversation name
+-- (owner/session), the encoded turn (cut to fit by flush_args), then
+-- memory.max_turns, max_bytes, ttl in ms and max_sessions. Appends the turn,
+-- drops the oldest while over either bound, and keeps the flow's index of
+-- conversations within ttl and max_sessions (forgetting the least recently
+-- active), everything expiring ttl after its last turn.
+local function add_turn(t)
+  local flow, conv, turn = ARGV[t], ARGV[t + 1], ARGV[t + 2]
+  local max_turns, max_bytes = tonumber(ARGV[t + 3]), tonumber(ARGV[t + 4])
+  local ttl, max_sessions = tonumber(ARGV[t + 5]), tonumber(ARGV[t + 6])
+  local lk, bk = conv_key(flow, conv), conv_bytes_key(flow, conv)
+  local n = redis.call('RPUSH', lk, turn)
+  local size = redis.call('INCRBY', bk, #turn)
+  local dropped = false
+  while n > 1 and (n > max_turns or size > max_bytes) do
+    size = size - #redis.call('LPOP', lk)
+    n = n - 1
+    dropped = true
+  end
+  if dropped then redis.call('SET', bk, size, 'PX', ttl) else redis.call('PEXPIRE', bk, ttl) end
+  redis.call('PEXPIRE', lk, ttl)
+  local index = convs_key(flow)
+  -- Scores strictly increasing (as finish_score does), so that conversations
+  -- written in the same millisecond still list newest first.
+  local score = now
+  local top = redis.call('ZREVRANGE', index, 0, 0, 'WITHSCORES')
+  if top[2] and tonumber(top[2]) >= score then score = tonumber(top[2]) + 1 / 1024 end
+  redis.call('ZADD', index, score, conv)
+  redis.call('ZREMRANGEBYSCORE', index, '-inf', now - ttl)
+  local excess = redis.call('ZCARD', index) - max_sessions
+  if excess > 0 then
+    -- The least recently active, never the one just written (it may tie).
+    local doomed, gone = {}, {}
+    for _, old in ipairs(redis.call('ZRANGE', index, 0, excess)) do
+      if #gone < excess and old ~= conv then
+        gone[#gone + 1] = old
+        doomed[#doomed + 1] = conv_key(flow, old)
+        doomed[#doomed + 1] = conv_bytes_key(flow, old)
+      end
+    end
+    call_in_parts('ZREM', index, gone, 1000)
+    for start = 1, #doomed, 500 do
+      redis.call('DEL', unpack(doomed, start, math.min(start + 499, #doomed)))
+    end
+  end
+  redis.call('PEXPIRE', index, ttl)
+end
+
 -- The fields each outcome's check needs, read once per job before the
 -- events, which reuse them (appending events changes none of them).
 local read = {}
-for o = first_outcome, #ARGV, 8 do
+local o = first_outcome
+while o <= #ARGV do
   local id = ARGV[o]
   if read[id] == nil then read[id] = redis.call('HMGET', job_key(id), 'st', 'tok', 'att', 'max', 'cx') end
+  o = o + 8
+  if ARGV[o - 1] == TURN_MARK then o = o + TURN_ARGS end
 end
 local live = {}
 local i = A + 1
@@ -57,6 +110,7 @@ while i <= #ARGV do
       extra[#extra + 1] = 'res'
       extra[#extra + 1] = stored
       terminal(id, S_COMPLETED, EV_END, stored, now, extra)
+      if ARGV[i + 7] == TURN_MARK then add_turn(i + 8) end
     elseif kind == O_FAILED then
       extra[#extra + 1] = 'err'
       extra[#extra + 1] = stored
@@ -91,6 +145,7 @@ while i <= #ARGV do
     end
   end
   i = i + 8
+  if ARGV[i - 1] == TURN_MARK then i = i + TURN_ARGS end
 end
 call_in_parts('ZREM', K_ACTIVE, unlocked, 1000)
 if rang then ring_workers() end

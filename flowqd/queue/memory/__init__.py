@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import trio
 
-from flowqd.config import QueueConfig
+from flowqd.config import MemoryConfig, QueueConfig
 from flowqd.queue.base import Broker
 from flowqd.queue.memory.control import MemoryControl
+from flowqd.queue.memory.conversations import ConversationStore, MemoryConversations
 from flowqd.queue.memory.documents import MemoryFlowDocuments, MemorySecrets
 from flowqd.queue.memory.jobs import MemoryJobs
 from flowqd.queue.memory.limiter import MemoryRateLimiter
@@ -32,8 +33,8 @@ class _InProcess:
         await trio.lowlevel.checkpoint()
 
 
-def memory_broker(queue: QueueConfig) -> Broker:
-    state = MemoryState(queue)
+def memory_broker(queue: QueueConfig, memory: MemoryConfig | None = None) -> Broker:
+    state = MemoryState(queue, conversations=ConversationStore(memory or MemoryConfig()))
     return Broker(
         work=MemoryWork(state),
         jobs=MemoryJobs(state),
@@ -41,5 +42,6 @@ def memory_broker(queue: QueueConfig) -> Broker:
         flow_documents=MemoryFlowDocuments(),
         secrets=MemorySecrets(),
         limiter=MemoryRateLimiter(),
+        conversations=MemoryConversations(state.conversations),
         backend=_InProcess(),
     )

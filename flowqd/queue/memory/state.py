@@ -41,6 +41,7 @@ from flowqd.jobs import (
     WorkerInfo,
 )
 from flowqd.queue import policy
+from flowqd.queue.memory.conversations import ConversationStore
 
 FINISHED = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
 
@@ -119,6 +120,7 @@ class MemoryState:
     paused: bool = False
     cancel_callbacks: list[Callable[[str], None]] = attrs.Factory(list)
     workers: dict[str, tuple[WorkerInfo, float]] = attrs.Factory(dict)
+    conversations: ConversationStore = attrs.Factory(ConversationStore)
     _seq: itertools.count[int] = attrs.Factory(itertools.count)
     _event_ids: itertools.count[int] = attrs.Factory(lambda: itertools.count(1))
 
@@ -182,6 +184,8 @@ class MemoryState:
         if kind == OutcomeKind.COMPLETED:
             rec.result = result
             self._terminal(rec, JobStatus.COMPLETED, END, result)
+            if outcome.turn is not None:  # with the outcome, as flush.lua does
+                self.conversations.append(outcome.turn)
         elif kind == OutcomeKind.FAILED:
             rec.error = error
             if outcome.retry and rec.cancel is None and rec.attempts < rec.max_attempts:

@@ -3,7 +3,7 @@
 ``backend.py`` holds what the roles share (client, key names, scripts, the
 event reader) and describes the data model; each role is a small class of
 its own (``work.py``, ``jobs.py``, ``control.py``, ``documents.py``,
-``limiter.py``). Only this package talks to ``flowqd.redis``.
+``limiter.py``, ``conversations.py``). Only this package talks to ``flowqd.redis``.
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
-from flowqd.config import QueueConfig, RedisConfig
+from flowqd.config import MemoryConfig, QueueConfig, RedisConfig
 from flowqd.queue.base import Broker
 from flowqd.queue.redis.backend import RedisBackend
 from flowqd.queue.redis.control import RedisControl
+from flowqd.queue.redis.conversations import RedisConversations
 from flowqd.queue.redis.documents import RedisFlowDocuments, RedisSecrets
 from flowqd.queue.redis.jobs import RedisJobs
 from flowqd.queue.redis.limiter import RedisRateLimiter
@@ -24,12 +25,20 @@ from flowqd.redis import open_redis
 
 @asynccontextmanager
 async def open_redis_broker(
-    redis_config: RedisConfig, queue: QueueConfig, *, name: str = "flowqd"
+    redis_config: RedisConfig,
+    queue: QueueConfig,
+    *,
+    name: str = "flowqd",
+    memory: MemoryConfig | None = None,
 ) -> AsyncIterator[Broker]:
     """A broker on Redis with its own client; needs no running Redis to enter."""
     async with open_redis(redis_config, name=name) as redis, AsyncExitStack() as stack:
         backend = RedisBackend.create(
-            redis, queue, exit_stack=stack, block_margin_s=redis_config.command_timeout_s
+            redis,
+            queue,
+            exit_stack=stack,
+            block_margin_s=redis_config.command_timeout_s,
+            memory=memory,
         )
         yield Broker(
             work=RedisWork(backend),
@@ -38,5 +47,6 @@ async def open_redis_broker(
             flow_documents=RedisFlowDocuments(backend),
             secrets=RedisSecrets(backend),
             limiter=RedisRateLimiter(backend),
+            conversations=RedisConversations(backend),
             backend=backend,
         )

@@ -15,6 +15,10 @@ transition of the job state machine):
 - ``events:<id>`` stream, ``XADD MAXLEN ~``, entries ``n`` (name) and ``d``
   (orjson data); its last entry is the one terminal event. Job hash and
   stream expire ``queue.remove_on_age_s`` after the job ends.
+- ``conv:<flow>/<owner>/<session>`` list of encoded turns (``queue/turns.py``)
+  and ``conv-bytes:...`` their byte total, ``convs:<flow>`` zset of the flow's
+  conversations by last turn: written only by the flush script, with a
+  completed outcome; all expire ``memory.ttl_s`` after the last turn.
 - ``marker``: a one-member zset that idle workers wait on with BZPOPMIN on a
   connection of their own; enqueue, promotion, requeue and resume ring it,
   and a claim that leaves jobs waiting rings it again for the next worker.
@@ -37,7 +41,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import attrs
 import trio
 
-from flowqd.config import QueueConfig
+from flowqd.config import MemoryConfig, QueueConfig
 from flowqd.queue.keys import QueueKeys
 from flowqd.queue.redis.events import EventHub
 from flowqd.queue.redis.scripts import QueueScripts
@@ -79,6 +83,7 @@ class RedisBackend:
     blocking: BlockingConnections
     # Added to a blocking claim's wait for its reply's deadline.
     block_margin_s: float
+    memory: MemoryConfig = attrs.Factory(MemoryConfig)
 
     @classmethod
     def create(
@@ -88,6 +93,7 @@ class RedisBackend:
         *,
         exit_stack: AsyncExitStack,
         block_margin_s: float,
+        memory: MemoryConfig | None = None,
     ) -> RedisBackend:
         keys = QueueKeys(queue.name)
         return cls(
@@ -98,6 +104,7 @@ class RedisBackend:
             EventHub(redis, keys),
             BlockingConnections(redis, exit_stack),
             block_margin_s,
+            memory or MemoryConfig(),
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

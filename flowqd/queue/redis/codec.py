@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import attrs
 import orjson
 
+from flowqd.config import MemoryConfig
 from flowqd.jobs import (
     CANCELLED,
     END,
@@ -20,9 +22,11 @@ from flowqd.jobs import (
     JobStatus,
     Outcome,
     OutcomeKind,
+    TurnWrite,
 )
 from flowqd.queue import policy
 from flowqd.queue.keys import JOB_FIELDS
+from flowqd.queue.turns import conversation_name, encode_turn
 
 _N_FIELDS = len(JOB_FIELDS)
 _STATUSES = {status.value.encode(): status for status in JobStatus}
@@ -32,6 +36,11 @@ _OUTCOME_CODES = {
     OutcomeKind.CANCELLED: b"x",
     OutcomeKind.REQUEUE: b"r",
 }
+# A completed outcome's last argument when a conversation turn follows it, in
+# this many more arguments (flush.lua's add_turn).
+TURN_MARK = b"t"
+TURN_ARGS = 7
+_DEFAULT_MEMORY = MemoryConfig()
 
 
 def lua_names() -> str:
@@ -41,6 +50,7 @@ def lua_names() -> str:
     lines = [f"local S_{status.name} = '{status.value}'" for status in JobStatus]
     lines += [f"local EV_{name.upper()} = '{name}'" for name in (END, ERROR, CANCELLED, RETRIED)]
     lines += [f"local O_{kind.name} = '{code.decode()}'" for kind, code in _OUTCOME_CODES.items()]
+    lines += [f"local TURN_MARK, TURN_ARGS = '{TURN_MARK.decode()}', {TURN_ARGS}"]
     return "\n".join(lines) + "\n"
 
 
@@ -117,8 +127,12 @@ def decode_claim(reply: Any) -> list[Claimed] | None:
     return claimed
 
 
-def flush_args(events: Sequence[EmittedEvent], outcomes: Sequence[Outcome]) -> list[Any]:
-    """The flush script's arguments (see ``lua/flush.lua``)."""
+def flush_args(
+    events: Sequence[EmittedEvent],
+    outcomes: Sequence[Outcome],
+    memory: MemoryConfig = _DEFAULT_MEMORY,
+) -> list[Any]:
+    """The flush script's arguments (see ``lua/flush.lua``); ``memory`` bounds the turns."""
     dumps = orjson.dumps
     # Events as runs of one job's consecutive events: job id and count
     # once per run (a job's events mostly come together), then name and
@@ -148,6 +162,12 @@ def flush_args(events: Sequence[EmittedEvent], outcomes: Sequence[Outcome]) -> l
             event_data = dumps(policy.error_event_data(error))
         elif kind == OutcomeKind.CANCELLED:
             stored = policy.cancel_reason(outcome.error)
+        last: Any = repr(policy.jitter()) if kind == OutcomeKind.FAILED else b""
+        turn: tuple[Any, ...] = ()
+        if outcome.turn is not None and kind == OutcomeKind.COMPLETED:
+            turn = turn_args(outcome.turn, memory)
+            if turn:
+                last = TURN_MARK
         args += (
             outcome.job_id,
             outcome.token,
@@ -156,9 +176,27 @@ def flush_args(events: Sequence[EmittedEvent], outcomes: Sequence[Outcome]) -> l
             event_data,
             dumps(outcome.nodes) if outcome.nodes else b"",
             b"1" if outcome.retry else b"0",
-            repr(policy.jitter()) if kind == OutcomeKind.FAILED else b"",
+            last,
         )
+        if turn:
+            args += turn
     return args
+
+
+def turn_args(write: TurnWrite, memory: MemoryConfig) -> tuple[Any, ...]:
+    """The TURN_ARGS arguments of a turn after its outcome's; () when it cannot be stored."""
+    encoded = encode_turn(write.turn, memory.max_bytes)
+    if encoded is None:
+        return ()
+    return (
+        write.key.flow_id,
+        conversation_name(write.key),
+        encoded,
+        memory.max_turns,
+        memory.max_bytes,
+        max(1, math.ceil(memory.ttl_s * 1000)),
+        memory.max_sessions,
+    )
 
 
 assert _N_FIELDS == 17  # decode_job unpacks exactly these

@@ -79,6 +79,7 @@ class QueueScripts:
     put_flow: QueueScript
     get_flow: QueueScript
     rate_limit: QueueScript
+    clear_conversation: QueueScript
 
     @classmethod
     def load(cls, redis: Redis, keys: QueueKeys, queue: QueueConfig) -> QueueScripts:

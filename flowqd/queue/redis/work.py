@@ -172,7 +172,7 @@ class RedisWork:
         if not events and not outcomes:
             await trio.lowlevel.checkpoint()
             return []
-        args = flush_args(events, outcomes)
+        args = flush_args(events, outcomes, self._backend.memory)
         with trio.CancelScope(shield=True):
             try:
                 results = await self._backend.scripts.flush(args, durable=True)
