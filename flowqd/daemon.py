@@ -207,6 +207,7 @@ async def _serve(config: Config, life: Lifecycle, argv: Sequence[str]) -> None:
                         flows=flows,
                         credentials=credentials,
                         registry=registry,
+                        conversations=broker.conversations,
                         shutdown=life.shutdown,
                     )
                     # In infra: its directory outlives the extra API processes.

@@ -1,7 +1,7 @@
 """The main role's HTTP API as a quart-trio app.
 
 Routes are module-level handlers in blueprints (``service``, ``predictions``,
-``jobs``, ``manage``, ``dashboard``); they reach what they share through
+``jobs``, ``chatmessages``, ``manage``, ``dashboard``); they reach what they share through
 ``context()``. This module wires them with authentication (``authn``),
 errors as JSON and metrics.
 """
@@ -17,7 +17,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from flowqd import tracing
-from flowqd.api import dashboard, health, jobs, manage, predictions, service
+from flowqd.api import chatmessages, dashboard, health, jobs, manage, predictions, service
 from flowqd.api.authn import Authenticator
 from flowqd.api.context import ApiContext, context
 from flowqd.api.guard import Guard
@@ -33,6 +33,7 @@ BLUEPRINTS = (
     health.blueprint,
     predictions.blueprint,
     jobs.blueprint,
+    chatmessages.blueprint,
     manage.blueprint,
     dashboard.blueprint,
 )

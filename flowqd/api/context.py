@@ -2,7 +2,7 @@
 
 One ``ApiContext`` per app, reached from a handler through ``context()``.
 It holds only the roles of the queue the API uses (``JobStore``,
-``QueueControl``, ``RateLimiter``), never the whole broker.
+``QueueControl``, ``RateLimiter``, ``Conversations``), never the whole broker.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from flowqd.errors import FlowValidationError
 from flowqd.flows import CompiledFlow, FlowStore
 from flowqd.jobs import Job
 from flowqd.metrics import Registry
-from flowqd.queue.roles import JobStore, QueueControl, RateLimiter
+from flowqd.queue.roles import Conversations, JobStore, QueueControl, RateLimiter
 
 __all__ = ["JOB_ID_HEADER", "ApiContext", "context", "principal", "require_admin"]
 
@@ -50,6 +50,7 @@ class ApiContext:
     flows: FlowStore
     credentials: CredentialStore
     registry: Registry
+    conversations: Conversations  # the chat-message routes'
     # Set when the daemon begins to stop: event streams end, waiters answer.
     shutdown: trio.Event = attrs.Factory(trio.Event)
     keys: KeyRing = attrs.Factory(lambda self: KeyRing.from_config(self.config), takes_self=True)

@@ -186,6 +186,27 @@ JOB: Schema = {
         "finished_at": {"type": ["number", "null"]},
     },
 }
+CHAT_MESSAGE: Schema = {
+    "type": "object",
+    "description": "Flowise's ChatMessage entity; fields flowqd has no value for "
+    "(sourceDocuments, usedTools, fileAnnotations, agentReasoning, reasonContent, "
+    "fileUploads, artifacts, action, memoryType, leadEmail, followUpPrompts) are null",
+    "properties": {
+        "id": {"type": "string", "format": "uuid", "description": "stable for the message"},
+        "role": {"enum": ["userMessage", "apiMessage"]},
+        "chatflowid": {"type": "string"},
+        "executionId": {"type": "string", "description": "the job that answered"},
+        "content": {"type": "string"},
+        "chatType": {"const": "EXTERNAL"},
+        "chatId": {"type": "string"},
+        "sessionId": {"type": "string"},
+        "createdDate": {
+            "type": "string",
+            "format": "date-time",
+            "description": "when the job completed (the question's and its answer's)",
+        },
+    },
+}
 SSE = {"text/event-stream": {"schema": {"type": "string"}}}
 JOB_ID_HEADER = {
     "X-Flowqd-Job-Id": {"description": "the job this answer is about", "schema": {"type": "string"}}
@@ -194,6 +215,23 @@ JOB_ID_HEADER = {
 
 JOB_ID = [_param("job_id")]
 FLOW_ID = [_param("flow_id")]
+CHAT_QUERY = [
+    _param("sessionId", "query", "one conversation (Flowise's sessionId, else its chatId)"),
+    _param("chatId", "query", "the messages of that chat"),
+    _param(
+        "chatType",
+        "query",
+        "INTERNAL, EXTERNAL, ... (one, a JSON array, or repeated); flowqd's are EXTERNAL",
+    ),
+    _param("order", "query", "ASC (default) or DESC by createdDate; sortOrder is read too"),
+    _param("startDate", "query", "ISO 8601; a date alone is its midnight UTC"),
+    _param("endDate", "query", "ISO 8601, inclusive"),
+    _param("messageId", "query", "one message"),
+]
+CHAT_PAGING = [
+    _param("page", "query", "1-based page of conversations, with limit"),
+    _param("limit", "query", "conversations a page"),
+]
 # Every route of the app, by path and method: tests/api/test_openapi_routes.py fails
 # when a route is missing here, or a path here is no route.
 PATHS: dict[str, Any] = _at_the_door(
@@ -270,6 +308,25 @@ PATHS: dict[str, Any] = _at_the_door(
                 params=FLOW_ID,
                 open_route=True,
             )
+        },
+        "/api/v1/chatmessage/{flow_id}": {
+            "get": _op(
+                "The flow's conversation messages (Flowise-compatible), two a turn "
+                "(question, answer), of the caller's key (admin: every key's); at most "
+                "1000 conversations, the most recently active, paged by page and limit",
+                {"200": _json("the messages", {"type": "array", "items": CHAT_MESSAGE})},
+                params=[*FLOW_ID, *CHAT_QUERY, *CHAT_PAGING],
+                errors=("400", "401", "404", "503"),
+            ),
+            "delete": _op(
+                "Forget the flow's conversations (Flowise-compatible) of the caller's key "
+                "(admin: every key's): those of sessionId, or those holding a message of "
+                "chatId, or all; whole conversations, so startDate, endDate and messageId "
+                "are refused (400)",
+                {"200": _json('{"raw": [], "affected": messages removed}')},
+                params=[*FLOW_ID, *CHAT_QUERY[:3]],
+                errors=("400", "401", "404", "503"),
+            ),
         },
         "/api/v1/jobs": {
             "post": _op(

@@ -182,6 +182,7 @@ async def open_api(
             store,
             credentials,
             registry,
+            broker.conversations,
             shutdown=shutdown,
             keys=keys if keys is not None else KeyRing.from_config(config),
         )
