@@ -204,7 +204,8 @@ class NodeContext:
         ``sessionId`` or ``chatId``, with ``memory.enabled`` false, and for the
         first question of a session; the current question is not in it. Raises
         NodeError for a malformed request ``history``, ValueError for a
-        negative ``turns``, and BrokerUnavailable when the broker cannot be read.
+        negative ``turns``, and a FlowqdError (BrokerUnavailable) when the broker
+        cannot be read.
         """
         if turns is not None and (
             isinstance(turns, bool) or not isinstance(turns, int) or turns < 0
