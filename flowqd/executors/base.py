@@ -118,19 +118,26 @@ def request_history(flow_inputs: Mapping[str, Any]) -> list[Message]:
         )
     messages = []
     for index, entry in enumerate(given):
-        role = content = None
-        if isinstance(entry, Mapping):
-            name = entry.get("role") or entry.get("type")
-            role = _HISTORY_ROLES.get(name) if isinstance(name, str) else None
-            content = entry.get("content", entry.get("message"))
-        if role is None or not isinstance(content, str):
-            raise NodeError(
-                f"job input $.history[{index}] must be "
-                '{"role": "userMessage" or "apiMessage", "content": "..."}, got '
-                f"{str(entry)[:200]}"
-            )
-        messages.append({"role": role, "content": content})
+        message = history_message(entry)
+        if message is None:
+            raise NodeError(f"job input $.history[{index}] {HISTORY_ENTRY}, got {str(entry)[:200]}")
+        messages.append(message)
     return messages
+
+
+HISTORY_ENTRY = 'must be {"role": "userMessage" or "apiMessage", "content": "..."}'
+
+
+def history_message(entry: Any) -> Message | None:
+    """One entry of a request's ``history`` as a chat message; None if it is not one."""
+    if not isinstance(entry, Mapping):
+        return None
+    name = entry.get("role") or entry.get("type")
+    role = _HISTORY_ROLES.get(name) if isinstance(name, str) else None
+    content = entry.get("content", entry.get("message"))
+    if role is None or not isinstance(content, str):
+        return None
+    return {"role": role, "content": content}
 
 
 @attrs.frozen
