@@ -194,6 +194,7 @@ async def _serve(config: Config, life: Lifecycle, argv: Sequence[str]) -> None:
                         WorkerMetrics(registry),
                         credential=credentials.get,
                         broker_ok=unreachable is None,
+                        conversations=broker.conversations,
                     )
                     endpoints["health"] = await _serve_health(
                         infra, config, worker, registry, broker

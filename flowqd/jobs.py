@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 import attrs
+import orjson
 
 
 class JobStatus(enum.StrEnum):
@@ -166,6 +167,14 @@ class Turn:
     question: str
     answer: str
     at: float  # unix seconds, when the job completed
+
+
+def answer_text(value: Any) -> str:
+    """A flow's result as Flowise's answer ``text`` (a string; other results as their
+    JSON): what the prediction route answers and what a conversation keeps."""
+    if isinstance(value, str):
+        return value
+    return orjson.dumps(value).decode()
 
 
 @attrs.frozen

@@ -16,7 +16,7 @@ from typing import Any
 
 from flowqd.config import LimitsConfig, PluginsConfig
 from flowqd.errors import CredentialError, FlowValidationError
-from flowqd.executors.base import Executor, NodeContext
+from flowqd.executors.base import Executor, HistoryReader, Message, NodeContext
 from flowqd.flows.model import FlowResult, NodeFailed
 from flowqd.flows.outputs import encode_event
 from flowqd.flows.params import structure_params
@@ -49,6 +49,27 @@ def _credentials(store: Mapping[str, str] | None) -> Any:
     return credential
 
 
+def _stored(history: Sequence[Mapping[str, str]] | None) -> HistoryReader | None:
+    """``ctx.history``'s stored part: ``history``'s last ``turns`` turns (two messages each)."""
+    if history is None:
+        return None
+    messages: list[Message] = []
+    for index, message in enumerate(history):
+        if message.get("role") not in ("user", "assistant") or not isinstance(
+            message.get("content"), str
+        ):
+            raise ValueError(
+                f'history[{index}] must be {{"role": "user" or "assistant", "content": str}}, '
+                f"got {message!r}"
+            )
+        messages.append({"role": message["role"], "content": message["content"]})
+
+    async def read(turns: int | None) -> list[Message]:
+        return messages[0 if turns is None else max(0, len(messages) - 2 * turns) :]
+
+    return read
+
+
 async def run_executor(
     executor: Executor,
     params: Mapping[str, Any] | Any = None,
@@ -59,6 +80,7 @@ async def run_executor(
     credentials: Mapping[str, str] | None = None,
     job_id: str = "test-job",
     node_id: str = "node",
+    history: Sequence[Mapping[str, str]] | None = None,
 ) -> tuple[Any, Events]:
     """Run one executor the way the runner would; return ``(output, events)``.
 
@@ -66,7 +88,11 @@ async def run_executor(
     one raises FlowValidationError with the problems), or an instance of the
     executor's params class. ``question`` adds ``{"question": ...}`` to the
     job inputs; ``credentials`` maps names to plaintext values for
-    ``ctx.credential``. Events are ``(name, data)`` pairs in order.
+    ``ctx.credential``. ``history`` is the conversation stored for the job's
+    session, ``{"role": "user" | "assistant", "content": str}`` messages oldest
+    first (a question and its answer per turn), that ``ctx.history`` reads; a
+    request's history goes in ``flow_inputs={"history": [...]}``. Events are
+    ``(name, data)`` pairs in order.
     """
     if params is None or isinstance(params, Mapping):
         params, problems = structure_params(executor.params, dict(params or {}), "$.params")
@@ -97,6 +123,7 @@ async def run_executor(
         flow_inputs=job_inputs,
         emit=emit,
         credential=_credentials(credentials),
+        history=_stored(history),
     )
     return await executor.run(ctx), events
 
@@ -124,10 +151,12 @@ async def run_flow_document(
     executors: Mapping[str, Executor] | None = None,
     credentials: Mapping[str, str] | None = None,
     job_id: str = "test-job",
+    history: Sequence[Mapping[str, str]] | None = None,
 ) -> tuple[FlowResult, Events]:
     """Validate and run a flow document; return ``(FlowResult, events)``.
 
-    Executors are ``executors`` if given, else those of ``load_executors(*plugins)``.
+    Executors are ``executors`` if given, else those of ``load_executors(*plugins)``;
+    ``history`` is the stored conversation, as for ``run_executor``.
     Raises FlowValidationError for a bad document and ``flowqd.flows.NodeFailed``
     when a node fails.
     """
@@ -144,5 +173,6 @@ async def run_flow_document(
         inputs=job_inputs,
         emit=lambda name, data: events.append((name, data)),
         credential=_credentials(credentials),
+        history=_stored(history),
     )
     return result, events

@@ -15,6 +15,7 @@ import orjson
 
 from flowqd.flows import CompiledFlow, CompiledNode
 from flowqd.jobs import CANCELLED, END, ERROR, Event, Job
+from flowqd.jobs import answer_text as as_text  # Flowise's text; also a conversation's answer
 
 HEARTBEAT = b":heartbeat\n\n"
 DONE = "[DONE]"
@@ -29,13 +30,6 @@ NODE_SKIPPED = "node_skipped"
 
 def frame(name: str, data: Any) -> bytes:
     return b"message:\ndata:" + orjson.dumps({"event": name, "data": data}) + b"\n\n"
-
-
-def as_text(value: Any) -> str:
-    """Flowise's ``text`` is a string; other results travel as their JSON."""
-    if isinstance(value, str):
-        return value
-    return orjson.dumps(value).decode()
 
 
 @attrs.frozen

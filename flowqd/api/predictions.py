@@ -18,6 +18,7 @@ from flowqd.api import flowise, sse
 from flowqd.api.authn import open_route
 from flowqd.api.context import JOB_ID_HEADER, ApiContext, context, principal
 from flowqd.api.http import ApiError, Problems, error_response, json_response, read_json
+from flowqd.executors.base import HISTORY_ENTRY, history_message
 from flowqd.flows import CompiledFlow
 from flowqd.jobs import CANCELLED, END, ERROR, TERMINAL_EVENTS, Event, JobSpec, new_job_id
 
@@ -63,7 +64,10 @@ def parse_request(body: dict[str, Any]) -> PredictionRequest:
     problems.expect(override, (dict,), "$.overrideConfig", "an object")
     history = body.get("history")
     history = [] if history is None else history
-    problems.expect(history, (list,), "$.history", "an array")
+    if problems.expect(history, (list,), "$.history", "an array"):
+        for index, entry in enumerate(history):
+            if history_message(entry) is None:
+                problems.add(f"$.history[{index}]", HISTORY_ENTRY)
     session = override.get("sessionId") if isinstance(override, dict) else None
     if session is not None:
         problems.expect(session, (str,), "$.overrideConfig.sessionId", "a string")

@@ -100,6 +100,52 @@ class Tool:
     parameters: Mapping[str, Any]
 
 
+Message = dict[str, str]  # {"role": "user" | "assistant", "content": "..."}
+# Reads the stored conversation of a job: its last ``turns`` turns (None: all
+# kept) as messages, oldest first. Given by the worker to jobs with a session.
+HistoryReader = Callable[[int | None], Awaitable[list[Message]]]
+# Flowise's roles in a request's ``history``, as chat roles.
+_HISTORY_ROLES = {"userMessage": "user", "apiMessage": "assistant"}
+
+
+def request_history(flow_inputs: Mapping[str, Any]) -> list[Message]:
+    """The job's ``history`` input (Flowise's request ``history``) as chat messages.
+
+    Entries are ``{"role": "userMessage" | "apiMessage", "content": "..."}``;
+    Flowise's older ``{"type": ..., "message": ...}`` spelling is read too.
+    Raises NodeError naming the first entry that is neither.
+    """
+    given = flow_inputs.get("history")
+    if not given:
+        return []
+    if not isinstance(given, list):
+        raise NodeError(
+            f"job input $.history must be an array of messages, got {type(given).__name__}"
+        )
+    messages = []
+    for index, entry in enumerate(given):
+        message = history_message(entry)
+        if message is None:
+            raise NodeError(f"job input $.history[{index}] {HISTORY_ENTRY}, got {str(entry)[:200]}")
+        messages.append(message)
+    return messages
+
+
+HISTORY_ENTRY = 'must be {"role": "userMessage" or "apiMessage", "content": "..."}'
+
+
+def history_message(entry: Any) -> Message | None:
+    """One entry of a request's ``history`` as a chat message; None if it is not one."""
+    if not isinstance(entry, Mapping):
+        return None
+    name = entry.get("role") or entry.get("type")
+    role = _HISTORY_ROLES.get(name) if isinstance(name, str) else None
+    content = entry.get("content", entry.get("message"))
+    if role is None or not isinstance(content, str):
+        return None
+    return {"role": role, "content": content}
+
+
 @attrs.frozen
 class NodeContext:
     """What an executor's run function gets for one node of one job.
@@ -112,6 +158,8 @@ class NodeContext:
     :ivar flow_inputs: the job's inputs (``question``, ``overrideConfig``, ...).
     :ivar tools: the tools the node's ``tools`` field offers it, in that order
         (empty for most nodes); run one with ``call_tool``.
+    :ivar session_id: the job's conversation (``sessionId``, else ``chatId``),
+        if any; read it with ``history``.
     """
 
     job_id: str
@@ -121,6 +169,8 @@ class NodeContext:
     flow_inputs: Mapping[str, Any]
     _emit: Callable[[str, Any], None] = attrs.field(repr=False)
     _credential: Callable[[str], Awaitable[str]] = attrs.field(repr=False)
+    # The job's stored conversation (None: no session, or memory off).
+    _history: HistoryReader | None = attrs.field(default=None, repr=False)
     # Set by record_usage (a frozen class: written with object.__setattr__);
     # the runner copies it to the node's record.
     _usage: dict[str, int] | None = attrs.field(default=None, init=False, repr=False)
@@ -148,6 +198,36 @@ class NodeContext:
         redacted]`` instead.
         """
         return await self._credential(name)
+
+    @property
+    def session_id(self) -> str | None:
+        """The job's conversation: Flowise's ``sessionId``, else its ``chatId`` (None: neither)."""
+        inputs = self.flow_inputs
+        session = inputs.get("sessionId") or inputs.get("chatId")
+        return session if isinstance(session, str) else None
+
+    async def history(self, turns: int | None = None) -> list[Message]:
+        """The conversation so far, oldest first: ``{"role": "user" | "assistant",
+        "content": str}`` messages.
+
+        First the request's ``history``, as Flowise prepends it to what its
+        memory recalls, then the last ``turns`` turns stored for the job's
+        session (None: every turn kept, see ``[memory]``), two messages each,
+        a question and its answer. The stored part is empty for a job without
+        ``sessionId`` or ``chatId``, with ``memory.enabled`` false, and for the
+        first question of a session; the current question is not in it. Raises
+        NodeError for a malformed request ``history``, ValueError for a
+        negative ``turns``, and a FlowqdError (BrokerUnavailable) when the broker
+        cannot be read.
+        """
+        if turns is not None and (
+            isinstance(turns, bool) or not isinstance(turns, int) or turns < 0
+        ):
+            raise ValueError(f"history: turns must be an integer >= 0 or None, got {turns!r}")
+        messages = request_history(self.flow_inputs)
+        if self._history is not None and turns != 0:
+            messages += await self._history(turns)
+        return messages
 
     @property
     def tools(self) -> tuple[Tool, ...]:

@@ -8,6 +8,9 @@ A node offered tools (its ``tools`` field) sends them as OpenAI ``tools``;
 when the model asks for calls, they run one after another (``ctx.call_tool``)
 and their results go back to the model, for at most ``params.max_tool_rounds``
 rounds. Token usage, when the server reports it, is recorded on the node.
+With ``params.memory = {"turns": N}`` the job's conversation (``ctx.history``:
+the request's history, then the session's last N turns) goes between the
+params' messages and the prompt.
 """
 
 from __future__ import annotations
@@ -46,6 +49,12 @@ class Message:
 
 
 @attrs.frozen
+class LlmMemory:
+    # The conversation's last turns sent (ctx.history), after the params' messages.
+    turns: int = attrs.field(default=10, validator=[_ge(1), attrs.validators.le(1000)])
+
+
+@attrs.frozen
 class LlmParams:
     base_url: str  # e.g. "http://127.0.0.1:8000/v1"
     model: str
@@ -60,6 +69,9 @@ class LlmParams:
     # Ask for the usage chunk (stream_options.include_usage); off for servers
     # that reject the option.
     stream_usage: bool = True
+    # {"turns": N}: send the last N turns of the job's conversation (and the
+    # request's history) between the messages above and the prompt.
+    memory: LlmMemory | None = None
 
 
 def check_llm(params: LlmParams, inputs: Set[str]) -> Iterator[tuple[str, str]]:
@@ -104,10 +116,7 @@ class _Answer:
 
 async def run_llm(ctx: NodeContext) -> str:
     params: LlmParams = ctx.params
-    messages = [{"role": "system", "content": params.system}] if params.system else []
-    messages += [attrs.asdict(m) for m in params.messages]
-    if "prompt" in ctx.inputs:
-        messages.append({"role": "user", "content": _as_text(ctx.inputs["prompt"])})
+    messages = await _messages(ctx, params)
     body: dict[str, Any] = {"model": params.model, "messages": messages, "stream": True}
     if params.temperature is not None:
         body["temperature"] = params.temperature
@@ -145,6 +154,19 @@ async def run_llm(ctx: NodeContext) -> str:
             )
         rounds += 1
         await _run_calls(ctx, answer, messages, server)
+
+
+async def _messages(ctx: NodeContext, params: LlmParams) -> list[dict[str, Any]]:
+    """System message, params.messages, the conversation (params.memory), the prompt."""
+    messages: list[dict[str, Any]] = (
+        [{"role": "system", "content": params.system}] if params.system else []
+    )
+    messages += [attrs.asdict(m) for m in params.messages]
+    if params.memory is not None:
+        messages += await ctx.history(turns=params.memory.turns)
+    if "prompt" in ctx.inputs:
+        messages.append({"role": "user", "content": _as_text(ctx.inputs["prompt"])})
+    return messages
 
 
 async def _ask(

@@ -56,6 +56,7 @@ def offer(run: _Run, node: CompiledNode, ctx: NodeContext) -> NodeContext:
         ctx.flow_inputs,
         run.node_emit,
         run.open_credential,
+        run.history,
         tools=node.tools,
         call=partial(call_tool, run, node),
     )
@@ -88,7 +89,14 @@ async def call_tool(
     output: Any = None
     doc: Any = None
     ctx = NodeContext(
-        run.job_id, node.id, values, node.params, run.inputs, run.node_emit, run.open_credential
+        run.job_id,
+        node.id,
+        values,
+        node.params,
+        run.inputs,
+        run.node_emit,
+        run.open_credential,
+        run.history,
     )
     timeout = node.timeout_s if node.timeout_s is not None else float("inf")
     with trio.move_on_after(timeout) as scope:

@@ -14,7 +14,7 @@ import trio
 from flowqd import tracing
 from flowqd.config import LimitsConfig
 from flowqd.errors import FlowqdError
-from flowqd.executors.base import NodeContext
+from flowqd.executors.base import HistoryReader, NodeContext
 from flowqd.flows import branches, calls
 from flowqd.flows.model import CompiledFlow, CompiledNode, FlowResult, NodeFailed, NodeSource
 from flowqd.flows.outputs import JSON_KINDS, encode_event, not_json
@@ -45,6 +45,7 @@ async def run_flow(
     limits: LimitsConfig = _DEFAULT_LIMITS,
     encoded: bool = False,
     trace: tracing.Span | None = None,
+    history: HistoryReader | None = None,
 ) -> FlowResult:
     """Run every node of ``flow``; return the output node's value and per-node records.
 
@@ -61,12 +62,13 @@ async def run_flow(
     out as ``orjson.Fragment`` (node outputs in records, events and the
     result; executors' event data), for a caller that stores them as JSON.
     With ``trace`` (the job's span), each node gets a span under it.
+    ``history`` reads the job's stored conversation, for ``ctx.history``.
 
     In a flow with branches (nodes with ``when``), a node that is not to run
     gets a ``node_skipped`` event and a SKIPPED record instead, and the
     result is the first node of the flow's ``outputs`` that ran.
     """
-    run = _Run(flow, job_id, inputs, emit, credential, limits, encoded, trace)
+    run = _Run(flow, job_id, inputs, emit, credential, limits, encoded, trace, history)
     # A local, not an attribute: a bound method kept on ``run`` would make a
     # reference cycle, left for the garbage collector with all the job's data.
     step = run.node if trace is None else run.traced_node
@@ -101,6 +103,7 @@ class _Run:
         limits: LimitsConfig,
         encoded: bool,
         trace: tracing.Span | None = None,
+        history: HistoryReader | None = None,
     ) -> None:
         self.flow = flow
         self.job_id = job_id
@@ -121,6 +124,7 @@ class _Run:
         self.failure: NodeFailed | None = None
         self.nursery: trio.Nursery | None = None
         self.trace = trace
+        self.history = history
 
     async def concurrently(self, step: Callable[[CompiledNode], Awaitable[None]]) -> None:
         """Each node in a task of its own, started once its inputs are ready."""
@@ -173,7 +177,7 @@ class _Run:
                 if node.inputs:
                     values = {name: self._value(source) for name, source in node.inputs}
                 # Positional (job_id, node_id, inputs, params, flow_inputs, emit,
-                # credential): this runs for every node of every job.
+                # credential, history): this runs for every node of every job.
                 ctx = NodeContext(
                     self.job_id,
                     node.id,
@@ -182,6 +186,7 @@ class _Run:
                     self.inputs,
                     self.node_emit,
                     self.open_credential,
+                    self.history,
                 )
                 if node.tools:
                     ctx = calls.offer(self, node, ctx)
@@ -325,7 +330,7 @@ class _NoScope:
 _NO_SCOPE = _NoScope()
 
 # _Run.node builds NodeContext positionally, in this order (the rest have defaults).
-assert [a.name for a in attrs.fields(NodeContext)][:7] == [
+assert [a.name for a in attrs.fields(NodeContext)][:8] == [
     "job_id",
     "node_id",
     "inputs",
@@ -333,6 +338,7 @@ assert [a.name for a in attrs.fields(NodeContext)][:7] == [
     "flow_inputs",
     "_emit",
     "_credential",
+    "_history",
 ]
 
 

@@ -25,8 +25,8 @@ from flowqd.executors._egress import install as install_outbound
 from flowqd.flows import FlowStore, NodeFailed, run_flow
 from flowqd.flows.runner import bounded_traceback
 from flowqd.jobs import EmittedEvent, Job, Outcome, OutcomeKind, WorkerInfo
-from flowqd.queue.roles import WorkQueue
-from flowqd.worker import transitions
+from flowqd.queue.roles import Conversations, WorkQueue
+from flowqd.worker import memory, transitions
 from flowqd.worker.held import Held, StopReason
 from flowqd.worker.metrics import WorkerMetrics
 from flowqd.worker.outbox import Outbox
@@ -90,6 +90,8 @@ class Worker:
     metrics: WorkerMetrics
     credential: Callable[[str], Awaitable[str]]
     id: str = attrs.Factory(make_worker_id)
+    # Read for ctx.history (jobs with a session); turns go with the outcomes.
+    conversations: Conversations | None = attrs.field(default=None, kw_only=True)
 
     # Jobs by id, from claim until their outcome is written (the outbox
     # releases them) or their lock is lost.
@@ -321,6 +323,10 @@ class Worker:
                 "(deleted, or registered with another queue.name)",
                 retry=False,
             )
+        conversation = memory.conversation_of(job) if self.config.memory.enabled else None
+        history = None
+        if conversation is not None and self.conversations is not None:
+            history = memory.history_reader(self.conversations, conversation)
         try:
             result = await run_flow(
                 flow,
@@ -331,6 +337,7 @@ class Worker:
                 limits=self.config.limits,
                 encoded=True,
                 trace=span,
+                history=history,
             )
         except NodeFailed as exc:  # logged by _log_ended with the retry, if any
             return held.outcome(
@@ -356,8 +363,19 @@ class Worker:
                 },
             )
         # Positional (job_id, token, kind, result, error, nodes): every job ends here.
+        if conversation is None:
+            return Outcome(
+                job.id, held.claimed.token, OutcomeKind.COMPLETED, result.output, None, result.nodes
+            )
+        # Its turn is written with the outcome, if the outcome is (flush).
         return Outcome(
-            job.id, held.claimed.token, OutcomeKind.COMPLETED, result.output, None, result.nodes
+            job.id,
+            held.claimed.token,
+            OutcomeKind.COMPLETED,
+            result.output,
+            None,
+            result.nodes,
+            turn=memory.turn_of(job, conversation, result.output),
         )
 
     def _on_cancel_notice(self, job_id: str) -> None:

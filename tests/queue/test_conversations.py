@@ -144,13 +144,16 @@ async def test_bounded_by_turns(open_memory_broker: MemoryBroker) -> None:
             assert [t.question for t in turns] == ["q2", "q3", "q4"]
 
 
-async def test_bounded_by_bytes(open_memory_broker: MemoryBroker) -> None:
+async def test_bounded_by_turns_and_bytes_together(open_memory_broker: MemoryBroker) -> None:
     with trio.fail_after(20):
-        async with open_memory_broker(max_bytes=1024, max_turns=50) as broker:
+        async with open_memory_broker(max_bytes=1024, max_turns=3) as broker:
+            small = [await run_turn(broker, question=f"s{n}") for n in range(4)]
+            turns = await broker.conversations.read_turns(KEY)
+            assert [t.job_id for t in turns] == small[1:]  # the turn bound
             ids = [await run_turn(broker, question=f"q{n}", answer="x" * 300) for n in range(6)]
             turns = await broker.conversations.read_turns(KEY)
             sizes = [len(encode_turn(t, 10**6) or b"") for t in turns]
-            # Past both 1024 bytes and any turn count: the oldest went, the newest stay.
+            # Past both 1024 bytes and 3 turns: the oldest went, the newest stay.
             assert sum(sizes) <= 1024 and len(turns) == 2, sizes
             assert [t.job_id for t in turns] == ids[-2:]
             # A turn larger than the bound alone is kept, cut to fit (answer first).
@@ -250,3 +253,18 @@ async def test_redis_keys_expire_and_share_the_queue_slot(
             ]
             for key in keys:
                 assert 0 < await raw.execute(b"PTTL", key) <= 60_000
+
+
+async def test_a_turn_whose_ids_alone_exceed_max_bytes_is_not_stored(
+    open_memory_broker: MemoryBroker,
+) -> None:
+    with trio.fail_after(10):
+        async with open_memory_broker(max_bytes=1024) as broker:
+            [job_id] = await broker.jobs.enqueue([spec()])
+            claimed = await claim_one(broker)
+            turn = TurnWrite(KEY, Turn(job_id, "c" * 2000, "q", "a", 1.5e9))
+            outcome = Outcome(job_id, claimed.token, OutcomeKind.COMPLETED, result="a", turn=turn)
+            assert await broker.work.flush([], [outcome]) == [True]
+            job = await broker.jobs.get_job(job_id)
+            assert job is not None and job.result == "a"  # the outcome stands
+            assert await broker.conversations.read_turns(KEY) == []
