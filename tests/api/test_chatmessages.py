@@ -65,8 +65,10 @@ async def write_turn(
     return job_id
 
 
-async def messages(api: Api, key: str, **params: str) -> list[dict[str, Any]]:
-    response = await api.client.get(ROUTE, params=params, headers=bearer(key))
+async def messages(api: Api, key: str, flow: str = "echo", **params: str) -> list[dict[str, Any]]:
+    response = await api.client.get(
+        f"/api/v1/chatmessage/{flow}", params=params, headers=bearer(key)
+    )
     assert response.status_code == 200, response.text
     found: list[dict[str, Any]] = response.json()
     return found
@@ -245,3 +247,32 @@ async def test_bad_parameters_unknown_flows_and_missing_keys_are_refused() -> No
             # Parameters flowqd has nothing for are accepted, as Flowise ignores what it lacks.
             ignored = {"memoryType": "Buffer Memory", "feedback": "true", "hardDelete": "true"}
             assert (await api.client.get(ROUTE, params=ignored, headers=alice)).json() == []
+
+
+async def test_predictions_of_a_session_list_as_its_messages(broker_env: dict[str, str]) -> None:
+    with trio.fail_after(30):
+        async with open_api(keys=keyring(), environ=broker_env) as api:
+            answers = []
+            for question, chat in (("one", None), ("two", "chat-2")):
+                body: dict[str, Any] = {"question": question, "overrideConfig": {"sessionId": "s"}}
+                if chat is not None:
+                    body["chatId"] = chat
+                response = await api.client.post(
+                    "/api/v1/prediction/greet", json=body, headers=bearer(ALICE_KEY)
+                )
+                assert response.status_code == 200, response.text
+                answers.append(response.json())
+            # A chatId alone is the session.
+            alone = await api.client.post(
+                "/api/v1/prediction/greet",
+                json={"question": "three", "chatId": "chat-3"},
+                headers=bearer(ALICE_KEY),
+            )
+            found = await messages(api, ALICE_KEY, "greet", sessionId="s")
+            assert contents(found) == ["one", "Hello one", "two", "Hello two"]
+            assert [m["chatId"] for m in found] == [answers[0]["chatId"]] * 2 + ["chat-2"] * 2
+            assert [m["executionId"] for m in found[::2]] == [a["executionId"] for a in answers]
+            by_chat = await messages(api, ALICE_KEY, "greet", sessionId="chat-3")
+            assert contents(by_chat) == ["three", "Hello three"]
+            assert by_chat[0]["executionId"] == alone.json()["executionId"]
+            assert await messages(api, BOB_KEY, "greet", sessionId="s") == []
