@@ -19,7 +19,7 @@ import trio.testing
 from flowqd import Executor, NodeContext
 from flowqd.errors import FlowValidationError
 from flowqd.flows import CompiledFlow, NodeFailed, compile_flow, run_flow
-from flowqd.flows.branches import MAX_COMBINATIONS
+from flowqd.flows.branches import MAX_CHECKS, MAX_COMBINATIONS
 from tests.flows.test_runner import Recorder, no_credentials
 
 
@@ -498,13 +498,33 @@ def test_too_many_combinations_are_refused(kinds: dict[str, Executor]) -> None:
     assert problems(flow(*nodes, output="out"), kinds) == [
         (
             "$.nodes",
-            f"the flow has more than {MAX_COMBINATIONS} combinations of branch outcomes to "
-            "check; split it into smaller flows or use fewer branching nodes",
+            "the flow has too many combinations of branch outcomes to check (over 4096, or "
+            "over 1,000,000 checks of a node in them all); split it into smaller flows or use "
+            "fewer branching nodes",
         )
     ]
     # Seven conditions (2,187 combinations) are checked, and pass.
     fine = [*nodes[:7], *nodes[conditions : conditions + 7], nodes[-1]]
     assert compile_flow(flow(*fine, output="out"), kinds).branching is not None
+
+
+def test_many_nodes_under_many_combinations_are_refused_too(kinds: dict[str, Executor]) -> None:
+    def yes_no(node_id: str) -> dict[str, Any]:
+        cases = [{"name": "yes", "equals": "y"}]
+        return {"id": node_id, "type": "condition", "params": {"cases": cases, "default": "no"}}
+
+    conditions = 10  # 1,024 combinations, under MAX_COMBINATIONS
+    nodes = [yes_no(f"r{i}") for i in range(conditions)]
+    nodes += [call(f"c{i}", when={f"r{i}": "yes"}) for i in range(conditions)]
+    under = MAX_CHECKS // 2**conditions  # nodes downstream of c0: checked in each combination
+    nodes += [call(f"d{i}", x="c0") for i in range(under)]
+    nodes.append(call("out"))
+    assert 2**conditions <= MAX_COMBINATIONS
+    [(path, message)] = problems(flow(*nodes, output="out"), kinds)
+    assert path == "$.nodes" and message.startswith("the flow has too many combinations")
+    # Nodes no when reaches are not checked in each combination: many of them are fine.
+    nodes = nodes[: 2 * conditions] + [call(f"e{i}") for i in range(under)]
+    assert compile_flow(flow(*nodes, output="e0"), kinds).branching is not None
 
 
 def test_a_plugins_branches_function_is_checked(executors: dict[str, Executor]) -> None:
