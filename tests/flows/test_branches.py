@@ -567,3 +567,25 @@ async def test_the_docs_example_runs_and_its_quoted_message_is_real(
     document["nodes"][2]["when"] = {"route": "order"}
     [(path, message)] = problems(document, executors)
     assert f'(`{path}`: "{message}")' in " ".join(section.split())
+
+
+async def test_a_traced_run_has_spans_for_the_nodes_that_ran_only(
+    kinds: dict[str, Executor], calls: Calls
+) -> None:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from flowqd import tracing
+    from tests.test_tracing import _job
+
+    exporter = InMemorySpanExporter()
+    tracing.current = traced = tracing.Tracing.start("all", [exporter])
+    try:
+        job_span = traced.start_job(_job("f"), "w1", "q")
+        result = await run(compile_flow(HELPDESK, kinds), Recorder(), "my bill", trace=job_span)
+        tracing.end_job(job_span, None)
+        traced.provider.force_flush()
+    finally:
+        tracing.shutdown()
+    assert result.output == "bill_reply(bill(my bill))"
+    names = sorted(s.name for s in exporter.get_finished_spans() if s.name.startswith("node "))
+    assert names == ["node bill", "node bill_reply", "node route"]
