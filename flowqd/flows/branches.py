@@ -11,7 +11,7 @@ upstream of it ran, as for flows without branches.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -25,8 +25,10 @@ from flowqd.flows.params import Problem, key_path, show
 if TYPE_CHECKING:
     from flowqd.flows.runner import _Run
 
-# Past this many combinations of outcomes a flow is not checked, and refused.
+# Past this many combinations of outcomes, or this many checks of a node in
+# them all, a flow is not checked, and refused: registration must stay quick.
 MAX_COMBINATIONS = 4096
+MAX_CHECKS = 1_000_000
 # How many combinations a message names before "and N more".
 SHOWN_COMBINATIONS = 3
 
@@ -87,19 +89,34 @@ def _skip_reason(
     return None
 
 
-def _combinations(
+def _under_branches(
     flow: CompiledFlow, outcomes: Mapping[str, tuple[str, ...]]
-) -> Iterator[tuple[dict[str, str | None], dict[str, Reason]]] | None:
+) -> tuple[CompiledNode, ...]:
+    """The nodes that may be skipped (a ``when``, or downstream of one) and the branching
+    nodes the ``when``s name, in topological order; every other node always runs."""
+    affected: set[str] = set()
+    for node in flow.nodes:  # upstream nodes come first
+        if node.when or any(u in affected for u in node.upstream):
+            affected.add(node.id)
+    return tuple(n for n in flow.nodes if n.id in affected or n.id in outcomes)
+
+
+def _combinations(
+    nodes: tuple[CompiledNode, ...], outcomes: Mapping[str, tuple[str, ...]]
+) -> list[tuple[dict[str, str | None], dict[str, Reason]]] | None:
     """Every combination: (ran: node -> outcome or None, skipped: node -> reason).
 
-    Depth first over the nodes in topological order, branching at each node
-    of ``outcomes`` that runs; None when there are more than MAX_COMBINATIONS.
+    Depth first over ``nodes`` (topological order), branching at each node of
+    ``outcomes`` that runs; None past MAX_COMBINATIONS or MAX_CHECKS.
     """
-    nodes = flow.nodes
     found: list[tuple[dict[str, str | None], dict[str, Reason]]] = []
     stack: list[tuple[int, dict[str, str | None], dict[str, Reason]]] = [(0, {}, {})]
+    checks = 0
     while stack:
         at, ran, skipped = stack.pop()
+        checks += len(nodes) - at
+        if checks > MAX_CHECKS:
+            return None
         while at < len(nodes):
             node = nodes[at]
             at += 1
@@ -116,7 +133,7 @@ def _combinations(
             else:
                 ran[node.id] = None
         found.append((ran, skipped))
-    return iter(found)
+    return found
 
 
 def check(
@@ -127,25 +144,30 @@ def check(
     ``paths`` maps node ids to their ``$.nodes[i]``; ``outcomes`` holds the
     outcomes of the branching nodes some ``when`` names.
     """
-    combinations = _combinations(flow, outcomes)
+    nodes = _under_branches(flow, outcomes)
+    deciders = [n.id for n in nodes if n.id in outcomes]
+    combinations = _combinations(nodes, outcomes)
     if combinations is None:
         return [
             (
                 "$.nodes",
-                f"the flow has more than {MAX_COMBINATIONS} combinations of branch outcomes "
-                "to check; split it into smaller flows or use fewer branching nodes",
+                f"the flow has too many combinations of branch outcomes to check (over "
+                f"{MAX_COMBINATIONS}, or over {MAX_CHECKS:,} checks of a node in them all); "
+                "split it into smaller flows or use fewer branching nodes",
             )
         ]
-    ever_ran: set[str] = set()
+    # Nodes no when reaches run in every combination.
+    ever_ran = {n.id for n in flow.nodes} - {n.id for n in nodes}
+    always = frozenset(ever_ran)
     first_skip: dict[str, tuple[str, Reason]] = {}  # node -> (combination, why)
     no_output: list[str] = []
     never_answers = set(flow.outputs[1:])  # candidates that ran with no earlier one running
     for ran, skipped in combinations:
         ever_ran.update(ran)
-        combination = _text(flow, ran, outcomes)
+        combination = _text(deciders, ran)
         for node_id, reason in skipped.items():
             first_skip.setdefault(node_id, (combination, reason))
-        answer = next((o for o in flow.outputs if o in ran), None)
+        answer = next((o for o in flow.outputs if o in ran or o in always), None)
         if answer is None:
             no_output.append(combination)
         else:
@@ -178,8 +200,8 @@ def check(
     return problems
 
 
-def _text(flow: CompiledFlow, ran: Mapping[str, str | None], outcomes: Mapping[str, Any]) -> str:
-    chosen = [f"{n.id} is {ran[n.id]!r}" for n in flow.nodes if n.id in outcomes and n.id in ran]
+def _text(deciders: list[str], ran: Mapping[str, str | None]) -> str:
+    chosen = [f"{node} is {ran[node]!r}" for node in deciders if node in ran]
     return "when " + " and ".join(chosen) if chosen else "always"
 
 

@@ -86,6 +86,20 @@ def flows(fixable_port: int, closed_port: int) -> dict[str, dict[str, Any]]:
             "output": "greet",
         },
         "echo": {"nodes": [{"id": "say", "type": "echo", "label": "Echo"}], "output": "say"},
+        # A branch taken and one skipped.
+        "route": {
+            "nodes": [
+                {
+                    "id": "pick",
+                    "type": "condition",
+                    "label": "Pick",
+                    "params": {"cases": [{"name": "yes", "equals": "y"}], "default": "no"},
+                },
+                {"id": "taken", "type": "echo", "label": "Taken", "when": {"pick": "no"}},
+                {"id": "not_taken", "type": "echo", "label": "Not taken", "when": {"pick": "yes"}},
+            ],
+            "output": ["not_taken", "taken"],
+        },
         "slow": {
             "nodes": [
                 {
@@ -232,6 +246,18 @@ def run_browser(api: str, key: str, fixable_port: int, profile: Path) -> None:
             expect(page.locator("#detail-nodes .node")).to_have_count(2)
             expect(page.locator("#detail-inputs")).to_contain_text('"question": "browser"')
 
+            # ---- a branch not taken: its node says skipped, and why ----------------------
+            routed = enqueue("route", {"question": "n"})
+            expect(row(routed)).to_have_attribute("data-status", "completed")
+            row(routed).click()
+            expect(detail).to_have_attribute("data-job-id", routed)
+            skipped = page.locator('#detail-nodes .node[data-node-id="not_taken"]')
+            expect(skipped.locator(".badge")).to_have_text("skipped")
+            expect(skipped.locator("pre")).to_have_text("pick chose 'no'")
+            expect(page.locator('#detail-nodes .node[data-node-id="taken"] .badge')).to_have_text(
+                "finished"
+            )
+
             # ---- cancel a running job ---------------------------------------------------
             slow = enqueue("slow")
             expect(row(slow)).to_have_attribute("data-status", "active")
@@ -268,11 +294,11 @@ def run_browser(api: str, key: str, fixable_port: int, profile: Path) -> None:
             expect(rows).to_have_count(1)
             expect(rows.first).to_have_attribute("data-job-id", slow)
             page.fill("#search", "")
-            expect(rows).to_have_count(12)
+            expect(rows).to_have_count(13)
             page.click('.count[data-state="cancelled"]')
             expect(rows).to_have_count(1)
             page.click('#tabs [data-tab="all"]')
-            expect(rows).to_have_count(12)
+            expect(rows).to_have_count(13)
 
             # ---- pause and resume ---------------------------------------------------------
             page.click("#pause-btn")

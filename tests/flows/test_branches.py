@@ -19,7 +19,7 @@ import trio.testing
 from flowqd import Executor, NodeContext
 from flowqd.errors import FlowValidationError
 from flowqd.flows import CompiledFlow, NodeFailed, compile_flow, run_flow
-from flowqd.flows.branches import MAX_COMBINATIONS
+from flowqd.flows.branches import MAX_CHECKS, MAX_COMBINATIONS
 from tests.flows.test_runner import Recorder, no_credentials
 
 
@@ -261,17 +261,22 @@ async def test_a_failure_in_the_branch_taken_fails_the_flow_with_the_skips_recor
 ) -> None:
     document = flow(
         route(),
-        {"id": "bad", "type": "template", "params": {"template": "{x}"}, "inputs": {"x": "$nope"}},
-        call("fine", when={"route": ["refund", "other"]}, x="bad"),
-        call("side", when={"route": "billing"}),
-        output=["fine", "side"],
+        {
+            "id": "bad",
+            "type": "template",
+            "params": {"template": "{x}"},
+            "inputs": {"x": "$nope"},
+            "when": {"route": "billing"},
+        },
+        call("side", when={"route": ["refund", "other"]}),
+        output=["bad", "side"],
     )
     compiled = compile_flow(document, kinds)
     with pytest.raises(NodeFailed) as failed:
         await run(compiled, Recorder(), "bill")
     assert failed.value.node_id == "bad"
-    statuses = {r["nodeId"]: r["status"] for r in failed.value.nodes}
-    assert statuses["bad"] == "ERROR" and statuses["route"] == "FINISHED"
+    statuses = [(r["nodeId"], r["status"]) for r in failed.value.nodes]
+    assert statuses == [("route", "FINISHED"), ("side", "SKIPPED"), ("bad", "ERROR")]
 
 
 async def test_a_branching_executor_that_returns_no_outcome_fails_its_node(
@@ -498,13 +503,33 @@ def test_too_many_combinations_are_refused(kinds: dict[str, Executor]) -> None:
     assert problems(flow(*nodes, output="out"), kinds) == [
         (
             "$.nodes",
-            f"the flow has more than {MAX_COMBINATIONS} combinations of branch outcomes to "
-            "check; split it into smaller flows or use fewer branching nodes",
+            "the flow has too many combinations of branch outcomes to check (over 4096, or "
+            "over 1,000,000 checks of a node in them all); split it into smaller flows or use "
+            "fewer branching nodes",
         )
     ]
     # Seven conditions (2,187 combinations) are checked, and pass.
     fine = [*nodes[:7], *nodes[conditions : conditions + 7], nodes[-1]]
     assert compile_flow(flow(*fine, output="out"), kinds).branching is not None
+
+
+def test_many_nodes_under_many_combinations_are_refused_too(kinds: dict[str, Executor]) -> None:
+    def yes_no(node_id: str) -> dict[str, Any]:
+        cases = [{"name": "yes", "equals": "y"}]
+        return {"id": node_id, "type": "condition", "params": {"cases": cases, "default": "no"}}
+
+    conditions = 10  # 1,024 combinations, under MAX_COMBINATIONS
+    nodes = [yes_no(f"r{i}") for i in range(conditions)]
+    nodes += [call(f"c{i}", when={f"r{i}": "yes"}) for i in range(conditions)]
+    under = MAX_CHECKS // 2**conditions  # nodes downstream of c0: checked in each combination
+    nodes += [call(f"d{i}", x="c0") for i in range(under)]
+    nodes.append(call("out"))
+    assert 2**conditions <= MAX_COMBINATIONS
+    [(path, message)] = problems(flow(*nodes, output="out"), kinds)
+    assert path == "$.nodes" and message.startswith("the flow has too many combinations")
+    # Nodes no when reaches are not checked in each combination: many of them are fine.
+    nodes = nodes[: 2 * conditions] + [call(f"e{i}") for i in range(under)]
+    assert compile_flow(flow(*nodes, output="e0"), kinds).branching is not None
 
 
 def test_a_plugins_branches_function_is_checked(executors: dict[str, Executor]) -> None:
@@ -547,3 +572,25 @@ async def test_the_docs_example_runs_and_its_quoted_message_is_real(
     document["nodes"][2]["when"] = {"route": "order"}
     [(path, message)] = problems(document, executors)
     assert f'(`{path}`: "{message}")' in " ".join(section.split())
+
+
+async def test_a_traced_run_has_spans_for_the_nodes_that_ran_only(
+    kinds: dict[str, Executor], calls: Calls
+) -> None:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from flowqd import tracing
+    from tests.test_tracing import _job
+
+    exporter = InMemorySpanExporter()
+    tracing.current = traced = tracing.Tracing.start("all", [exporter])
+    try:
+        job_span = traced.start_job(_job("f"), "w1", "q")
+        result = await run(compile_flow(HELPDESK, kinds), Recorder(), "my bill", trace=job_span)
+        tracing.end_job(job_span, None)
+        traced.provider.force_flush()
+    finally:
+        tracing.shutdown()
+    assert result.output == "bill_reply(bill(my bill))"
+    names = sorted(s.name for s in exporter.get_finished_spans() if s.name.startswith("node "))
+    assert names == ["node bill", "node bill_reply", "node route"]

@@ -597,6 +597,8 @@ function renderNodes(job) {
   const nodes = job.nodes || [];
   $("detail-nodes").replaceChildren(...(nodes.length ? nodes.map((n) => {
     const ok = n.status === "FINISHED";
+    // A node on a branch not taken: never ran, its reason says why.
+    const skipped = n.status === "SKIPPED";
     const took = n.finishedAt && n.startedAt ? fmtDuration(n.finishedAt - n.startedAt) : "";
     return el("div", { cls: "node", "data-node-id": n.nodeId },
       el("div", { cls: "node-head" },
@@ -604,8 +606,8 @@ function renderNodes(job) {
         el("span", { cls: "muted small", text: `${n.nodeId} · ${n.type}` }),
         el("span", { cls: "spacer" }),
         el("span", { cls: "muted small", text: took }),
-        el("span", { cls: "badge", "data-state": ok ? "completed" : "failed", text: ok ? "finished" : "error" })),
-      el("pre", { cls: "json", text: ok ? json(n.output) : n.error || "" }));
+        el("span", { cls: "badge", "data-state": ok ? "completed" : skipped ? "cancelled" : "failed", text: ok ? "finished" : skipped ? "skipped" : "error" })),
+      el("pre", { cls: "json", text: ok ? json(n.output) : skipped ? n.reason || "" : n.error || "" }));
   }) : [el("p", { cls: "muted small", text: TERMINAL.has(job.status) ? "No node ran." : "Nodes appear here as they finish; live progress is in the events below." })]));
 }
 
