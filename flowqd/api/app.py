@@ -1,9 +1,9 @@
 """The main role's HTTP API as a quart-trio app.
 
 Routes are module-level handlers in blueprints (``service``, ``predictions``,
-``jobs``, ``chatmessages``, ``manage``, ``dashboard``); they reach what they share through
-``context()``. This module wires them with authentication (``authn``),
-errors as JSON and metrics.
+``jobs``, ``chatmessages``, ``manage``, ``dashboard``); they reach what they
+share through ``context()``. This module wires them with authentication (``authn``),
+errors as JSON, metrics and the access log (``access``, log.access).
 """
 
 from __future__ import annotations
@@ -17,7 +17,16 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from flowqd import tracing
-from flowqd.api import chatmessages, dashboard, health, jobs, manage, predictions, service
+from flowqd.api import (
+    access,
+    chatmessages,
+    dashboard,
+    health,
+    jobs,
+    manage,
+    predictions,
+    service,
+)
 from flowqd.api.authn import Authenticator
 from flowqd.api.context import ApiContext, context
 from flowqd.api.guard import Guard
@@ -58,6 +67,8 @@ def create_app(ctx: ApiContext) -> QuartTrio:
     app.before_request(_start_clock)
     app.before_request(authn.admit)
     app.after_request(_count)
+    if ctx.config.log.access:
+        access.install(app)
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(BrokerUnavailable, _broker_down)
     app.register_error_handler(HTTPException, _http_error)
