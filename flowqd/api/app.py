@@ -17,7 +17,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from flowqd import tracing
-from flowqd.api import dashboard, health, jobs, manage, predictions, service
+from flowqd.api import dashboard, health, jobs, manage, predictions, schedules, service
 from flowqd.api.authn import Authenticator
 from flowqd.api.context import ApiContext, context
 from flowqd.api.guard import Guard
@@ -34,6 +34,7 @@ BLUEPRINTS = (
     predictions.blueprint,
     jobs.blueprint,
     manage.blueprint,
+    schedules.blueprint,
     dashboard.blueprint,
 )
 

@@ -19,6 +19,7 @@ from flowqd.queue.roles import (
     JobStore,
     QueueControl,
     RateLimiter,
+    Schedules,
     SealedSecrets,
     WorkQueue,
 )
@@ -56,6 +57,7 @@ class Broker:
     flow_documents: FlowDocuments
     secrets: SealedSecrets
     limiter: RateLimiter
+    schedules: Schedules
     _backend: Backend
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

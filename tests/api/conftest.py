@@ -183,6 +183,7 @@ async def open_api(
             credentials,
             registry,
             shutdown=shutdown,
+            schedules=broker.schedules,
             keys=keys if keys is not None else KeyRing.from_config(config),
         )
         app = create_app(context)

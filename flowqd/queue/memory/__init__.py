@@ -17,6 +17,7 @@ from flowqd.queue.memory.control import MemoryControl
 from flowqd.queue.memory.documents import MemoryFlowDocuments, MemorySecrets
 from flowqd.queue.memory.jobs import MemoryJobs
 from flowqd.queue.memory.limiter import MemoryRateLimiter
+from flowqd.queue.memory.schedules import MemorySchedules
 from flowqd.queue.memory.state import MemoryState
 from flowqd.queue.memory.work import MemoryWork
 
@@ -41,5 +42,6 @@ def memory_broker(queue: QueueConfig) -> Broker:
         flow_documents=MemoryFlowDocuments(),
         secrets=MemorySecrets(),
         limiter=MemoryRateLimiter(),
+        schedules=MemorySchedules(),
         backend=_InProcess(),
     )

@@ -18,6 +18,7 @@ from flowqd.queue.redis.control import RedisControl
 from flowqd.queue.redis.documents import RedisFlowDocuments, RedisSecrets
 from flowqd.queue.redis.jobs import RedisJobs
 from flowqd.queue.redis.limiter import RedisRateLimiter
+from flowqd.queue.redis.schedules import RedisSchedules
 from flowqd.queue.redis.work import RedisWork
 from flowqd.redis import open_redis
 
@@ -38,5 +39,6 @@ async def open_redis_broker(
             flow_documents=RedisFlowDocuments(backend),
             secrets=RedisSecrets(backend),
             limiter=RedisRateLimiter(backend),
+            schedules=RedisSchedules(backend),
             backend=backend,
         )
