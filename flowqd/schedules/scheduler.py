@@ -117,7 +117,9 @@ class Scheduler:
             await self._claim_and_fire(ticks, versions)
         if len(entries) == BATCH:
             return 0.0
-        return MAX_SLEEP_S if later_ms is None else max(0.0, (later_ms - now_ms) / 1000)
+        # The claimed (or lost) ones are next due at their next tick at the latest.
+        upcoming = [t.next_ms for t in ticks] + ([] if later_ms is None else [later_ms])
+        return max(0.0, (min(upcoming) - now_ms) / 1000) if upcoming else MAX_SLEEP_S
 
     async def _versions(self, ticks: list[Tick]) -> dict[str, int | None]:
         """The current version of each flow to fire (None: unknown or no longer valid)."""
