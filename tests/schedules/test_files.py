@@ -3,6 +3,7 @@ that loading the same files again changes nothing; the flow itself ignores the l
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import trio
 from flowqd.config import PluginsConfig, QueueConfig
 from flowqd.errors import FlowValidationError
 from flowqd.flows import FlowStore
+from flowqd.flows.store import parse_flow_file
 from flowqd.plugins import collect_executors, load_plugins
 from flowqd.queue.memory import memory_broker
 from flowqd.schedules import Schedule, read_schedule_files, store_schedules
@@ -135,3 +137,22 @@ def test_a_bad_schedule_stops_start_up_naming_file_and_path(tmp_path: Path) -> N
     [line] = [x for x in result.stderr.splitlines() if "ERROR" in x]
     assert f"cannot start: {flows / 'f.json'}: $.schedules[0].cron: not a cron expression" in line
     assert "Traceback" not in result.stderr
+
+
+def test_the_documented_flow_file_loads(tmp_path: Path) -> None:
+    deploy = Path(__file__).resolve().parents[2] / "docs" / "deploy.md"
+    section = deploy.read_text().split("## Scheduled flows", 1)[1]
+    [example] = re.findall(r"```toml\n(.*?)```", section.split("\n## ", 1)[0], flags=re.S)
+    write(tmp_path, "digest.toml", example)
+    [schedule] = read_schedule_files([str(tmp_path)])
+    assert (schedule.id, schedule.flow, schedule.cron, schedule.missed) == (
+        "digest-weekdays",
+        "digest",
+        "0 9 * * 1-5",
+        "skip",
+    )
+    broker = memory_broker(QueueConfig())
+    flows = FlowStore(broker.flow_documents, collect_executors(load_plugins(PluginsConfig())))
+    flows.compile(
+        {k: v for k, v in parse_flow_file(tmp_path / "digest.toml").items() if k != "schedules"}
+    )
