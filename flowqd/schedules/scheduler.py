@@ -7,8 +7,9 @@ process whose claim moved the due time on enqueues the tick's job, under the
 deterministic id ``sched:<schedule>:<tick ms>``, so even a second enqueue of
 one tick would add nothing. The claim and the enqueue run shielded from
 cancellation under one deadline: a shutdown never claims a tick and then
-drops its job. A process killed between the two (one round trip) loses
-that tick: say so in the docs, not here.
+drops its job; a job the broker does not take stays pending and is sent
+again on every pass until it does. A process killed between the claim and
+the enqueue (one round trip, or a broker outage) loses that tick.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ log = logging.getLogger("flowqd.schedule")
 
 BATCH = 100  # schedules claimed per broker call
 MAX_SLEEP_S = 1.0  # a schedule made or resumed by another process is seen this soon
-CALL_TIMEOUT_S = 5.0  # each broker exchange; the claim and its enqueue get twice that
+CALL_TIMEOUT_S = 5.0  # each broker exchange (a claim and its enqueue: both together)
 
 
 @attrs.define(eq=False)
@@ -47,6 +48,8 @@ class Scheduler:
     fires: Counter
     clock: Callable[[], float] = time.time  # wall clock: schedules are shared by processes
     _warnings: ThrottledLog = attrs.Factory(lambda: ThrottledLog(log))
+    # Jobs of claimed ticks not enqueued yet (the broker did not answer).
+    _pending: list[tuple[JobSpec, Tick]] = attrs.Factory(list)
 
     @classmethod
     def create(
@@ -78,6 +81,12 @@ class Scheduler:
             task_status.started()
             await shutdown.wait()
             nursery.cancel_scope.cancel()  # a claim under way finishes first (shielded)
+        if self._pending:
+            log.error(
+                "stopping with ticks claimed whose jobs the broker never took: %s; "
+                "those ticks fire nothing",
+                [spec.job_id for spec, _ in self._pending],
+            )
 
     async def _fire_forever(self) -> None:
         backoff = Backoff(initial=0.5, maximum=MAX_SLEEP_S * 5)
@@ -97,6 +106,8 @@ class Scheduler:
 
     async def fire_due(self) -> float:
         """Claim and fire every tick due now; the seconds until another may be due."""
+        with trio.fail_after(CALL_TIMEOUT_S):
+            await self._enqueue_pending()  # ticks claimed before the broker went away
         now_ms = int(self.clock() * 1000)
         with trio.fail_after(CALL_TIMEOUT_S):
             entries, later_ms = await self.schedules.due_schedules(now_ms, limit=BATCH)
@@ -137,11 +148,10 @@ class Scheduler:
 
     async def _claim_and_fire(self, ticks: list[Tick], versions: dict[str, int | None]) -> None:
         claims = [(t.schedule.id, t.due_ms, t.next_ms) for t in ticks]
-        # Shielded: a tick claimed is a tick enqueued, whatever cancels us meanwhile.
-        with trio.CancelScope(shield=True), trio.fail_after(2 * CALL_TIMEOUT_S):
+        # Shielded: a tick claimed is a tick enqueued (or kept pending), whatever
+        # cancels us meanwhile.
+        with trio.CancelScope(shield=True), trio.fail_after(CALL_TIMEOUT_S):
             won = set(await self.schedules.claim_ticks(claims))
-            specs: list[JobSpec] = []
-            fired: list[Tick] = []
             for tick in ticks:
                 if tick.schedule.id not in won:
                     continue  # another main claimed it first, or it changed meanwhile
@@ -152,18 +162,50 @@ class Scheduler:
                 assert tick.fire_ms is not None
                 version = versions[tick.schedule.flow]
                 assert version is not None
-                specs.append(
-                    JobSpec(
-                        flow_id=tick.schedule.flow,
-                        flow_version=version,
-                        inputs=tick.schedule.inputs,
-                        job_id=job_id(tick.schedule.id, tick.fire_ms),
-                        owner=tick.schedule.owner,
-                    )
+                spec = JobSpec(
+                    flow_id=tick.schedule.flow,
+                    flow_version=version,
+                    inputs=tick.schedule.inputs,
+                    job_id=job_id(tick.schedule.id, tick.fire_ms),
+                    owner=tick.schedule.owner,
                 )
-                fired.append(tick)
-            if specs:
-                await self._enqueue(specs, fired)
+                self._pending.append((spec, tick))
+            await self._enqueue_pending()
+
+    async def _enqueue_pending(self) -> None:
+        """Enqueue the jobs of the ticks claimed so far. While the broker does not
+        answer they stay pending, retried before anything else on each pass: each
+        job's id is its tick's, so enqueueing one again adds nothing."""
+        if not self._pending:
+            return
+        pending = self._pending
+        try:
+            await self.jobs.enqueue([spec for spec, _ in pending])
+        except JobIdTaken as exc:
+            taken = set(exc.positions)
+            log.error(
+                "schedule jobs %s refused: their ids belong to jobs of another API key "
+                "(made with POST /api/v1/jobs?); those ticks fire nothing",
+                [pending[n][0].job_id for n in sorted(taken)],
+            )
+            self._pending = [p for n, p in enumerate(pending) if n not in taken]
+            return await self._enqueue_pending()
+        self._pending = []
+        for spec, tick in pending:
+            self.fires.inc(flow=spec.flow_id, outcome="fired")
+            log.info(
+                "schedule %s fired job %s (flow %s)%s",
+                tick.schedule.id,
+                spec.job_id,
+                spec.flow_id,
+                ", for every tick missed before it" if tick.several else "",
+                extra={
+                    "schedule": tick.schedule.id,
+                    "flow": spec.flow_id,
+                    "job_id": spec.job_id,
+                    "tick": tick.fire_ms,
+                },
+            )
 
     def _judge(self, tick: Tick, version: int | None) -> str:
         schedule = tick.schedule
@@ -186,35 +228,3 @@ class Scheduler:
             )
             return "failed"
         return "fired"
-
-    async def _enqueue(self, specs: list[JobSpec], fired: list[Tick]) -> None:
-        # Each job's id is its tick's, so enqueueing again after an unanswered
-        # call adds nothing: retry until the deadline.
-        backoff = Backoff(initial=0.1, maximum=1.0)
-        while True:
-            try:
-                await self.jobs.enqueue(specs)
-                break
-            except BrokerUnavailable:
-                await backoff.wait()
-            except JobIdTaken as exc:
-                log.error(
-                    "schedule jobs %s refused: their ids belong to another API key's jobs",
-                    [specs[n].job_id for n in exc.positions],
-                )
-                return
-        for spec, tick in zip(specs, fired, strict=True):
-            self.fires.inc(flow=spec.flow_id, outcome="fired")
-            log.info(
-                "schedule %s fired job %s (flow %s)%s",
-                tick.schedule.id,
-                spec.job_id,
-                spec.flow_id,
-                ", for every tick missed before it" if tick.several else "",
-                extra={
-                    "schedule": tick.schedule.id,
-                    "flow": spec.flow_id,
-                    "job_id": spec.job_id,
-                    "tick": tick.fire_ms,
-                },
-            )

@@ -4,17 +4,20 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import attrs
 import pytest
 import trio
 
 from flowqd.config import PluginsConfig, SchedulesConfig
+from flowqd.errors import BrokerUnavailable
 from flowqd.flows import FlowStore
-from flowqd.jobs import JobStatus
+from flowqd.jobs import JobSpec, JobStatus
 from flowqd.metrics import Registry
 from flowqd.plugins import collect_executors, load_plugins
 from flowqd.queue import Broker
+from flowqd.queue.roles import JobStore
 from flowqd.schedules import Schedule, Scheduler, job_id
 from tests.queue.conftest import BrokerFactory
 
@@ -141,3 +144,40 @@ async def test_a_shutdown_stops_the_scheduler_promptly(open_test_broker: BrokerF
             async with trio.open_nursery() as nursery:
                 await nursery.start(s.run, shutdown)
                 shutdown.set()
+
+
+@attrs.define
+class UnreachableJobs:
+    """The broker's JobStore, unreachable for enqueues while ``down`` (an outage that
+    starts right after a claim: the moment a tick could be lost)."""
+
+    jobs: JobStore
+    down: bool = True
+
+    async def enqueue(self, specs: Sequence[JobSpec]) -> list[str]:
+        await trio.lowlevel.checkpoint()
+        if self.down:
+            raise BrokerUnavailable("Redis at 127.0.0.1:1 did not answer (test outage)")
+        return await self.jobs.enqueue(specs)
+
+
+async def test_a_claimed_tick_is_enqueued_once_the_broker_answers(
+    open_test_broker: BrokerFactory,
+) -> None:
+    clock = FakeClock()
+    with trio.fail_after(30):
+        async with open_test_broker() as broker:
+            flows = await flow_store(broker)
+            await put(broker, Schedule(id="s", flow="echo", interval_s=1), T0)
+            outage = UnreachableJobs(broker.jobs)
+            s = scheduler(broker, flows, clock)
+            s.jobs = outage
+            with pytest.raises(BrokerUnavailable):
+                await s.fire_due()
+            entry = await broker.schedules.get_schedule("s")
+            assert entry is not None and entry.due_ms == T0 + 1000  # claimed: no one else fires it
+            assert await waiting_ids(broker) == []
+            outage.down = False
+            clock.ms = T0 + 500  # nothing new due: the pending job goes first
+            await s.fire_due()
+            assert await waiting_ids(broker) == [job_id("s", T0)]
