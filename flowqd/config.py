@@ -210,6 +210,15 @@ class FlowsConfig:
     max_nodes: int = attrs.field(default=1000, validator=_positive)
 
 
+@attrs.frozen
+class SchedulesConfig:
+    # Run the scheduler on this main process (every main may: ticks are
+    # claimed atomically in the broker, so each fires one job however many run).
+    enabled: bool = True
+    # A schedule with missed = "skip" fires a tick no later than this after its time.
+    grace_s: float = attrs.field(default=60.0, validator=_non_negative)
+
+
 def _egress_rules(_instance: object, _attribute: object, value: list[str]) -> None:
     # The rule syntax lives with the policy; imported late because the policy
     # module reads this one.
@@ -251,6 +260,7 @@ class Config:
     dashboard: DashboardConfig = attrs.Factory(DashboardConfig)
     plugins: PluginsConfig = attrs.Factory(PluginsConfig)
     flows: FlowsConfig = attrs.Factory(FlowsConfig)
+    schedules: SchedulesConfig = attrs.Factory(SchedulesConfig)
     security: SecurityConfig = attrs.Factory(SecurityConfig)
     auth: AuthConfig = attrs.Factory(AuthConfig)
     limits: LimitsConfig = attrs.Factory(LimitsConfig)

@@ -50,6 +50,8 @@ from flowqd.plugins import collect_executors, load_plugins
 from flowqd.process_metrics import add_process_metrics
 from flowqd.queue import open_broker
 from flowqd.queue.base import Broker
+from flowqd.queue.roles import Schedules
+from flowqd.schedules import Schedule, Scheduler, read_schedule_files, store_schedules
 from flowqd.serve import bound_port, serve_asgi
 from flowqd.worker import Worker, WorkerMetrics
 
@@ -179,7 +181,11 @@ async def _serve(config: Config, life: Lifecycle, argv: Sequence[str]) -> None:
             if parent is not None:
                 await infra.start(watch_parent, parent, life.begin_shutdown)
             await infra.start(broker.run)
+            # Checked before anything is stored: a bad schedule stops start-up.
+            schedules = read_schedule_files(config.flows.paths)
             await _load_flows(flows, config, life)
+            if config.role in ("main", "all"):
+                await _load_schedules(broker.schedules, schedules, life)
             unreachable = await _broker_problem(broker)
             async with trio.open_nursery() as roles:
                 life.roles_scope = roles.cancel_scope
@@ -210,6 +216,7 @@ async def _serve(config: Config, life: Lifecycle, argv: Sequence[str]) -> None:
                         registry=registry,
                         conversations=broker.conversations,
                         shutdown=life.shutdown,
+                        schedules=broker.schedules,
                     )
                     # In infra: its directory outlives the extra API processes.
                     api.metrics.share = await infra.start(
@@ -219,6 +226,13 @@ async def _serve(config: Config, life: Lifecycle, argv: Sequence[str]) -> None:
                         config.server.processes,
                     )
                     endpoints.update(await _serve_api(roles, api, life, argv, parent is not None))
+                    # Every main runs one (extra API processes are mains too): each
+                    # tick is claimed atomically, so it fires one job however many run.
+                    if config.schedules.enabled:
+                        scheduler = Scheduler.create(
+                            broker.schedules, broker.jobs, flows, config.schedules, registry
+                        )
+                        await roles.start(scheduler.run, life.shutdown)
                 # Claiming starts once every port is bound: a start that fails on
                 # a taken port must not have claimed jobs it then abandons.
                 if worker is not None:
@@ -401,4 +415,21 @@ async def _load_flows(flows: FlowStore, config: Config, life: Lifecycle) -> None
         else:
             for flow_id, version in loaded:
                 log.info("flow %s version %d loaded", flow_id, version)
+            return
+
+
+async def _load_schedules(schedules: Schedules, found: Sequence[Schedule], life: Lifecycle) -> None:
+    """Store the schedules of the flow files, waiting for the broker if it is down."""
+    if not found:
+        return
+    backoff = Backoff(maximum=5.0)
+    while not life.shutdown.is_set():
+        try:
+            changed = await store_schedules(schedules, found)
+        except BrokerUnavailable as exc:
+            log.warning("cannot store schedules yet, broker unreachable: %s", exc)
+            await backoff.wait()
+        else:
+            for schedule_id in changed:
+                log.info("schedule %s loaded", schedule_id)
             return

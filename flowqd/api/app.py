@@ -25,6 +25,7 @@ from flowqd.api import (
     jobs,
     manage,
     predictions,
+    schedules,
     service,
 )
 from flowqd.api.authn import Authenticator
@@ -44,6 +45,7 @@ BLUEPRINTS = (
     jobs.blueprint,
     chatmessages.blueprint,
     manage.blueprint,
+    schedules.blueprint,
     dashboard.blueprint,
 )
 

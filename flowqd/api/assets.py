@@ -15,7 +15,7 @@ from flowqd.errors import ConfigError
 
 __all__ = ["ASSETS", "Asset", "load_assets"]
 
-ASSETS = ("index.html", "dashboard.js", "dashboard.css", "favicon.svg")
+ASSETS = ("index.html", "dashboard.js", "schedules.js", "dashboard.css", "favicon.svg")
 CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
     ".css": "text/css; charset=utf-8",

@@ -27,7 +27,7 @@ from flowqd.errors import FlowValidationError
 from flowqd.flows import CompiledFlow, FlowStore
 from flowqd.jobs import Job
 from flowqd.metrics import Registry
-from flowqd.queue.roles import Conversations, JobStore, QueueControl, RateLimiter
+from flowqd.queue.roles import Conversations, JobStore, QueueControl, RateLimiter, Schedules
 
 __all__ = ["JOB_ID_HEADER", "ApiContext", "context", "principal", "require_admin"]
 
@@ -53,6 +53,7 @@ class ApiContext:
     conversations: Conversations  # the chat-message routes'
     # Set when the daemon begins to stop: event streams end, waiters answer.
     shutdown: trio.Event = attrs.Factory(trio.Event)
+    schedules: Schedules | None = None  # None: the schedule routes answer 404
     keys: KeyRing = attrs.Factory(lambda self: KeyRing.from_config(self.config), takes_self=True)
     metrics: ApiMetrics = attrs.field(
         init=False, default=attrs.Factory(lambda self: ApiMetrics(self.registry), takes_self=True)

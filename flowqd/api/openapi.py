@@ -213,6 +213,41 @@ JOB_ID_HEADER = {
 }
 
 
+SCHEDULE_SPEC: Schema = {
+    "type": "object",
+    "description": 'give exactly one of "cron" and "interval_s"',
+    "properties": {
+        "flow": {"type": "string", "description": "the id of a registered flow"},
+        "cron": {
+            "type": "string",
+            "description": "a cron expression croniter reads: five fields, a sixth for "
+            "seconds, or @hourly, @daily, ...; in timezone's local time (DST: a skipped "
+            "time fires just after the gap, a repeated one fires twice)",
+        },
+        "interval_s": {"type": "number", "minimum": 1, "description": "seconds between ticks"},
+        "timezone": {"type": "string", "default": "UTC", "description": "an IANA zone"},
+        "inputs": {"type": "object", "description": "the inputs of every job it fires"},
+        "missed": {
+            "enum": ["once", "skip"],
+            "default": "once",
+            "description": "ticks missed while no main ran: once, one job for them all; "
+            "skip, none (a tick runs only within schedules.grace_s of its time)",
+        },
+    },
+    "required": ["flow"],
+}
+SCHEDULE: Schema = {
+    "type": "object",
+    "properties": {
+        **SCHEDULE_SPEC["properties"],
+        "id": {"type": "string"},
+        "owner": {"type": ["string", "null"], "description": "the key that made it; its jobs"},
+        "paused": {"type": "boolean"},
+        "next_run_at": {"type": ["number", "null"], "description": "unix seconds; null paused"},
+        "last_tick_at": {"type": ["number", "null"], "description": "last tick claimed"},
+    },
+}
+SCHEDULE_ID = [_param("schedule_id", description="1-128 letters, digits and _ . -")]
 JOB_ID = [_param("job_id")]
 FLOW_ID = [_param("flow_id")]
 CHAT_QUERY = [
@@ -487,6 +522,54 @@ PATHS: dict[str, Any] = _at_the_door(
                 params=[_param("name")],
                 errors=("401", "403", "404", "503"),
             ),
+        },
+        "/api/v1/schedules": {
+            "get": _op(
+                "Every schedule, with its next run (admin)",
+                {"200": _json('{"schedules": [schedule]}')},
+                errors=("401", "403", "503"),
+            )
+        },
+        "/api/v1/schedules/{schedule_id}": {
+            "get": _op(
+                "One schedule (admin)",
+                {"200": _json("the schedule", SCHEDULE)},
+                params=SCHEDULE_ID,
+                errors=("401", "403", "404", "503"),
+            ),
+            "put": _op(
+                "Create or replace a schedule (admin): each tick fires one job of the flow, "
+                "owned by this key, id sched:<schedule_id>:<tick ms>. The same definition "
+                "again changes nothing; a changed one starts again from now (a paused one "
+                "stays paused)",
+                {"200": _json("the schedule", SCHEDULE)},
+                params=SCHEDULE_ID,
+                body=_body(SCHEDULE_SPEC),
+                errors=("400", "401", "403", "413", "422", "503"),
+            ),
+            "delete": _op(
+                "Delete a schedule (admin); the jobs it fired stay",
+                {"204": {"description": "deleted"}},
+                params=SCHEDULE_ID,
+                errors=("401", "403", "404", "503"),
+            ),
+        },
+        "/api/v1/schedules/{schedule_id}/pause": {
+            "post": _op(
+                "Pause a schedule (admin): no tick fires until resumed",
+                {"200": _json("the schedule", SCHEDULE)},
+                params=SCHEDULE_ID,
+                errors=("401", "403", "404", "503"),
+            )
+        },
+        "/api/v1/schedules/{schedule_id}/resume": {
+            "post": _op(
+                "Resume a schedule (admin) from its next tick after now: ticks that passed "
+                "while paused do not run",
+                {"200": _json("the schedule", SCHEDULE)},
+                params=SCHEDULE_ID,
+                errors=("401", "403", "404", "503"),
+            )
         },
         "/api/v1/queue": {
             "get": _op(

@@ -188,7 +188,10 @@ class FlowStore:
         seen: dict[str, Path] = {}
         for file in _flow_files(paths, problems):
             try:
-                flow = self.compile(parse_flow_file(file))
+                document = parse_flow_file(file)
+                # A flow file's schedules are flowqd.schedules' (files.py), not the flow's.
+                document.pop("schedules", None)
+                flow = self.compile(document)
             except FlowValidationError as exc:
                 problems.extend(
                     (p if p == str(file) else f"{file}: {p}", m) for p, m in exc.problems

@@ -20,6 +20,7 @@ from flowqd.queue.roles import (
     JobStore,
     QueueControl,
     RateLimiter,
+    Schedules,
     SealedSecrets,
     WorkQueue,
 )
@@ -58,6 +59,7 @@ class Broker:
     secrets: SealedSecrets
     limiter: RateLimiter
     conversations: Conversations
+    schedules: Schedules
     _backend: Backend
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

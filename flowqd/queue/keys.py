@@ -26,6 +26,9 @@ FIXED: tuple[tuple[str, str, str], ...] = (
     ("K_FLOWS", "flows", "hash flow id -> current version"),
     ("K_FLOW_SEQ", "flow-seq", "hash flow id -> highest version ever stored"),
     ("K_SECRETS", "secrets", "hash credential name -> sealed bytes"),
+    ("K_SCHEDULES", "schedules", "hash schedule id -> definition (JSON)"),
+    ("K_SCHEDULE_DUE", "schedule-due", "zset schedule id -> next tick (unix ms); paused: absent"),
+    ("K_SCHEDULE_LAST", "schedule-last", "hash schedule id -> last tick claimed (unix ms)"),
     ("CH_EVENTS", "ch:events", "channel: JSON list of job ids whose streams grew"),
     ("CH_CANCEL", "ch:cancel", "channel: id of an active job to cancel"),
 )
@@ -112,6 +115,18 @@ class QueueKeys:
     @property
     def secrets(self) -> str:
         return self.fixed("K_SECRETS")
+
+    @property
+    def schedules(self) -> str:
+        return self.fixed("K_SCHEDULES")
+
+    @property
+    def schedule_due(self) -> str:
+        return self.fixed("K_SCHEDULE_DUE")
+
+    @property
+    def schedule_last(self) -> str:
+        return self.fixed("K_SCHEDULE_LAST")
 
     @property
     def events_channel(self) -> str:

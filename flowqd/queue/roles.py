@@ -14,6 +14,8 @@ for the daemon, and a part of flowqd depends only on the roles it uses:
 - ``RateLimiter``: request budgets shared by every main process.
 - ``Conversations``: chat memory, read by workers and the chat-message routes;
   turns are written only with a completed outcome (``Outcome.turn``).
+- ``Schedules``: scheduled flows (their definitions, due times, and the
+  atomic claim of a tick that every main process's scheduler races for).
 
 Semantics every backend keeps (the contract suite in tests/queue runs them
 on both backends, through these roles; the job rules themselves, delays and
@@ -45,6 +47,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
+import attrs
 import trio
 
 from flowqd.jobs import (
@@ -284,3 +287,55 @@ class Conversations(Protocol):
 
     async def clear(self, key: ConversationKey) -> int:
         """Forget a conversation; returns how many turns it had."""
+
+
+@attrs.frozen
+class ScheduleEntry:
+    """A stored schedule: its definition (opaque bytes here) and its state."""
+
+    id: str
+    document: bytes
+    due_ms: int | None  # next tick, unix ms; None while paused
+    last_ms: int | None  # the last tick claimed, None before the first
+
+
+class Schedules(Protocol):
+    """Schedule definitions and due times; ``claim`` is what makes a tick fire once.
+
+    A paused schedule has no due time, so no claim can take it. Times are
+    unix milliseconds (wall clock: every process of a deployment shares them).
+    """
+
+    async def put_schedule(self, schedule_id: str, document: bytes, due_ms: int) -> bool:
+        """Store a schedule. An unchanged ``document`` changes nothing (its due time
+        and paused state stay: loading the same flow files again is a no-op) and
+        returns False. A new one is due at ``due_ms``; a changed one starts again
+        at ``due_ms`` unless paused, and stays paused if it was."""
+
+    async def get_schedule(self, schedule_id: str) -> ScheduleEntry | None:
+        """The schedule, or None when unknown."""
+
+    async def list_schedules(self) -> list[ScheduleEntry]:
+        """Every schedule, by id."""
+
+    async def pause_schedule(self, schedule_id: str) -> bool:
+        """Drop its due time (no tick fires until resumed); False when unknown."""
+
+    async def resume_schedule(self, schedule_id: str, due_ms: int) -> bool:
+        """Make a paused schedule due at ``due_ms`` (a running one keeps its own);
+        False when unknown."""
+
+    async def delete_schedule(self, schedule_id: str) -> bool:
+        """Forget a schedule (jobs it fired stay); False when unknown."""
+
+    async def due_schedules(
+        self, now_ms: int, *, limit: int
+    ) -> tuple[list[ScheduleEntry], int | None]:
+        """Up to ``limit`` running schedules due at or before ``now_ms``, earliest first,
+        and the earliest due time after those (None: nothing else is due)."""
+
+    async def claim_ticks(self, claims: Sequence[tuple[str, int, int]]) -> list[str]:
+        """For each ``(id, due_ms, next_ms)``, atomically: when the schedule's due time is
+        still ``due_ms``, make it ``next_ms`` and record ``due_ms`` as its last tick.
+        Returns the ids so claimed, in order: a claim another process made first (or
+        a pause, a delete, a change) refuses the stale one, so each tick is claimed once."""

@@ -184,6 +184,7 @@ async def open_api(
             registry,
             broker.conversations,
             shutdown=shutdown,
+            schedules=broker.schedules,
             keys=keys if keys is not None else KeyRing.from_config(config),
         )
         app = create_app(context)

@@ -18,6 +18,7 @@ from flowqd.queue.memory.conversations import ConversationStore, MemoryConversat
 from flowqd.queue.memory.documents import MemoryFlowDocuments, MemorySecrets
 from flowqd.queue.memory.jobs import MemoryJobs
 from flowqd.queue.memory.limiter import MemoryRateLimiter
+from flowqd.queue.memory.schedules import MemorySchedules
 from flowqd.queue.memory.state import MemoryState
 from flowqd.queue.memory.work import MemoryWork
 
@@ -43,5 +44,6 @@ def memory_broker(queue: QueueConfig, memory: MemoryConfig | None = None) -> Bro
         secrets=MemorySecrets(),
         limiter=MemoryRateLimiter(),
         conversations=MemoryConversations(state.conversations),
+        schedules=MemorySchedules(),
         backend=_InProcess(),
     )

@@ -19,6 +19,7 @@ from flowqd.queue.redis.conversations import RedisConversations
 from flowqd.queue.redis.documents import RedisFlowDocuments, RedisSecrets
 from flowqd.queue.redis.jobs import RedisJobs
 from flowqd.queue.redis.limiter import RedisRateLimiter
+from flowqd.queue.redis.schedules import RedisSchedules
 from flowqd.queue.redis.work import RedisWork
 from flowqd.redis import open_redis
 
@@ -48,5 +49,6 @@ async def open_redis_broker(
             secrets=RedisSecrets(backend),
             limiter=RedisRateLimiter(backend),
             conversations=RedisConversations(backend),
+            schedules=RedisSchedules(backend),
             backend=backend,
         )
