@@ -3,6 +3,7 @@
 -- token, kind (c f x r), stored (result JSON / error JSON / cancel reason),
 -- event data (error event JSON), nodes JSON or '', retry '1'/'0', jitter in
 -- [0, 1) (failures only).
+-- A run's last 'progress' event also goes on the job record (field prog).
 -- Returns 1/0 per outcome (0: token is not the job's current one: refused).
 local now = now_ms()
 local n_runs = tonumber(ARGV[A])
@@ -13,7 +14,7 @@ for _ = 1, n_runs do first_outcome = first_outcome + 2 + 2 * tonumber(ARGV[first
 local read = {}
 for o = first_outcome, #ARGV, 8 do
   local id = ARGV[o]
-  if read[id] == nil then read[id] = redis.call('HMGET', job_key(id), 'st', 'tok', 'att', 'max', 'cx') end
+  if read[id] == nil then read[id] = redis.call('HMGET', job_key(id), 'st', 'tok', 'att', 'max', 'cx', 'pri') end
 end
 local live = {}
 local i = A + 1
@@ -28,7 +29,12 @@ for _ = 1, n_runs do
     live[id] = ok
   end
   if ok then
-    for e = i, i + 2 * count - 1, 2 do add_event(id, ARGV[e], ARGV[e + 1]) end
+    local progress = nil
+    for e = i, i + 2 * count - 1, 2 do
+      add_event(id, ARGV[e], ARGV[e + 1])
+      if ARGV[e] == EV_PROGRESS then progress = ARGV[e + 1] end
+    end
+    if progress then redis.call('HSET', job_key(id), 'prog', progress) end
   end
   i = i + 2 * count
 end
@@ -42,7 +48,7 @@ while i <= #ARGV do
   local jk = job_key(id)
   -- Read above, unless an earlier outcome of this call changed the job.
   local f = read[id]
-  if not f then f = redis.call('HMGET', jk, 'st', 'tok', 'att', 'max', 'cx') end
+  if not f then f = redis.call('HMGET', jk, 'st', 'tok', 'att', 'max', 'cx', 'pri') end
   read[id] = false
   if f[1] ~= S_ACTIVE or f[2] ~= token then
     results[#results + 1] = 0
@@ -86,7 +92,7 @@ while i <= #ARGV do
       -- Requeue (shutdown drain): next in line, the attempt not counted.
       redis.call('HDEL', jk, 'tok')
       redis.call('HSET', jk, 'st', S_WAITING, 'att', tonumber(f[3]) - 1, unpack(extra))
-      redis.call('RPUSH', K_WAIT, id)
+      to_wait(id, f[6], true)
       rang = true
     end
   end

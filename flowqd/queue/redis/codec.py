@@ -12,6 +12,7 @@ from flowqd.jobs import (
     CANCELLED,
     END,
     ERROR,
+    PROGRESS,
     RETRIED,
     Claimed,
     EmittedEvent,
@@ -36,10 +37,12 @@ _OUTCOME_CODES = {
 
 def lua_names() -> str:
     """Lua locals for the values scripts store and compare: job states (``S_WAITING``),
-    terminal event names (``EV_END``) and ``EV_RETRIED``, and the flush script's outcome codes
-    (``O_COMPLETED``), all from the Python definitions."""
+    terminal event names (``EV_END``), ``EV_RETRIED`` and ``EV_PROGRESS``, and the flush
+    script's outcome codes (``O_COMPLETED``), all from the Python definitions."""
     lines = [f"local S_{status.name} = '{status.value}'" for status in JobStatus]
-    lines += [f"local EV_{name.upper()} = '{name}'" for name in (END, ERROR, CANCELLED, RETRIED)]
+    lines += [
+        f"local EV_{name.upper()} = '{name}'" for name in (END, ERROR, CANCELLED, RETRIED, PROGRESS)
+    ]
     lines += [f"local O_{kind.name} = '{code.decode()}'" for kind, code in _OUTCOME_CODES.items()]
     return "\n".join(lines) + "\n"
 
@@ -58,9 +61,27 @@ def decode_job(job_id: str, fields: list[Any]) -> Job | None:
     Fields the claim script has just set come back as Lua values (integers
     for numbers); ``int()`` takes both.
     """
-    (flow, ver, inputs, st, att, mx, timeout, owner, ct, sat, ft, res, err, nodes, wk, cx, tc) = (
-        fields
-    )
+    (
+        flow,
+        ver,
+        inputs,
+        st,
+        att,
+        mx,
+        timeout,
+        owner,
+        ct,
+        sat,
+        ft,
+        res,
+        err,
+        nodes,
+        wk,
+        cx,
+        tc,
+        pri,
+        prog,
+    ) = fields
     if st is None:
         return None
     # Positional, in Job's field order: every claimed job passes through here,
@@ -84,6 +105,8 @@ def decode_job(job_id: str, fields: list[Any]) -> Job | None:
         wk.decode() if wk else None,
         cx is not None,
         tc.decode() if tc else None,
+        int(pri) if pri else 0,
+        orjson.loads(prog) if prog else None,
     )
 
 
@@ -161,7 +184,7 @@ def flush_args(events: Sequence[EmittedEvent], outcomes: Sequence[Outcome]) -> l
     return args
 
 
-assert _N_FIELDS == 17  # decode_job unpacks exactly these
+assert _N_FIELDS == 19  # decode_job unpacks exactly these
 # ... and passes them to Job in this order.
 assert [a.name for a in attrs.fields(Job)] == [
     "id",
@@ -182,4 +205,6 @@ assert [a.name for a in attrs.fields(Job)] == [
     "worker",
     "cancel_requested",
     "trace",
+    "priority",
+    "progress",
 ]
