@@ -20,6 +20,7 @@ from flowqd.api.context import JOB_ID_HEADER, ApiContext, context, principal
 from flowqd.api.http import ApiError, Problems, error_response, json_response, read_json
 from flowqd.flows import CompiledFlow
 from flowqd.jobs import CANCELLED, END, ERROR, TERMINAL_EVENTS, Event, JobSpec, new_job_id
+from flowqd.queue.policy import PRIORITY_MAX, PRIORITY_MIN
 
 blueprint = Blueprint("predictions", __name__)
 
@@ -35,6 +36,7 @@ class PredictionRequest:
     override: dict[str, Any]
     history: list[Any]
     extra: dict[str, Any]
+    priority: int | None = None  # None: the flow's default
 
 
 def parse_request(body: dict[str, Any]) -> PredictionRequest:
@@ -68,8 +70,26 @@ def parse_request(body: dict[str, Any]) -> PredictionRequest:
     if session is not None:
         problems.expect(session, (str,), "$.overrideConfig.sessionId", "a string")
     extra = {k: body[k] for k in PASSED_THROUGH if body.get(k) is not None}
+    priority = _priority(body, override, problems)
     problems.raise_if_any()
-    return PredictionRequest(question, bool(streaming), chat_id, override, history, extra)
+    return PredictionRequest(question, bool(streaming), chat_id, override, history, extra, priority)
+
+
+def _priority(body: dict[str, Any], override: Any, problems: Problems) -> int | None:
+    """The job's priority: ``priority`` in the body, else ``overrideConfig.priority``
+    (what Flowise SDKs can send: their bodies have a fixed set of keys)."""
+    path, value = "$.priority", body.get("priority")
+    if value is None and isinstance(override, dict):
+        path, value = "$.overrideConfig.priority", override.get("priority")
+    if value is None:
+        return None
+    if problems.expect(value, (int,), path, "an integer") and not (
+        PRIORITY_MIN <= value <= PRIORITY_MAX
+    ):
+        problems.add(
+            path, f"must be from {PRIORITY_MIN} to {PRIORITY_MAX} (higher runs first, 0 default)"
+        )
+    return int(value) if isinstance(value, int) else None
 
 
 def job_inputs(req: PredictionRequest, chat: flowise.Chat) -> dict[str, Any]:
@@ -125,6 +145,7 @@ async def prediction(flow_id: str) -> Response:
         job_id=job_id,
         owner=principal().name,
         trace=tracing.job_trace(request.scope),
+        priority=flow.priority if req.priority is None else req.priority,
     )
     try:
         with ctx.deadline("enqueueing the job"):
