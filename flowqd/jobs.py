@@ -35,6 +35,12 @@ RETRIED = "retried"
 PROGRESS = "progress"
 
 
+# A job's priority: an integer in this range, higher claimed first, 0 the
+# default (the queue's plain FIFO list; see queue/policy.py).
+PRIORITY_MIN = -1000
+PRIORITY_MAX = 1000
+
+
 def new_job_id() -> str:
     # 128 random bits as 32 hex digits, like uuid4().hex at a tenth of its
     # cost (bulk enqueue makes thousands at once).

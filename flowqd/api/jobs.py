@@ -20,6 +20,8 @@ from flowqd.errors import BrokerUnavailable
 from flowqd.executors.base import sum_usage
 from flowqd.flows import CompiledFlow
 from flowqd.jobs import (
+    PRIORITY_MAX,
+    PRIORITY_MIN,
     TERMINAL_STATUSES,
     Job,
     JobSpec,
@@ -28,7 +30,6 @@ from flowqd.jobs import (
     through_terminal,
 )
 from flowqd.queue.base import JobIdTaken
-from flowqd.queue.policy import PRIORITY_MAX, PRIORITY_MIN
 
 blueprint = Blueprint("jobs", __name__)
 

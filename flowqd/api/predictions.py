@@ -19,8 +19,17 @@ from flowqd.api.authn import open_route
 from flowqd.api.context import JOB_ID_HEADER, ApiContext, context, principal
 from flowqd.api.http import ApiError, Problems, error_response, json_response, read_json
 from flowqd.flows import CompiledFlow
-from flowqd.jobs import CANCELLED, END, ERROR, TERMINAL_EVENTS, Event, JobSpec, new_job_id
-from flowqd.queue.policy import PRIORITY_MAX, PRIORITY_MIN
+from flowqd.jobs import (
+    CANCELLED,
+    END,
+    ERROR,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    TERMINAL_EVENTS,
+    Event,
+    JobSpec,
+    new_job_id,
+)
 
 blueprint = Blueprint("predictions", __name__)
 

@@ -27,7 +27,7 @@ from flowqd.errors import FlowValidationError
 from flowqd.executors.base import Executor, Tool
 from flowqd.flows.model import CompiledFlow, CompiledNode, NodeSource
 from flowqd.flows.params import Problem, key_path, show, structure_params
-from flowqd.queue.policy import PRIORITY_MAX, PRIORITY_MIN
+from flowqd.jobs import PRIORITY_MAX, PRIORITY_MIN
 
 TOP_KEYS = ("id", "nodes", "output", "description", "priority")
 NODE_KEYS = ("id", "type", "label", "params", "inputs", "timeout_s", "tool", "tools")

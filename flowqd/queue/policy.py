@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from flowqd.jobs import EVENT_ID_PART_MAX
+from flowqd.jobs import EVENT_ID_PART_MAX, PRIORITY_MAX
 
 # Exponential backoff doubles per attempt; past this it stops growing.
 RETRY_DELAY_CAP_S = 86400.0
@@ -24,12 +24,10 @@ RETRY_EXPONENT_CAP = 40
 # never earlier than backoff_s * 2**(attempt-1)).
 JITTER_SHARE = 0.25
 
-# Priorities: an integer from PRIORITY_MIN to PRIORITY_MAX, higher claimed
+# Priorities (PRIORITY_MIN to PRIORITY_MAX, in jobs.py): higher claimed
 # first, 0 (the default) the plain FIFO list. Nothing ages a waiting job: a
 # steady stream of higher-priority jobs starves lower ones (use another queue
 # for work that must not wait behind it).
-PRIORITY_MIN = -1000
-PRIORITY_MAX = 1000
 # A prioritised waiting job's score is level * PRIORITY_SEQ_SPAN + sequence
 # (level 0 claimed first), exact in a double: 1000 levels * 2**40 < 2**53.
 PRIORITY_SEQ_SPAN = 2**40
