@@ -1,6 +1,7 @@
 """Enqueue and drain: no-op jobs through one real `flowqd --role worker` process.
 
     .venv/bin/python bench/drain.py [--jobs 20000] [--replicas 1] [--wait-replicas 1]
+                                    [--priorities 10]
 
 Starts its own redis-server and worker. The queue is paused while the jobs
 are enqueued (so the enqueue figures are the producer's alone): 2,000 one at
@@ -13,7 +14,9 @@ Each job is one `echo` node with every event a job normally writes
 come from /proc (user + system) between resume and the last completion.
 Prints a table and one JSON line per figure. ``--replicas`` starts replica
 redis-servers beside the primary; ``--wait-replicas`` sets redis.wait_replicas
-(bench/replicas.py compares 0 and 1).
+(bench/replicas.py compares 0 and 1). ``--priorities N`` gives job number i
+priority ``i % N + 1``: every job is prioritised (the sorted set, not the
+FIFO list), N levels interleaved, to measure what priorities cost.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ async def bench(
     batch: int,
     py_spy: str | None = None,
     extra_env: dict[str, str] | None = None,
+    priorities: int = 0,
 ) -> dict[str, float]:
     env = {"REDIS_URL": url, "QUEUE_NAME": "bench-drain", "REMOVE_ON_COUNT": str(jobs)}
     env.update(extra_env or {})
@@ -86,11 +90,15 @@ async def bench(
         )
         await broker.control.pause()
 
+        def job(n: int, question: str) -> JobSpec:
+            priority = n % priorities + 1 if priorities else 0
+            return JobSpec(flow_id, version, {"question": question}, priority=priority)
+
         # One at a time (a round trip each), on a sample.
         sample = min(jobs, 2000)
         t = time.perf_counter()
         for i in range(sample):
-            await broker.jobs.enqueue([JobSpec(flow_id, version, {"question": f"s{i}"})])
+            await broker.jobs.enqueue([job(i, f"s{i}")])
         results["enqueue_single_jobs_s"] = sample / (time.perf_counter() - t)
 
         # Bulk: calls of --batch jobs, first from one producer (each call
@@ -99,10 +107,7 @@ async def bench(
         # encodes the next. The first half of the rest goes serially.
         bulk = jobs - sample
         batches = [
-            [
-                JobSpec(flow_id, version, {"question": f"q{start + i}"})
-                for i in range(min(batch, bulk - start))
-            ]
+            [job(start + i, f"q{start + i}") for i in range(min(batch, bulk - start))]
             for start in range(0, bulk, batch)
         ]
         serial, concurrent = batches[: len(batches) // 2], batches[len(batches) // 2 :]
@@ -206,6 +211,12 @@ def main() -> None:
         default=0,
         help="redis.wait_replicas for the bench and the worker (starts that many replicas)",
     )
+    parser.add_argument(
+        "--priorities",
+        type=int,
+        default=0,
+        help="give the jobs N priorities, interleaved (0: none, the FIFO list)",
+    )
     args = parser.parse_args()
     server = RedisServer()
     server.start()
@@ -213,7 +224,14 @@ def main() -> None:
     extra = {"FLOWQD_REDIS__WAIT_REPLICAS": str(args.wait_replicas)}
     try:
         results = trio.run(
-            bench, server.url, server.proc.pid, args.jobs, args.batch, args.py_spy, extra
+            bench,
+            server.url,
+            server.proc.pid,
+            args.jobs,
+            args.batch,
+            args.py_spy,
+            extra,
+            args.priorities,
         )
     finally:
         for replica in replicas:

@@ -30,6 +30,16 @@ TERMINAL_EVENTS = frozenset({END, ERROR, CANCELLED})
 # queued again (data: {"attempt": the next attempt's number}): the stream keeps
 # every earlier run's events, and that terminal event is no longer the last word.
 RETRIED = "retried"
+# An executor's progress report (``NodeContext.progress``): its data is also
+# kept on the job record (``Job.progress``, the latest one), written with the
+# event by the same flush.
+PROGRESS = "progress"
+
+
+# A job's priority: an integer in this range, higher claimed first, 0 the
+# default (the queue's plain FIFO list; see queue/policy.py).
+PRIORITY_MIN = -1000
+PRIORITY_MAX = 1000
 
 
 def new_job_id() -> str:
@@ -54,6 +64,9 @@ class JobSpec:
     # then a newline and ``tracestate`` when there is one (neither may hold a
     # newline). None: not traced, or tracing off where it was enqueued.
     trace: str | None = None
+    # Claimed before every waiting job of a lower priority, FIFO within one;
+    # higher runs first, 0 is the plain FIFO queue (see policy.PRIORITY_MIN/MAX).
+    priority: int = 0
 
 
 @attrs.frozen
@@ -78,6 +91,8 @@ class Job:
     worker: str | None = None
     cancel_requested: bool = False
     trace: str | None = None  # as JobSpec.trace
+    priority: int = 0  # as JobSpec.priority
+    progress: Any = None  # the latest progress report (a number in [0, 1] or an object)
 
 
 @attrs.frozen

@@ -75,6 +75,8 @@ def test_readme_lists_the_quick_start_requests() -> None:
         ("POST", "/api/v1/prediction/greet"),
         ("POST", "/api/v1/jobs"),
         ("GET", "/api/v1/jobs/<id>"),
+        ("POST", "/api/v1/jobs"),
+        ("POST", "/api/v1/jobs"),
     ]
 
 

@@ -53,7 +53,7 @@ async def _returns(ctx: NodeContext) -> Any:
 
 async def _emits(ctx: NodeContext) -> Any:
     if ctx.params.kind == "big":
-        ctx.emit("progress", "x" * ctx.params.size)
+        ctx.emit("note", "x" * ctx.params.size)
     else:
         ctx.emit("progress", {"seen": {1}})
     return "emitted"
@@ -299,16 +299,16 @@ async def test_an_event_over_the_event_limit_fails_the_node_at_emit(
             job = await run_one(h, flow("big", "emits", kind="big", size=5000))
             assert job.status == JobStatus.FAILED and job.error is not None
             assert job.error["message"] == (
-                "emitted a 'progress' event of 5,002 bytes of JSON, over limits.max_event_bytes "
+                "emitted a 'note' event of 5,002 bytes of JSON, over limits.max_event_bytes "
                 "(100); emit smaller events, or raise the limit"
             )
             events = await h.broker.jobs.read_events(job.id)
-            assert "progress" not in [e.name for e in events]
+            assert "note" not in [e.name for e in events]
             # Smaller events still pass.
             ok = await run_one(h, flow("small", "emits", kind="big", size=50))
             assert ok.status == JobStatus.COMPLETED
             names = [e.name for e in await h.broker.jobs.read_events(ok.id)]
-            assert names.count("progress") == 1
+            assert names.count("note") == 1
 
 
 PLUGIN = textwrap.dedent("""

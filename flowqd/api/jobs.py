@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import re
+import time
+from datetime import datetime
 from typing import Any
 
 import attrs
@@ -17,6 +20,8 @@ from flowqd.errors import BrokerUnavailable
 from flowqd.executors.base import sum_usage
 from flowqd.flows import CompiledFlow
 from flowqd.jobs import (
+    PRIORITY_MAX,
+    PRIORITY_MIN,
     TERMINAL_STATUSES,
     Job,
     JobSpec,
@@ -30,7 +35,16 @@ blueprint = Blueprint("jobs", __name__)
 
 BULK_MAX = 1000
 JOB_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
-SPEC_KEYS = ("flow", "inputs", "job_id", "delay_s", "max_attempts", "timeout_s")
+SPEC_KEYS = (
+    "flow",
+    "inputs",
+    "job_id",
+    "delay_s",
+    "run_at",
+    "priority",
+    "max_attempts",
+    "timeout_s",
+)
 KEEP_ALIVE = sse.sse_comment("keep-alive")
 # Sent first: EventSource clients reconnect after this many ms, and the
 # response headers leave at once instead of with the first event.
@@ -74,6 +88,8 @@ def job_json(job: Job, admin: bool) -> dict[str, Any]:
         "usage": sum_usage(job.nodes),
         "worker": job.worker if admin else None,
         "cancel_requested": job.cancel_requested,
+        "priority": job.priority,
+        "progress": job.progress,
         "links": {
             "self": base,
             "events": f"{base}/events",
@@ -105,6 +121,7 @@ BOUNDS = {
     "delay_s": Bound(0, 365 * 86400, integer=False, unit=" seconds (365 days)"),
     "timeout_s": Bound(0, 30 * 86400, integer=False, low_open=True, unit=" seconds (30 days)"),
     "max_attempts": Bound(1, 1000, integer=True),
+    "priority": Bound(PRIORITY_MIN, PRIORITY_MAX, integer=True),
 }
 
 
@@ -121,6 +138,50 @@ def _number(problems: Problems, raw: dict[str, Any], key: str, path: str) -> Any
         problems.add(where, f"must be {bound.describe()}")
         return None
     return value
+
+
+def _run_at(problems: Problems, raw: dict[str, Any], path: str) -> float | None:
+    """``run_at`` as a delay from now in seconds (0 when it is past), None when absent.
+
+    Unix seconds (a number) or an ISO-8601 date and time with its offset
+    ("2026-12-05T04:00:00Z"): a time without one would depend on the server's
+    zone. Within the same bound as ``delay_s``.
+    """
+    value = raw.get("run_at")
+    if value is None:
+        return None
+    where = f"{path}.run_at"
+    wanted = 'unix seconds or an ISO-8601 time with its offset, e.g. "2026-12-05T04:00:00Z"'
+    if not problems.expect(value, (int, float, str), where, wanted):
+        return None
+    if isinstance(value, str):
+        try:
+            when = datetime.fromisoformat(value)
+        except ValueError:
+            problems.add(where, f"expected {wanted}, got a string that is not one")
+            return None
+        if when.tzinfo is None:
+            problems.add(where, 'add its offset ("Z" for UTC, or e.g. "+02:00")')
+            return None
+        at = when.timestamp()
+    elif not math.isfinite(value):
+        problems.add(where, f"expected {wanted}")
+        return None
+    else:
+        at = float(value)
+    if "delay_s" in raw:
+        problems.add(where, "give delay_s or run_at, not both")
+        return None
+    delay = at - time.time()
+    bound = BOUNDS["delay_s"]
+    if delay > bound.high:
+        problems.add(
+            where,
+            f"is {delay / 86400:.0f} days from now; at most {bound.high // 86400} days ahead "
+            "(unix time in seconds, not milliseconds)",
+        )
+        return None
+    return max(delay, 0.0)
 
 
 def parse_spec(raw: Any, path: str, problems: Problems) -> dict[str, Any] | None:
@@ -147,7 +208,8 @@ def parse_spec(raw: Any, path: str, problems: Problems) -> dict[str, Any] | None
         "flow": flow,
         "inputs": inputs,
         "job_id": job_id,
-        "delay_s": _number(problems, raw, "delay_s", path) or 0.0,
+        "delay_s": _run_at(problems, raw, path) or _number(problems, raw, "delay_s", path) or 0.0,
+        "priority": _number(problems, raw, "priority", path),
         "max_attempts": _number(problems, raw, "max_attempts", path),
         "timeout_s": _number(problems, raw, "timeout_s", path),
     }
@@ -219,6 +281,7 @@ async def build_specs(ctx: ApiContext, body: Any) -> tuple[list[JobSpec], bool]:
                 inputs=draft["inputs"],
                 job_id=draft["job_id"],
                 delay_s=float(draft["delay_s"]),
+                priority=flow.priority if draft["priority"] is None else draft["priority"],
                 max_attempts=draft["max_attempts"],
                 timeout_s=draft["timeout_s"],
                 owner=owner,

@@ -132,6 +132,13 @@ PREDICTION_BODY: Schema = {
             "description": "sessionId and values flows read as $overrideConfig.x",
         },
         "history": {"type": ["array", "null"]},
+        "priority": {
+            "type": ["integer", "null"],
+            "minimum": -1000,
+            "maximum": 1000,
+            "description": "the job's priority (higher is claimed first; default: the "
+            "flow's priority, else 0); Flowise SDKs may send it as overrideConfig.priority",
+        },
         "uploads": {"type": ["array", "null"]},
         "form": {"type": ["object", "null"]},
     },
@@ -156,7 +163,27 @@ JOB_SPEC: Schema = {
             "description": "idempotency: the same key sending the same id makes one "
             "job (202 again); an id a job of another key holds is 409",
         },
-        "delay_s": {"type": "number", "minimum": 0, "maximum": 31536000},
+        "delay_s": {
+            "type": "number",
+            "minimum": 0,
+            "maximum": 31536000,
+            "description": "run no earlier than this many seconds from now (then status "
+            "delayed; an admin may promote it to run now)",
+        },
+        "run_at": {
+            "type": ["number", "string"],
+            "description": "run no earlier than this time: unix seconds, or ISO-8601 with "
+            "its offset (2026-12-05T04:00:00Z); a past time runs now; at most 365 days "
+            "ahead; not with delay_s",
+        },
+        "priority": {
+            "type": "integer",
+            "minimum": -1000,
+            "maximum": 1000,
+            "description": "higher is claimed first, FIFO within one priority; default: "
+            "the flow's priority, else 0. Nothing ages a waiting job: a steady stream of "
+            "higher priorities starves lower ones",
+        },
         "max_attempts": {"type": "integer", "minimum": 1, "maximum": 1000},
         "timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 2592000},
     },
@@ -180,6 +207,13 @@ JOB: Schema = {
             "type": ["object", "null"],
             "description": "tokens the job's models used, summed over its node records: "
             "{input_tokens, output_tokens, total_tokens}; null when no node recorded any",
+        },
+        "priority": {"type": "integer"},
+        "progress": {
+            "type": ["number", "object", "null"],
+            "description": "the latest progress the job's nodes reported (ctx.progress): "
+            "a number from 0 to 1 or a small object; null before the first. Each report "
+            "is also a progress event on the job's event stream",
         },
         "created_at": {"type": "number"},
         "started_at": {"type": ["number", "null"]},
@@ -460,7 +494,9 @@ PATHS: dict[str, Any] = _at_the_door(
                 "Last-Event-ID (or ?after=: two whole numbers below 2**64, else 400); a finished "
                 "job's stream is replayed; a running job's stream ends after the terminal event "
                 "(end, error or cancelled), also when Last-Event-ID is past the stream's last "
-                "event (it resumes from that event)",
+                "event (it resumes from that event). Among the others: node_start, node_end, "
+                "token, and progress (data: what the node passed to ctx.progress, also the "
+                "job's progress field)",
                 {"200": {"description": "event stream", "content": SSE}},
                 params=[*JOB_ID, _param("Last-Event-ID", "header"), _param("after", "query")],
                 errors=("400", "401", "404", "503"),

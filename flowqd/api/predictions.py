@@ -20,7 +20,17 @@ from flowqd.api.context import JOB_ID_HEADER, ApiContext, context, principal
 from flowqd.api.http import ApiError, Problems, error_response, json_response, read_json
 from flowqd.executors.base import HISTORY_ENTRY, history_message
 from flowqd.flows import CompiledFlow
-from flowqd.jobs import CANCELLED, END, ERROR, TERMINAL_EVENTS, Event, JobSpec, new_job_id
+from flowqd.jobs import (
+    CANCELLED,
+    END,
+    ERROR,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    TERMINAL_EVENTS,
+    Event,
+    JobSpec,
+    new_job_id,
+)
 
 blueprint = Blueprint("predictions", __name__)
 
@@ -36,6 +46,7 @@ class PredictionRequest:
     override: dict[str, Any]
     history: list[Any]
     extra: dict[str, Any]
+    priority: int | None = None  # None: the flow's default
 
 
 def parse_request(body: dict[str, Any]) -> PredictionRequest:
@@ -72,8 +83,26 @@ def parse_request(body: dict[str, Any]) -> PredictionRequest:
     if session is not None:
         problems.expect(session, (str,), "$.overrideConfig.sessionId", "a string")
     extra = {k: body[k] for k in PASSED_THROUGH if body.get(k) is not None}
+    priority = _priority(body, override, problems)
     problems.raise_if_any()
-    return PredictionRequest(question, bool(streaming), chat_id, override, history, extra)
+    return PredictionRequest(question, bool(streaming), chat_id, override, history, extra, priority)
+
+
+def _priority(body: dict[str, Any], override: Any, problems: Problems) -> int | None:
+    """The job's priority: ``priority`` in the body, else ``overrideConfig.priority``
+    (what Flowise SDKs can send: their bodies have a fixed set of keys)."""
+    path, value = "$.priority", body.get("priority")
+    if value is None and isinstance(override, dict):
+        path, value = "$.overrideConfig.priority", override.get("priority")
+    if value is None:
+        return None
+    if problems.expect(value, (int,), path, "an integer") and not (
+        PRIORITY_MIN <= value <= PRIORITY_MAX
+    ):
+        problems.add(
+            path, f"must be from {PRIORITY_MIN} to {PRIORITY_MAX} (higher runs first, 0 default)"
+        )
+    return int(value) if isinstance(value, int) else None
 
 
 def job_inputs(req: PredictionRequest, chat: flowise.Chat) -> dict[str, Any]:
@@ -129,6 +158,7 @@ async def prediction(flow_id: str) -> Response:
         job_id=job_id,
         owner=principal().name,
         trace=tracing.job_trace(request.scope),
+        priority=flow.priority if req.priority is None else req.priority,
     )
     try:
         with ctx.deadline("enqueueing the job"):

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import builtins
+import math
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence, Set
 from typing import Any
 
 import attrs
+import orjson
 
 from flowqd.errors import NodeError
+from flowqd.jobs import PROGRESS
 
 # Events the runner and the broker write themselves; an executor emitting one
 # of these would corrupt the job's stream (a second "end", say).
 RESERVED_EVENTS = frozenset({"node_start", "node_end", "node_skipped", "end", "error", "cancelled"})
+# A progress object is kept on the job record and shown in job lists: small.
+PROGRESS_MAX_BYTES = 1024
 _TYPE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
 
 
@@ -179,7 +184,8 @@ class NodeContext:
         """Add an event to the job's stream, in order; never blocks.
 
         Use ``"token"`` for each chunk of generated text (data: the string),
-        ``"progress"`` for progress reports, or a name of your own. The names
+        ``"progress"`` for progress reports (``emit("progress", data)`` is
+        ``progress(data)``), or a name of your own. The names
         the runner and the queue use (``node_start``, ``node_end``,
         ``node_skipped``, ``end``, ``error``, ``cancelled``) raise ValueError. ``data`` must be
         JSON-compatible and within ``limits.max_event_bytes``, or this raises
@@ -187,7 +193,40 @@ class NodeContext:
         """
         if event in RESERVED_EVENTS:
             raise ValueError(f"executors may not emit {event!r}: that event name is flowqd's own")
+        if event == PROGRESS:
+            self.progress(data)
+            return
         self._emit(event, data)
+
+    def progress(self, value: float | Mapping[str, Any]) -> None:
+        """Report how far the node has come: a number from 0 to 1 (``0.4``) or a small
+        JSON object (``{"done": 4, "of": 10}``, at most ``PROGRESS_MAX_BYTES`` as JSON).
+
+        It goes to the job's stream as a ``progress`` event and, the latest one,
+        on the job record (``progress`` in the job JSON, the dashboard), written
+        with the job's other events: no extra call to the broker. Never blocks.
+        Raises ValueError for another kind of value, and NodeError as ``emit``
+        does for data that is not JSON.
+        """
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if not (math.isfinite(value) and 0 <= value <= 1):
+                raise ValueError(f"progress: a number must be from 0 to 1, got {value!r}")
+        elif isinstance(value, Mapping):
+            try:
+                size = len(orjson.dumps(value))
+            except TypeError:
+                size = 0  # not JSON: the emit below says where
+            if size > PROGRESS_MAX_BYTES:
+                raise ValueError(
+                    f"progress: an object must be at most {PROGRESS_MAX_BYTES} bytes as JSON, "
+                    f"got {size:,}; report counts, put larger data in an event of its own"
+                )
+        else:
+            raise ValueError(
+                "progress: expected a number from 0 to 1 or an object such as "
+                f'{{"done": 4, "of": 10}}, got {type(value).__name__}'
+            )
+        self._emit(PROGRESS, value)
 
     async def credential(self, name: str) -> str:
         """The plaintext of the stored credential ``name``.

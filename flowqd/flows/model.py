@@ -88,6 +88,8 @@ class CompiledFlow:
     branching: Branching | None = None
     # Tool nodes by id: not in ``nodes``, the graph never runs them on its own.
     tools: dict[str, CompiledNode] = attrs.Factory(dict)
+    # The default priority of its jobs (the document's "priority"; 0: none).
+    priority: int = 0
     # Every node needs the one before it: no two nodes can ever run at the
     # same time, so the runner runs them one after another without a nursery.
     sequential: bool = attrs.field(init=False, default=attrs.Factory(_is_chain, takes_self=True))

@@ -6,7 +6,11 @@ Document shape::
      "nodes": [{"id": "prompt", "type": "template", "label": "Prompt",
                 "params": {...}, "inputs": {"name": "<source>"}, "timeout_s": 10,
                 "when": {"route": ["billing"]}}],
-     "output": "prompt"}
+     "output": "prompt",
+     "priority": 0}
+
+``priority`` (optional) is the default priority of the flow's jobs (see
+``queue.policy``); a job may set its own.
 
 An input source is an upstream node id (``"prompt"``) or a job input written
 ``$name``, with dots reaching into objects: ``$question``,
@@ -29,8 +33,9 @@ from flowqd.executors.base import Executor, Tool
 from flowqd.flows import branches
 from flowqd.flows.model import CompiledFlow, CompiledNode, NodeSource
 from flowqd.flows.params import Problem, key_path, show, structure_params
+from flowqd.jobs import PRIORITY_MAX, PRIORITY_MIN
 
-TOP_KEYS = ("id", "nodes", "output", "description")
+TOP_KEYS = ("id", "nodes", "output", "description", "priority")
 NODE_KEYS = ("id", "type", "label", "params", "inputs", "timeout_s", "when", "tool", "tools")
 TOOL_KEYS = ("description", "parameters")
 FLOW_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}")
@@ -103,6 +108,7 @@ def compile_flow(
         if key not in TOP_KEYS:
             problems.append((key_path("$", key), f"unknown key; known keys: {', '.join(TOP_KEYS)}"))
     flow_id = _flow_id(document, problems)
+    priority = _priority(document, problems)
     drafts = _nodes(document, executors, problems)
     by_id: dict[str, _Draft] = {}
     for draft in drafts:
@@ -135,7 +141,7 @@ def compile_flow(
     if problems:
         raise FlowValidationError(problems)
     assert flow_id is not None and output is not None
-    flow = _compiled(flow_id, drafts, output, document)
+    flow = _compiled(flow_id, drafts, output, document, priority)
     if flow.branching is not None or len(flow.outputs) > 1:
         problems = branches.check(
             flow,
@@ -145,6 +151,24 @@ def compile_flow(
         if problems:
             raise FlowValidationError(problems)
     return flow
+
+
+def _priority(document: Mapping[str, Any], problems: list[Problem]) -> int:
+    priority = document.get("priority", 0)
+    if (
+        isinstance(priority, bool)
+        or not isinstance(priority, int)
+        or not PRIORITY_MIN <= priority <= PRIORITY_MAX
+    ):
+        problems.append(
+            (
+                "$.priority",
+                f"expected an integer from {PRIORITY_MIN} to {PRIORITY_MAX} (higher runs "
+                f"first, 0 is the default), got {show(priority)}",
+            )
+        )
+        return 0
+    return priority
 
 
 def _flow_id(document: Mapping[str, Any], problems: list[Problem]) -> str | None:
@@ -650,7 +674,11 @@ def _known(executors: Mapping[str, Executor]) -> str:
 
 
 def _compiled(
-    flow_id: str, drafts: list[_Draft], output: tuple[str, ...], document: Mapping[str, Any]
+    flow_id: str,
+    drafts: list[_Draft],
+    output: tuple[str, ...],
+    document: Mapping[str, Any],
+    priority: int,
 ) -> CompiledFlow:
     nodes = {}
     flow_inputs: set[str] = set()
@@ -685,6 +713,7 @@ def _compiled(
         outputs=output,
         branching=branches.plan(ordered),
         tools={n.id: n for n in nodes.values() if n.tool is not None},
+        priority=priority,
     )
 
 

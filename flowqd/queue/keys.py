@@ -12,7 +12,10 @@ import attrs
 
 # Fixed keys: (Lua constant, suffix, what it holds).
 FIXED: tuple[tuple[str, str, str], ...] = (
-    ("K_WAIT", "wait", "list of waiting job ids: LPUSH new, RPOP oldest"),
+    ("K_WAIT", "wait", "list of waiting job ids of priority 0: LPUSH new, RPOP oldest"),
+    ("K_WAIT_HIGH", "wait-high", "zset waiting job id -> (level, seq) score, priority > 0"),
+    ("K_WAIT_LOW", "wait-low", "zset waiting job id -> (level, seq) score, priority < 0"),
+    ("K_PRIORITY_SEQ", "priority-seq", "string INCR: FIFO order within one priority"),
     ("K_ACTIVE", "active", "zset job id -> lock deadline (ms, Redis clock)"),
     ("K_DELAYED", "delayed", "zset job id -> due time (ms)"),
     ("K_COMPLETED", "completed", "zset job id -> finish time (ms)"),
@@ -33,7 +36,9 @@ FIXED: tuple[tuple[str, str, str], ...] = (
     ("CH_CANCEL", "ch:cancel", "channel: id of an active job to cancel"),
 )
 # Per-object keys: suffix + id (+ tail).
-JOB = "job:"  # hash, fields in JOB_FIELDS plus "tok" (lock token) and "stl" (stall count)
+# hash, fields in JOB_FIELDS plus "tok" (lock token), "stl" (stall count) and
+# "psc" (a prioritised job's score in K_WAIT_HIGH/K_WAIT_LOW)
+JOB = "job:"
 EVENTS = "events:"  # stream, entries {n: name, d: orjson data}
 WORKER = "worker:"  # string, orjson WorkerInfo, PX heartbeat ttl
 FLOW = "flow:"  # flow:<id>:v<n> string, the flow document of version n
@@ -62,6 +67,8 @@ JOB_FIELDS: tuple[str, ...] = (
     "wk",
     "cx",
     "tc",  # W3C trace context (JobSpec.trace), absent when not traced
+    "pri",  # priority, absent when 0
+    "prog",  # latest progress report (JSON), absent until the first
 )
 MARKER_MEMBER = "m"
 
@@ -87,6 +94,14 @@ class QueueKeys:
     @property
     def wait(self) -> str:
         return self.fixed("K_WAIT")
+
+    @property
+    def wait_high(self) -> str:
+        return self.fixed("K_WAIT_HIGH")
+
+    @property
+    def wait_low(self) -> str:
+        return self.fixed("K_WAIT_LOW")
 
     @property
     def active(self) -> str:

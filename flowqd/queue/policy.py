@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from flowqd.jobs import EVENT_ID_PART_MAX
+from flowqd.jobs import EVENT_ID_PART_MAX, PRIORITY_MAX
 
 # Exponential backoff doubles per attempt; past this it stops growing.
 RETRY_DELAY_CAP_S = 86400.0
@@ -23,6 +23,14 @@ RETRY_EXPONENT_CAP = 40
 # Jitter adds up to this share of the delay (never subtracts: a retry is
 # never earlier than backoff_s * 2**(attempt-1)).
 JITTER_SHARE = 0.25
+
+# Priorities (PRIORITY_MIN to PRIORITY_MAX, in jobs.py): higher claimed
+# first, 0 (the default) the plain FIFO list. Nothing ages a waiting job: a
+# steady stream of higher-priority jobs starves lower ones (use another queue
+# for work that must not wait behind it).
+# A prioritised waiting job's score is level * PRIORITY_SEQ_SPAN + sequence
+# (level 0 claimed first), exact in a double: 1000 levels * 2**40 < 2**53.
+PRIORITY_SEQ_SPAN = 2**40
 
 STALLED_MESSAGE = (
     "job stalled: its worker stopped renewing the lock (crashed, hung or cut off "
@@ -42,6 +50,16 @@ def retry_delay_s(backoff_s: float, attempt: int, jitter: float) -> float:
     exponent = min(max(attempt - 1, 0), RETRY_EXPONENT_CAP)
     base = min(backoff_s * 2.0**exponent, RETRY_DELAY_CAP_S)
     return base * (1.0 + JITTER_SHARE * jitter)
+
+
+def priority_level(priority: int) -> int:
+    """A non-zero priority's level within its set (0 is claimed first): 1000 and -1 are 0."""
+    return PRIORITY_MAX - priority if priority > 0 else -priority - 1
+
+
+def priority_score(priority: int, sequence: int) -> int:
+    """Where a job of ``priority`` (not 0) enqueued as number ``sequence`` waits in its set."""
+    return priority_level(priority) * PRIORITY_SEQ_SPAN + sequence % PRIORITY_SEQ_SPAN
 
 
 def error_event_data(error: dict[str, Any] | None) -> dict[str, Any]:
@@ -77,6 +95,8 @@ def lua_rules() -> str:
         "JITTER_SHARE": JITTER_SHARE,
         "CANCELLED_MESSAGE_PREFIX": CANCELLED_MESSAGE_PREFIX,
         "DEFAULT_CANCEL_REASON": DEFAULT_CANCEL_REASON,
+        "PRIORITY_MAX": PRIORITY_MAX,
+        "PRIORITY_SEQ_SPAN": PRIORITY_SEQ_SPAN,
         # Stored and sent as they are: JSON made here, not by cjson.
         "STALLED_ERROR": orjson.dumps(stalled).decode(),
         "STALLED_EVENT": orjson.dumps(error_event_data(stalled)).decode(),

@@ -61,6 +61,19 @@ async def _secret_length(ctx: NodeContext) -> Any:
     return len(await ctx.credential("api-token"))
 
 
+@attrs.frozen
+class ProgressParams:
+    hold_s: float = 0.0
+
+
+async def _progress(ctx: NodeContext) -> Any:
+    # Reports half-way, runs on for hold_s (a client looks meanwhile), reports the end.
+    ctx.progress(0.5)
+    await trio.sleep(ctx.params.hold_s)
+    ctx.progress({"done": 2, "of": 2})
+    return "done"
+
+
 TEST_EXECUTORS = [
     Executor(type="boom", params=BoomParams, run=_boom, description="always fails"),
     Executor(type="tokens", params=NoParams, run=_tokens, description="streams three tokens"),
@@ -70,6 +83,7 @@ TEST_EXECUTORS = [
         run=_secret_length,
         description="length of credential api-token",
     ),
+    Executor(type="progress", params=ProgressParams, run=_progress, description="reports progress"),
 ]
 
 FLOWS: list[dict[str, Any]] = [
@@ -105,6 +119,12 @@ FLOWS: list[dict[str, Any]] = [
     },
     {"id": "short", "nodes": [{"id": "d", "type": "delay", "params": {"ms": 700}}], "output": "d"},
     {"id": "secret", "nodes": [{"id": "s", "type": "secret_length"}], "output": "s"},
+    {
+        "id": "progress",
+        "nodes": [{"id": "p", "type": "progress", "params": {"hold_s": 3}}],
+        "output": "p",
+        "priority": 7,
+    },
     {
         "id": "topic",
         "nodes": [

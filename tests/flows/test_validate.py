@@ -38,12 +38,34 @@ BAD_FLOWS: list[tuple[str, Any, list[tuple[str, str]]]] = [
         "unknown top-level key, bad id",
         flow({"id": "a", "type": "echo"}, id="no spaces", nodez=[]),
         [
-            ("$.nodez", "unknown key; known keys: id, nodes, output, description"),
+            ("$.nodez", "unknown key; known keys: id, nodes, output, description, priority"),
             (
                 "$.id",
                 "expected 1-128 letters, digits and _ . : - (not starting with . : -), "
                 "got 'no spaces'",
             ),
+        ],
+    ),
+    (
+        "priority out of range, or not an integer",
+        flow({"id": "a", "type": "echo"}, priority=1001),
+        [
+            (
+                "$.priority",
+                "expected an integer from -1000 to 1000 (higher runs first, 0 is the default), "
+                "got 1001",
+            )
+        ],
+    ),
+    (
+        "priority not an integer",
+        flow({"id": "a", "type": "echo"}, priority=True),
+        [
+            (
+                "$.priority",
+                "expected an integer from -1000 to 1000 (higher runs first, 0 is the default), "
+                "got True",
+            )
         ],
     ),
     (

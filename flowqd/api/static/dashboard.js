@@ -465,6 +465,15 @@ function renderRate() {
 
 // ---- rendering: jobs -----------------------------------------------------------
 
+// A job's progress as its node reported it (ctx.progress): 0.4 is "40%",
+// {done: 4, of: 10} is "4 / 10", any other object its JSON on one line.
+function fmtProgress(p) {
+  if (p === null || p === undefined) return "";
+  if (typeof p === "number") return `${Math.round(p * 100)}%`;
+  if (p && typeof p.done === "number" && typeof p.of === "number") return `${p.done} / ${p.of}`;
+  return oneLine(p, 60);
+}
+
 function jobRow(job) {
   const selected = job.id === S.selected;
   const actions = el("td", {});
@@ -479,7 +488,10 @@ function jobRow(job) {
   return el("tr", { "data-job-id": job.id, "data-status": job.status, cls: selected ? "selected" : "" },
     el("td", { cls: "id", title: job.id, text: shortId(job.id) }),
     el("td", { text: job.flow_id, title: `version ${job.flow_version}` }),
-    el("td", {}, el("span", { cls: "badge", "data-state": job.status, text: job.cancel_requested && job.status === "active" ? "cancelling" : job.status })),
+    el("td", {}, el("span", { cls: "badge", "data-state": job.status, text: job.cancel_requested && job.status === "active" ? "cancelling" : job.status }),
+      job.progress !== null && job.progress !== undefined && !TERMINAL.has(job.status)
+        ? el("span", { cls: "progress muted small", title: "progress the job reported", text: ` ${fmtProgress(job.progress)}` }) : null,
+      job.priority ? el("span", { cls: "priority muted small", title: "priority (higher runs first)", text: ` p${job.priority}` }) : null),
     el("td", { text: `${job.attempts} / ${job.max_attempts}` }),
     el("td", { cls: "ago", title: fmtDate(job.created_at), text: fmtAgo(job.created_at) }),
     el("td", { cls: "dur", text: fmtDuration(jobDuration(job)) }),
@@ -500,7 +512,7 @@ function renderJobs(jobs, scanLimited) {
     // Rows are replaced only when they changed, so a click in progress keeps its target.
     const old = new Map([...body.querySelectorAll("tr[data-job-id]")].map((tr) => [tr.dataset.jobId, tr]));
     const rows = jobs.map((job) => {
-      const sig = JSON.stringify([job.status, job.attempts, job.cancel_requested, job.finished_at, job.started_at, job.id === S.selected]);
+      const sig = JSON.stringify([job.status, job.attempts, job.cancel_requested, job.finished_at, job.started_at, job.progress, job.id === S.selected]);
       const tr = old.get(job.id);
       if (tr && tr.dataset.sig === sig) {
         tr.querySelector(".ago").textContent = fmtAgo(job.created_at);
@@ -552,6 +564,8 @@ function renderDetail() {
   const facts = [
     ["Flow", `${job.flow_id} (version ${job.flow_version})`],
     ["Attempts", `${job.attempts} of ${job.max_attempts}`],
+    ["Priority", job.priority ? `${job.priority} (higher runs first)` : "0 (default)"],
+    ["Progress", job.progress !== null && job.progress !== undefined ? fmtProgress(job.progress) : "–"],
     ["Worker", job.worker || "–"],
     ["Owner", job.owner || "–"],
     ["Created", fmtDate(job.created_at)],
@@ -560,7 +574,7 @@ function renderDetail() {
     ["Duration", job.duration_s !== null ? fmtDuration(job.duration_s) : running !== null ? `${fmtDuration(running)} so far` : "–"],
     ["Timeout", job.timeout_s ? fmtDuration(job.timeout_s) : "worker default"],
   ];
-  $("detail-facts").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
+  $("detail-facts").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v, "data-fact": k.toLowerCase() })]));
 
   renderOutcome(job);
   $("detail-inputs").textContent = json(job.inputs);
@@ -718,6 +732,11 @@ function onEventBlock(stream, block) {
   while (list.children.length > MAX_EVENTS) list.firstChild.remove();
   if (S.followEvents) list.scrollTop = list.scrollHeight;
   // A terminal event ends the stream unless "retried" follows (an earlier run's).
+  // A progress event updates the job's progress at once (the job itself is polled).
+  if (name === "progress" && S.job && S.job.id === stream.id) {
+    const fact = document.querySelector('#detail-facts dd[data-fact="progress"]');
+    if (fact) fact.textContent = fmtProgress(parsed);
+  }
   if (TERMINAL_EVENTS.has(name)) stream.closing = true;
   else if (name === "retried") stream.closing = false;
 }

@@ -2,11 +2,12 @@
 -- and its worker told. Returns the job's fields, nil if unknown.
 local id, reason = ARGV[A], ARGV[A + 1]
 local jk = job_key(id)
-local status = redis.call('HGET', jk, 'st')
+local f = redis.call('HMGET', jk, 'st', 'pri')
+local status = f[1]
 if not status then return false end
 if status == S_WAITING or status == S_DELAYED then
   if status == S_WAITING then
-    redis.call('LREM', K_WAIT, 0, id)
+    from_wait(id, f[2])
   else
     redis.call('ZREM', K_DELAYED, id)
   end

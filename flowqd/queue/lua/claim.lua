@@ -7,8 +7,26 @@ local now = now_ms()
 local out = {}
 local locks = {}  -- (deadline, id) pairs for K_ACTIVE: one ZADD at the end
 local got = 0
+-- The next n ids in claim order: higher priorities, then the FIFO list of
+-- priority 0, then lower priorities; nil when none waits.
+local function next_ids(n)
+  for _, set in ipairs({K_WAIT_HIGH, false, K_WAIT_LOW}) do
+    if set then
+      local popped = redis.call('ZPOPMIN', set, n)
+      if #popped > 0 then
+        local ids = {}
+        for k = 1, #popped, 2 do ids[#ids + 1] = popped[k] end
+        return ids
+      end
+    else
+      local ids = redis.call('RPOP', K_WAIT, n)
+      if ids then return ids end
+    end
+  end
+  return nil
+end
 while got < want do
-  local ids = redis.call('RPOP', K_WAIT, want - got)
+  local ids = next_ids(want - got)
   if not ids then break end
   for _, id in ipairs(ids) do
     local jk = job_key(id)
@@ -39,6 +57,9 @@ while got < want do
 end
 call_in_parts('ZADD', K_ACTIVE, locks, 1000)
 -- More waiting: wake the next idle worker too.
-if redis.call('LLEN', K_WAIT) > 0 then ring_workers() end
+if redis.call('LLEN', K_WAIT) > 0 or redis.call('ZCARD', K_WAIT_HIGH) > 0
+    or redis.call('ZCARD', K_WAIT_LOW) > 0 then
+  ring_workers()
+end
 announce()
 return out

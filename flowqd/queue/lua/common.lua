@@ -34,6 +34,40 @@ local function ring_workers()
   redis.call('ZADD', K_MARKER, 0, MARKER_MEMBER)
 end
 
+-- Put a job in line to be claimed. Priority 0 (pri nil or '0'): the FIFO list,
+-- at its back, or with ``again`` at its front (it was claimed and is back:
+-- it has waited longest). Other priorities: K_WAIT_HIGH (> 0) or K_WAIT_LOW
+-- (< 0), scored as policy.priority_score; ``again`` keeps the job's score.
+local function to_wait(id, pri, again)
+  local p = tonumber(pri or '0')
+  if p == 0 then
+    if again then redis.call('RPUSH', K_WAIT, id) else redis.call('LPUSH', K_WAIT, id) end
+    return
+  end
+  local jk = job_key(id)
+  local score = again and redis.call('HGET', jk, 'psc')
+  if not score then
+    local level = -p - 1
+    if p > 0 then level = PRIORITY_MAX - p end
+    local seq = redis.call('INCR', K_PRIORITY_SEQ) % PRIORITY_SEQ_SPAN
+    score = string.format('%.0f', level * PRIORITY_SEQ_SPAN + seq)
+    redis.call('HSET', jk, 'psc', score)
+  end
+  if p > 0 then redis.call('ZADD', K_WAIT_HIGH, score, id) else redis.call('ZADD', K_WAIT_LOW, score, id) end
+end
+
+-- Take a waiting job out of line (cancel, delete).
+local function from_wait(id, pri)
+  local p = tonumber(pri or '0')
+  if p == 0 then
+    redis.call('LREM', K_WAIT, 0, id)
+  elseif p > 0 then
+    redis.call('ZREM', K_WAIT_HIGH, id)
+  else
+    redis.call('ZREM', K_WAIT_LOW, id)
+  end
+end
+
 -- Scores of the finished sets: the finish time in ms, made strictly
 -- increasing (in 1/1024 ms steps) so that jobs ending in the same
 -- millisecond keep their order and retention by count drops the oldest.

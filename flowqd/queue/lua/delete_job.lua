@@ -2,11 +2,12 @@
 -- left as it is (its worker holds it). Returns the status it had, false if unknown.
 local id = ARGV[A]
 local jk = job_key(id)
-local status = redis.call('HGET', jk, 'st')
+local f = redis.call('HMGET', jk, 'st', 'pri')
+local status = f[1]
 if not status then return false end
 if status == S_ACTIVE then return status end
 if status == S_WAITING then
-  redis.call('LREM', K_WAIT, 0, id)
+  from_wait(id, f[2])
 elseif status == S_DELAYED then
   redis.call('ZREM', K_DELAYED, id)
 else

@@ -1,22 +1,23 @@
--- Add jobs; an id that exists adds nothing. Args per job (9):
+-- Add jobs; an id that exists adds nothing. Args per job (10):
 -- id, flow id, flow version, inputs (JSON), delay ms, max attempts, timeout s or '', owner or '',
--- trace context or ''
+-- trace context or '', priority or '' (0)
 -- An id held by a job of another owner refuses the whole call before anything
 -- is added (checked here, atomically): returns the 0-based positions of those
 -- jobs, or an empty array when the jobs were added.
 local exists = {}
 local taken = {}
-for i = A, #ARGV, 9 do
+for i = A, #ARGV, 10 do
   local found = redis.call('HMGET', job_key(ARGV[i]), 'st', 'own')
   if found[1] then
     exists[ARGV[i]] = true
-    if (found[2] or '') ~= ARGV[i + 7] then taken[#taken + 1] = (i - A) / 9 end
+    if (found[2] or '') ~= ARGV[i + 7] then taken[#taken + 1] = (i - A) / 10 end
   end
 end
 if #taken > 0 then return taken end
 local now = now_ms()
 local waiting = {}
-for i = A, #ARGV, 9 do
+local rang = false
+for i = A, #ARGV, 10 do
   local id = ARGV[i]
   local jk = job_key(id)
   if not exists[id] then
@@ -37,8 +38,14 @@ for i = A, #ARGV, 9 do
     end
     -- Only traced jobs pay for the field.
     if ARGV[i + 8] ~= '' then redis.call('HSET', jk, 'tc', ARGV[i + 8]) end
+    -- And only prioritised ones for theirs.
+    local pri = ARGV[i + 9]
+    if pri ~= '' then redis.call('HSET', jk, 'pri', pri) end
     if delay > 0 then
       redis.call('ZADD', K_DELAYED, now + delay, id)
+    elseif pri ~= '' then
+      to_wait(id, pri, false)
+      rang = true
     else
       waiting[#waiting + 1] = id
     end
@@ -48,6 +55,7 @@ end
 -- as if pushed one by one.
 if #waiting > 0 then
   redis.call('LPUSH', K_WAIT, unpack(waiting))
-  ring_workers()
+  rang = true
 end
+if rang then ring_workers() end
 return {}

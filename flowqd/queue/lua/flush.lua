@@ -4,6 +4,7 @@
 -- event data (error event JSON), nodes JSON or '', retry '1'/'0', jitter in
 -- [0, 1) (failures only) or, for a completed outcome with a conversation
 -- turn, TURN_MARK followed by TURN_ARGS more (see add_turn).
+-- A run's last 'progress' event also goes on the job record (field prog).
 -- Returns 1/0 per outcome (0: token is not the job's current one: refused).
 local now = now_ms()
 local n_runs = tonumber(ARGV[A])
@@ -64,7 +65,7 @@ local read = {}
 local o = first_outcome
 while o <= #ARGV do
   local id = ARGV[o]
-  if read[id] == nil then read[id] = redis.call('HMGET', job_key(id), 'st', 'tok', 'att', 'max', 'cx') end
+  if read[id] == nil then read[id] = redis.call('HMGET', job_key(id), 'st', 'tok', 'att', 'max', 'cx', 'pri') end
   o = o + 8
   if ARGV[o - 1] == TURN_MARK then o = o + TURN_ARGS end
 end
@@ -81,7 +82,12 @@ for _ = 1, n_runs do
     live[id] = ok
   end
   if ok then
-    for e = i, i + 2 * count - 1, 2 do add_event(id, ARGV[e], ARGV[e + 1]) end
+    local progress = nil
+    for e = i, i + 2 * count - 1, 2 do
+      add_event(id, ARGV[e], ARGV[e + 1])
+      if ARGV[e] == EV_PROGRESS then progress = ARGV[e + 1] end
+    end
+    if progress then redis.call('HSET', job_key(id), 'prog', progress) end
   end
   i = i + 2 * count
 end
@@ -95,7 +101,7 @@ while i <= #ARGV do
   local jk = job_key(id)
   -- Read above, unless an earlier outcome of this call changed the job.
   local f = read[id]
-  if not f then f = redis.call('HMGET', jk, 'st', 'tok', 'att', 'max', 'cx') end
+  if not f then f = redis.call('HMGET', jk, 'st', 'tok', 'att', 'max', 'cx', 'pri') end
   read[id] = false
   if f[1] ~= S_ACTIVE or f[2] ~= token then
     results[#results + 1] = 0
@@ -140,7 +146,7 @@ while i <= #ARGV do
       -- Requeue (shutdown drain): next in line, the attempt not counted.
       redis.call('HDEL', jk, 'tok')
       redis.call('HSET', jk, 'st', S_WAITING, 'att', tonumber(f[3]) - 1, unpack(extra))
-      redis.call('RPUSH', K_WAIT, id)
+      to_wait(id, f[6], true)
       rang = true
     end
   end

@@ -6,9 +6,10 @@ local moved = 0
 for _, id in ipairs(ids) do
   redis.call('ZREM', K_DELAYED, id)
   local jk = job_key(id)
-  if redis.call('HGET', jk, 'st') == S_DELAYED then
+  local f = redis.call('HMGET', jk, 'st', 'pri')
+  if f[1] == S_DELAYED then
     redis.call('HSET', jk, 'st', S_WAITING)
-    redis.call('LPUSH', K_WAIT, id)
+    to_wait(id, f[2], false)
     moved = moved + 1
   end
 end

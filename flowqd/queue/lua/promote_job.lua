@@ -7,7 +7,7 @@ if not status then return false end
 if status == S_DELAYED then
   redis.call('ZREM', K_DELAYED, id)
   redis.call('HSET', jk, 'st', S_WAITING)
-  redis.call('LPUSH', K_WAIT, id)
+  to_wait(id, redis.call('HGET', jk, 'pri'), false)
   ring_workers()
 end
 return redis.call('HMGET', jk, unpack(JOB_FIELDS))

@@ -6,15 +6,15 @@
 local function reopen(id, status)
   local jk = job_key(id)
   redis.call('ZREM', finished_key(status), id)
-  redis.call('HDEL', jk, 'res', 'err', 'nodes', 'cx', 'sat', 'ft', 'wk', 'tok')
-  local f = redis.call('HMGET', jk, 'att', 'max')
+  redis.call('HDEL', jk, 'res', 'err', 'nodes', 'cx', 'sat', 'ft', 'wk', 'tok', 'prog')
+  local f = redis.call('HMGET', jk, 'att', 'max', 'pri')
   local att = tonumber(f[1] or '0')
   local max = math.max(tonumber(f[2]), att + 1)
   redis.call('HSET', jk, 'st', S_WAITING, 'stl', 0, 'max', max)
   redis.call('PERSIST', jk)
   redis.call('PERSIST', events_key(id))
   add_event(id, EV_RETRIED, cjson.encode({attempt = att + 1}))
-  redis.call('LPUSH', K_WAIT, id)
+  to_wait(id, f[3], false)
 end
 
 local id = ARGV[A]

@@ -14,7 +14,7 @@ local requeued, failed, cancelled = {}, {}, {}
 for _, id in ipairs(ids) do
   redis.call('ZREM', K_ACTIVE, id)
   local jk = job_key(id)
-  local f = redis.call('HMGET', jk, 'st', 'cx')
+  local f = redis.call('HMGET', jk, 'st', 'cx', 'pri')
   if f[1] == S_ACTIVE then
     redis.call('HDEL', jk, 'tok')
     local stalls = redis.call('HINCRBY', jk, 'stl', 1)
@@ -26,7 +26,7 @@ for _, id in ipairs(ids) do
       failed[#failed + 1] = id
     else
       redis.call('HSET', jk, 'st', S_WAITING)
-      redis.call('RPUSH', K_WAIT, id)
+      to_wait(id, f[3], true)
       requeued[#requeued + 1] = id
       rang = true
     end

@@ -32,7 +32,7 @@ class MemoryControl:
         await trio.lowlevel.checkpoint()
         state = self._state
         result = {s: len(state.finished[s]) for s in FINISHED}
-        result[JobStatus.WAITING] = len(state.wait)
+        result[JobStatus.WAITING] = len(state.wait) + len(state.prioritized)
         result[JobStatus.ACTIVE] = len(state.active)
         result[JobStatus.DELAYED] = sum(
             1 for r in state.jobs.values() if r.status == JobStatus.DELAYED

@@ -53,7 +53,7 @@ class MemoryJobs:
         state = self._state
         ids: list[str]
         if status == JobStatus.WAITING:
-            ids = list(state.wait)
+            ids = state.waiting_ids()
         elif status == JobStatus.ACTIVE:
             ids = list(reversed(state.active))
         elif status == JobStatus.DELAYED:

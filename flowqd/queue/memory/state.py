@@ -75,6 +75,9 @@ class JobRecord:
     stalls: int = 0
     due: float = 0.0
     trace: str | None = None
+    priority: int = 0
+    score: int = 0  # a prioritised job's place in line, kept when it comes back
+    progress: Any = None
 
     def to_job(self) -> Job:
         return Job(
@@ -96,6 +99,8 @@ class JobRecord:
             worker=self.worker,
             cancel_requested=self.cancel is not None,
             trace=self.trace,
+            priority=self.priority,
+            progress=copy(self.progress),
         )
 
 
@@ -107,7 +112,13 @@ def _new_deque() -> deque[str]:
 class MemoryState:
     cfg: QueueConfig
     jobs: dict[str, JobRecord] = attrs.Factory(dict)
-    wait: deque[str] = attrs.Factory(_new_deque)  # newest left, next to claim right
+    wait: deque[str] = attrs.Factory(_new_deque)  # priority 0: newest left, next to claim right
+    # Waiting jobs of priority > 0 and < 0: heaps of (score, id) as the Redis
+    # backend's sets (policy.priority_score); an entry is live while
+    # ``prioritized`` maps its id to its score, else skipped.
+    high: list[tuple[int, str]] = attrs.Factory(list)
+    low: list[tuple[int, str]] = attrs.Factory(list)
+    prioritized: dict[str, int] = attrs.Factory(dict)
     active: dict[str, None] = attrs.Factory(dict)
     delayed: list[tuple[float, int, str]] = attrs.Factory(list)  # heap; stale entries skipped
     finished: dict[JobStatus, dict[str, float]] = attrs.Factory(lambda: {s: {} for s in FINISHED})
@@ -123,6 +134,7 @@ class MemoryState:
     conversations: ConversationStore = attrs.Factory(ConversationStore)
     _seq: itertools.count[int] = attrs.Factory(itertools.count)
     _event_ids: itertools.count[int] = attrs.Factory(lambda: itertools.count(1))
+    _priority_seq: itertools.count[int] = attrs.Factory(lambda: itertools.count(1))
 
     # ---- transitions ---------------------------------------------------------
 
@@ -139,12 +151,13 @@ class MemoryState:
             owner=spec.owner,
             created_at=time.time(),
             trace=spec.trace,
+            priority=spec.priority,
         )
         self.jobs[job_id] = rec
         if spec.delay_s > 0:
             self._delay(rec, now + spec.delay_s)
         else:
-            self.wait.appendleft(job_id)
+            self._to_wait(rec)
             self.ring_claimers()
 
     def claim(self, worker_id: str, max_jobs: int, lock_ttl_s: float) -> list[Claimed]:
@@ -153,8 +166,11 @@ class MemoryState:
             return []
         claimed: list[Claimed] = []
         deadline = trio.current_time() + lock_ttl_s
-        while self.wait and len(claimed) < max_jobs:
-            rec = self.jobs.get(self.wait.pop())
+        while len(claimed) < max_jobs:
+            job_id = self._next_waiting()
+            if job_id is None:
+                break
+            rec = self.jobs.get(job_id)
             if rec is None or rec.status != JobStatus.WAITING:
                 continue
             if rec.cancel is not None:
@@ -202,7 +218,7 @@ class MemoryState:
         else:  # REQUEUE (shutdown drain): next in line, the attempt not counted
             rec.attempts -= 1
             rec.status = JobStatus.WAITING
-            self.wait.append(rec.id)
+            self._to_wait(rec, again=True)
             self.ring_claimers()
         return True
 
@@ -210,7 +226,7 @@ class MemoryState:
         """Queued: cancelled now. Active: flagged, its worker told. Ended: unchanged."""
         if rec.status in (JobStatus.WAITING, JobStatus.DELAYED):
             if rec.status == JobStatus.WAITING:
-                self.wait.remove(rec.id)
+                self._from_wait(rec)
             rec.cancel = reason
             self._finish_cancelled(rec)
         elif rec.status == JobStatus.ACTIVE:
@@ -228,10 +244,10 @@ class MemoryState:
         rec.stalls = 0
         rec.max_attempts = max(rec.max_attempts, rec.attempts + 1)
         rec.started_at = rec.finished_at = rec.result = rec.error = None
-        rec.worker = rec.cancel = rec.token = None
+        rec.worker = rec.cancel = rec.token = rec.progress = None
         rec.nodes = []
         self.append_event(rec.id, RETRIED, {"attempt": rec.attempts + 1})
-        self.wait.appendleft(rec.id)
+        self._to_wait(rec)
         self.ring_claimers()
         return True
 
@@ -244,7 +260,7 @@ class MemoryState:
         """delayed -> waiting now (its heap entry goes stale)."""
         if rec.status == JobStatus.DELAYED:
             rec.status = JobStatus.WAITING
-            self.wait.appendleft(rec.id)
+            self._to_wait(rec)
             self.ring_claimers()
 
     def delete(self, rec: JobRecord) -> JobStatus:
@@ -253,7 +269,7 @@ class MemoryState:
         if status == JobStatus.ACTIVE:
             return status
         if status == JobStatus.WAITING:
-            self.wait.remove(rec.id)
+            self._from_wait(rec)
         if status in FINISHED:
             self._forget(rec.id)
         else:  # delayed: its heap entry is skipped once the record is gone
@@ -277,8 +293,9 @@ class MemoryState:
         promoted = False
         while self.next_due() <= now:
             _, _, job_id = heapq.heappop(self.delayed)
-            self.jobs[job_id].status = JobStatus.WAITING
-            self.wait.appendleft(job_id)
+            rec = self.jobs[job_id]
+            rec.status = JobStatus.WAITING
+            self._to_wait(rec)
             promoted = True
         if promoted:
             self.ring_claimers()
@@ -304,7 +321,7 @@ class MemoryState:
                 failed.append(job_id)
             else:
                 rec.status = JobStatus.WAITING
-                self.wait.append(job_id)  # next in line: it has waited longest
+                self._to_wait(rec, again=True)  # next in line: it has waited longest
                 self.ring_claimers()
                 requeued.append(job_id)
         return requeued, failed, cancelled
@@ -329,6 +346,13 @@ class MemoryState:
         if waiter is not None:
             waiter.set()
 
+    def waiting_ids(self) -> list[str]:
+        """Waiting jobs, last to be claimed first (as the Redis backend lists them)."""
+        by_score = sorted(self.prioritized.items(), key=lambda item: item[1], reverse=True)
+        low = [i for i, _ in by_score if self.jobs[i].priority < 0]
+        high = [i for i, _ in by_score if self.jobs[i].priority > 0]
+        return [*low, *self.wait, *high]
+
     def ring_claimers(self) -> None:
         self.doorbell.set()
         self.doorbell = trio.Event()
@@ -341,6 +365,45 @@ class MemoryState:
                 return due
             heapq.heappop(self.delayed)
         return float("inf")
+
+    def _to_wait(self, rec: JobRecord, *, again: bool = False) -> None:
+        """In line to be claimed, as ``to_wait`` in common.lua: priority 0 at the
+        back of the list (``again``: at its front), others by their score (``again``:
+        the one they had)."""
+        if not rec.priority:
+            if again:
+                self.wait.append(rec.id)
+            else:
+                self.wait.appendleft(rec.id)
+            return
+        if not (again and rec.score):
+            rec.score = policy.priority_score(rec.priority, next(self._priority_seq))
+        self.prioritized[rec.id] = rec.score
+        heapq.heappush(self.high if rec.priority > 0 else self.low, (rec.score, rec.id))
+
+    def _from_wait(self, rec: JobRecord) -> None:
+        if rec.priority:
+            self.prioritized.pop(rec.id, None)
+        else:
+            self.wait.remove(rec.id)
+
+    def _next_waiting(self) -> str | None:
+        """Out of line, the next job to claim: higher priorities, then 0, then lower."""
+        if self.high:
+            job_id = self._pop_live(self.high)
+            if job_id is not None:
+                return job_id
+        if self.wait:
+            return self.wait.pop()
+        return self._pop_live(self.low) if self.low else None
+
+    def _pop_live(self, heap: list[tuple[int, str]]) -> str | None:
+        while heap:
+            score, job_id = heapq.heappop(heap)
+            if self.prioritized.get(job_id) == score:
+                del self.prioritized[job_id]
+                return job_id
+        return None
 
     def _delay(self, rec: JobRecord, due: float) -> None:
         rec.status = JobStatus.DELAYED

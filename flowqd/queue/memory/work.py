@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 import attrs
 import trio
 
-from flowqd.jobs import Claimed, EmittedEvent, JobStatus, Outcome, WorkerInfo
+from flowqd.jobs import PROGRESS, Claimed, EmittedEvent, JobStatus, Outcome, WorkerInfo
 from flowqd.logs import log_stalled
 from flowqd.queue.memory.state import MemoryState, copy
 
@@ -71,6 +71,8 @@ class MemoryWork:
             # job are accepted (at-least-once), its outcome is not.
             if rec is not None and rec.status == JobStatus.ACTIVE:
                 state.append_event(job_id, name, data)
+                if name == PROGRESS:
+                    rec.progress = data
         return [state.record(*item) for item in copied]
 
     async def watch_cancels(

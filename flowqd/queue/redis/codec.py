@@ -14,6 +14,7 @@ from flowqd.jobs import (
     CANCELLED,
     END,
     ERROR,
+    PROGRESS,
     RETRIED,
     Claimed,
     EmittedEvent,
@@ -45,10 +46,12 @@ _DEFAULT_MEMORY = MemoryConfig()
 
 def lua_names() -> str:
     """Lua locals for the values scripts store and compare: job states (``S_WAITING``),
-    terminal event names (``EV_END``) and ``EV_RETRIED``, and the flush script's outcome codes
-    (``O_COMPLETED``), all from the Python definitions."""
+    terminal event names (``EV_END``), ``EV_RETRIED`` and ``EV_PROGRESS``, and the flush
+    script's outcome codes (``O_COMPLETED``), all from the Python definitions."""
     lines = [f"local S_{status.name} = '{status.value}'" for status in JobStatus]
-    lines += [f"local EV_{name.upper()} = '{name}'" for name in (END, ERROR, CANCELLED, RETRIED)]
+    lines += [
+        f"local EV_{name.upper()} = '{name}'" for name in (END, ERROR, CANCELLED, RETRIED, PROGRESS)
+    ]
     lines += [f"local O_{kind.name} = '{code.decode()}'" for kind, code in _OUTCOME_CODES.items()]
     lines += [f"local TURN_MARK, TURN_ARGS = '{TURN_MARK.decode()}', {TURN_ARGS}"]
     return "\n".join(lines) + "\n"
@@ -68,9 +71,27 @@ def decode_job(job_id: str, fields: list[Any]) -> Job | None:
     Fields the claim script has just set come back as Lua values (integers
     for numbers); ``int()`` takes both.
     """
-    (flow, ver, inputs, st, att, mx, timeout, owner, ct, sat, ft, res, err, nodes, wk, cx, tc) = (
-        fields
-    )
+    (
+        flow,
+        ver,
+        inputs,
+        st,
+        att,
+        mx,
+        timeout,
+        owner,
+        ct,
+        sat,
+        ft,
+        res,
+        err,
+        nodes,
+        wk,
+        cx,
+        tc,
+        pri,
+        prog,
+    ) = fields
     if st is None:
         return None
     # Positional, in Job's field order: every claimed job passes through here,
@@ -94,6 +115,8 @@ def decode_job(job_id: str, fields: list[Any]) -> Job | None:
         wk.decode() if wk else None,
         cx is not None,
         tc.decode() if tc else None,
+        int(pri) if pri else 0,
+        orjson.loads(prog) if prog else None,
     )
 
 
@@ -199,7 +222,7 @@ def turn_args(write: TurnWrite, memory: MemoryConfig) -> tuple[Any, ...]:
     )
 
 
-assert _N_FIELDS == 17  # decode_job unpacks exactly these
+assert _N_FIELDS == 19  # decode_job unpacks exactly these
 # ... and passes them to Job in this order.
 assert [a.name for a in attrs.fields(Job)] == [
     "id",
@@ -220,4 +243,6 @@ assert [a.name for a in attrs.fields(Job)] == [
     "worker",
     "cancel_requested",
     "trace",
+    "priority",
+    "progress",
 ]

@@ -38,9 +38,11 @@ class RedisControl:
 
     async def counts(self) -> dict[JobStatus, int]:
         k = self._backend.keys
-        replies = checked(
+        low, high, *replies = checked(
             await self._backend.redis.pipeline(
                 [
+                    (b"ZCARD", k.wait_low),
+                    (b"ZCARD", k.wait_high),
                     (b"LLEN", k.wait),
                     (b"ZCARD", k.delayed),
                     (b"ZCARD", k.active),
@@ -48,7 +50,9 @@ class RedisControl:
                 ]
             )
         )
-        return {status: int(reply) for status, reply in zip(_COUNTED, replies, strict=True)}
+        counts = {status: int(reply) for status, reply in zip(_COUNTED, replies, strict=True)}
+        counts[JobStatus.WAITING] += int(low) + int(high)
+        return counts
 
     async def retry_failed(self, limit: int) -> int:
         [count] = await self._backend.scripts.retry((b"", limit))

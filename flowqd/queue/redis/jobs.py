@@ -52,6 +52,7 @@ class RedisJobs:
                     repr(float(spec.timeout_s)) if spec.timeout_s is not None else b"",
                     spec.owner or b"",
                     spec.trace or b"",
+                    spec.priority or b"",
                 )
             calls.append(enqueue.call(args))
         if not calls:
@@ -87,7 +88,7 @@ class RedisJobs:
         redis, keys = self._backend.redis, self._backend.keys
         last = offset + limit - 1
         if status == JobStatus.WAITING:
-            raw = await redis.execute(b"LRANGE", keys.wait, offset, last)
+            raw = await self._backend.scripts.list_waiting((offset, limit))
         else:
             key = {
                 JobStatus.ACTIVE: keys.active,

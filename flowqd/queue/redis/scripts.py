@@ -72,6 +72,7 @@ class QueueScripts:
     retry: QueueScript
     promote: QueueScript
     promote_job: QueueScript
+    list_waiting: QueueScript
     delete_job: QueueScript
     clean: QueueScript
     stalled: QueueScript
