@@ -68,6 +68,8 @@ class CompiledFlow:
     version: int | None = None
     # Tool nodes by id: not in ``nodes``, the graph never runs them on its own.
     tools: dict[str, CompiledNode] = attrs.Factory(dict)
+    # The queue its jobs go to (the document's "queue"); None: the default queue.
+    queue: str | None = None
     # Every node needs the one before it: no two nodes can ever run at the
     # same time, so the runner runs them one after another without a nursery.
     sequential: bool = attrs.field(init=False, default=attrs.Factory(_is_chain, takes_self=True))

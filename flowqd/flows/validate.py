@@ -5,31 +5,35 @@ Document shape::
     {"id": "greet",
      "nodes": [{"id": "prompt", "type": "template", "label": "Prompt",
                 "params": {...}, "inputs": {"name": "<source>"}, "timeout_s": 10}],
-     "output": "prompt"}
+     "output": "prompt", "queue": "bulk"}
 
 An input source is an upstream node id (``"prompt"``) or a job input written
 ``$name``, with dots reaching into objects: ``$question``,
-``$overrideConfig.temperature``.
+``$overrideConfig.temperature``. ``queue`` (optional) names the queue the
+flow's jobs go to (the default queue, ``queue.name``, when left out).
 """
 
 from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
+
+import attrs
 
 from flowqd.errors import FlowValidationError
 from flowqd.executors.base import Executor, Tool
 from flowqd.flows.model import CompiledFlow, CompiledNode, NodeSource
 from flowqd.flows.params import Problem, key_path, show, structure_params
 
-TOP_KEYS = ("id", "nodes", "output", "description")
+TOP_KEYS = ("id", "nodes", "output", "description", "queue")
 NODE_KEYS = ("id", "type", "label", "params", "inputs", "timeout_s", "tool", "tools")
 TOOL_KEYS = ("description", "parameters")
 FLOW_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}")
 NODE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,127}")
 INPUT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+QUEUE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 FLOW_INPUT = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)((?:\.[^.]+)*)")
 
 
@@ -68,8 +72,12 @@ def compile_flow(
     executors: Mapping[str, Executor],
     *,
     max_nodes: int | None = None,
+    queues: Collection[str] | None = None,
 ) -> CompiledFlow:
     """Validate a flow document against the known executors.
+
+    ``queues``: the configured queues, one of which a ``queue`` key must name
+    (None: any well-formed name, for flows already registered).
 
     ``max_nodes`` (``flows.max_nodes``) is checked before anything else, so an
     oversized flow costs nothing more. Raises FlowValidationError listing every
@@ -95,6 +103,7 @@ def compile_flow(
         if key not in TOP_KEYS:
             problems.append((key_path("$", key), f"unknown key; known keys: {', '.join(TOP_KEYS)}"))
     flow_id = _flow_id(document, problems)
+    queue = _queue(document, queues, problems)
     drafts = _nodes(document, executors, problems)
     by_id: dict[str, _Draft] = {}
     for draft in drafts:
@@ -124,7 +133,30 @@ def compile_flow(
     if problems:
         raise FlowValidationError(problems)
     assert flow_id is not None and output is not None
-    return _compiled(flow_id, drafts, output, document)
+    return attrs.evolve(_compiled(flow_id, drafts, output, document), queue=queue)
+
+
+def _queue(
+    document: Mapping[str, Any], queues: Collection[str] | None, problems: list[Problem]
+) -> str | None:
+    queue = document.get("queue")
+    if queue is None:
+        return None
+    if not isinstance(queue, str) or not QUEUE_NAME.fullmatch(queue):
+        problems.append(
+            ("$.queue", f"expected a queue name (letters, digits and _ . : -), got {show(queue)}")
+        )
+        return None
+    if queues is not None and queue not in queues:
+        problems.append(
+            (
+                "$.queue",
+                f"unknown queue {queue!r}; configured queues: {', '.join(queues)} "
+                f"(declare one with a [queues.{queue}] table in flowqd.toml)",
+            )
+        )
+        return None
+    return queue
 
 
 def _flow_id(document: Mapping[str, Any], problems: list[Problem]) -> str | None:
