@@ -102,6 +102,7 @@ class ApiContext:
         ),
     )
     nursery: trio.Nursery | None = attrs.field(init=False, default=None)  # the app's, once serving
+    _finish_rates: dict[str, FinishRate] = attrs.field(init=False, factory=dict)
     # Enqueues a minute per queue, for the queues that set a limit.
     _queue_limits: dict[str, int] = attrs.field(
         init=False,
@@ -140,6 +141,15 @@ class ApiContext:
                 "limits.per_minute",
                 headers={"Retry-After": str(max(1, math.ceil(wait)))},
             )
+
+    def finish_rate_of(self, queue: str | None) -> FinishRate:
+        """The throughput figures of ``queue`` (None: the default queue's)."""
+        if queue is None or queue == self.config.queue.name:
+            return self.finish_rate
+        rate = self._finish_rates.get(queue)
+        if rate is None:
+            rate = self._finish_rates[queue] = FinishRate(self.queue(queue).jobs)
+        return rate
 
     async def check_queue_rate(self, queue: str) -> None:
         """429 with Retry-After when ``queue`` is past its ``per_minute`` (checked only

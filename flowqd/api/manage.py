@@ -302,6 +302,7 @@ async def throughput() -> Response:
     # Wall-clock time on purpose: finish times in job records are unix seconds.
     now = time.time()
     ctx = context()
+    rate = ctx.finish_rate_of(ctx.queue_arg())
     with ctx.deadline("counting finished jobs"):
-        await ctx.finish_rate.sample(now)
-    return json_response(ctx.finish_rate.snapshot(now))
+        await rate.sample(now)
+    return json_response(rate.snapshot(now))

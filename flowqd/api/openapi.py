@@ -469,7 +469,8 @@ PATHS: dict[str, Any] = _at_the_door(
                         "last_5_min, per_minute, saturated}"
                     )
                 },
-                errors=("401", "403", "503"),
+                params=[QUEUE_OP],
+                errors=("401", "403", "404", "503"),
             )
         },
         "/api/v1/queue/retry-failed": {
