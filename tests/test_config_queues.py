@@ -82,7 +82,7 @@ def test_the_queues_flag_sets_worker_queues(
     assert main(["--queues", "bulk:2,flowqd-queue", "check-config"]) == 0
     out = capsys.readouterr().out
     assert 'queues = ["bulk:2", "flowqd-queue"]' in out
-    assert "[queues]\nbulk = {\"max_attempts\" = 2}" in out
+    assert '[queues]\nbulk = {"max_attempts" = 2}' in out
 
 
 def test_concurrency_is_split_by_weight() -> None:
