@@ -39,6 +39,13 @@ def _common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         default=argparse.SUPPRESS if suppress else [],
         help="override one key, e.g. --set worker.concurrency=100 (repeatable)",
     )
+    parser.add_argument(
+        "--queues",
+        metavar="NAME[:WEIGHT],...",
+        default=default,
+        help="queues a worker takes jobs from, e.g. predictions:3,bulk:1 (worker.queues; "
+        "weights split worker.concurrency into one pool per queue)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,7 +74,10 @@ def _fail(problems: Sequence[str]) -> int:
 
 
 def _load(args: argparse.Namespace) -> Config:
-    return load_config(config_file=args.config, role=args.role, overrides=args.overrides)
+    overrides = list(args.overrides)
+    if args.queues is not None:
+        overrides.append(f"worker.queues={args.queues}")
+    return load_config(config_file=args.config, role=args.role, overrides=overrides)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -113,6 +113,32 @@ class LimitsConfig:
         return self.flows.get(flow_id, self.per_minute)
 
 
+def parse_pool(entry: str) -> tuple[str, int]:
+    """``NAME`` or ``NAME:WEIGHT`` (a ``worker.queues`` entry) -> (name, weight)."""
+    name, sep, weight = entry.rpartition(":")
+    if not sep or not weight.isdigit():
+        return entry, 1
+    return name, int(weight)
+
+
+def _is_pool(entry: str) -> bool:
+    name, weight = parse_pool(entry)
+    return bool(re.fullmatch(r"[A-Za-z0-9_.:-]+", name)) and 1 <= weight <= 1000
+
+
+def _pools(_instance: object, _attribute: object, value: list[str]) -> None:
+    bad = [e for e in value if not _is_pool(e)]
+    if bad:
+        raise ValueError(
+            f"expected queue names, each optionally :WEIGHT (1 to 1000), such as "
+            f'["flowqd-queue:3", "bulk:1"], got {_show(bad)}'
+        )
+    names = [parse_pool(e)[0] for e in value]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"expected each queue once, got {', '.join(twice)} more than once")
+
+
 @attrs.frozen
 class WorkerConfig:
     concurrency: int = attrs.field(default=10000, validator=_positive)
@@ -122,6 +148,9 @@ class WorkerConfig:
     stalled_interval_s: float = attrs.field(default=30.0, validator=_positive)
     shutdown_grace_s: float = attrs.field(default=30.0, validator=_non_negative)
     job_timeout_s: float = attrs.field(default=300.0, validator=_positive)
+    # Queues this worker takes jobs from, each NAME or NAME:WEIGHT; empty: the
+    # default queue (queue.name). Weights split concurrency into one pool per queue.
+    queues: list[str] = attrs.field(factory=list, validator=_pools)
 
 
 @attrs.frozen
@@ -134,6 +163,37 @@ class QueueConfig:
     max_stalled: int = attrs.field(default=1, validator=_non_negative)
     max_attempts: int = attrs.field(default=1, validator=_positive)
     backoff_s: float = attrs.field(default=1.0, validator=_non_negative)
+    # Enqueue requests a minute into this queue, shared by every main (0: no limit).
+    per_minute: int = attrs.field(default=0, validator=_non_negative)
+
+
+# The [queue] keys a [queues.NAME] table may set; the others (broker, name) are
+# the deployment's, not one queue's.
+QUEUE_SETTINGS = (
+    "event_stream_max_len",
+    "remove_on_age_s",
+    "remove_on_count",
+    "max_stalled",
+    "max_attempts",
+    "backoff_s",
+    "per_minute",
+)
+
+
+@attrs.frozen
+class QueueSettings:
+    """One ``[queues.NAME]`` table: a key left out takes its ``[queue]`` value."""
+
+    event_stream_max_len: int | None = attrs.field(default=None, validator=_positive)
+    remove_on_age_s: float | None = attrs.field(default=None, validator=_positive)
+    remove_on_count: int | None = attrs.field(default=None, validator=_non_negative)
+    max_stalled: int | None = attrs.field(default=None, validator=_non_negative)
+    max_attempts: int | None = attrs.field(default=None, validator=_positive)
+    backoff_s: float | None = attrs.field(default=None, validator=_non_negative)
+    per_minute: int | None = attrs.field(default=None, validator=_non_negative)
+
+
+assert tuple(f.name for f in attrs.fields(QueueSettings)) == QUEUE_SETTINGS
 
 
 @attrs.frozen
@@ -266,6 +326,8 @@ class Config:
     limits: LimitsConfig = attrs.Factory(LimitsConfig)
     egress: EgressConfig = attrs.Factory(EgressConfig)
     memory: MemoryConfig = attrs.Factory(MemoryConfig)
+    # The queues besides the default one ([queue], QUEUE_NAME), by name.
+    queues: dict[str, QueueSettings] = attrs.Factory(dict)
     # Where the values came from; not configuration itself.
     source: str = attrs.field(default="defaults", eq=False)
     redis_configured: bool = attrs.field(default=False, eq=False)
@@ -278,6 +340,24 @@ class Config:
         if self.role == "all" and not self.redis_configured:
             return "memory"
         return "redis"
+
+    @property
+    def queue_names(self) -> tuple[str, ...]:
+        """Every queue of the deployment, the default one (``queue.name``) first."""
+        return (self.queue.name, *self.queues)
+
+    def queue_config(self, name: str) -> QueueConfig:
+        """The settings of queue ``name``: ``[queue]``'s, with its ``[queues.NAME]`` keys."""
+        if name == self.queue.name:
+            return self.queue
+        settings = self.queues[name]
+        changes = {k: v for k in QUEUE_SETTINGS if (v := getattr(settings, k)) is not None}
+        return attrs.evolve(self.queue, name=name, **changes)
+
+    def worker_pools(self) -> list[tuple[str, int]]:
+        """(queue, weight) for each pool this worker runs: ``worker.queues``, else
+        the default queue alone."""
+        return [parse_pool(e) for e in self.worker.queues] or [(self.queue.name, 1)]
 
 
 SECTIONS: dict[str, type[Any]] = {
@@ -448,6 +528,8 @@ class _Layers:
         self.values: dict[tuple[str, ...], Any] = {}
         self.sources: dict[tuple[str, ...], str] = {}
         self.problems: list[str] = []
+        # Queues declared by a [queues.NAME] table (even an empty one), and where.
+        self.queue_sources: dict[str, str] = {}
 
     def set(self, path: tuple[str, ...], value: Any, source: str) -> None:
         self.values[path] = value
@@ -466,6 +548,8 @@ class _Layers:
         for key, value in data.items():
             if key == "role":
                 self.set(("role",), value, str(path))
+            elif key == "queues":
+                self._add_queues(path, value)
             elif key in SECTIONS:
                 if not isinstance(value, dict):
                     self.problems.append(
@@ -481,12 +565,38 @@ class _Layers:
             else:
                 self.problems.append(f"{path}: {unknown_key((key,))}")
 
+    def _add_queues(self, path: Path, value: Any) -> None:
+        if not isinstance(value, dict):
+            self.problems.append(
+                f"{path}: queues: expected one table per queue, [queues.NAME], got {_show(value)}"
+            )
+            return
+        for name, table in value.items():
+            if not isinstance(table, dict):
+                self.problems.append(
+                    f"{path}: queues.{name}: expected a table [queues.{name}] of queue "
+                    f"settings ({', '.join(QUEUE_SETTINGS)}), got {_show(table)}"
+                )
+                continue
+            self.declare_queue(name, str(path))
+            for sub, subvalue in table.items():
+                if sub not in QUEUE_SETTINGS:
+                    self.problems.append(f"{path}: {_unknown_queue_key(name, sub)}")
+                else:
+                    self.set(("queues", name, sub), subvalue, str(path))
+
+    def declare_queue(self, name: str, source: str) -> None:
+        self.queue_sources.setdefault(name, source)
+
     def add_env_value(self, name: str, path: tuple[str, ...], raw: str) -> None:
         self.add_string(f"environment variable {name}", path, raw)
 
     def add_string(self, source: str, path: tuple[str, ...], raw: str) -> None:
         if path == ("role",):
             tp: Any = Role
+        elif path[0] == "queues":
+            tp = _QUEUE_SETTING_TYPES[path[2]]
+            self.declare_queue(path[1], source)
         else:
             tp = _field_types(path[0])[path[1]]
         try:
@@ -519,6 +629,17 @@ class _Layers:
                 self.add_env_value(name, ("role",), raw)
                 continue
             section, sep, key = rest.partition("__")
+            if section == "queues":
+                queue, sep, sub = key.rpartition("__")
+                if queue and sub in QUEUE_SETTINGS:
+                    self.add_env_value(name, ("queues", queue, sub), raw)
+                else:
+                    self.problems.append(
+                        f"environment variable {name}: expected FLOWQD_QUEUES__<QUEUE>__<KEY> "
+                        f"with KEY one of {', '.join(s.upper() for s in QUEUE_SETTINGS)} "
+                        "(the queue's name in lower case)"
+                    )
+                continue
             if not sep:
                 bare = {key.partition(".")[2]: key for key in _all_keys()} | {"role": "role"}
                 near = _nearest(rest, list(bare))
@@ -540,6 +661,13 @@ class _Layers:
             dotted, sep, raw = item.partition("=")
             section, _, key = dotted.strip().partition(".")
             path = (section, key) if key else (section,)
+            if section == "queues" and sep:
+                queue, _, sub = key.rpartition(".")
+                if queue and sub in QUEUE_SETTINGS:
+                    self.add_string(f"--set {dotted}", ("queues", queue, sub), raw)
+                else:
+                    self.problems.append(f"--set {dotted}: {_unknown_queue_key(queue, sub)}")
+                continue
             if not sep:
                 self.problems.append(
                     f"--set {item}: expected KEY=VALUE with KEY a key of flowqd.toml, "
@@ -555,8 +683,17 @@ class _Layers:
     def build(self) -> Config:
         tree: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
         role: Any = "all"
+        queues: dict[str, dict[str, Any]] = {name: {} for name in self.queue_sources}
         for path, raw in self.values.items():
             try:
+                if path[0] == "queues":
+                    _, name, key = path
+                    field = attrs.fields_dict(QueueSettings)[key]
+                    value = _converter.structure(raw, _QUEUE_SETTING_TYPES[key])
+                    if field.validator is not None:
+                        field.validator(None, field, value)
+                    queues[name][key] = value
+                    continue
                 if path == ("role",):
                     if raw not in ROLES:
                         raise ValueError(f"expected {_describe(Role)}, got {_show(raw)}")
@@ -571,15 +708,42 @@ class _Layers:
             except Exception as exc:
                 where = f"{self.sources[path]}: {'.'.join(path)}"
                 self.problems.append(f"{where}: {_explain(exc, path, raw)}")
+        default = tree["queue"].get("name", attrs.fields(QueueConfig).name.default)
+        for name, source in self.queue_sources.items():
+            if not re.fullmatch(r"[A-Za-z0-9_.:-]+", name):
+                self.problems.append(
+                    f"{source}: queues.{name}: a queue name takes letters, digits and _ . : - "
+                    "only (it becomes part of Redis key names)"
+                )
+            elif name == default:
+                self.problems.append(
+                    f"{source}: queues.{name}: {name!r} is the default queue (queue.name); "
+                    "set its keys in [queue] instead"
+                )
         if self.problems:
             raise ConfigError(self.problems)
-        return Config(role=role, **{s: SECTIONS[s](**values) for s, values in tree.items()})
+        sections = {s: SECTIONS[s](**values) for s, values in tree.items()}
+        settings = {name: QueueSettings(**values) for name, values in queues.items()}
+        return Config(role=role, queues=settings, **sections)
+
+
+_QUEUE_SETTING_TYPES = typing.get_type_hints(QueueSettings)
+
+
+def _unknown_queue_key(queue: str, key: str) -> str:
+    return (
+        f"queues.{queue}.{key}: unknown key; known keys in [queues.NAME]: "
+        f"{', '.join(QUEUE_SETTINGS)} (the others are the deployment's, in [queue])"
+    )
 
 
 def _explain(exc: Exception, path: tuple[str, ...], raw: Any) -> str:
     if isinstance(exc, (TypeError, ValueError)) and str(exc).startswith("expected "):
         return str(exc)
-    tp = Role if path == ("role",) else _field_types(path[0])[path[1]]
+    if path[0] == "queues":
+        tp = _QUEUE_SETTING_TYPES[path[2]]
+    else:
+        tp = Role if path == ("role",) else _field_types(path[0])[path[1]]
     return f"expected {_describe(tp)}, got {_show(raw)}"
 
 
@@ -623,6 +787,7 @@ def load_config(
     )
     _check_role(config, layers.sources.get(("queue", "broker")))
     _check_topology(config.redis)
+    _check_pools(config, layers.sources.get(("worker", "queues"), "defaults"))
     if config.redis.wait_replicas and config.redis.wait_timeout_s >= config.server.broker_timeout_s:
         raise ConfigError(
             [
@@ -632,6 +797,29 @@ def load_config(
             ]
         )
     return config
+
+
+def _check_pools(config: Config, source: str) -> None:
+    pools = config.worker_pools()
+    if config.worker.concurrency < len(pools):
+        raise ConfigError(
+            [
+                f"worker.concurrency = {config.worker.concurrency} is fewer than the "
+                f"{len(pools)} queues of worker.queues ({source}): each queue's pool needs "
+                "a job slot; raise worker.concurrency"
+            ]
+        )
+    unknown = [n for n, _ in config.worker_pools() if n not in config.queue_names]
+    if unknown:
+        raise ConfigError(
+            [
+                f"{source}: worker.queues: {', '.join(map(repr, unknown))}: not "
+                f"{'a configured queue' if len(unknown) == 1 else 'configured queues'}"
+                f"; configured: {', '.join(config.queue_names)}. Declare one with a "
+                f"[queues.{unknown[0]}] table in flowqd.toml (or FLOWQD_QUEUES__"
+                f"{unknown[0].upper()}__MAX_ATTEMPTS=1 and the like)"
+            ]
+        )
 
 
 def _check_topology(redis: RedisConfig) -> None:
@@ -708,6 +896,11 @@ def as_toml_dict(config: Config, *, mask_secrets: bool = True) -> dict[str, Any]
         if section == "redis" and mask_secrets and values.get("url"):
             values["url"] = mask_url(values["url"])
         out[section] = values
+    if config.queues:
+        out["queues"] = {
+            name: {k: v for k, v in attrs.asdict(settings).items() if v is not None}
+            for name, settings in config.queues.items()
+        }
     return out
 
 

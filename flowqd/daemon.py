@@ -24,6 +24,7 @@ import trio
 
 from flowqd import tracing
 from flowqd.api.app import ApiContext, create_app
+from flowqd.api.context import QueueRoles
 from flowqd.api_processes import (
     child_command,
     parent_of_this_process,
@@ -48,12 +49,12 @@ from flowqd.metrics_share import child_env, run_metrics_share
 from flowqd.notify import Notifier
 from flowqd.plugins import collect_executors, load_plugins
 from flowqd.process_metrics import add_process_metrics
-from flowqd.queue import open_broker
-from flowqd.queue.base import Broker
+from flowqd.queue import open_brokers
+from flowqd.queue.base import Brokers
 from flowqd.queue.roles import Schedules
 from flowqd.schedules import Schedule, Scheduler, read_schedule_files, store_schedules
 from flowqd.serve import bound_port, serve_asgi
-from flowqd.worker import Worker, WorkerMetrics
+from flowqd.worker import WorkerPools
 
 log = logging.getLogger("flowqd")
 
@@ -154,18 +155,28 @@ async def _watch_signals(
 
 
 @asynccontextmanager
-async def _open_components(config: Config) -> AsyncIterator[tuple[Broker, FlowStore, Registry]]:
+async def _open_components(config: Config) -> AsyncIterator[tuple[Brokers, FlowStore, Registry]]:
     pm = load_plugins(config.plugins)
     executors = collect_executors(pm)
-    async with open_broker(config) as broker:
-        flows = FlowStore(broker.flow_documents, executors, max_nodes=config.flows.max_nodes)
+    # The API serves every queue; a worker only its pools' (and the default
+    # queue's, which holds the flows and credentials).
+    pools = [name for name, _ in config.worker_pools()]
+    queues = config.queue_names if config.role != "worker" else pools
+    async with open_brokers(config, queues) as brokers:
+        flows = FlowStore(
+            brokers.default.flow_documents,
+            executors,
+            max_nodes=config.flows.max_nodes,
+            queues=config.queue_names,
+        )
         registry = Registry()
         add_process_metrics(registry, config.role)
-        yield broker, flows, registry
+        yield brokers, flows, registry
 
 
 async def _serve(config: Config, life: Lifecycle, argv: Sequence[str]) -> None:
-    async with _open_components(config) as (broker, flows, registry):
+    async with _open_components(config) as (brokers, flows, registry):
+        broker = brokers.default
         secret = load_secret(config.security)
         sealer = (
             Sealer(secret)
@@ -180,41 +191,50 @@ async def _serve(config: Config, life: Lifecycle, argv: Sequence[str]) -> None:
             parent = parent_of_this_process()
             if parent is not None:
                 await infra.start(watch_parent, parent, life.begin_shutdown)
-            await infra.start(broker.run)
+            for each in brokers.by_queue.values():
+                await infra.start(each.run)
             # Checked before anything is stored: a bad schedule stops start-up.
             schedules = read_schedule_files(config.flows.paths)
             await _load_flows(flows, config, life)
             if config.role in ("main", "all"):
                 await _load_schedules(broker.schedules, schedules, life)
-            unreachable = await _broker_problem(broker)
+            unreachable = await _broker_problem(brokers)
             async with trio.open_nursery() as roles:
                 life.roles_scope = roles.cancel_scope
                 if life.shutdown.is_set():
                     life.begin_shutdown()
-                worker: Worker | None = None
+                worker: WorkerPools | None = None
                 if config.role in ("worker", "all"):
-                    worker = Worker(
-                        broker.work,
+                    worker = WorkerPools.create(
+                        brokers,
                         flows,
                         config,
-                        WorkerMetrics(registry),
+                        registry,
                         credential=credentials.get,
                         broker_ok=unreachable is None,
-                        conversations=broker.conversations,
                     )
                     endpoints["health"] = await _serve_health(
-                        infra, config, worker, registry, broker
+                        infra, config, worker, registry, brokers
                     )
+                    if len(worker.workers) > 1:
+                        endpoints["queues"] = ",".join(w.queue for w in worker.workers)
                 if config.role in ("main", "all"):
                     api = ApiContext(
                         config,
                         jobs=broker.jobs,
                         control=broker.control,
+                        queues={
+                            name: QueueRoles(b.jobs, b.control)
+                            for name, b in brokers.by_queue.items()
+                        },
                         limiter=broker.limiter,
                         flows=flows,
                         credentials=credentials,
                         registry=registry,
                         conversations=broker.conversations,
+                        queue_conversations={
+                            name: b.conversations for name, b in brokers.by_queue.items()
+                        },
                         shutdown=life.shutdown,
                         schedules=broker.schedules,
                     )
@@ -230,7 +250,12 @@ async def _serve(config: Config, life: Lifecycle, argv: Sequence[str]) -> None:
                     # tick is claimed atomically, so it fires one job however many run.
                     if config.schedules.enabled:
                         scheduler = Scheduler.create(
-                            broker.schedules, broker.jobs, flows, config.schedules, registry
+                            broker.schedules,
+                            broker.jobs,
+                            flows,
+                            config.schedules,
+                            registry,
+                            {name: b.jobs for name, b in brokers.by_queue.items()},
                         )
                         await roles.start(scheduler.run, life.shutdown)
                 # Claiming starts once every port is bound: a start that fails on
@@ -242,18 +267,19 @@ async def _serve(config: Config, life: Lifecycle, argv: Sequence[str]) -> None:
                 if config.role == "main":
                     # A worker says so itself, once it claims again.
                     infra.start_soon(
-                        _watch_broker, broker, life, ready, unreachable, name="flowqd.watch_broker"
+                        _watch_broker, brokers, life, ready, unreachable, name="flowqd.watch_broker"
                     )
             infra.cancel_scope.cancel()
 
 
 async def _serve_health(
-    nursery: trio.Nursery, config: Config, worker: Worker, registry: Registry, broker: Broker
+    nursery: trio.Nursery, config: Config, pools: WorkerPools, registry: Registry, brokers: Brokers
 ) -> str:
+    per_queue = pools.queue_readiness if len(pools.workers) > 1 else None
     binds = await _listen(
         nursery,
         HEALTH,
-        HealthApp(worker, registry, broker.control.statistics),
+        HealthApp(pools, registry, brokers.default.control.statistics, per_queue),
         config.worker.health_host,
         config.worker.health_port,
         shutdown_trigger=trio.sleep_forever,
@@ -292,11 +318,13 @@ async def _serve_api(
     return endpoints
 
 
-async def _broker_problem(broker: Broker) -> str | None:
-    """Why the broker does not answer now, or None."""
+async def _broker_problem(brokers: Brokers) -> str | None:
+    """Why the broker does not answer now, or None (each queue's: on a Redis
+    Cluster the queues may live on different masters)."""
     try:
         with trio.fail_after(BROKER_PROBE_S):
-            await broker.ping()
+            for broker in brokers.by_queue.values():
+                await broker.ping()
     except BrokerUnavailable as exc:
         return str(exc)
     except trio.TooSlowError:
@@ -317,7 +345,7 @@ def _announce(life: Lifecycle, ready: str, unreachable: str | None, *, extra: bo
 
 
 async def _watch_broker(
-    broker: Broker, life: Lifecycle, ready: str, unreachable_at_start: str | None
+    brokers: Brokers, life: Lifecycle, ready: str, unreachable_at_start: str | None
 ) -> None:
     """On main: warn while the broker does not answer (at once, then at most once a
     minute), and say when it answers again. Requests that need it answer 503 meanwhile."""
@@ -326,7 +354,7 @@ async def _watch_broker(
     # Start-up has just said so: the next report comes a minute on.
     quiet_until = trio.current_time() + LOG_EVERY_S if down_since_start else -math.inf
     while True:
-        problem = await _broker_problem(broker)
+        problem = await _broker_problem(brokers)
         if problem is not None and trio.current_time() >= quiet_until:
             if warnings is None:
                 warnings = ThrottledLog(log)  # a new outage is reported at once

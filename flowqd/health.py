@@ -25,18 +25,25 @@ class Readiness(Protocol):
 
 
 Statistics = Callable[[], Awaitable[Mapping[str, Any]]]
+PerQueue = Callable[[], Awaitable[Mapping[str, Any]]]
 
 
 class HealthApp:
     """``statistics``: the broker's figures about this process (QueueControl.statistics),
-    shown under the same names as on main."""
+    shown under the same names as on main. ``queues``: each pool's readiness by
+    queue, added to /readyz as ``queues`` (a worker with several pools)."""
 
     def __init__(
-        self, readiness: Readiness, registry: Registry, statistics: Statistics | None = None
+        self,
+        readiness: Readiness,
+        registry: Registry,
+        statistics: Statistics | None = None,
+        queues: PerQueue | None = None,
     ) -> None:
         self._readiness = readiness
         self._registry = registry
         self._statistics = statistics
+        self._queues = queues
         self._broker = BrokerFigures(registry)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -52,11 +59,10 @@ class HealthApp:
             await _reply(send, 200, {"status": "ok"})
         elif path == "/readyz":
             ready, reason = await self._readiness.readiness()
-            await _reply(
-                send,
-                200 if ready else 503,
-                {"status": "ready" if ready else "not ready", "reason": reason},
-            )
+            body: dict[str, Any] = {"status": "ready" if ready else "not ready", "reason": reason}
+            if self._queues is not None:
+                body["queues"] = await self._queues()
+            await _reply(send, 200 if ready else 503, body)
         elif path == "/metrics":
             if self._statistics is not None:
                 self._broker.record(await self._statistics())

@@ -196,7 +196,7 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
 
 WORKER_KEYS = (
     "known keys in [worker]: concurrency, health_host, health_port, job_timeout_s, "
-    "lock_ttl_s, shutdown_grace_s, stalled_interval_s"
+    "lock_ttl_s, queues, shutdown_grace_s, stalled_interval_s"
 )
 SECTION_LIST = "known top-level keys: role, [server], [worker], [queue], [redis], [log]"
 

@@ -29,6 +29,7 @@ from flowqd.api.http import ApiError, json_response
 from flowqd.auth import Principal
 from flowqd.errors import FlowValidationError
 from flowqd.jobs import ConversationKey, Turn
+from flowqd.queue.roles import Conversations
 
 __all__ = ["blueprint"]
 
@@ -179,24 +180,26 @@ def parse_query() -> MessageQuery:
     )
 
 
-async def _require_flow(ctx: ApiContext, flow_id: str) -> None:
-    """404 for a flow never registered (a stored flow no longer valid still has
-    its conversations)."""
+async def _require_flow(ctx: ApiContext, flow_id: str) -> Conversations:
+    """The conversations of the flow's queue (its jobs write their turns there);
+    404 for a flow never registered (a stored flow no longer valid still has
+    its conversations, in the default queue as far as this can tell)."""
     try:
         with ctx.deadline("looking up the flow"):
             flow = await ctx.flows.get(flow_id)
     except FlowValidationError:
-        return
+        return ctx.conversations
     if flow is None:
         raise ApiError(
             404,
             f"Chatflow {flow_id} not found: register it with "
             f"PUT /api/v1/flows/{flow_id} (GET /api/v1/flows lists flows)",
         )
+    return ctx.conversations_of(flow)
 
 
 async def _conversations(
-    ctx: ApiContext, flow_id: str, query: MessageQuery, who: Principal
+    ctx: ApiContext, store: Conversations, flow_id: str, query: MessageQuery, who: Principal
 ) -> list[ConversationKey]:
     """The conversations the caller may see that the query's session and page select."""
     if query.session is not None and not who.admin:
@@ -205,21 +208,19 @@ async def _conversations(
     page, limit = query.page or 1, query.limit or CONVERSATIONS_MAX
     wanted = min(page * limit, CONVERSATIONS_MAX) if query.session is None else CONVERSATIONS_MAX
     with ctx.deadline("listing conversations"):
-        keys = await ctx.conversations.sessions(
-            flow_id, owner=who.name, all_owners=who.admin, limit=wanted
-        )
+        keys = await store.sessions(flow_id, owner=who.name, all_owners=who.admin, limit=wanted)
     if query.session is not None:
         return [k for k in keys if k.session == query.session]
     return keys[(page - 1) * limit : page * limit]
 
 
 async def _turns(
-    ctx: ApiContext, keys: Iterable[ConversationKey]
+    ctx: ApiContext, store: Conversations, keys: Iterable[ConversationKey]
 ) -> list[tuple[ConversationKey, Turn]]:
     found = []
     with ctx.deadline("reading conversations"):
         for key in keys:
-            found += [(key, turn) for turn in await ctx.conversations.read_turns(key)]
+            found += [(key, turn) for turn in await store.read_turns(key)]
     return found
 
 
@@ -254,13 +255,13 @@ def message_json(key: ConversationKey, turn: Turn, role: str) -> dict[str, Any]:
 async def list_messages(flow_id: str) -> Response:
     query = parse_query()
     ctx = context()
-    await _require_flow(ctx, flow_id)
+    store = await _require_flow(ctx, flow_id)
     if not query.external:
         return json_response([])
-    keys = await _conversations(ctx, flow_id, query, principal())
+    keys = await _conversations(ctx, store, flow_id, query, principal())
     messages = []
     # A question and its answer share their date: the question sorts first.
-    for key, turn in sorted(await _turns(ctx, keys), key=lambda found: found[1].at):
+    for key, turn in sorted(await _turns(ctx, store, keys), key=lambda found: found[1].at):
         for role in ("userMessage", "apiMessage"):
             if query.wants(turn, message_id(turn, role)):
                 messages.append(message_json(key, turn, role))
@@ -282,16 +283,16 @@ async def clear_messages(flow_id: str) -> Response:
                 problems=[{"path": name, "message": "not supported on DELETE"}],
             )
     ctx = context()
-    await _require_flow(ctx, flow_id)
+    store = await _require_flow(ctx, flow_id)
     removed = 0
     if query.external:
-        keys = await _conversations(ctx, flow_id, query, principal())
+        keys = await _conversations(ctx, store, flow_id, query, principal())
         if query.chat_id is not None:
             # Only the conversations that hold a turn of that chat.
-            held = await _turns(ctx, keys)
+            held = await _turns(ctx, store, keys)
             keys = list(dict.fromkeys(key for key, turn in held if query.wants(turn)))
         with ctx.deadline("clearing conversations"):
             for key in keys:
-                removed += await ctx.conversations.clear(key)
+                removed += await store.clear(key)
     # Flowise answers TypeORM's DeleteResult: affected counts messages, two a turn.
     return json_response({"raw": [], "affected": 2 * removed})

@@ -1,4 +1,9 @@
-"""Jobs: enqueue (one or many), read, list, cancel, and their event streams (SSE)."""
+"""Jobs: enqueue (one or many), read, list, cancel, and their event streams (SSE).
+
+A job goes to its flow's queue; routes about one job find its queue
+(``ApiContext.visible``), and the list reads every queue unless ``?queue=``
+names one.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,14 @@ from quart import Blueprint, Response, request
 
 from flowqd import tracing
 from flowqd.api import sse
-from flowqd.api.context import JOB_ID_HEADER, ApiContext, context, principal, require_admin
+from flowqd.api.context import (
+    JOB_ID_HEADER,
+    ApiContext,
+    QueueRoles,
+    context,
+    principal,
+    require_admin,
+)
 from flowqd.api.http import ApiError, Problems, json_response, read_json, require_object
 from flowqd.errors import BrokerUnavailable
 from flowqd.executors.base import sum_usage
@@ -30,6 +42,7 @@ from flowqd.jobs import (
     through_terminal,
 )
 from flowqd.queue.base import JobIdTaken
+from flowqd.queue.roles import JobStore
 
 blueprint = Blueprint("jobs", __name__)
 
@@ -55,10 +68,11 @@ SEARCH_PAGE = 500
 SEARCH_SCAN = 5000
 
 
-def job_json(job: Job, admin: bool) -> dict[str, Any]:
-    """A job as the API shows it; ``admin`` False hides which worker ran it (its id
-    names the host and pid, which are for operators) and the failing code's
-    traceback (file paths and code of the deployment are for operators too)."""
+def job_json(job: Job, admin: bool, queue: str | None = None) -> dict[str, Any]:
+    """A job as the API shows it (``queue``: the queue it is in); ``admin`` False
+    hides which worker ran it (its id names the host and pid, which are for
+    operators) and the failing code's traceback (file paths and code of the
+    deployment are for operators too)."""
     error = job.error
     if error is not None and not admin and "traceback" in error:
         error = {k: v for k, v in error.items() if k != "traceback"}
@@ -70,6 +84,7 @@ def job_json(job: Job, admin: bool) -> dict[str, Any]:
     base = f"/api/v1/jobs/{job.id}"
     return {
         "id": job.id,
+        "queue": queue,
         "flow_id": job.flow_id,
         "flow_version": job.flow_version,
         "status": job.status.value,
@@ -216,7 +231,8 @@ def parse_spec(raw: Any, path: str, problems: Problems) -> dict[str, Any] | None
 
 
 async def build_specs(ctx: ApiContext, body: Any) -> tuple[list[JobSpec], bool]:
-    """The body's jobs, all checked before any is enqueued; bulk form is ``{"jobs": [...]}``."""
+    """The body's jobs, all checked before any is enqueued; bulk form is ``{"jobs": [...]}``.
+    Each flow's queue is checked too (``ApiContext.queue_of``)."""
     body = require_object(body)
     problems = Problems()
     bulk = "jobs" in body
@@ -256,6 +272,7 @@ async def build_specs(ctx: ApiContext, body: Any) -> tuple[list[JobSpec], bool]:
                 f"flow {flow_id!r} not found: register it with PUT /api/v1/flows/{flow_id}",
             )
             continue
+        ctx.queue_of(flow)  # 409 now, before any job is enqueued
         for name in sorted(flow.flow_inputs - draft["inputs"].keys()):
             problems.add(
                 f"{path}.inputs.{name}", f"flow {flow_id!r} reads ${name}: add it to inputs"
@@ -313,74 +330,93 @@ def _matches(job: Job, flow: str | None, search: str | None) -> bool:
 
 async def _search(
     ctx: ApiContext,
+    queues: dict[str, QueueRoles],
     states: list[JobStatus],
     flow: str | None,
     search: str | None,
     offset: int,
     limit: int,
 ) -> Response:
-    """Jobs of ``states`` (newest created first) filtered by flow, by ``q`` (an id or
-    its start, or part of a flow id) and by what the caller may see, paged after
-    filtering. The broker lists by state only, so this reads at most
-    ``SEARCH_SCAN`` jobs per state; ``scan_limited`` says the search stopped there."""
-    jobs = ctx.jobs
+    """Jobs of ``queues`` and ``states`` (newest created first) filtered by flow, by
+    ``q`` (an id or its start, or part of a flow id) and by what the caller may
+    see, paged after filtering. The broker lists by state only, so this reads at
+    most ``SEARCH_SCAN`` jobs per state and queue; ``scan_limited`` says the
+    search stopped there."""
     who = principal()
     wanted = offset + limit + 1
-    found: list[Job] = []
+    found: list[tuple[Job, str]] = []
     limited = False
     with ctx.deadline("searching jobs"):
-        exact = await jobs.get_job(search) if search and JOB_ID.fullmatch(search) else None
-        if (
-            exact is not None
-            and who.may_see(exact.owner)
-            and exact.status in states
-            and _matches(exact, flow, None)
-        ):
-            return json_response(
-                {
-                    "jobs": [] if offset else [job_json(exact, who.admin)],
-                    "has_more": False,
-                    "scan_limited": False,
-                }
-            )
-        for state in states:
-            matched: list[Job] = []
-            scanned = 0
-            while len(matched) < wanted:
-                if scanned >= SEARCH_SCAN:
-                    limited = True
-                    break
-                # First exactly what a page needs (all an admin's unfiltered list
-                # reads, every poll of the dashboard), then larger pages.
-                size = min(SEARCH_PAGE, wanted) if scanned == 0 else SEARCH_PAGE
-                page = await jobs.list_jobs(state, offset=scanned, limit=size)
-                scanned += size
-                matched += [j for j in page if who.may_see(j.owner) and _matches(j, flow, search)]
-                if len(page) < size:
-                    break
-            found += matched
+        for name, roles in queues.items():
+            jobs = roles.jobs
+            exact = await jobs.get_job(search) if search and JOB_ID.fullmatch(search) else None
+            if (
+                exact is not None
+                and who.may_see(exact.owner)
+                and exact.status in states
+                and _matches(exact, flow, None)
+            ):
+                return json_response(
+                    {
+                        "jobs": [] if offset else [job_json(exact, who.admin, name)],
+                        "has_more": False,
+                        "scan_limited": False,
+                    }
+                )
+        for name, roles in queues.items():
+            for state in states:
+                matched, cut = await _scan(roles.jobs, state, wanted, flow, search)
+                limited = limited or cut
+                found += [(j, name) for j in matched]
     # Jobs move between states while we page: an id seen twice counts once.
-    unique = {j.id: j for j in found}.values()
-    ordered = sorted(unique, key=lambda j: j.created_at, reverse=True)
+    unique = {(q, j.id): (j, q) for j, q in found}.values()
+    ordered = sorted(unique, key=lambda jq: jq[0].created_at, reverse=True)
     return json_response(
         {
-            "jobs": [job_json(j, who.admin) for j in ordered[offset : offset + limit]],
+            "jobs": [job_json(j, who.admin, q) for j, q in ordered[offset : offset + limit]],
             "has_more": len(ordered) > offset + limit,
             "scan_limited": limited,
         }
     )
 
 
-def _taken(exc: JobIdTaken, bulk: bool) -> ApiError:
+async def _scan(
+    jobs: JobStore, state: JobStatus, wanted: int, flow: str | None, search: str | None
+) -> tuple[list[Job], bool]:
+    """Up to ``wanted`` jobs of one queue and state that match; and whether the
+    scan stopped at ``SEARCH_SCAN``."""
+    who = principal()
+    matched: list[Job] = []
+    scanned = 0
+    while len(matched) < wanted:
+        if scanned >= SEARCH_SCAN:
+            return matched, True
+        # First exactly what a page needs (all an admin's unfiltered list
+        # reads, every poll of the dashboard), then larger pages.
+        size = min(SEARCH_PAGE, wanted) if scanned == 0 else SEARCH_PAGE
+        page = await jobs.list_jobs(state, offset=scanned, limit=size)
+        scanned += size
+        matched += [j for j in page if who.may_see(j.owner) and _matches(j, flow, search)]
+        if len(page) < size:
+            break
+    return matched, False
+
+
+def _taken(exc: JobIdTaken, bulk: bool, enqueued: int = 0) -> ApiError:
     """409 for job ids another key's jobs hold. It says no more than that (not the
     job's status, not its owner): ids are one namespace, so "taken" is all a
     caller may learn about another key's job."""
     paths = [f"$.jobs[{n}].job_id" if bulk else "$.job_id" for n in exc.positions]
     message = "is taken by another job: pick another job_id"
     summary = "; ".join(f"{p}: {message}" for p in paths[:5])
+    done = (
+        f"; {enqueued} jobs of this request, of other queues, were enqueued"
+        if enqueued
+        else "; no job of this request was enqueued"
+    )
     return ApiError(
         409,
-        f"{summary}; no job of this request was enqueued" if bulk else summary,
+        f"{summary}{done}" if bulk else summary,
         problems=[{"path": p, "message": message} for p in paths],
     )
 
@@ -389,14 +425,13 @@ def _taken(exc: JobIdTaken, bulk: bool) -> ApiError:
 async def enqueue() -> Response:
     ctx = context()
     specs, bulk = await build_specs(ctx, await read_json(request))
-    # A request counts once per flow it names, however many jobs it holds.
+    # A request counts once per flow (and queue) it names, however many jobs it holds.
     for flow_id in dict.fromkeys(spec.flow_id for spec in specs):
         await ctx.check_rate(flow_id)
-    try:
-        with ctx.deadline("enqueueing"):
-            ids = await ctx.jobs.enqueue(specs)
-    except JobIdTaken as exc:
-        raise _taken(exc, bulk) from None
+    queues = [await _spec_queue(ctx, spec) for spec in specs]
+    for name in dict.fromkeys(queues):
+        await ctx.check_queue_rate(name)
+    ids = await _enqueue(ctx, specs, queues, bulk)
     ctx.metrics.enqueued.inc(len(ids))
     if bulk:
         return json_response(
@@ -416,6 +451,38 @@ async def enqueue() -> Response:
     )
 
 
+async def _spec_queue(ctx: ApiContext, spec: JobSpec) -> str:
+    # build_specs read the flow moments ago: the store's cache answers.
+    flow = ctx.flows.cached(spec.flow_id, spec.flow_version)
+    if flow is None:
+        flow = await ctx.runnable_flow(spec.flow_id)
+    return ctx.queue_of(flow)[0]
+
+
+async def _enqueue(
+    ctx: ApiContext, specs: list[JobSpec], queues: list[str], bulk: bool
+) -> list[str]:
+    """Enqueue each spec into its queue: one call per queue. Atomic within a queue
+    only: a bulk request whose jobs go to several queues and hits a taken
+    job id may have enqueued the jobs of the queues before it (the 409 says so)."""
+    ids: list[str] = [""] * len(specs)
+    by_queue: dict[str, list[int]] = {}
+    for position, name in enumerate(queues):
+        by_queue.setdefault(name, []).append(position)
+    done = 0
+    for name, positions in by_queue.items():
+        try:
+            with ctx.deadline("enqueueing"):
+                got = await ctx.queue(name).jobs.enqueue([specs[i] for i in positions])
+        except JobIdTaken as exc:
+            taken = JobIdTaken([positions[i] for i in exc.positions])
+            raise _taken(taken, bulk, enqueued=done) from None
+        for position, job_id in zip(positions, got, strict=True):
+            ids[position] = job_id
+        done += len(got)
+    return ids
+
+
 @blueprint.get("/api/v1/jobs")
 async def list_jobs() -> Response:
     raw = request.args.get("status")
@@ -431,82 +498,92 @@ async def list_jobs() -> Response:
     search = (request.args.get("q") or "").strip() or None
     who = principal()
     ctx = context()
-    if flow is None and search is None and who.admin and len(states) == 1:
+    name = ctx.queue_arg()
+    queues = dict(ctx.queues) if name is None else {name: ctx.queue(name)}
+    if flow is None and search is None and who.admin and len(states) == 1 and len(queues) == 1:
+        [(name, roles)] = queues.items()
         with ctx.deadline("listing jobs"):
-            found = await ctx.jobs.list_jobs(states[0], offset=offset, limit=limit + 1)
+            found = await roles.jobs.list_jobs(states[0], offset=offset, limit=limit + 1)
         return json_response(
             {
-                "jobs": [job_json(j, who.admin) for j in found[:limit]],
+                "jobs": [job_json(j, who.admin, name) for j in found[:limit]],
                 "has_more": len(found) > limit,
                 "scan_limited": False,
             }
         )
-    # Several states, another key's jobs to skip, or a filter: page after merging.
-    return await _search(ctx, states, flow, search, offset, limit)
+    # Several states or queues, another key's jobs to skip, or a filter: page after merging.
+    return await _search(ctx, queues, states, flow, search, offset, limit)
 
 
 @blueprint.get("/api/v1/jobs/<job_id>")
 async def get_job(job_id: str) -> Response:
-    return json_response(job_json(await context().visible_job(job_id), principal().admin))
+    found = await context().visible(job_id)
+    return json_response(job_json(found.job, principal().admin, found.queue))
 
 
 @blueprint.post("/api/v1/jobs/<job_id>/cancel")
 async def cancel(job_id: str) -> Response:
     ctx = context()
-    job = await ctx.visible_job(job_id)
+    found = await ctx.visible(job_id)
+    job = found.job
     if job.status in (JobStatus.COMPLETED, JobStatus.FAILED):
         raise ApiError(409, f"job {job_id} already {job.status.value}; nothing to cancel")
     who = principal().name
     with ctx.deadline("cancelling the job"):
-        now = await ctx.jobs.cancel(job_id, reason=f"cancelled by {who or 'an API call'}")
+        now = await found.roles.jobs.cancel(job_id, reason=f"cancelled by {who or 'an API call'}")
     if now is None:
         raise ApiError(404, f"job {job_id} not found (removed by retention)")
     # 202: a running job stops when its worker hears of it.
     return json_response(
-        job_json(now, principal().admin), 200 if now.status in TERMINAL_STATUSES else 202
+        job_json(now, principal().admin, found.queue),
+        200 if now.status in TERMINAL_STATUSES else 202,
     )
 
 
 @blueprint.post("/api/v1/jobs/<job_id>/retry")
 async def retry(job_id: str) -> Response:
     ctx = context()
-    job = await ctx.visible_job(job_id)
+    found = await ctx.visible(job_id)
+    job = found.job
     if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
         raise ApiError(
             409, f"job {job_id} is {job.status.value}; only failed or cancelled jobs can be retried"
         )
     with ctx.deadline("retrying the job"):
-        now = await ctx.jobs.retry(job_id)
+        now = await found.roles.jobs.retry(job_id)
     if now is None:
         raise ApiError(404, f"job {job_id} not found (removed by retention)")
     if now.status in (JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.COMPLETED):
         raise ApiError(409, f"job {job_id} could not be retried (it is {now.status.value})")
     # 202: queued again; attempts go on and the stream keeps the earlier runs' events.
-    return json_response(job_json(now, principal().admin), 202)
+    return json_response(job_json(now, principal().admin, found.queue), 202)
 
 
 @blueprint.post("/api/v1/jobs/<job_id>/promote")
 async def promote(job_id: str) -> Response:
     require_admin("promoting a job")
     ctx = context()
-    job = await ctx.visible_job(job_id)
+    found = await ctx.visible(job_id)
+    job = found.job
     if job.status != JobStatus.DELAYED:
         raise ApiError(
             409, f"job {job_id} is {job.status.value}; only a delayed job can be promoted"
         )
     with ctx.deadline("promoting the job"):
-        now = await ctx.jobs.promote(job_id)
+        now = await found.roles.jobs.promote(job_id)
     if now is None:
         raise ApiError(404, f"job {job_id} not found (removed by retention)")
-    return json_response(job_json(now, True))
+    return json_response(job_json(now, True, found.queue))
 
 
 @blueprint.delete("/api/v1/jobs/<job_id>")
 async def delete_job(job_id: str) -> Response:
     require_admin("deleting a job")
     ctx = context()
+    queue = ctx.queue_arg()
     with ctx.deadline("deleting the job"):
-        status = await ctx.jobs.delete_job(job_id)
+        found = await ctx.locate(job_id, queue)
+        status = None if found is None else await found.roles.jobs.delete_job(job_id)
     if status is None:
         raise ApiError(404, f"job {job_id} not found (unknown, or removed by retention)")
     if status == JobStatus.ACTIVE:
@@ -531,12 +608,13 @@ async def events(job_id: str) -> Response:
             "numbers below 2**64), or '0'",
         ) from None
     ctx = context()
-    job = await ctx.visible_job(job_id)
-    return event_stream(ctx, job, after)
+    found = await ctx.visible(job_id)
+    return event_stream(ctx, found.job, after, found.roles.jobs)
 
 
-def event_stream(ctx: ApiContext, job: Job, after: str) -> Response:
-    jobs = ctx.jobs
+def event_stream(ctx: ApiContext, job: Job, after: str, jobs: JobStore | None = None) -> Response:
+    """``job``'s events as SSE, read from ``jobs`` (its queue's; default: the default queue's)."""
+    jobs = ctx.jobs if jobs is None else jobs
     server = ctx.config.server
 
     async def replay(send: sse.Send) -> None:

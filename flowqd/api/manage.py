@@ -1,4 +1,8 @@
-"""Flows, credentials and the queue: the routes that change shared state need an admin key."""
+"""Flows, credentials and the queues: the routes that change shared state need an admin key.
+
+The queue routes act on the queue ``?queue=NAME`` names, the default queue
+(``queue.name``) when absent; ``GET /api/v1/queues`` shows every queue.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from flowqd.api.context import context, principal, require_admin
 from flowqd.api.http import ApiError, Problems, json_response, read_json, require_object
 from flowqd.errors import CredentialError, FlowValidationError
 from flowqd.jobs import JobStatus, WorkerInfo
+from flowqd.queue.roles import QueueControl
 
 blueprint = Blueprint("manage", __name__)
 
@@ -173,34 +178,53 @@ async def delete_credential(name: str) -> Response:
 # ---- queue --------------------------------------------------------------------------------
 
 
+async def _queue_json(name: str, control: QueueControl, admin: bool) -> dict[str, Any]:
+    # Queue-wide counts tell every key's volume: for admins only (null for others).
+    counts = await control.counts() if admin else None
+    paused = await control.is_paused()
+    workers = await control.workers()
+    return {
+        "name": name,
+        "paused": paused,
+        "counts": None if counts is None else {s.value: n for s, n in counts.items()},
+        "workers": [
+            attrs.asdict(w) if admin else _anonymous(w, n)
+            for n, w in enumerate(sorted(workers, key=lambda w: w.started_at), 1)
+        ],
+    }
+
+
+def _named_queue() -> tuple[str, QueueControl]:
+    """The queue ``?queue=`` names (404 unknown), else the default queue."""
+    ctx = context()
+    name = ctx.queue_arg() or ctx.config.queue.name
+    return name, ctx.queue(name).control
+
+
+@blueprint.get("/api/v1/queues")
+async def queues() -> Response:
+    ctx = context()
+    admin = principal().admin
+    with ctx.deadline("reading the queues"):
+        shown = [await _queue_json(n, q.control, admin) for n, q in ctx.queues.items()]
+    return json_response({"default": ctx.config.queue.name, "queues": shown})
+
+
 @blueprint.get("/api/v1/queue")
 async def queue() -> Response:
     ctx = context()
-    admin = principal().admin
-    # Queue-wide counts tell every key's volume: for admins only (null for others).
+    name, control = _named_queue()
     with ctx.deadline("reading the queue"):
-        counts = await ctx.control.counts() if admin else None
-        paused = await ctx.control.is_paused()
-        workers = await ctx.control.workers()
-    return json_response(
-        {
-            "name": ctx.config.queue.name,
-            "paused": paused,
-            "counts": None if counts is None else {s.value: n for s, n in counts.items()},
-            "workers": [
-                attrs.asdict(w) if admin else _anonymous(w, n)
-                for n, w in enumerate(sorted(workers, key=lambda w: w.started_at), 1)
-            ],
-        }
-    )
+        return json_response(await _queue_json(name, control, principal().admin))
 
 
 @blueprint.post("/api/v1/queue/pause")
 async def pause() -> Response:
     require_admin("pausing the queue")
     ctx = context()
+    _, control = _named_queue()
     with ctx.deadline("pausing the queue"):
-        await ctx.control.pause()
+        await control.pause()
     return json_response({"paused": True})
 
 
@@ -208,8 +232,9 @@ async def pause() -> Response:
 async def resume() -> Response:
     require_admin("resuming the queue")
     ctx = context()
+    _, control = _named_queue()
     with ctx.deadline("resuming the queue"):
-        await ctx.control.resume()
+        await control.resume()
     return json_response({"paused": False})
 
 
@@ -217,15 +242,16 @@ async def resume() -> Response:
 async def retry_failed() -> Response:
     require_admin("retrying failed jobs")
     ctx = context()
+    _, control = _named_queue()
     with ctx.deadline("counting failed jobs"):
-        failed = (await ctx.control.counts())[JobStatus.FAILED]
+        failed = (await control.counts())[JobStatus.FAILED]
     retried = 0
     # In batches, each one short script call, so Redis serves others between
     # them; at most as many as failed when asked (a job that fails again
     # meanwhile is not retried twice).
     while retried < failed:
         with ctx.deadline("retrying failed jobs"):
-            n = await ctx.control.retry_failed(min(ADMIN_BATCH, failed - retried))
+            n = await control.retry_failed(min(ADMIN_BATCH, failed - retried))
         if n == 0:
             break
         retried += n
@@ -237,10 +263,11 @@ async def clean() -> Response:
     require_admin("cleaning the queue")
     status, older_than_s = _clean_request(require_object(await read_json(request)))
     ctx = context()
+    _, control = _named_queue()
     removed = 0
     while True:  # batches, as in retry_failed
         with ctx.deadline("cleaning the queue"):
-            n = await ctx.control.clean(status, older_than_s=older_than_s, limit=ADMIN_BATCH)
+            n = await control.clean(status, older_than_s=older_than_s, limit=ADMIN_BATCH)
         removed += n
         if n < ADMIN_BATCH:
             break
@@ -275,6 +302,7 @@ async def throughput() -> Response:
     # Wall-clock time on purpose: finish times in job records are unix seconds.
     now = time.time()
     ctx = context()
+    rate = ctx.finish_rate_of(ctx.queue_arg())
     with ctx.deadline("counting finished jobs"):
-        await ctx.finish_rate.sample(now)
-    return json_response(ctx.finish_rate.snapshot(now))
+        await rate.sample(now)
+    return json_response(rate.snapshot(now))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import attrs
 import trio
 
@@ -20,6 +22,7 @@ class ApiMetrics:
     enqueued: Counter = attrs.field(init=False)
     rate_limited: Counter = attrs.field(init=False)
     queue_depth: Gauge = attrs.field(init=False)
+    queue_paused: Gauge = attrs.field(init=False)
     broker_up: Gauge = attrs.field(init=False)
     broker: BrokerFigures = attrs.field(init=False)
     streams: Gauge = attrs.field(init=False)
@@ -49,7 +52,12 @@ class ApiMetrics:
         )
         # Read from the queue by whichever process answers the scrape: not summed.
         self.queue_depth = add(
-            Gauge("flowqd_queue_jobs", "Jobs per state (read at scrape).", across="local")
+            Gauge("flowqd_queue_jobs", "Jobs per queue and state (read at scrape).", across="local")
+        )
+        self.queue_paused = add(
+            Gauge(
+                "flowqd_queue_paused", "1 while a queue is paused (read at scrape).", across="local"
+            )
         )
         self.broker_up = add(
             Gauge(
@@ -72,18 +80,27 @@ class ApiMetrics:
             )
         )
 
-    async def refresh(self, control: QueueControl, timeout: float) -> None:  # noqa: ASYNC109
-        """Read the figures that live in the queue, within ``timeout`` (server.broker_timeout_s)."""
+    async def refresh(
+        self,
+        queues: Mapping[str, QueueControl],
+        timeout: float,  # noqa: ASYNC109
+    ) -> None:
+        """Read the figures that live in the queues (``queues`` by name, the default
+        first), within ``timeout`` (server.broker_timeout_s) for them all."""
+        read = []
         try:
             with trio.fail_after(timeout):
-                counts = await control.counts()
-                self.broker.record(await control.statistics())
+                for name, control in queues.items():
+                    read.append((name, await control.counts(), await control.is_paused()))
+                self.broker.record(await next(iter(queues.values())).statistics())
         except (BrokerUnavailable, trio.TooSlowError):
             self.broker_up.set(0)
             return
         self.broker_up.set(1)
-        for status, n in counts.items():
-            self.queue_depth.set(n, state=status.value)
+        for name, counts, paused in read:
+            self.queue_paused.set(int(paused), queue=name)
+            for status, n in counts.items():
+                self.queue_depth.set(n, queue=name, state=status.value)
 
     async def refresh_local(self, control: QueueControl) -> None:
         """The broker's figures about this process (its connections): no round trip."""

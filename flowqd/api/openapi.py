@@ -192,6 +192,7 @@ JOB: Schema = {
     "type": "object",
     "properties": {
         "id": {"type": "string"},
+        "queue": {"type": ["string", "null"], "description": "the queue the job is in"},
         "flow_id": {"type": "string"},
         "flow_version": {"type": "integer"},
         "status": {"enum": ["waiting", "delayed", "active", "completed", "failed", "cancelled"]},
@@ -282,7 +283,14 @@ SCHEDULE: Schema = {
     },
 }
 SCHEDULE_ID = [_param("schedule_id", description="1-128 letters, digits and _ . -")]
-JOB_ID = [_param("job_id")]
+QUEUE = _param(
+    "queue",
+    "query",
+    "a queue (GET /api/v1/queues lists them); unknown: 404. For one job: look only "
+    "there (else the default queue first, then the others)",
+)
+QUEUE_OP = _param("queue", "query", "the queue to act on; default: the default queue (queue.name)")
+JOB_ID = [_param("job_id"), QUEUE]
 FLOW_ID = [_param("flow_id")]
 CHAT_QUERY = [
     _param("sessionId", "query", "one conversation (Flowise's sessionId, else its chatId)"),
@@ -399,7 +407,8 @@ PATHS: dict[str, Any] = _at_the_door(
         },
         "/api/v1/jobs": {
             "post": _op(
-                'Enqueue a job, or many with {"jobs": [...]}',
+                'Enqueue a job, or many with {"jobs": [...]}, each into its flow\'s queue '
+                "(the flow document's queue; else the default queue)",
                 {
                     "202": _json(
                         "the job's id and location (Location and X-Flowqd-Job-Id "
@@ -409,8 +418,9 @@ PATHS: dict[str, Any] = _at_the_door(
                     "409": _json(
                         "a job_id is held by a job of another key; problems "
                         "names each such job_id's path and nothing about that "
-                        "job. A bulk with one enqueues none of its jobs: send "
-                        "the others again",
+                        "job. A bulk with one enqueues none of its jobs of that "
+                        "queue (jobs of other queues before it may be: the message says "
+                        "how many); or a flow's queue this server does not declare",
                         ERROR,
                     ),
                 },
@@ -428,8 +438,8 @@ PATHS: dict[str, Any] = _at_the_door(
                 errors=("400", "401", "404", "413", "422", "429", "503"),
             ),
             "get": _op(
-                "List the caller's jobs, newest first; filter by state, flow, or q (a "
-                "job id or its start, or part of a flow id)",
+                "List the caller's jobs, newest first, of every queue or one; filter by state, "
+                "flow, or q (a job id or its start, or part of a flow id)",
                 {
                     "200": _json(
                         '{"jobs": [...], "has_more": bool, "scan_limited": '
@@ -442,6 +452,7 @@ PATHS: dict[str, Any] = _at_the_door(
                     _param("q", "query"),
                     _param("limit", "query"),
                     _param("offset", "query"),
+                    _param("queue", "query", "only this queue's jobs; default: every queue"),
                 ],
                 errors=("400", "401", "503"),
             ),
@@ -613,6 +624,14 @@ PATHS: dict[str, Any] = _at_the_door(
                 "volume), paused or not, live workers (their id, host, pid and jobs held for "
                 "admin keys only; others see worker-N and jobs_held null)",
                 {"200": _json("{name, paused, counts, workers}")},
+                params=[QUEUE_OP],
+                errors=("401", "404", "503"),
+            )
+        },
+        "/api/v1/queues": {
+            "get": _op(
+                "Every queue, the default one first: each as GET /api/v1/queue shows it",
+                {"200": _json('{"default": name, "queues": [{name, paused, counts, workers}]}')},
                 errors=("401", "503"),
             )
         },
@@ -626,7 +645,8 @@ PATHS: dict[str, Any] = _at_the_door(
                         "last_5_min, per_minute, saturated}"
                     )
                 },
-                errors=("401", "403", "503"),
+                params=[QUEUE_OP],
+                errors=("401", "403", "404", "503"),
             )
         },
         "/api/v1/queue/retry-failed": {
@@ -634,7 +654,8 @@ PATHS: dict[str, Any] = _at_the_door(
                 "Retry every failed job, oldest first, in batches of 500 (admin); as many as "
                 "were failed when asked",
                 {"200": _json('{"retried": n}')},
-                errors=("401", "403", "503"),
+                params=[QUEUE_OP],
+                errors=("401", "403", "404", "503"),
             )
         },
         "/api/v1/queue/clean": {
@@ -652,21 +673,24 @@ PATHS: dict[str, Any] = _at_the_door(
                         },
                     }
                 ),
-                errors=("401", "403", "422", "503"),
+                params=[QUEUE_OP],
+                errors=("401", "403", "404", "422", "503"),
             )
         },
         "/api/v1/queue/pause": {
             "post": _op(
                 "Stop workers claiming jobs (admin)",
                 {"200": _json('{"paused": true}')},
-                errors=("401", "403", "503"),
+                params=[QUEUE_OP],
+                errors=("401", "403", "404", "503"),
             )
         },
         "/api/v1/queue/resume": {
             "post": _op(
                 "Let workers claim jobs again (admin)",
                 {"200": _json('{"paused": false}')},
-                errors=("401", "403", "503"),
+                params=[QUEUE_OP],
+                errors=("401", "403", "404", "503"),
             )
         },
         "/admin/queues": {

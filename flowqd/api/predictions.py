@@ -31,6 +31,7 @@ from flowqd.jobs import (
     JobSpec,
     new_job_id,
 )
+from flowqd.queue.roles import JobStore
 
 blueprint = Blueprint("predictions", __name__)
 
@@ -146,7 +147,10 @@ async def prediction(flow_id: str) -> Response:
     req = parse_request(body)
     ctx = context()
     flow = await ctx.runnable_flow(flow_id)
+    queue, roles = ctx.queue_of(flow)
     await ctx.check_rate(flow.id)
+    await ctx.check_queue_rate(queue)
+    jobs = roles.jobs
     job_id = new_job_id()
     chat = flowise.Chat.new(req.question, req.chat_id, req.override.get("sessionId"), job_id)
     inputs = job_inputs(req, chat)
@@ -162,7 +166,7 @@ async def prediction(flow_id: str) -> Response:
     )
     try:
         with ctx.deadline("enqueueing the job"):
-            await ctx.jobs.enqueue([spec])
+            await jobs.enqueue([spec])
     except ApiError as exc:
         # A command that timed out may still reach Redis and run: name the
         # job so a client can look before it sends the question again.
@@ -172,8 +176,8 @@ async def prediction(flow_id: str) -> Response:
         raise
     ctx.metrics.enqueued.inc()
     if req.streaming:
-        return stream(ctx, flow, chat, inputs)
-    return await wait(ctx, chat)
+        return stream(ctx, flow, chat, inputs, jobs)
+    return await wait(ctx, chat, jobs)
 
 
 @blueprint.get("/api/v1/chatflows-streaming/<flow_id>")
@@ -184,9 +188,9 @@ async def chatflow_streaming(flow_id: str) -> Response:
     return json_response({"isStreaming": True})
 
 
-async def _cancel_job(ctx: ApiContext, job_id: str) -> None:
+async def _cancel_job(ctx: ApiContext, jobs: JobStore, job_id: str) -> None:
     with trio.move_on_after(ctx.config.server.broker_timeout_s * 5):
-        await ctx.jobs.cancel(job_id, reason="client disconnected")
+        await jobs.cancel(job_id, reason="client disconnected")
 
 
 def _only_cancelled(exc: BaseException) -> bool:
@@ -195,7 +199,9 @@ def _only_cancelled(exc: BaseException) -> bool:
     return isinstance(exc, trio.Cancelled)
 
 
-async def _terminal_event(ctx: ApiContext, job_id: str) -> tuple[Event | None, bool]:
+async def _terminal_event(
+    ctx: ApiContext, jobs: JobStore, job_id: str
+) -> tuple[Event | None, bool]:
     """The job's terminal event, or None past the deadline; and whether the
     server's shutdown shortened that deadline."""
     terminal: Event | None = None
@@ -217,7 +223,7 @@ async def _terminal_event(ctx: ApiContext, job_id: str) -> tuple[Event | None, b
 
         nursery.start_soon(shorten_on_shutdown)
         with scope:
-            async with ctx.jobs.open_event_watch(job_id) as batches:
+            async with jobs.open_event_watch(job_id) as batches:
                 async for batch in batches:
                     if batch[-1].name in TERMINAL_EVENTS:
                         terminal = batch[-1]
@@ -225,12 +231,12 @@ async def _terminal_event(ctx: ApiContext, job_id: str) -> tuple[Event | None, b
     return terminal, shortened
 
 
-async def wait(ctx: ApiContext, chat: flowise.Chat) -> Response:
+async def wait(ctx: ApiContext, chat: flowise.Chat, jobs: JobStore) -> Response:
     """Wait for the job's terminal event under the deadline; answer as Flowise does."""
     job_id = chat.execution_id
     ctx.metrics.open_waits += 1
     try:
-        terminal, shortened = await _terminal_event(ctx, job_id)
+        terminal, shortened = await _terminal_event(ctx, jobs, job_id)
     except BaseException as exc:
         # Cancelled: the client went away (or hypercorn gave up on us at shutdown).
         if (
@@ -239,15 +245,15 @@ async def wait(ctx: ApiContext, chat: flowise.Chat) -> Response:
             and not ctx.shutdown.is_set()
         ):
             with trio.CancelScope(shield=True):
-                await _cancel_job(ctx, job_id)
+                await _cancel_job(ctx, jobs, job_id)
         raise
     finally:
         ctx.metrics.open_waits -= 1
-    return await _answer(ctx, chat, terminal, shortened)
+    return await _answer(ctx, jobs, chat, terminal, shortened)
 
 
 async def _answer(
-    ctx: ApiContext, chat: flowise.Chat, terminal: Event | None, shortened: bool
+    ctx: ApiContext, jobs: JobStore, chat: flowise.Chat, terminal: Event | None, shortened: bool
 ) -> Response:
     server = ctx.config.server
     job_id = chat.execution_id
@@ -284,7 +290,7 @@ async def _answer(
         job = None
         with trio.move_on_after(server.broker_timeout_s):
             # Per-node data only; the result itself came with the event.
-            job = await ctx.jobs.get_job(job_id)
+            job = await jobs.get_job(job_id)
         return json_response(flowise.answer(chat, terminal.data, job), headers=named)
     if terminal.name == ERROR:
         ctx.metrics.jobs.inc(outcome="failed")
@@ -302,7 +308,11 @@ async def _answer(
 
 
 def stream(
-    ctx: ApiContext, flow: CompiledFlow, chat: flowise.Chat, inputs: dict[str, Any]
+    ctx: ApiContext,
+    flow: CompiledFlow,
+    chat: flowise.Chat,
+    inputs: dict[str, Any],
+    jobs: JobStore,
 ) -> Response:
     server = ctx.config.server
     job_id = chat.execution_id
@@ -313,14 +323,14 @@ def stream(
 
             async def cancel_unfinished() -> None:
                 if not translator.finished:
-                    await _cancel_job(ctx, job_id)
+                    await _cancel_job(ctx, jobs, job_id)
 
             stream.on_client_gone = cancel_unfinished
         for chunk in translator.start():
             await send.send(chunk)
 
         async def pump() -> None:
-            async with ctx.jobs.open_event_watch(job_id) as batches:
+            async with jobs.open_event_watch(job_id) as batches:
                 async for batch in batches:
                     # One write per batch: per-write costs (ASGI, h11, the
                     # socket) dwarf the framing of a token.

@@ -25,7 +25,8 @@ async def ping() -> Response:
 @open_route
 async def metrics() -> Response:
     ctx = context()
-    await ctx.metrics.refresh(ctx.control, ctx.config.server.broker_timeout_s)
+    queues = {name: roles.control for name, roles in ctx.queues.items()}
+    await ctx.metrics.refresh(queues, ctx.config.server.broker_timeout_s)
     return Response(ctx.metrics.render(), content_type=CONTENT_TYPE)
 
 

@@ -90,6 +90,8 @@ class CompiledFlow:
     tools: dict[str, CompiledNode] = attrs.Factory(dict)
     # The default priority of its jobs (the document's "priority"; 0: none).
     priority: int = 0
+    # The queue its jobs go to (the document's "queue"); None: the default queue.
+    queue: str | None = None
     # Every node needs the one before it: no two nodes can ever run at the
     # same time, so the runner runs them one after another without a nursery.
     sequential: bool = attrs.field(init=False, default=attrs.Factory(_is_chain, takes_self=True))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 import tomllib
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -83,10 +83,12 @@ class FlowStore:
         executors: Mapping[str, Executor],
         *,
         max_nodes: int = DEFAULT_MAX_NODES,
+        queues: Collection[str] | None = None,
     ) -> None:
         self._backend = backend
         self._executors = executors
         self._max_nodes = max_nodes
+        self._queues = queues  # a registered flow's "queue" must be one of these
         self._cache: OrderedDict[tuple[str, int], CompiledFlow] = OrderedDict()
         # Versions being fetched, and the event their waiters wait on.
         self._loads: dict[tuple[str, int], trio.Event] = {}
@@ -98,7 +100,9 @@ class FlowStore:
         broker exchange with a deadline call this first, outside it: validation
         is CPU, and its time must not read as a slow broker.
         """
-        return compile_flow(document, self._executors, max_nodes=self._max_nodes)
+        return compile_flow(
+            document, self._executors, max_nodes=self._max_nodes, queues=self._queues
+        )
 
     async def put(self, document: Mapping[str, Any]) -> tuple[str, int]:
         """Validate and store a flow; return ``(flow_id, version)``.

@@ -7,7 +7,7 @@ Document shape::
                 "params": {...}, "inputs": {"name": "<source>"}, "timeout_s": 10,
                 "when": {"route": ["billing"]}}],
      "output": "prompt",
-     "priority": 0}
+     "priority": 0, "queue": "bulk"}
 
 ``priority`` (optional) is the default priority of the flow's jobs (see
 ``queue.policy``); a job may set its own.
@@ -19,14 +19,19 @@ An input source is an upstream node id (``"prompt"``) or a job input written
 ``when`` makes a node run only on some outcomes of branching nodes (a
 ``condition``, say); ``output`` may then list nodes, the first that ran
 being the result (flows/branches.py checks every combination).
+
+``queue`` (optional) names the queue the flow's jobs go to (the default
+queue, ``queue.name``, when left out).
 """
 
 from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
+
+import attrs
 
 from flowqd.errors import FlowValidationError
 from flowqd.executors.base import Executor, Tool
@@ -35,12 +40,13 @@ from flowqd.flows.model import CompiledFlow, CompiledNode, NodeSource
 from flowqd.flows.params import Problem, key_path, show, structure_params
 from flowqd.jobs import PRIORITY_MAX, PRIORITY_MIN
 
-TOP_KEYS = ("id", "nodes", "output", "description", "priority")
+TOP_KEYS = ("id", "nodes", "output", "description", "priority", "queue")
 NODE_KEYS = ("id", "type", "label", "params", "inputs", "timeout_s", "when", "tool", "tools")
 TOOL_KEYS = ("description", "parameters")
 FLOW_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}")
 NODE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,127}")
 INPUT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+QUEUE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 FLOW_INPUT = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)((?:\.[^.]+)*)")
 
 
@@ -81,8 +87,12 @@ def compile_flow(
     executors: Mapping[str, Executor],
     *,
     max_nodes: int | None = None,
+    queues: Collection[str] | None = None,
 ) -> CompiledFlow:
     """Validate a flow document against the known executors.
+
+    ``queues``: the configured queues, one of which a ``queue`` key must name
+    (None: any well-formed name, for flows already registered).
 
     ``max_nodes`` (``flows.max_nodes``) is checked before anything else, so an
     oversized flow costs nothing more. Raises FlowValidationError listing every
@@ -109,6 +119,7 @@ def compile_flow(
             problems.append((key_path("$", key), f"unknown key; known keys: {', '.join(TOP_KEYS)}"))
     flow_id = _flow_id(document, problems)
     priority = _priority(document, problems)
+    queue = _queue(document, queues, problems)
     drafts = _nodes(document, executors, problems)
     by_id: dict[str, _Draft] = {}
     for draft in drafts:
@@ -150,7 +161,7 @@ def compile_flow(
         )
         if problems:
             raise FlowValidationError(problems)
-    return flow
+    return attrs.evolve(flow, queue=queue)
 
 
 def _priority(document: Mapping[str, Any], problems: list[Problem]) -> int:
@@ -169,6 +180,29 @@ def _priority(document: Mapping[str, Any], problems: list[Problem]) -> int:
         )
         return 0
     return priority
+
+
+def _queue(
+    document: Mapping[str, Any], queues: Collection[str] | None, problems: list[Problem]
+) -> str | None:
+    queue = document.get("queue")
+    if queue is None:
+        return None
+    if not isinstance(queue, str) or not QUEUE_NAME.fullmatch(queue):
+        problems.append(
+            ("$.queue", f"expected a queue name (letters, digits and _ . : -), got {show(queue)}")
+        )
+        return None
+    if queues is not None and queue not in queues:
+        problems.append(
+            (
+                "$.queue",
+                f"unknown queue {queue!r}; configured queues: {', '.join(queues)} "
+                f"(declare one with a [queues.{queue}] table in flowqd.toml)",
+            )
+        )
+        return None
+    return queue
 
 
 def _flow_id(document: Mapping[str, Any], problems: list[Problem]) -> str | None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import re
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from flowqd.config import Config
-from flowqd.queue.base import Broker, JobIdTaken
+from flowqd.queue.base import Broker, Brokers, JobIdTaken
 
-__all__ = ["Broker", "JobIdTaken", "client_name", "open_broker"]
+__all__ = ["Broker", "Brokers", "JobIdTaken", "client_name", "open_broker", "open_brokers"]
 
 # Redis refuses client names with spaces or other characters outside printable ASCII.
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -37,6 +37,26 @@ async def open_broker(config: Config) -> AsyncIterator[Broker]:
         config.redis, config.queue, name=name, memory=config.memory
     ) as broker:
         yield broker
+
+
+@asynccontextmanager
+async def open_brokers(config: Config, names: Sequence[str] = ()) -> AsyncIterator[Brokers]:
+    """A broker per queue of ``names`` (default: every configured queue), as
+    ``open_broker``; the default queue's is always there, first: it also holds
+    what the queues share (flows, credentials, rate limits). On Redis they
+    share one client, so more queues cost no more connections for commands."""
+    wanted = [config.queue.name, *(n for n in names or config.queue_names)]
+    queues = [config.queue_config(n) for n in dict.fromkeys(wanted)]
+    if config.broker == "memory":
+        from flowqd.queue.memory import memory_broker
+
+        yield Brokers({q.name: memory_broker(q, config.memory) for q in queues})
+        return
+    from flowqd.queue.redis import open_redis_brokers
+
+    name = client_name(config.role)
+    async with open_redis_brokers(config.redis, queues, name=name, memory=config.memory) as brokers:
+        yield Brokers({q.name: b for q, b in zip(queues, brokers, strict=True)})
 
 
 def client_name(role: str, host: str | None = None, pid: int | None = None) -> str:

@@ -9,6 +9,7 @@ roles it uses (the worker ``broker.work``, the API ``broker.jobs`` and
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
 import attrs
@@ -73,3 +74,24 @@ class Broker:
     async def ping(self) -> None:
         """Return when the backend answers; raise BrokerUnavailable otherwise."""
         await self._backend.ping()
+
+
+@attrs.frozen
+class Brokers:
+    """One broker per queue (``[queue]`` and each ``[queues.NAME]``), by queue name.
+
+    The default queue's comes first and also holds what every queue shares:
+    flow documents, sealed credentials and rate limits (so a flow is
+    registered once, whichever queue its jobs go to). Each queue keeps its
+    keys under its own hash tag, ``flowqd:{NAME}:``, so a Redis Cluster
+    spreads the queues over its masters.
+    """
+
+    by_queue: Mapping[str, Broker]
+
+    @property
+    def default(self) -> Broker:
+        return next(iter(self.by_queue.values()))
+
+    def __getitem__(self, queue: str) -> Broker:
+        return self.by_queue[queue]

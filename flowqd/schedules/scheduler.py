@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import attrs
 import trio
@@ -46,10 +46,14 @@ class Scheduler:
     flows: FlowStore
     config: SchedulesConfig
     fires: Counter
+    # The other queues' job stores: a flow naming one has its jobs sent there.
+    queue_jobs: Mapping[str, JobStore] = attrs.Factory(dict)
     clock: Callable[[], float] = time.time  # wall clock: schedules are shared by processes
     _warnings: ThrottledLog = attrs.Factory(lambda: ThrottledLog(log))
     # Jobs of claimed ticks not enqueued yet (the broker did not answer).
     _pending: list[tuple[JobSpec, Tick]] = attrs.Factory(list)
+    # The queue each flow fired names (its document's "queue"), from the last look.
+    _flow_queues: dict[str, str | None] = attrs.Factory(dict)
 
     @classmethod
     def create(
@@ -59,6 +63,7 @@ class Scheduler:
         flows: FlowStore,
         config: SchedulesConfig,
         registry: Registry,
+        queue_jobs: Mapping[str, JobStore] | None = None,
     ) -> Scheduler:
         fires = registry.add(
             Counter(
@@ -67,7 +72,7 @@ class Scheduler:
                 "(fired, skipped: missed and dropped, failed: no job could be made).",
             )
         )
-        return cls(schedules, jobs, flows, config, fires)
+        return cls(schedules, jobs, flows, config, fires, dict(queue_jobs or {}))
 
     async def run(
         self,
@@ -141,7 +146,9 @@ class Scheduler:
                 continue
             try:
                 with trio.fail_after(CALL_TIMEOUT_S):
-                    versions[flow] = await self.flows.current_version(flow)
+                    compiled = await self.flows.get(flow)
+                versions[flow] = None if compiled is None else compiled.version
+                self._flow_queues[flow] = None if compiled is None else compiled.queue
             except FlowValidationError:
                 versions[flow] = None
         return versions
@@ -178,9 +185,12 @@ class Scheduler:
         job's id is its tick's, so enqueueing one again adds nothing."""
         if not self._pending:
             return
-        pending = self._pending
+        # One queue at a time (a flow's jobs go to its queue's store).
+        store = self._store(self._pending[0][0].flow_id)
+        pending = [p for p in self._pending if self._store(p[0].flow_id) is store]
+        rest = [p for p in self._pending if self._store(p[0].flow_id) is not store]
         try:
-            await self.jobs.enqueue([spec for spec, _ in pending])
+            await store.enqueue([spec for spec, _ in pending])
         except JobIdTaken as exc:
             taken = set(exc.positions)
             log.error(
@@ -188,9 +198,9 @@ class Scheduler:
                 "(made with POST /api/v1/jobs?); those ticks fire nothing",
                 [pending[n][0].job_id for n in sorted(taken)],
             )
-            self._pending = [p for n, p in enumerate(pending) if n not in taken]
+            self._pending = [p for n, p in enumerate(pending) if n not in taken] + rest
             return await self._enqueue_pending()
-        self._pending = []
+        self._pending = rest
         for spec, tick in pending:
             self.fires.inc(flow=spec.flow_id, outcome="fired")
             log.info(
@@ -206,6 +216,12 @@ class Scheduler:
                     "tick": tick.fire_ms,
                 },
             )
+        if rest:
+            await self._enqueue_pending()
+
+    def _store(self, flow: str) -> JobStore:
+        queue = self._flow_queues.get(flow)
+        return self.jobs if queue is None else self.queue_jobs.get(queue, self.jobs)
 
     def _judge(self, tick: Tick, version: int | None) -> str:
         schedule = tick.schedule

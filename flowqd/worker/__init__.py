@@ -13,13 +13,15 @@ runner tasks of a ``RunnerPool``, not in a task each.
 
 The worker sees the queue only through ``WorkQueue`` (flowqd/queue/roles.py).
 Modules: ``core`` (the Worker: claims, runs jobs, renewals, heartbeats,
-readiness), ``runners``, ``outbox``, ``timeouts``, ``held`` (a held job and
-its stop reason), ``metrics``.
+readiness), ``pools`` (one Worker per queue of ``worker.queues``),
+``runners``, ``outbox``, ``timeouts``, ``held`` (a held job and its stop
+reason), ``metrics``.
 """
 
 from flowqd.worker.core import Worker as Worker
 from flowqd.worker.held import StopReason as StopReason
 from flowqd.worker.metrics import WorkerMetrics as WorkerMetrics
 from flowqd.worker.outbox import FLUSH_EVENTS_MAX as FLUSH_EVENTS_MAX
+from flowqd.worker.pools import WorkerPools as WorkerPools
 
-__all__ = ["FLUSH_EVENTS_MAX", "StopReason", "Worker", "WorkerMetrics"]
+__all__ = ["FLUSH_EVENTS_MAX", "StopReason", "Worker", "WorkerMetrics", "WorkerPools"]

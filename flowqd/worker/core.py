@@ -113,6 +113,15 @@ class Worker:
 
     # ---- public ------------------------------------------------------------
 
+    @property
+    def queue(self) -> str:
+        """The queue this worker takes jobs from (one pool of its process, see pools.py)."""
+        return self.config.queue.name
+
+    @property
+    def jobs_held(self) -> int:
+        return len(self._held)
+
     async def run(
         self, shutdown: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:

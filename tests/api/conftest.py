@@ -19,16 +19,17 @@ from quart_trio import QuartTrio
 
 from flowqd import Executor, NodeContext, NodeError
 from flowqd.api.app import ApiContext, create_app
+from flowqd.api.context import QueueRoles
 from flowqd.auth import KeyEntry, KeyRing, hash_key
 from flowqd.config import Config, PluginsConfig, load_config
 from flowqd.credentials import CredentialStore, Sealer
 from flowqd.flows import FlowStore
 from flowqd.metrics import Registry
 from flowqd.plugins import collect_executors, load_plugins
-from flowqd.queue import open_broker
-from flowqd.queue.base import Broker
+from flowqd.queue import open_brokers
+from flowqd.queue.base import Broker, Brokers
 from flowqd.serve import serve_asgi
-from flowqd.worker import Worker, WorkerMetrics
+from flowqd.worker import Worker, WorkerMetrics, WorkerPools
 
 ADMIN_KEY = "fqd_admin-key-for-tests"
 ALICE_KEY = "fqd_alice-key-for-tests"
@@ -165,6 +166,10 @@ class Api:
     shutdown: trio.Event
     worker: Worker | None
     app: QuartTrio
+    # Every queue's broker ([queues.NAME] in the overrides); the worker's pools when
+    # it has several (``worker`` is then the first pool's).
+    brokers: Brokers | None = None
+    pools: WorkerPools | None = None
 
 
 def make_config(*overrides: str, environ: dict[str, str] | None = None) -> Config:
@@ -186,9 +191,16 @@ async def open_api(
     config = make_config(*overrides, environ=environ)
     executors = collect_executors(load_plugins(PluginsConfig()))
     executors.update({e.type: e for e in TEST_EXECUTORS})
-    async with open_broker(config) as broker, trio.open_nursery() as outer:
-        await outer.start(broker.run)
-        store = FlowStore(broker.flow_documents, executors, max_nodes=config.flows.max_nodes)
+    async with open_brokers(config) as brokers, trio.open_nursery() as outer:
+        broker = brokers.default
+        for each in brokers.by_queue.values():
+            await outer.start(each.run)
+        store = FlowStore(
+            broker.flow_documents,
+            executors,
+            max_nodes=config.flows.max_nodes,
+            queues=config.queue_names,
+        )
         for doc in flows:
             await store.put(doc)
         registry = Registry()
@@ -203,14 +215,27 @@ async def open_api(
             credentials,
             registry,
             broker.conversations,
+            queues={n: QueueRoles(b.jobs, b.control) for n, b in brokers.by_queue.items()},
             shutdown=shutdown,
             schedules=broker.schedules,
             keys=keys if keys is not None else KeyRing.from_config(config),
         )
         app = create_app(context)
-        w = None
+        w = pools = None
         async with trio.open_nursery() as roles:
-            if worker:
+            if worker and config.worker.queues:
+                worker_credentials = CredentialStore(broker.secrets, Sealer(worker_secret))
+                pools = WorkerPools.create(
+                    brokers,
+                    store,
+                    config,
+                    registry,
+                    credential=worker_credentials.get,
+                    broker_ok=True,
+                )
+                w = pools.workers[0]
+                await roles.start(pools.run, shutdown)
+            elif worker:
                 worker_credentials = CredentialStore(broker.secrets, Sealer(worker_secret))
                 w = Worker(
                     broker.work,
@@ -231,7 +256,9 @@ async def open_api(
                 )
             )
             async with httpx.AsyncClient(base_url=binds[0], timeout=10) as client:
-                yield Api(binds[0], client, broker, context, config, shutdown, w, app)
+                yield Api(
+                    binds[0], client, broker, context, config, shutdown, w, app, brokers, pools
+                )
             shutdown.set()
         outer.cancel_scope.cancel()
 

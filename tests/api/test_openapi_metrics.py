@@ -47,8 +47,9 @@ async def test_metrics_count_requests_latencies_outcomes_and_queue_depth() -> No
             assert f"flowqd_api_request_seconds_count{{{route}}} 3" in lines
             assert 'flowqd_api_jobs_total{outcome="completed"} 1' in lines
             assert 'flowqd_api_jobs_total{outcome="failed"} 1' in lines
-            assert 'flowqd_queue_jobs{state="completed"} 1' in lines
-            assert 'flowqd_queue_jobs{state="failed"} 1' in lines
+            assert 'flowqd_queue_jobs{queue="flowqd-queue",state="completed"} 1' in lines
+            assert 'flowqd_queue_jobs{queue="flowqd-queue",state="failed"} 1' in lines
+            assert 'flowqd_queue_paused{queue="flowqd-queue"} 0' in lines
             assert "flowqd_broker_up 1" in lines
             # The broker's figures are named metrics of their own, not one lumped gauge
             # (the embedded broker has none to report: their HELP and TYPE only).

@@ -38,7 +38,7 @@ BAD_FLOWS: list[tuple[str, Any, list[tuple[str, str]]]] = [
         "unknown top-level key, bad id",
         flow({"id": "a", "type": "echo"}, id="no spaces", nodez=[]),
         [
-            ("$.nodez", "unknown key; known keys: id, nodes, output, description, priority"),
+            ("$.nodez", "unknown key; known keys: id, nodes, output, description, priority, queue"),
             (
                 "$.id",
                 "expected 1-128 letters, digits and _ . : - (not starting with . : -), "

@@ -17,7 +17,9 @@ const STALE_WORKER_S = 15;
 
 const S = {
   who: null,            // {name, admin, open}
-  queue: null,          // GET /api/v1/queue
+  queue: null,          // the queue shown: its entry of GET /api/v1/queues
+  queues: null,         // GET /api/v1/queues: every queue, the default first
+  queueName: null,      // the queue shown (null until the first read: the default one)
   queueError: null,     // why the last queue read failed
   rate: null,           // GET /api/v1/queue/throughput
   skew: 0,              // server clock minus browser clock, seconds
@@ -222,20 +224,35 @@ async function tick() {
   $("updated").textContent = S.lastOk ? `updated ${fmtClock(S.lastOk / 1000 + S.skew)}` : "";
 }
 
+// "queue=NAME" for the queue shown, to add to the queue routes and the job list.
+function queueParam() {
+  return S.queueName === null ? "" : `queue=${enc(S.queueName)}`;
+}
+
+function withQueue(path) {
+  const q = queueParam();
+  return q ? `${path}${path.includes("?") ? "&" : "?"}${q}` : path;
+}
+
 async function loadQueue() {
   try {
-    S.queue = await api("GET", "/api/v1/queue");
+    // Every queue in one read: the one shown, and the overview of all of them.
+    S.queues = await api("GET", "/api/v1/queues");
+    const names = S.queues.queues.map((q) => q.name);
+    if (S.queueName === null || !names.includes(S.queueName)) S.queueName = S.queues.default;
+    S.queue = S.queues.queues.find((q) => q.name === S.queueName);
     S.queueError = null;
     S.lastOk = Date.now();
   } catch (e) {
     S.queueError = e.status === 503 || e.status === 0 ? e.message : `cannot read the queue: ${e.message}`;
   }
+  renderQueues();
   renderQueue();
 }
 
 async function loadRate() {
   try {
-    S.rate = await api("GET", "/api/v1/queue/throughput");
+    S.rate = await api("GET", withQueue("/api/v1/queue/throughput"));
     S.skew = S.rate.now - Date.now() / 1000;
   } catch (e) {
     S.rate = null;
@@ -247,6 +264,7 @@ async function loadJobs() {
   const params = new URLSearchParams({ limit: String(PAGE_SIZE), offset: String(S.offset) });
   if (S.tab !== "all") params.set("status", S.tab);
   if (S.q) params.set("q", S.q);
+  if (S.queueName !== null) params.set("queue", S.queueName);
   const key = params.toString();
   try {
     const data = await api("GET", `/api/v1/jobs?${key}`);
@@ -263,6 +281,7 @@ function currentJobsKey() {
   const params = new URLSearchParams({ limit: String(PAGE_SIZE), offset: String(S.offset) });
   if (S.tab !== "all") params.set("status", S.tab);
   if (S.q) params.set("q", S.q);
+  if (S.queueName !== null) params.set("queue", S.queueName);
   return params.toString();
 }
 
@@ -322,6 +341,43 @@ function renderQueue() {
   btn.dataset.paused = q.paused ? "true" : "false";
   renderTabs();
   renderWorkers();
+}
+
+// The queue picker and the overview of every queue: shown when there are several.
+function renderQueues() {
+  const all = (S.queues && S.queues.queues) || [];
+  const several = all.length > 1;
+  $("queue-select").hidden = !several;
+  $("queues-panel").hidden = !several;
+  $("queue-name").hidden = several;
+  if (!several) return;
+  const select = $("queue-select");
+  const names = all.map((q) => q.name);
+  if ([...select.options].map((o) => o.value).join("\n") !== names.join("\n")) {
+    select.replaceChildren(...names.map((name) => el("option", { value: name, text: name })));
+  }
+  select.value = S.queueName;
+  const cell = (q, state) => el("td", { cls: "num", "data-state": state, text: q.counts ? fmtInt(q.counts[state] || 0) : "–" });
+  $("queues-body").replaceChildren(...all.map((q) => {
+    const ready = q.workers.filter((w) => w.ready).length;
+    return el("tr", { "data-queue": q.name, cls: q.name === S.queueName ? "selected" : "" },
+      el("td", { cls: "id", text: q.name + (q.name === S.queues.default ? " (default)" : "") }),
+      el("td", {}, el("span", { cls: q.paused ? "ready no" : "ready", text: q.paused ? "paused" : "running" })),
+      ...["waiting", "active", "delayed", "completed", "failed", "cancelled"].map((s) => cell(q, s)),
+      el("td", { text: `${ready} of ${q.workers.length} ready` }));
+  }));
+}
+
+function showQueue(name) {
+  if (name === S.queueName) return;
+  S.queueName = name;
+  S.offset = 0;
+  S.rate = null;
+  $("jobs-body").replaceChildren();
+  if (S.queues) S.queue = S.queues.queues.find((q) => q.name === name) || null;
+  renderQueues();
+  renderQueue();
+  tick();
 }
 
 function renderTabs() {
@@ -563,6 +619,7 @@ function renderDetail() {
   const running = job.started_at && !job.finished_at ? nowS() - job.started_at : null;
   const facts = [
     ["Flow", `${job.flow_id} (version ${job.flow_version})`],
+    ["Queue", job.queue || "–"],
     ["Attempts", `${job.attempts} of ${job.max_attempts}`],
     ["Priority", job.priority ? `${job.priority} (higher runs first)` : "0 (default)"],
     ["Progress", job.progress !== null && job.progress !== undefined ? fmtProgress(job.progress) : "–"],
@@ -775,7 +832,7 @@ async function act(action, id) {
 
 async function retryAllFailed() {
   try {
-    const answer = await api("POST", "/api/v1/queue/retry-failed");
+    const answer = await api("POST", withQueue("/api/v1/queue/retry-failed"));
     toast(answer.retried ? `${plural(answer.retried, "failed job")} queued again.` : "No failed jobs to retry.");
   } catch (e) {
     toast(e.message, true);
@@ -788,7 +845,7 @@ async function cleanState() {
   const age = $("clean-age").value;
   const body = age ? { status, older_than_s: Number(age) } : { status };
   try {
-    const answer = await api("POST", "/api/v1/queue/clean", body);
+    const answer = await api("POST", withQueue("/api/v1/queue/clean"), body);
     toast(`${plural(answer.removed, `${status} job`)} deleted.`);
   } catch (e) {
     toast(e.message, true);
@@ -820,7 +877,7 @@ function disarm(button) {
 async function togglePause() {
   const paused = $("pause-btn").dataset.paused === "true";
   try {
-    await api("POST", paused ? "/api/v1/queue/resume" : "/api/v1/queue/pause");
+    await api("POST", withQueue(paused ? "/api/v1/queue/resume" : "/api/v1/queue/pause"));
     toast(paused ? "Queue resumed." : "Queue paused: running jobs go on, no new ones start.");
   } catch (e) {
     toast(e.message, true);
@@ -843,6 +900,11 @@ function init() {
   $("signin-form").addEventListener("submit", signIn);
   $("sign-out").addEventListener("click", signOut);
   $("pause-btn").addEventListener("click", togglePause);
+  $("queue-select").addEventListener("change", (e) => showQueue(e.target.value));
+  $("queues-body").addEventListener("click", (e) => {
+    const row = e.target.closest("tr[data-queue]");
+    if (row) showQueue(row.dataset.queue);
+  });
   $("counts").addEventListener("click", (e) => {
     const card = e.target.closest(".count");
     if (card) setTab(card.dataset.state);

@@ -8,7 +8,7 @@ its own (``work.py``, ``jobs.py``, ``control.py``, ``documents.py``,
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from flowqd.config import MemoryConfig, QueueConfig, RedisConfig
@@ -33,22 +33,43 @@ async def open_redis_broker(
     memory: MemoryConfig | None = None,
 ) -> AsyncIterator[Broker]:
     """A broker on Redis with its own client; needs no running Redis to enter."""
+    async with open_redis_brokers(redis_config, [queue], name=name, memory=memory) as brokers:
+        yield brokers[0]
+
+
+@asynccontextmanager
+async def open_redis_brokers(
+    redis_config: RedisConfig,
+    queues: Sequence[QueueConfig],
+    *,
+    name: str = "flowqd",
+    memory: MemoryConfig | None = None,
+) -> AsyncIterator[list[Broker]]:
+    """One broker per queue, all on one client (one connection pool, one Cluster map)."""
     async with open_redis(redis_config, name=name) as redis, AsyncExitStack() as stack:
-        backend = RedisBackend.create(
-            redis,
-            queue,
-            exit_stack=stack,
-            block_margin_s=redis_config.command_timeout_s,
-            memory=memory,
-        )
-        yield Broker(
-            work=RedisWork(backend),
-            jobs=RedisJobs(backend),
-            control=RedisControl(backend),
-            flow_documents=RedisFlowDocuments(backend),
-            secrets=RedisSecrets(backend),
-            limiter=RedisRateLimiter(backend),
-            conversations=RedisConversations(backend),
-            schedules=RedisSchedules(backend),
-            backend=backend,
-        )
+        yield [
+            _broker(
+                RedisBackend.create(
+                    redis,
+                    queue,
+                    exit_stack=stack,
+                    block_margin_s=redis_config.command_timeout_s,
+                    memory=memory,
+                )
+            )
+            for queue in queues
+        ]
+
+
+def _broker(backend: RedisBackend) -> Broker:
+    return Broker(
+        work=RedisWork(backend),
+        jobs=RedisJobs(backend),
+        control=RedisControl(backend),
+        flow_documents=RedisFlowDocuments(backend),
+        secrets=RedisSecrets(backend),
+        limiter=RedisRateLimiter(backend),
+        conversations=RedisConversations(backend),
+        schedules=RedisSchedules(backend),
+        backend=backend,
+    )
