@@ -216,6 +216,7 @@ async def open_api(
             registry,
             broker.conversations,
             queues={n: QueueRoles(b.jobs, b.control) for n, b in brokers.by_queue.items()},
+            queue_conversations={n: b.conversations for n, b in brokers.by_queue.items()},
             shutdown=shutdown,
             schedules=broker.schedules,
             keys=keys if keys is not None else KeyRing.from_config(config),

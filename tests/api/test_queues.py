@@ -206,3 +206,36 @@ async def test_a_queue_rate_limit_applies_to_that_queue_only(backend: dict[str, 
             assert predicted.status_code == 429
             for n in range(3):  # the default queue has no limit
                 await enqueue(api, "echo", {"question": str(n)})
+
+
+async def test_a_flow_on_another_queue_keeps_its_conversation_there(
+    backend: dict[str, str],
+) -> None:
+    """Its jobs write their turns in their own queue; the chat-message routes read them there."""
+    default = backend["QUEUE_NAME"]
+    async with two_queues(backend) as api:
+        with trio.fail_after(20):
+            answer = await api.client.post(
+                "/api/v1/prediction/bulk-echo",
+                json={"question": "hello", "overrideConfig": {"sessionId": "s-1"}},
+            )
+            assert answer.status_code == 200, answer.text
+            listed = await api.client.get(
+                "/api/v1/chatmessage/bulk-echo", params={"sessionId": "s-1"}
+            )
+            assert listed.status_code == 200, listed.text
+            messages = listed.json()
+            assert [m["role"] for m in messages] == ["userMessage", "apiMessage"]
+            assert messages[0]["content"] == "hello"
+            assert api.brokers is not None
+            # In the bulk queue's keys, not the default queue's.
+            assert (
+                await api.brokers[default].conversations.sessions(
+                    "bulk-echo", owner=None, all_owners=True
+                )
+                == []
+            )
+            cleared = await api.client.delete(
+                "/api/v1/chatmessage/bulk-echo", params={"sessionId": "s-1"}
+            )
+            assert cleared.json()["affected"] == 2  # messages: a question and its answer

@@ -181,3 +181,31 @@ async def test_a_claimed_tick_is_enqueued_once_the_broker_answers(
             clock.ms = T0 + 500  # nothing new due: the pending job goes first
             await s.fire_due()
             assert await waiting_ids(broker) == [job_id("s", T0)]
+
+
+async def test_a_tick_of_a_flow_on_another_queue_is_enqueued_there(
+    open_test_broker: BrokerFactory, queue_name: str
+) -> None:
+    clock = FakeClock()
+    every = Schedule(id="bulk-tick", flow="bulk-echo", interval_s=1)
+    with trio.fail_after(30):
+        async with (
+            open_test_broker() as default,
+            open_test_broker(name=f"{queue_name}-bulk") as bulk,
+        ):
+            flows = await flow_store(default)
+            await flows.put({**ECHO, "id": "bulk-echo", "queue": "bulk"})
+            await put(default, every, T0 + 1000)
+            made = Scheduler.create(
+                default.schedules,
+                default.jobs,
+                flows,
+                SchedulesConfig(),
+                Registry(),
+                {"bulk": bulk.jobs},
+            )
+            made.clock = clock
+            clock.ms = T0 + 1000
+            await made.fire_due()
+            assert await waiting_ids(default) == []
+            assert await waiting_ids(bulk) == [job_id("bulk-tick", T0 + 1000)]
