@@ -122,12 +122,9 @@ async def call_tool(
                     f"JSON-compatible data ({JSON_KINDS})"
                 )
             else:
-                limit = run.limits.max_node_output_bytes
-                if len(data) > limit:
-                    error = (
-                        f"output is {len(data):,} bytes of JSON, over "
-                        f"limits.max_node_output_bytes ({limit}); return less, or raise the limit"
-                    )
+                if len(data) > run.small_enough:
+                    # A tool is never the output node: only the node limit applies.
+                    error = run._too_large(node, len(data))
                 doc = orjson.Fragment(_exact(data)) if run.encoded else output
     if run.redactor is not None:
         error = run.redactor.text(error) if error is not None else None
