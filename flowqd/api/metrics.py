@@ -22,6 +22,7 @@ class ApiMetrics:
     enqueued: Counter = attrs.field(init=False)
     rate_limited: Counter = attrs.field(init=False)
     queue_depth: Gauge = attrs.field(init=False)
+    queue_waiting: Gauge = attrs.field(init=False)
     queue_paused: Gauge = attrs.field(init=False)
     broker_up: Gauge = attrs.field(init=False)
     broker: BrokerFigures = attrs.field(init=False)
@@ -53,6 +54,13 @@ class ApiMetrics:
         # Read from the queue by whichever process answers the scrape: not summed.
         self.queue_depth = add(
             Gauge("flowqd_queue_jobs", "Jobs per queue and state (read at scrape).", across="local")
+        )
+        self.queue_waiting = add(
+            Gauge(
+                "flowqd_queue_waiting",
+                "Waiting jobs per queue by the sign of their priority (read at scrape).",
+                across="local",
+            )
         )
         self.queue_paused = add(
             Gauge(
@@ -91,14 +99,23 @@ class ApiMetrics:
         try:
             with trio.fail_after(timeout):
                 for name, control in queues.items():
-                    read.append((name, await control.counts(), await control.is_paused()))
+                    read.append(
+                        (
+                            name,
+                            await control.counts(),
+                            await control.waiting_by_priority(),
+                            await control.is_paused(),
+                        )
+                    )
                 self.broker.record(await next(iter(queues.values())).statistics())
         except (BrokerUnavailable, trio.TooSlowError):
             self.broker_up.set(0)
             return
         self.broker_up.set(1)
-        for name, counts, paused in read:
+        for name, counts, by_priority, paused in read:
             self.queue_paused.set(int(paused), queue=name)
+            for sign, n in by_priority.items():
+                self.queue_waiting.set(n, queue=name, priority=sign)
             for status, n in counts.items():
                 self.queue_depth.set(n, queue=name, state=status.value)
 

@@ -201,6 +201,10 @@ class QueueControl(Protocol):
     async def counts(self) -> dict[JobStatus, int]:
         """Number of jobs per state."""
 
+    async def waiting_by_priority(self) -> dict[str, int]:
+        """Waiting jobs by the sign of their priority: ``positive``, ``zero`` and
+        ``negative`` (claimed in that order), summing to ``counts()``'s waiting."""
+
     async def retry_failed(self, limit: int) -> int:
         """Retry (as ``JobStore.retry``) up to ``limit`` failed jobs, oldest first.
 

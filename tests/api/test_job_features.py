@@ -96,6 +96,10 @@ async def test_priorities_order_the_queue(environ: dict[str, str]) -> None:
                 flow_default["id"],
                 urgent["id"],
             ]
+            metrics = set((await api.client.get("/metrics")).text.splitlines())
+            queue = api.config.queue.name
+            for sign, n in (("positive", 2), ("zero", 1), ("negative", 1)):
+                assert f'flowqd_queue_waiting{{priority="{sign}",queue="{queue}"}} {n}' in metrics
             claimed = await api.broker.work.claim("w", 10, lock_ttl_s=30, block_s=0)
             assert [c.job.id for c in claimed] == [
                 urgent["id"],

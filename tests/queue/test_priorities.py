@@ -34,6 +34,11 @@ async def test_higher_priority_first_fifo_within_one(broker: Broker) -> None:
         assert ids == [name for name, _ in plan]
         order = ["f", "b", "d", "a", "e", "g", "c"]
         assert (await broker.control.counts())[JobStatus.WAITING] == 7
+        assert await broker.control.waiting_by_priority() == {
+            "positive": 3,
+            "zero": 2,
+            "negative": 2,
+        }
         # The waiting list shows the line reversed: last to be claimed first.
         listed = await broker.jobs.list_jobs(JobStatus.WAITING, limit=100)
         assert [j.id for j in listed] == order[::-1]
@@ -46,6 +51,11 @@ async def test_higher_priority_first_fifo_within_one(broker: Broker) -> None:
         assert paged == order[::-1]
         # In small batches (a batch may span the sets), then the same in one batch.
         assert await _claim_all(broker, 2) == order
+        assert await broker.control.waiting_by_priority() == {
+            "positive": 0,
+            "zero": 0,
+            "negative": 0,
+        }
         await broker.jobs.enqueue(
             [spec(n, job_id=f"{name}2", priority=p) for n, (name, p) in enumerate(plan)]
         )

@@ -39,6 +39,16 @@ class MemoryControl:
         )
         return result
 
+    async def waiting_by_priority(self) -> dict[str, int]:
+        await trio.lowlevel.checkpoint()
+        state = self._state
+        positive = sum(1 for i in state.prioritized if state.jobs[i].priority > 0)
+        return {
+            "positive": positive,
+            "zero": len(state.wait),
+            "negative": len(state.prioritized) - positive,
+        }
+
     async def retry_failed(self, limit: int) -> int:
         await trio.lowlevel.checkpoint()
         return self._state.retry_failed(limit)

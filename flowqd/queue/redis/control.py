@@ -54,6 +54,15 @@ class RedisControl:
         counts[JobStatus.WAITING] += int(low) + int(high)
         return counts
 
+    async def waiting_by_priority(self) -> dict[str, int]:
+        k = self._backend.keys
+        high, plain, low = checked(
+            await self._backend.redis.pipeline(
+                [(b"ZCARD", k.wait_high), (b"LLEN", k.wait), (b"ZCARD", k.wait_low)]
+            )
+        )
+        return {"positive": int(high), "zero": int(plain), "negative": int(low)}
+
     async def retry_failed(self, limit: int) -> int:
         [count] = await self._backend.scripts.retry((b"", limit))
         return int(count)
