@@ -166,7 +166,7 @@ class _Connection(trio.abc.HalfCloseableStream):
     what matters for a clean stop is that every response went out.
     """
 
-    __slots__ = ("closed", "deadline", "hung_up", "owing", "server", "stream")
+    __slots__ = ("closed", "deadline", "head", "holding", "hung_up", "owing", "server", "stream")
 
     def __init__(self, server: _Server, stream: trio.SocketStream) -> None:
         self.server = server
@@ -175,6 +175,9 @@ class _Connection(trio.abc.HalfCloseableStream):
         self.owing = False
         self.closed = False
         self.hung_up = False
+        # A response head held back to go out in one write with its body.
+        self.holding = False
+        self.head = b""
 
     # The stream hypercorn reads and writes (it looks for ``socket`` on plain TCP).
     @property
@@ -197,6 +200,11 @@ class _Connection(trio.abc.HalfCloseableStream):
         return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self.holding:
+            self.head += data
+            return
+        if self.head:
+            data, self.head = self.head + data, b""
         # hypercorn shields its writes from cancellation: without a bound a client
         # that stops reading would hold the connection, and shutdown, forever. A
         # slow reader is fine as long as each piece goes out in time.
@@ -251,7 +259,22 @@ class _Connection(trio.abc.HalfCloseableStream):
                 self.server.response_done()
 
         async def send_tracked(message: Any) -> None:
+            if message is not None and message["type"] == "http.response.start":
+                # hypercorn writes the head, the body and the end each on its own;
+                # a body of known length follows its head at once, so they can
+                # share one write. A stream's head goes at once: its first
+                # event may be far off.
+                self.holding = any(
+                    name == b"content-length" for name, _ in message.get("headers", ())
+                )
+                try:
+                    await send(message)
+                finally:
+                    self.holding = False
+                return
             await send(message)
+            if self.head:
+                await self.send_all(b"")  # hypercorn wrote nothing after the head
             if (
                 message is not None
                 and message["type"] == "http.response.body"
