@@ -27,6 +27,7 @@ from typing import Any, cast
 import orjson
 import trio
 from hypercorn.config import Config as HyperConfig
+from hypercorn.events import Event, RawData
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
@@ -113,7 +114,7 @@ class _Server:
         try:
             with connection.deadline:
                 # The connection stands in for both the stream and the app (see _Connection).
-                await TCPServer(
+                await _TCPServer(
                     cast(Any, connection),
                     self.config,
                     self.context,
@@ -154,6 +155,25 @@ class _Server:
         self.responses -= 1
         if self.responses == 0:
             self.none_owed.set()
+
+
+class _TCPServer(TCPServer):
+    """hypercorn's driver of one connection, without a write of nothing per answer.
+
+    Every answer of known length ends with h11's end of message, which is no
+    bytes; hypercorn still takes its send lock and a shielded scope to write
+    them. They are written only when they carry a held head out (a body of
+    none: HEAD, 204), before hypercorn may close the connection.
+    """
+
+    async def protocol_send(self, event: Event) -> None:
+        if (
+            isinstance(event, RawData)
+            and not event.data
+            and not cast(_Connection, self.stream).head
+        ):
+            return
+        await super().protocol_send(event)
 
 
 class _Connection(trio.abc.HalfCloseableStream):
