@@ -3,12 +3,12 @@
 Routes are module-level handlers in blueprints (``service``, ``predictions``,
 ``jobs``, ``chatmessages``, ``manage``, ``dashboard``); they reach what they
 share through ``context()``. This module wires them with authentication (``authn``),
-errors as JSON, metrics and the access log (``access``, log.access).
+errors as JSON, metrics and the access log (``access``, log.access); ``lean``
+answers predictions before Quart's routing, with the same steps.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any, cast
 
@@ -35,8 +35,6 @@ from flowqd.api.guard import Guard
 from flowqd.api.http import error_response, json_response
 
 __all__ = ["ApiContext", "create_app", "error_response", "json_response"]
-
-log = logging.getLogger("flowqd.api")
 
 BLUEPRINTS = (
     service.blueprint,

@@ -2,11 +2,12 @@
 
 Predictions are most of a main's requests, and Quart's machinery per request
 (request and context objects, URL matching, the hooks, a task reading the body)
-cost a fifth of the main's CPU per prediction. This path runs the route's own
-code (``predictions.predict``) between the same steps the app's hooks and
-error handlers take (``authn``, ``http``, ``exchange``, ``access``, tracing),
-so both answer alike; the Quart route stays for OpenAPI and for apps served
-without this wrapper. Every other request goes to Quart unchanged.
+cost about a fifth of the main's CPU per prediction (bench/http_api.py). This
+path runs the route's own code (``predictions.predict``) between the same steps
+the app's hooks and error handlers take (``authn``, ``http``, ``exchange``,
+``access``, tracing), so both answer alike. The Quart route stays: OpenAPI and
+the access marks read it, and it answers behind a root path. Every other
+request goes to Quart unchanged.
 """
 
 from __future__ import annotations
@@ -44,9 +45,9 @@ Receive = Callable[[], Awaitable[Any]]
 Send = Callable[[Any], Awaitable[None]]
 Asgi = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-ROUTE = "/api/v1/prediction/<flow_id>"
+ROUTE = predictions.ROUTE
 ENDPOINT = "predictions.prediction"
-_PATH = re.compile(r"/api/v1/prediction/([^/]+)")
+_PATH = re.compile(r"/api/v1/prediction/([^/]+)")  # ROUTE's, as werkzeug matches it
 
 
 @attrs.define(eq=False, slots=False)

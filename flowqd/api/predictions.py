@@ -37,6 +37,7 @@ from flowqd.queue.roles import JobStore
 
 blueprint = Blueprint("predictions", __name__)
 
+ROUTE = "/api/v1/prediction/<flow_id>"
 # Flowise body keys carried into the job's inputs when present.
 PASSED_THROUGH = ("uploads", "form")
 
@@ -141,10 +142,9 @@ def check_inputs(flow: CompiledFlow, req: PredictionRequest, inputs: dict[str, A
     problems.raise_if_any("the flow cannot run with this request")
 
 
-@blueprint.post("/api/v1/prediction/<flow_id>")
+@blueprint.post(ROUTE)
 async def prediction(flow_id: str) -> Response:
-    # Served by ``lean`` in front of Quart; this route stays for OpenAPI and tests
-    # of the app alone.
+    # ``lean`` answers this route before Quart's routing, by ``predict`` too.
     body = await read_json(request)
     return await predict(context(), flow_id, body, principal(), request.scope)
 
