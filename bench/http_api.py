@@ -1,7 +1,7 @@
 """Predictions through HTTP: one ``--role main`` and one ``--role worker`` process on Redis.
 
     .venv/bin/python bench/http_api.py [--clients 20,100] [--seconds 10] [--waiting 2000]
-                                       [--processes 1]
+                                       [--processes 1] [--py-spy FILE]
 
 Starts its own redis-server (tests/redisproc.py) and the two flowqd processes,
 registers an echo flow, then for each client count runs that many concurrent
@@ -24,6 +24,7 @@ sys.path[0] = str(Path(__file__).resolve().parent.parent)
 import argparse  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
+import signal  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
@@ -185,6 +186,23 @@ async def main(args: argparse.Namespace) -> None:
                 start_daemon(["--role", "worker"], env=env, cwd=tmp) as worker,
             ):
                 await load(main_role.api, 10, 1.0)  # warm-up
+                spy = None
+                if args.py_spy:
+                    # The main process during the runs only (--format raw: collapsed stacks).
+                    spy = await trio.lowlevel.open_process(
+                        [
+                            str(Path(sys.executable).parent / "py-spy"),
+                            "record",
+                            "--pid",
+                            str(main_role.process.pid),
+                            "--rate",
+                            "500",
+                            "--format",
+                            "raw",
+                            "--output",
+                            args.py_spy,
+                        ]
+                    )
                 for clients in args.clients:
                     main_cpu0, worker_cpu0 = (
                         process_figures(main_role)[1],
@@ -227,6 +245,9 @@ async def main(args: argparse.Namespace) -> None:
                         ("main_redis_connections", held.get("flowqd-main", 0), "connections"),
                     ]:
                         emit(prefix + name, value, unit)
+                if spy is not None:
+                    spy.send_signal(signal.SIGINT)
+                    await spy.wait()
                 if args.waiting:
                     await hold_waiting(main_role.api, redis.url, args.waiting)
                     main_rss, _ = process_figures(main_role)
@@ -247,5 +268,10 @@ if __name__ == "__main__":
         type=int,
         default=1,
         help="server.processes of the main role (API processes on the port)",
+    )
+    parser.add_argument(
+        "--py-spy",
+        metavar="FILE",
+        help="sample the main process with py-spy during the runs (collapsed stacks)",
     )
     trio.run(main, parser.parse_args())

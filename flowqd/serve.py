@@ -27,6 +27,7 @@ from typing import Any, cast
 import orjson
 import trio
 from hypercorn.config import Config as HyperConfig
+from hypercorn.events import Event, RawData
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
@@ -113,7 +114,7 @@ class _Server:
         try:
             with connection.deadline:
                 # The connection stands in for both the stream and the app (see _Connection).
-                await TCPServer(
+                await _TCPServer(
                     cast(Any, connection),
                     self.config,
                     self.context,
@@ -156,6 +157,25 @@ class _Server:
             self.none_owed.set()
 
 
+class _TCPServer(TCPServer):
+    """hypercorn's driver of one connection, without a write of nothing per answer.
+
+    Every answer of known length ends with h11's end of message, which is no
+    bytes; hypercorn still takes its send lock and a shielded scope to write
+    them. They are written only when they carry a held head out (a body of
+    none: HEAD, 204), before hypercorn may close the connection.
+    """
+
+    async def protocol_send(self, event: Event) -> None:
+        if (
+            isinstance(event, RawData)
+            and not event.data
+            and not cast(_Connection, self.stream).head
+        ):
+            return
+        await super().protocol_send(event)
+
+
 class _Connection(trio.abc.HalfCloseableStream):
     """One client connection, seen by hypercorn's TCPServer as its stream and its app.
 
@@ -166,7 +186,7 @@ class _Connection(trio.abc.HalfCloseableStream):
     what matters for a clean stop is that every response went out.
     """
 
-    __slots__ = ("closed", "deadline", "hung_up", "owing", "server", "stream")
+    __slots__ = ("closed", "deadline", "head", "holding", "hung_up", "owing", "server", "stream")
 
     def __init__(self, server: _Server, stream: trio.SocketStream) -> None:
         self.server = server
@@ -175,6 +195,9 @@ class _Connection(trio.abc.HalfCloseableStream):
         self.owing = False
         self.closed = False
         self.hung_up = False
+        # A response head held back to go out in one write with its body.
+        self.holding = False
+        self.head = b""
 
     # The stream hypercorn reads and writes (it looks for ``socket`` on plain TCP).
     @property
@@ -197,6 +220,11 @@ class _Connection(trio.abc.HalfCloseableStream):
         return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self.holding:
+            self.head += data
+            return
+        if self.head:
+            data, self.head = self.head + data, b""
         # hypercorn shields its writes from cancellation: without a bound a client
         # that stops reading would hold the connection, and shutdown, forever. A
         # slow reader is fine as long as each piece goes out in time.
@@ -251,7 +279,22 @@ class _Connection(trio.abc.HalfCloseableStream):
                 self.server.response_done()
 
         async def send_tracked(message: Any) -> None:
+            if message is not None and message["type"] == "http.response.start":
+                # hypercorn writes the head, the body and the end each on its own;
+                # a body of known length follows its head at once, so they can
+                # share one write. A stream's head goes at once: its first
+                # event may be far off.
+                self.holding = any(
+                    name == b"content-length" for name, _ in message.get("headers", ())
+                )
+                try:
+                    await send(message)
+                finally:
+                    self.holding = False
+                return
             await send(message)
+            if self.head:
+                await self.send_all(b"")  # hypercorn wrote nothing after the head
             if (
                 message is not None
                 and message["type"] == "http.response.body"

@@ -23,7 +23,9 @@ import attrs
 from quart import Quart, Response, g, request
 from quart.wrappers.response import IterableBody, ResponseBody
 
-__all__ = ["UNMATCHED", "install"]
+from flowqd.auth import Principal
+
+__all__ = ["UNMATCHED", "install", "record"]
 
 log = logging.getLogger("flowqd.access")
 
@@ -38,18 +40,36 @@ def install(app: Quart) -> None:
 
 
 async def _access(response: Response) -> Response:
+    rule = request.url_rule
+    return record(
+        response,
+        request.method,
+        rule.rule if rule is not None else UNMATCHED,
+        getattr(g, "started", None),
+        getattr(g, "principal", None),
+        request.remote_addr,
+    )
+
+
+def record(
+    response: Response,
+    method: str,
+    route: str,
+    started: float | None,
+    who: Principal | None,
+    remote: str | None,
+) -> Response:
+    """Log ``response``'s line now, or at the end of its body for a stream."""
     # One cached level check: log.level = warning costs nothing more per request.
     if not log.isEnabledFor(logging.INFO):
         return response
-    rule = request.url_rule
-    who = getattr(g, "principal", None)
     line = _Line(
-        request.method,
-        rule.rule if rule is not None else UNMATCHED,
+        method,
+        route,
         response.status_code,
-        getattr(g, "started", None),
+        started,
         who.name if who is not None else None,
-        request.remote_addr,
+        remote,
     )
     body = response.response
     if isinstance(body, IterableBody):

@@ -3,18 +3,17 @@
 Routes are module-level handlers in blueprints (``service``, ``predictions``,
 ``jobs``, ``chatmessages``, ``manage``, ``dashboard``); they reach what they
 share through ``context()``. This module wires them with authentication (``authn``),
-errors as JSON, metrics and the access log (``access``, log.access).
+errors as JSON, metrics and the access log (``access``, log.access); ``lean``
+answers predictions before Quart's routing, with the same steps.
 """
 
 from __future__ import annotations
 
-import logging
 import time
-from typing import cast
+from typing import Any, cast
 
-from quart import Request, Response, current_app, g, request
+from quart import Response, current_app, g, request
 from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from flowqd import tracing
 from flowqd.api import (
@@ -23,6 +22,7 @@ from flowqd.api import (
     dashboard,
     health,
     jobs,
+    lean,
     manage,
     predictions,
     schedules,
@@ -30,13 +30,11 @@ from flowqd.api import (
 )
 from flowqd.api.authn import Authenticator
 from flowqd.api.context import ApiContext, context
+from flowqd.api.exchange import count, error_answer
 from flowqd.api.guard import Guard
-from flowqd.api.http import ApiError, error_response, json_response, unavailable
-from flowqd.errors import BrokerUnavailable
+from flowqd.api.http import error_response, json_response
 
 __all__ = ["ApiContext", "create_app", "error_response", "json_response"]
-
-log = logging.getLogger("flowqd.api")
 
 BLUEPRINTS = (
     service.blueprint,
@@ -71,10 +69,9 @@ def create_app(ctx: ApiContext) -> QuartTrio:
     app.after_request(_count)
     if ctx.config.log.access:
         access.install(app)
-    app.register_error_handler(ApiError, _api_error)
-    app.register_error_handler(BrokerUnavailable, _broker_down)
-    app.register_error_handler(HTTPException, _http_error)
-    app.register_error_handler(Exception, _unexpected)
+    # HTTP errors (404, 413...) too: Quart looks a handler up along the exception's classes.
+    app.register_error_handler(Exception, _error)
+    app.asgi_app = cast(Any, lean.serve_predictions(app, ctx, authn))  # type: ignore[method-assign]
     if tracing.current is not None:
         # Nothing at all per request while tracing is off.
         app.asgi_app = tracing.asgi_middleware(app.asgi_app)  # type: ignore[method-assign]
@@ -94,23 +91,16 @@ async def _start_clock() -> None:
     g.started = time.perf_counter()
 
 
-def _carries_body(req: Request) -> bool:
-    return bool(req.content_length) or "chunked" in req.headers.get("Transfer-Encoding", "")
-
-
 async def _count(response: Response) -> Response:
-    metrics = context().metrics
-    route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-    metrics.requests.inc(route=route, method=request.method, status=str(response.status_code))
-    started = getattr(g, "started", None)
-    if started is not None:
-        metrics.latency.observe(time.perf_counter() - started, route=route)
-    if not getattr(g, "body_read", False) and _carries_body(request):
-        # Answered without reading the body (401, 403, 404...): the unread
-        # bytes make the connection unusable, and a keep-alive client's next
-        # request on it could wait forever. Close it after this answer.
-        response.headers["Connection"] = "close"
-    return response
+    return count(
+        context().metrics,
+        response,
+        request.method,
+        request.url_rule.rule if request.url_rule is not None else "unmatched",
+        getattr(g, "started", None),
+        getattr(g, "body_read", False),
+        request.headers,
+    )
 
 
 async def _name_span(response: Response) -> Response:
@@ -119,49 +109,5 @@ async def _name_span(response: Response) -> Response:
     return response
 
 
-async def _api_error(exc: ApiError) -> Response:
-    return error_response(exc.status, exc.message, exc.headers, **exc.extra)
-
-
-async def _broker_down(exc: BrokerUnavailable) -> Response:
-    error = unavailable(str(exc), explained=True)
-    return error_response(error.status, error.message, error.headers)
-
-
-async def _http_error(exc: HTTPException) -> Response:
-    status = exc.code or 500
-    server = context().config.server
-    if status == 404:
-        message = (
-            f"no route {request.method} {request.path}: GET /api/v1/openapi.json lists the routes"
-        )
-    elif status == 405 and isinstance(exc, MethodNotAllowed):
-        allowed = ", ".join(sorted(exc.valid_methods or ()))
-        message = f"{request.method} is not allowed on {request.path}; use {allowed}"
-    elif status == 413:
-        # The rest of the body is never read, so the connection cannot
-        # carry another request: say so, or a keep-alive client sends its
-        # next request into a socket the server is about to close.
-        message = (
-            f"the request body is larger than server.max_body_bytes "
-            f"({server.max_body_bytes} bytes): send less"
-        )
-        return error_response(status, message, {"Connection": "close"})
-    elif status == 408:
-        # Part of the body never came: the connection cannot carry another request.
-        message = (
-            f"the request body did not arrive within server.body_timeout_s "
-            f"({server.body_timeout_s:g}s): send the whole body at once"
-        )
-        return error_response(status, message, {"Connection": "close"})
-    else:
-        message = exc.description or exc.name
-    return error_response(status, message)
-
-
-async def _unexpected(exc: Exception) -> Response:
-    # A bug, never the client's input: log it, answer without details.
-    log.exception("%s %s failed", request.method, request.path, exc_info=exc)
-    return error_response(
-        500, "internal error in flowqd (a bug, not your request): the server log has the details"
-    )
+async def _error(exc: Exception) -> Response:
+    return error_answer(exc, request.method, request.path, context().config.server)

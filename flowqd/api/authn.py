@@ -10,15 +10,14 @@ are sent.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Mapping
 from typing import Literal, TypeVar
 
 import attrs
-from quart import Quart, Request, g, request
+from quart import Quart, g, request
 
 from flowqd.api.guard import Guard
-from flowqd.api.http import ApiError
+from flowqd.api.http import ApiError, Incoming
 from flowqd.auth import ANONYMOUS, KeyRing, Principal
 
 __all__ = [
@@ -34,7 +33,7 @@ Access = Literal["key", "open", "self"]
 # Who a credential the request carries elsewhere than its Authorization header
 # proves the caller is (checked against the key ring), or None when it carries
 # none; raises ApiError for one it may not use (403) or that no longer holds (401).
-CredentialSource = Callable[[Request, KeyRing], Principal | None]
+CredentialSource = Callable[[Incoming, KeyRing], Principal | None]
 Handler = TypeVar("Handler", bound=Callable[..., object])
 _ACCESS = "flowqd_access"
 
@@ -77,7 +76,7 @@ class Authenticator:
             sources,
         )
 
-    def caller(self, req: Request) -> Principal | None:
+    def caller(self, req: Incoming) -> Principal | None:
         """The caller; None: refuse (401)."""
         header = req.headers.get("Authorization")
         if not header:
@@ -90,17 +89,22 @@ class Authenticator:
     async def admit(self) -> None:
         """The app's before-request hook: sets ``g.principal`` or refuses the request."""
         g.principal = ANONYMOUS
+        g.principal = self.principal(request, request.endpoint)
+
+    def principal(self, req: Incoming, endpoint: str | None) -> Principal:
+        """Who sent ``req``, for the route ``endpoint`` (None: no route matched);
+        ApiError (421, 403, 401) for a request refused."""
         # Host and Origin first: every route, open ones and unknown paths included.
-        self.guard.check(request)
-        endpoint = request.endpoint
+        self.guard.check(req)
         access = "open" if endpoint is None else self.access.get(endpoint, "key")
         if access == "open":
-            return
+            return ANONYMOUS
         if access == "self":
-            with contextlib.suppress(ApiError):
-                g.principal = self.caller(request) or ANONYMOUS
-            return
-        who = self.caller(request)
+            try:
+                return self.caller(req) or ANONYMOUS
+            except ApiError:
+                return ANONYMOUS
+        who = self.caller(req)
         if who is None:
             raise ApiError(
                 401,
@@ -108,4 +112,4 @@ class Authenticator:
                 "(an administrator creates keys with `flowqd keys add NAME`)",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        g.principal = who
+        return who

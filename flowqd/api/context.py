@@ -14,8 +14,7 @@ queue, a job of another queue one read more per queue tried before it.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import cast
 
 import attrs
@@ -23,7 +22,7 @@ import trio
 from quart import Quart, current_app, g, request
 
 from flowqd.api.assets import Asset, load_assets
-from flowqd.api.http import ApiError, broker_deadline
+from flowqd.api.http import ApiError, BrokerDeadline
 from flowqd.api.metrics import ApiMetrics
 from flowqd.api.throughput import FinishRate
 from flowqd.auth import KeyRing, Principal
@@ -120,11 +119,9 @@ class ApiContext:
         ),
     )
 
-    @contextmanager
-    def deadline(self, what: str) -> Iterator[None]:
+    def deadline(self, what: str) -> BrokerDeadline:
         """One bounded exchange with the broker (503 past ``server.broker_timeout_s``)."""
-        with broker_deadline(self.config.server.broker_timeout_s, what):
-            yield
+        return BrokerDeadline(self.config.server.broker_timeout_s, what)
 
     async def check_rate(self, flow_id: str) -> None:
         """429 with Retry-After when ``flow_id`` is past its ``[limits]`` pace."""

@@ -16,11 +16,11 @@ app's authentication adds).
 
 from __future__ import annotations
 
-from quart import Blueprint, Request, Response, request
+from quart import Blueprint, Response, request
 
 from flowqd.api.authn import self_authenticated
 from flowqd.api.context import context, principal
-from flowqd.api.http import ApiError, json_response, read_json, require_object
+from flowqd.api.http import ApiError, Incoming, json_response, read_json, require_object
 from flowqd.auth import ANONYMOUS, KeyRing, Principal
 
 __all__ = ["COOKIE", "CSRF_HEADER", "blueprint", "cookie_token"]
@@ -43,7 +43,7 @@ SECURITY_HEADERS = {
 }
 
 
-def cookie_token(req: Request, keys: KeyRing) -> Principal | None:
+def cookie_token(req: Incoming, keys: KeyRing) -> Principal | None:
     """Who the session cookie stands for, for same-origin requests only; 403 for anything
     else, 401 when its session is over (expired, forged, or its key revoked).
 

@@ -22,9 +22,8 @@ from __future__ import annotations
 import ipaddress
 
 import attrs
-from quart import Request
 
-from flowqd.api.http import ApiError
+from flowqd.api.http import ApiError, Incoming
 from flowqd.config import ServerConfig
 
 __all__ = ["Guard"]
@@ -45,7 +44,7 @@ class Guard:
     def from_config(cls, server: ServerConfig) -> Guard:
         return cls(_allowed_hosts(server), _allowed_origins(server.allowed_origins))
 
-    def check(self, request: Request) -> None:
+    def check(self, request: Incoming) -> None:
         """Raise ApiError (421, 403) for a request a browser was tricked into sending."""
         host = request.headers.get("Host")
         if self.hosts is not None and host is not None and _host_name(host) not in self.hosts:
@@ -60,7 +59,7 @@ class Guard:
             _check_origin(request, host, self.origins)
 
 
-def _check_origin(request: Request, host: str | None, allowed: frozenset[str]) -> None:
+def _check_origin(request: Incoming, host: str | None, allowed: frozenset[str]) -> None:
     origin = request.headers.get("Origin")
     if origin is None:
         # Every browser sends Origin with a write; Sec-Fetch-Site alone means a

@@ -8,15 +8,28 @@ must not come back in an answer or a log line.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from typing import Any, cast
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, Protocol, cast
 
 import orjson
 import trio
 from quart import Request, Response, current_app, g
+from werkzeug.datastructures import Headers
+from werkzeug.sansio.utils import get_content_length
 
 from flowqd.errors import BrokerUnavailable
+
+
+class Incoming(Protocol):
+    """What the checks before a handler read of a request: Quart's, or ``lean``'s."""
+
+    @property
+    def method(self) -> str: ...
+    @property
+    def headers(self) -> Headers: ...
+    @property
+    def cookies(self) -> Mapping[str, str]: ...
 
 
 class ApiError(Exception):
@@ -68,16 +81,34 @@ def unavailable(detail: str, *, explained: bool = False) -> ApiError:
     return ApiError(503, f"{detail}; {advice}", headers={"Retry-After": "1"})
 
 
-@contextmanager
-def broker_deadline(seconds: float, what: str) -> Iterator[None]:
-    """Bound one exchange with the broker; past the deadline the client gets 503, not a hang."""
-    try:
-        with trio.fail_after(seconds):
-            yield
-    except trio.TooSlowError:
-        raise unavailable(f"{what}: no answer within {seconds:g}s") from None
-    except BrokerUnavailable as exc:
-        raise unavailable(f"{what}: {exc}", explained=True) from None
+class BrokerDeadline:
+    """Bound one exchange with the broker; past the deadline the client gets 503, not a hang.
+
+    A class, not a generator: every broker call of a request enters one.
+    """
+
+    __slots__ = ("_scope", "_seconds", "_what")
+
+    def __init__(self, seconds: float, what: str) -> None:
+        self._seconds = seconds
+        self._what = what
+        self._scope = trio.CancelScope(relative_deadline=seconds)
+
+    def __enter__(self) -> None:
+        self._scope.__enter__()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # The scope swallows only its own cancellation, which becomes the 503 here.
+        self._scope.__exit__(exc_type, exc, tb)
+        if self._scope.cancelled_caught or isinstance(exc, trio.TooSlowError):
+            raise unavailable(f"{self._what}: no answer within {self._seconds:g}s") from None
+        if isinstance(exc, BrokerUnavailable):
+            raise unavailable(f"{self._what}: {exc}", explained=True) from None
 
 
 async def read_json(request: Request) -> Any:
@@ -91,14 +122,18 @@ async def read_json(request: Request) -> Any:
     ``MAX_JSON_DEPTH`` (``server.max_json_depth``) is 400: orjson reads
     documents it cannot write back (from 255 levels).
     """
-    _require_json_type(request)
+    require_json_type(request.headers)
     data = cast(bytes, await request.get_data(cache=False, as_text=False))
     g.body_read = True  # the connection may carry the next request (see app.count)
+    return parse_json(data, current_app.config["MAX_JSON_DEPTH"])
+
+
+def parse_json(data: bytes, limit: int) -> Any:
+    """``read_json``'s reading of a body already received, ``limit`` levels deep at most."""
     if not data.strip():
         raise ApiError(
             400, "the request body is empty: send a JSON document (Content-Type: application/json)"
         )
-    limit: int = current_app.config["MAX_JSON_DEPTH"]
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
@@ -115,12 +150,17 @@ async def read_json(request: Request) -> Any:
     return value
 
 
-def _require_json_type(request: Request) -> None:
-    sent = request.headers.get("Content-Type")
-    media = (sent or "").partition(";")[0].strip().lower()
+def carries_body(headers: Headers) -> bool:
+    chunked = headers.get("Transfer-Encoding", "")
+    return bool(get_content_length(headers.get("Content-Length"), chunked)) or "chunked" in chunked
+
+
+def require_json_type(headers: Headers) -> None:
+    """415 for a body not sent as JSON (see ``read_json``)."""
+    media = (headers.get("Content-Type") or "").partition(";")[0].strip().lower()
     if media == "application/json" or media.endswith("+json"):
         return
-    if not request.content_length and "chunked" not in request.headers.get("Transfer-Encoding", ""):
+    if not carries_body(headers):
         return  # no body: read_json says so
     what = f"Content-Type: {media[:100]}" if media else "no Content-Type"
     raise ApiError(

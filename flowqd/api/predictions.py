@@ -7,6 +7,7 @@ JSON error even with ``"streaming": true``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -18,6 +19,7 @@ from flowqd.api import flowise, sse
 from flowqd.api.authn import open_route
 from flowqd.api.context import JOB_ID_HEADER, ApiContext, context, principal
 from flowqd.api.http import ApiError, Problems, error_response, json_response, read_json
+from flowqd.auth import Principal
 from flowqd.executors.base import HISTORY_ENTRY, history_message
 from flowqd.flows import CompiledFlow
 from flowqd.jobs import (
@@ -35,6 +37,7 @@ from flowqd.queue.roles import JobStore
 
 blueprint = Blueprint("predictions", __name__)
 
+ROUTE = "/api/v1/prediction/<flow_id>"
 # Flowise body keys carried into the job's inputs when present.
 PASSED_THROUGH = ("uploads", "form")
 
@@ -139,13 +142,20 @@ def check_inputs(flow: CompiledFlow, req: PredictionRequest, inputs: dict[str, A
     problems.raise_if_any("the flow cannot run with this request")
 
 
-@blueprint.post("/api/v1/prediction/<flow_id>")
+@blueprint.post(ROUTE)
 async def prediction(flow_id: str) -> Response:
+    # ``lean`` answers this route before Quart's routing, by ``predict`` too.
     body = await read_json(request)
+    return await predict(context(), flow_id, body, principal(), request.scope)
+
+
+async def predict(
+    ctx: ApiContext, flow_id: str, body: Any, caller: Principal, scope: Mapping[str, Any]
+) -> Response:
+    """The prediction route's answer to ``body`` (the request's JSON) from ``caller``."""
     if not isinstance(body, dict):
         raise ApiError(422, 'the request body must be a JSON object such as {"question": "hi"}')
     req = parse_request(body)
-    ctx = context()
     flow = await ctx.runnable_flow(flow_id)
     queue, roles = ctx.queue_of(flow)
     await ctx.check_rate(flow.id)
@@ -160,8 +170,8 @@ async def prediction(flow_id: str) -> Response:
         flow_version=flow.version or 0,
         inputs=inputs,
         job_id=job_id,
-        owner=principal().name,
-        trace=tracing.job_trace(request.scope),
+        owner=caller.name,
+        trace=tracing.job_trace(scope),
         priority=flow.priority if req.priority is None else req.priority,
     )
     try:
