@@ -11,7 +11,7 @@ local CFG = {
 local A = 6
 
 -- One clock reading per call: asked again (write_events), it says the same.
-local clock_ms = nil
+local clock_ms, clock_text = nil, nil
 local function now_ms()
   if not clock_ms then
     local t = redis.call('TIME')
@@ -19,6 +19,13 @@ local function now_ms()
   end
   return clock_ms
 end
+-- The same as text, made once: redis.call formats a number argument anew
+-- (%.17g) each time it is passed.
+local function now_text()
+  if not clock_text then clock_text = string.format('%.0f', now_ms()) end
+  return clock_text
+end
+local AGE_MS_TEXT = ARGV[2]
 
 -- Events this call appends, per job (fields n, d, n, d, ...), in the order
 -- added; written by write_events() as one stream entry per job of up to
@@ -57,8 +64,8 @@ local function add_entry(key, fields, first, last, top_ms, top_seq)
         top_seq = tonumber(top_seq)
       end
     end
-    local now = string.format('%.0f', now_ms())
-    if top_ms and tonumber(top_ms) >= tonumber(now) then
+    local now = now_text()
+    if top_ms and tonumber(top_ms) >= now_ms() then
       id = top_ms .. '-' .. (top_seq + n)
     else
       -- Any stream's first entry, and the usual later one: a millisecond of its own.
@@ -82,7 +89,7 @@ local function write_events()
         seq = tonumber(seq)
       end
     end
-    if expiring[id] then redis.call('PEXPIRE', key, CFG.age_ms) end
+    if expiring[id] then redis.call('PEXPIRE', key, AGE_MS_TEXT) end
   end
 end
 
@@ -156,7 +163,9 @@ end
 -- by count, in announce().
 local function terminal(id, status, event, data, now, fields)
   local jk = job_key(id)
-  redis.call('HSET', jk, 'st', status, 'ft', now, unpack(fields or {}))
+  local finished = now
+  if now == clock_ms then finished = now_text() end
+  redis.call('HSET', jk, 'st', status, 'ft', finished, unpack(fields or {}))
   add_event(id, event, data)
   local adds = to_finish[status]
   if not adds then
@@ -165,7 +174,7 @@ local function terminal(id, status, event, data, now, fields)
   end
   adds[#adds + 1] = finish_score(now)
   adds[#adds + 1] = id
-  redis.call('PEXPIRE', jk, CFG.age_ms)
+  redis.call('PEXPIRE', jk, AGE_MS_TEXT)
   expiring[id] = true
 end
 
