@@ -49,15 +49,20 @@ end
 -- Streams whose job ended in this call: they expire with it, once written.
 local expiring = {}
 
+-- Jobs whose stream the caller knows to be empty: their record has no
+-- ``ev`` field, which every script that appends to a stream sets (terminal()
+-- and retry.lua in an HSET they make anyway, flush.lua otherwise).
+local fresh = {}
+
 -- An entry of n > 1 events takes an id <ms>-<seq> with seq >= n - 1 above
 -- the stream's last one, so that the n - 1 ids below it are free for its
 -- other events (codec.ENTRY_EVENTS). ``top`` is that last id as (ms string,
 -- seq), if this call wrote it. Returns the id added.
-local function add_entry(key, fields, first, last, top_ms, top_seq)
+local function add_entry(key, fields, first, last, top_ms, top_seq, empty)
   local n = (last - first + 1) / 4
   local id = '*'
   if n > 1 then
-    if not top_ms then
+    if not top_ms and not empty then
       local top = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)[1]
       if top then
         top_ms, top_seq = string.match(top[1], '^(%d+)-(%d+)$')
@@ -83,7 +88,7 @@ local function write_events()
     local ms, seq = nil, nil
     for first = 1, #fields, per_entry do
       local last = math.min(first + per_entry - 1, #fields)
-      local added = add_entry(key, fields, first, last, ms, seq)
+      local added = add_entry(key, fields, first, last, ms, seq, fresh[id])
       if last < #fields then
         ms, seq = string.match(added, '^(%d+)-(%d+)$')
         seq = tonumber(seq)
@@ -165,7 +170,7 @@ local function terminal(id, status, event, data, now, fields)
   local jk = job_key(id)
   local finished = now
   if now == clock_ms then finished = now_text() end
-  redis.call('HSET', jk, 'st', status, 'ft', finished, unpack(fields or {}))
+  redis.call('HSET', jk, 'st', status, 'ft', finished, 'ev', '1', unpack(fields or {}))
   add_event(id, event, data)
   local adds = to_finish[status]
   if not adds then
