@@ -19,9 +19,9 @@ is the sum of the ``calls`` of every ``INFO commandstats`` line after CONFIG
 RESETSTAT at resume: the commands scripts run inside count on their own lines,
 and each EVALSHA line counts too (one command Redis parses and dispatches per
 script call). The bench's own polling of the counts (8 commands every 20 ms)
-is included; it is well under 0.01 per job at 100,000 jobs. The per-command
-breakdown (calls and usec per job, EVALSHA's usec including its inner
-commands') goes to stderr.
+is included: a few hundredths of a command per job. The per-command
+breakdown (calls and usec per job; usec is Redis's wall clock, so it swells
+on a busy machine, and EVALSHA's includes its inner commands') goes to stderr.
 Prints a table and one JSON line per figure. ``--replicas`` starts replica
 redis-servers beside the primary; ``--wait-replicas`` sets redis.wait_replicas
 (bench/replicas.py compares 0 and 1). ``--priorities N`` gives job number i
