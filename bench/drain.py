@@ -10,8 +10,18 @@ another (``enqueue_bulk_serial``), the other half from two producers at once
 (``enqueue_bulk``, the figure issue 9's target reads). Then the worker
 is started and becomes ready, then the queue is resumed and the drain timed.
 Each job is one `echo` node with every event a job normally writes
-(started, node_start, node_end, and the terminal `end`). Worker and Redis CPU
-come from /proc (user + system) between resume and the last completion.
+(started, node_start, node_end, and the terminal `end`). Worker CPU comes from
+/proc (user + system) between resume and the last completion; Redis CPU
+(``redis_cpu_us_per_job``, issue 15's figure) from ``INFO cpu`` deltas
+(used_cpu_sys + used_cpu_user) over the same span, with the /proc figure of the
+redis pid beside it (``redis_proc_cpu_us_per_job``). ``redis_commands_per_job``
+is the sum of the ``calls`` of every ``INFO commandstats`` line after CONFIG
+RESETSTAT at resume: the commands scripts run inside count on their own lines,
+and each EVALSHA line counts too (one command Redis parses and dispatches per
+script call). The bench's own polling of the counts (8 commands every 20 ms)
+is included: a few hundredths of a command per job. The per-command
+breakdown (calls and usec per job; usec is Redis's wall clock, so it swells
+on a busy machine, and EVALSHA's includes its inner commands') goes to stderr.
 Prints a table and one JSON line per figure. ``--replicas`` starts replica
 redis-servers beside the primary; ``--wait-replicas`` sets redis.wait_replicas
 (bench/replicas.py compares 0 and 1). ``--priorities N`` gives job number i
@@ -42,7 +52,7 @@ from flowqd.flows import FlowStore
 from flowqd.jobs import JobSpec, JobStatus
 from flowqd.plugins import collect_executors, load_plugins
 from flowqd.queue import open_broker
-from flowqd.redis import open_redis
+from flowqd.redis import Redis, open_redis
 from tests.daemonproc import start_daemon
 from tests.redisproc import RedisServer
 
@@ -59,6 +69,20 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def info_fields(text: bytes) -> dict[str, str]:
+    fields = {}
+    for line in text.decode().splitlines():
+        name, sep, value = line.partition(":")
+        if sep and not line.startswith("#"):
+            fields[name] = value
+    return fields
+
+
+async def redis_cpu_seconds(redis: Redis) -> float:
+    fields = info_fields(await redis.execute(b"INFO", b"cpu"))
+    return float(fields["used_cpu_sys"]) + float(fields["used_cpu_user"])
 
 
 def emit(name: str, value: float, unit: str) -> None:
@@ -152,31 +176,37 @@ async def bench(
                 await trio.sleep(1.0)
             cpu0, t0 = cpu_seconds(pid), time.perf_counter()
             redis_cpu0 = cpu_seconds(redis_pid)
+            redis_info_cpu0 = await redis_cpu_seconds(redis)
             await redis.execute(b"CONFIG", b"RESETSTAT")
             await broker.control.resume()
             # Polling the counts costs the worker nothing, unlike 20k watchers.
             while (await broker.control.counts())[JobStatus.COMPLETED] < jobs:  # noqa: ASYNC110
                 await trio.sleep(0.02)
             wall, cpu = time.perf_counter() - t0, cpu_seconds(pid) - cpu0
+            redis_info_cpu = await redis_cpu_seconds(redis) - redis_info_cpu0
+            redis_proc_cpu = cpu_seconds(redis_pid) - redis_cpu0
+            stats = info_fields(await redis.execute(b"INFO", b"commandstats"))
             results["drain_jobs_s"] = jobs / wall
             results["worker_cpu_us_per_job"] = cpu / jobs * 1e6
             # Redis shares this machine's cores: its share bounds the drain too.
-            results["redis_cpu_us_per_job"] = (cpu_seconds(redis_pid) - redis_cpu0) / jobs * 1e6
+            results["redis_cpu_us_per_job"] = redis_info_cpu / jobs * 1e6
+            results["redis_proc_cpu_us_per_job"] = redis_proc_cpu / jobs * 1e6
             results["worker_rss_mb"] = rss_mb(pid)
             # Where Redis spends its time: the commands run inside scripts count
             # both on their own lines and in their script's EVALSHA line.
-            stats = (await redis.execute(b"INFO", b"commandstats")).decode()
-            for line in stats.splitlines():
-                if line.startswith("cmdstat_"):
-                    name, _, fields = line[8:].partition(":")
+            calls = 0
+            for key, fields in stats.items():
+                if key.startswith("cmdstat_"):
                     values = dict(part.split("=") for part in fields.split(","))
+                    calls += int(values["calls"])
                     usec_per_job = int(values["usec"]) / jobs
-                    if usec_per_job >= 0.5:
+                    if usec_per_job >= 0.05:
                         print(
-                            f"   redis {name:12} {int(values['calls']) / jobs:8.2f} calls/job "
+                            f"   redis {key[8:]:12} {int(values['calls']) / jobs:8.2f} calls/job "
                             f"{usec_per_job:8.2f} us/job",
                             file=sys.stderr,
                         )
+            results["redis_commands_per_job"] = calls / jobs
             # Batching as the worker saw it: its own counters.
             async with httpx.AsyncClient() as client:
                 text = (await client.get(f"{worker.health}/metrics")).text
@@ -238,7 +268,13 @@ def main() -> None:
             replica.close()
         server.close()
     print(f"{'figure':28} {'value':>12}")
-    units = {"_jobs_s": "jobs/s", "_us_per_job": "us/job", "_mb": "MB", "_jobs": "jobs"}
+    units = {
+        "_jobs_s": "jobs/s",
+        "_us_per_job": "us/job",
+        "_commands_per_job": "commands/job",
+        "_mb": "MB",
+        "_jobs": "jobs",
+    }
     for name, value in results.items():
         unit = next(u for suffix, u in units.items() if name.endswith(suffix))
         print(f"{name:28} {value:12,.1f} {unit}")

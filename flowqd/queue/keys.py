@@ -36,8 +36,9 @@ FIXED: tuple[tuple[str, str, str], ...] = (
     ("CH_CANCEL", "ch:cancel", "channel: id of an active job to cancel"),
 )
 # Per-object keys: suffix + id (+ tail).
-# hash, fields in JOB_FIELDS plus "tok" (lock token), "stl" (stall count) and
-# "psc" (a prioritised job's score in K_WAIT_HIGH/K_WAIT_LOW)
+# hash, fields in JOB_FIELDS plus "tok" (lock token), "stl" (stall count),
+# "psc" (a prioritised job's score in K_WAIT_HIGH/K_WAIT_LOW) and "ev" (set
+# once its events stream has entries: common.lua's fresh)
 JOB = "job:"
 EVENTS = "events:"  # stream, entries {n: name, d: orjson data}
 WORKER = "worker:"  # string, orjson WorkerInfo, PX heartbeat ttl

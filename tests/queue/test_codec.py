@@ -22,3 +22,22 @@ def test_entries_decode_with_sortable_ids_in_either_field_order() -> None:
     assert [key for key, _ in decoded] == [parse_event_id(e.id) for _, e in decoded]
     assert [key for key, _ in decoded] == sorted(key for key, _ in decoded)
     assert decode_entries(None) == []
+
+
+def test_an_entry_of_several_events_gives_each_an_id_below_its_own() -> None:
+    entries = [
+        [b"5-0", [b"n", b"started", b"d", b"null"]],
+        [b"7-3", [b"n", b"a", b"d", b"1", b"n", b"b", b"d", b"2", b"n", b"end", b"d", b"3"]],
+        [b"7-4", [b"n", b"retried", b"d", b"4"]],
+    ]
+    events = [event for _, event in decode_entries(entries)]
+    assert events == [
+        Event("5-0", "started", None),
+        Event("7-1", "a", 1),
+        Event("7-2", "b", 2),
+        Event("7-3", "end", 3),
+        Event("7-4", "retried", 4),
+    ]
+    # Past an id within an entry: the rest of that entry, then the next ones.
+    assert [e for _, e in decode_entries(entries[1:], (7, 1))] == events[2:]
+    assert [e for _, e in decode_entries(entries[1:], (7, 3))] == events[4:]

@@ -18,6 +18,7 @@ from flowqd.jobs import (
     Outcome,
     OutcomeKind,
     WorkerInfo,
+    parse_event_id,
 )
 from flowqd.queue import Broker, JobIdTaken
 from tests.queue.conftest import BrokerFactory
@@ -585,6 +586,35 @@ async def test_watch_events_replay_and_resume(broker: Broker) -> None:
         assert resumed == events[3:]
         assert await broker.jobs.read_events(job_id, after=events[3].id, count=2) == events[4:6]
         assert await broker.jobs.read_events(job_id, after=events[-1].id) == []
+
+
+async def test_every_event_of_a_flush_is_a_resume_point(broker: Broker) -> None:
+    # Redis keeps what one flush appends for a job in few stream entries
+    # (codec.ENTRY_EVENTS events each); every event still has an id of its
+    # own, and a read or a watch resumes after any of them, within an entry too.
+    with trio.fail_after(30):
+        [job_id] = await broker.jobs.enqueue([spec()])
+        claimed = await claim_one(broker)
+        await broker.work.flush([EmittedEvent(job_id, "token", i) for i in range(3)], [])
+        await broker.work.flush(
+            [EmittedEvent(job_id, "token", i) for i in range(3, 40)], [done(claimed, "r")]
+        )
+        events = await broker.jobs.read_events(job_id)
+        assert [(e.name, e.data) for e in events] == [
+            *(("token", i) for i in range(40)),
+            ("end", "r"),
+        ]
+        keys = [parse_event_id(e.id) for e in events]
+        assert keys == sorted(set(keys))
+        for n, event in enumerate(events):
+            assert await broker.jobs.read_events(job_id, after=event.id) == events[n + 1 :]
+            assert (
+                await broker.jobs.read_events(job_id, after=event.id, count=2)
+                == (events[n + 1 : n + 3])
+            )
+            if n + 1 < len(events):
+                resumed = [e async for e in watch_events(broker.jobs, job_id, after=event.id)]
+                assert resumed == events[n + 1 :]
 
 
 async def test_watch_event_batches_deliver_a_flush_together(broker: Broker) -> None:

@@ -338,3 +338,44 @@ async def test_finished_job_expires_by_age(
             stream_ttl = await raw.execute(b"PTTL", f"{prefix}events:{job_id}")
             expected = config.queue.remove_on_age_s * 1000
             assert expected - 5000 < ttl <= expected and expected - 5000 < stream_ttl <= expected
+
+
+async def test_a_flush_writes_one_entry_per_job(
+    open_running: Callable[..., Any], config: Config, raw: Redis
+) -> None:
+    """Its events, the terminal one too, in one stream entry; the last event has its id."""
+    with trio.fail_after(10):
+        async with open_running() as broker:
+            [job_id] = await broker.jobs.enqueue([spec()])
+            claimed = await claim_one(broker)
+            emitted = [EmittedEvent(job_id, name, 1) for name in ("started", "a", "b")]
+            await broker.work.flush(emitted, [done(claimed, "r")])
+            key = f"{prefix_of(config.queue.name)}events:{job_id}"
+            [[entry_id, _]] = await raw.execute(b"XRANGE", key, b"-", b"+")
+            events = await broker.jobs.read_events(job_id)
+            assert [e.name for e in events] == ["started", "a", "b", "end"]
+            assert events[-1].id == entry_id.decode()
+
+
+async def test_an_entry_of_several_events_goes_past_a_later_stream_top(
+    open_running: Callable[..., Any], config: Config, raw: Redis
+) -> None:
+    """A stream already written in a later millisecond than the script's clock (a
+    flush earlier in the same one, or a clock gone back): the entry still leaves
+    room below its id for its other events, and every id still resumes."""
+    with trio.fail_after(10):
+        async with open_running() as broker:
+            [job_id] = await broker.jobs.enqueue([spec()])
+            claimed = await claim_one(broker)
+            await broker.work.flush([EmittedEvent(job_id, "token", 0)], [])
+            key = f"{prefix_of(config.queue.name)}events:{job_id}"
+            [[first_id, _]] = await raw.execute(b"XRANGE", key, b"-", b"+")
+            ms = int(first_id.split(b"-")[0]) + 3_600_000
+            await raw.execute(b"XADD", key, f"{ms}-0", b"n", b"token", b"d", b"1")
+            await broker.work.flush([EmittedEvent(job_id, "token", i) for i in range(2, 5)], [])
+            await broker.work.flush([EmittedEvent(job_id, "token", 5)], [done(claimed, "r")])
+            events = await broker.jobs.read_events(job_id)
+            assert [e.data for e in events] == [0, 1, 2, 3, 4, 5, "r"]
+            assert [e.id for e in events[1:]] == [f"{ms}-{seq}" for seq in range(6)]
+            for n, event in enumerate(events):
+                assert await broker.jobs.read_events(job_id, after=event.id) == events[n + 1 :]

@@ -4,6 +4,7 @@
 if redis.call('EXISTS', K_PAUSED) == 1 then return false end
 local worker, want, ttl, base = ARGV[A], tonumber(ARGV[A + 1]), tonumber(ARGV[A + 2]), ARGV[A + 3]
 local now = now_ms()
+local deadline = string.format('%.0f', now + ttl)
 local out = {}
 local locks = {}  -- (deadline, id) pairs for K_ACTIVE: one ZADD at the end
 local got = 0
@@ -39,10 +40,14 @@ while got < want do
       else
         got = got + 1
         local token = base .. ':' .. got
-        local attempts = (tonumber(f[F_ATT]) or 0) + 1
-        redis.call('HSET', jk, 'st', S_ACTIVE, 'att', attempts, 'sat', now, 'wk', worker,
+        local attempts, attempts_text = 1, '1'
+        if f[F_ATT] then
+          attempts = tonumber(f[F_ATT]) + 1
+          attempts_text = tostring(attempts)
+        end
+        redis.call('HSET', jk, 'st', S_ACTIVE, 'att', attempts_text, 'sat', now_text(), 'wk', worker,
           'tok', token)
-        locks[#locks + 1] = now + ttl
+        locks[#locks + 1] = deadline
         locks[#locks + 1] = id
         f[F_ST] = S_ACTIVE
         f[F_ATT] = attempts

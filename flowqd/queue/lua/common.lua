@@ -10,24 +10,92 @@ local CFG = {
 }
 local A = 6
 
+-- One clock reading per call: asked again (write_events), it says the same.
+local clock_ms, clock_text = nil, nil
 local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if not clock_ms then
+    local t = redis.call('TIME')
+    clock_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return clock_ms
 end
+-- The same as text, made once: redis.call formats a number argument anew
+-- (%.17g) each time it is passed.
+local function now_text()
+  if not clock_text then clock_text = string.format('%.0f', now_ms()) end
+  return clock_text
+end
+local AGE_MS_TEXT = ARGV[2]
 
--- Job ids whose streams grew in this call; announced once at the end.
-local touched = {}
+-- Events this call appends, per job (fields n, d, n, d, ...), in the order
+-- added; written by write_events() as one stream entry per job of up to
+-- ENTRY_EVENTS events (an XADD costs far more than its size), and the job
+-- ids announced once at the end.
+local pending = {}
 local touched_list = {}
-local function touch(id)
-  if not touched[id] then
-    touched[id] = true
+local function add_event(id, name, data)
+  local fields = pending[id]
+  if not fields then
+    fields = {}
+    pending[id] = fields
     touched_list[#touched_list + 1] = id
   end
+  fields[#fields + 1] = 'n'
+  fields[#fields + 1] = name
+  fields[#fields + 1] = 'd'
+  fields[#fields + 1] = data
 end
 
-local function add_event(id, name, data)
-  redis.call('XADD', events_key(id), 'MAXLEN', '~', CFG.maxlen, '*', 'n', name, 'd', data)
-  touch(id)
+-- Streams whose job ended in this call: they expire with it, once written.
+local expiring = {}
+
+-- Jobs whose stream the caller knows to be empty: their record has no
+-- ``ev`` field, which every script that appends to a stream sets (terminal()
+-- and retry.lua in an HSET they make anyway, flush.lua otherwise).
+local fresh = {}
+
+-- An entry of n > 1 events takes an id <ms>-<seq> with seq >= n - 1 above
+-- the stream's last one, so that the n - 1 ids below it are free for its
+-- other events (codec.ENTRY_EVENTS). ``top`` is that last id as (ms string,
+-- seq), if this call wrote it. Returns the id added.
+local function add_entry(key, fields, first, last, top_ms, top_seq, empty)
+  local n = (last - first + 1) / 4
+  local id = '*'
+  if n > 1 then
+    if not top_ms and not empty then
+      local top = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)[1]
+      if top then
+        top_ms, top_seq = string.match(top[1], '^(%d+)-(%d+)$')
+        top_seq = tonumber(top_seq)
+      end
+    end
+    local now = now_text()
+    if top_ms and tonumber(top_ms) >= now_ms() then
+      id = top_ms .. '-' .. (top_seq + n)
+    else
+      -- Any stream's first entry, and the usual later one: a millisecond of its own.
+      id = now .. '-' .. (n - 1)
+    end
+  end
+  return redis.call('XADD', key, 'MAXLEN', '~', CFG.maxlen, id, unpack(fields, first, last))
+end
+
+local function write_events()
+  local per_entry = 4 * ENTRY_EVENTS
+  for _, id in ipairs(touched_list) do
+    local fields = pending[id]
+    local key = events_key(id)
+    local ms, seq = nil, nil
+    for first = 1, #fields, per_entry do
+      local last = math.min(first + per_entry - 1, #fields)
+      local added = add_entry(key, fields, first, last, ms, seq, fresh[id])
+      if last < #fields then
+        ms, seq = string.match(added, '^(%d+)-(%d+)$')
+        seq = tonumber(seq)
+      end
+    end
+    if expiring[id] then redis.call('PEXPIRE', key, AGE_MS_TEXT) end
+  end
 end
 
 local function ring_workers()
@@ -100,7 +168,9 @@ end
 -- by count, in announce().
 local function terminal(id, status, event, data, now, fields)
   local jk = job_key(id)
-  redis.call('HSET', jk, 'st', status, 'ft', now, unpack(fields or {}))
+  local finished = now
+  if now == clock_ms then finished = now_text() end
+  redis.call('HSET', jk, 'st', status, 'ft', finished, 'ev', '1', unpack(fields or {}))
   add_event(id, event, data)
   local adds = to_finish[status]
   if not adds then
@@ -109,8 +179,8 @@ local function terminal(id, status, event, data, now, fields)
   end
   adds[#adds + 1] = finish_score(now)
   adds[#adds + 1] = id
-  redis.call('PEXPIRE', jk, CFG.age_ms)
-  redis.call('PEXPIRE', events_key(id), CFG.age_ms)
+  redis.call('PEXPIRE', jk, AGE_MS_TEXT)
+  expiring[id] = true
 end
 
 local function trim_finished()
@@ -145,6 +215,7 @@ end
 
 -- Every script that may end jobs ends with this.
 local function announce()
+  write_events()
   trim_finished()
   if finish_clock then redis.call('SET', K_FINISH_CLOCK, finish_clock) end
   if #touched_list > 0 then

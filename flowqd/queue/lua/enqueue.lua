@@ -1,23 +1,26 @@
--- Add jobs; an id that exists adds nothing. Args per job (10):
+-- Add jobs; an id that exists adds nothing. Args per job (11):
 -- id, flow id, flow version, inputs (JSON), delay ms, max attempts, timeout s or '', owner or '',
--- trace context or '', priority or '' (0)
+-- trace context or '', priority or '' (0), '1' if the caller chose the id or '' if it
+-- made a new random one (128 bits: not looked up)
 -- An id held by a job of another owner refuses the whole call before anything
 -- is added (checked here, atomically): returns the 0-based positions of those
 -- jobs, or an empty array when the jobs were added.
 local exists = {}
 local taken = {}
-for i = A, #ARGV, 10 do
-  local found = redis.call('HMGET', job_key(ARGV[i]), 'st', 'own')
-  if found[1] then
-    exists[ARGV[i]] = true
-    if (found[2] or '') ~= ARGV[i + 7] then taken[#taken + 1] = (i - A) / 10 end
+for i = A, #ARGV, 11 do
+  if ARGV[i + 10] ~= '' then
+    local found = redis.call('HMGET', job_key(ARGV[i]), 'st', 'own')
+    if found[1] then
+      exists[ARGV[i]] = true
+      if (found[2] or '') ~= ARGV[i + 7] then taken[#taken + 1] = (i - A) / 11 end
+    end
   end
 end
 if #taken > 0 then return taken end
 local now = now_ms()
 local waiting = {}
 local rang = false
-for i = A, #ARGV, 10 do
+for i = A, #ARGV, 11 do
   local id = ARGV[i]
   local jk = job_key(id)
   if not exists[id] then

@@ -65,11 +65,15 @@ local read = {}
 local o = first_outcome
 while o <= #ARGV do
   local id = ARGV[o]
-  if read[id] == nil then read[id] = redis.call('HMGET', job_key(id), 'st', 'tok', 'att', 'max', 'cx', 'pri') end
+  if read[id] == nil then
+    read[id] = redis.call('HMGET', job_key(id), 'st', 'tok', 'att', 'max', 'cx', 'pri', 'ev')
+  end
   o = o + 8
   if ARGV[o - 1] == TURN_MARK then o = o + TURN_ARGS end
 end
 local live = {}
+-- Jobs getting their first events in this call, whose record needs ``ev``.
+local first_events = {}
 local i = A + 1
 for _ = 1, n_runs do
   local id, count = ARGV[i], tonumber(ARGV[i + 1])
@@ -78,8 +82,13 @@ for _ = 1, n_runs do
   if ok == nil then
     -- Never after the terminal event.
     local f = read[id]
-    if f then ok = f[1] == S_ACTIVE else ok = redis.call('HGET', job_key(id), 'st') == S_ACTIVE end
+    if not f then f = redis.call('HMGET', job_key(id), 'st', 'ev') end
+    ok = f[1] == S_ACTIVE
     live[id] = ok
+    if ok and not f[#f] then
+      fresh[id] = true
+      first_events[id] = true
+    end
   end
   if ok then
     local progress = nil
@@ -101,7 +110,7 @@ while i <= #ARGV do
   local jk = job_key(id)
   -- Read above, unless an earlier outcome of this call changed the job.
   local f = read[id]
-  if not f then f = redis.call('HMGET', jk, 'st', 'tok', 'att', 'max', 'cx', 'pri') end
+  if not f then f = redis.call('HMGET', jk, 'st', 'tok', 'att', 'max', 'cx', 'pri', 'ev') end
   read[id] = false
   if f[1] ~= S_ACTIVE or f[2] ~= token then
     results[#results + 1] = 0
@@ -109,6 +118,8 @@ while i <= #ARGV do
     results[#results + 1] = 1
     live[id] = nil
     unlocked[#unlocked + 1] = id
+    -- Every branch below sets ev: terminal() or its own HSET.
+    first_events[id] = nil
     local extra = {}
     if nodes ~= '' then extra = {'nodes', nodes} end
     local cx = f[5]
@@ -126,7 +137,7 @@ while i <= #ARGV do
         local delay = math.min(CFG.backoff_ms * 2 ^ math.min(att - 1, RETRY_EXPONENT_CAP),
           RETRY_DELAY_CAP_MS)
         delay = math.floor(delay * (1 + JITTER_SHARE * tonumber(ARGV[i + 7])))
-        redis.call('HSET', jk, 'st', S_DELAYED, unpack(extra))
+        redis.call('HSET', jk, 'st', S_DELAYED, 'ev', '1', unpack(extra))
         redis.call('ZADD', K_DELAYED, now + delay, id)
       else
         terminal(id, S_FAILED, EV_ERROR, event_data, now, extra)
@@ -145,7 +156,7 @@ while i <= #ARGV do
     else
       -- Requeue (shutdown drain): next in line, the attempt not counted.
       redis.call('HDEL', jk, 'tok')
-      redis.call('HSET', jk, 'st', S_WAITING, 'att', tonumber(f[3]) - 1, unpack(extra))
+      redis.call('HSET', jk, 'st', S_WAITING, 'att', tonumber(f[3]) - 1, 'ev', '1', unpack(extra))
       to_wait(id, f[6], true)
       rang = true
     end
@@ -153,6 +164,7 @@ while i <= #ARGV do
   i = i + 8
   if ARGV[i - 1] == TURN_MARK then i = i + TURN_ARGS end
 end
+for id, _ in pairs(first_events) do redis.call('HSET', job_key(id), 'ev', '1') end
 call_in_parts('ZREM', K_ACTIVE, unlocked, 1000)
 if rang then ring_workers() end
 announce()

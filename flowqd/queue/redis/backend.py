@@ -12,9 +12,12 @@ transition of the job state machine):
   its lock deadline has just passed, until the stalled check takes the job
   back (and clears the token). So a worker that merely ran late loses
   nothing, and a job taken back can never get a second outcome.
-- ``events:<id>`` stream, ``XADD MAXLEN ~``, entries ``n`` (name) and ``d``
-  (orjson data); its last entry is the one terminal event. Job hash and
-  stream expire ``queue.remove_on_age_s`` after the job ends.
+- ``events:<id>`` stream, ``XADD MAXLEN ~``, entries of fields ``n`` (name)
+  and ``d`` (orjson data), repeated: one entry holds up to
+  ``codec.ENTRY_EVENTS`` events a script call appended for the job, each with
+  an id of its own (``codec.decode_entries``); the last event is the one
+  terminal event. Job hash and stream expire ``queue.remove_on_age_s`` after
+  the job ends.
 - ``conv:<flow>/<owner>/<session>`` list of encoded turns (``queue/turns.py``)
   and ``conv-bytes:...`` their byte total, ``convs:<flow>`` zset of the flow's
   conversations by last turn: written only by the flush script, with a

@@ -42,6 +42,14 @@ _OUTCOME_CODES = {
 TURN_MARK = b"t"
 TURN_ARGS = 7
 _DEFAULT_MEMORY = MemoryConfig()
+# Events one stream entry holds at most (common.lua's write_events). An
+# entry ``<ms>-<seq>`` of n events gives event k (from 0) the id
+# ``<ms>-<seq - n + 1 + k>``: its last event has the entry's id, and the
+# script chose that id to leave the n - 1 below it free. So ids stay unique,
+# ordered and of Redis's shape, an entry of one event keeps the entry's id,
+# and reading a stream past an event id (XREAD, XRANGE ``(``) yields every
+# entry holding a later event; ``decode_entries`` drops the earlier ones.
+ENTRY_EVENTS = 16
 
 
 def lua_names() -> str:
@@ -54,6 +62,7 @@ def lua_names() -> str:
     ]
     lines += [f"local O_{kind.name} = '{code.decode()}'" for kind, code in _OUTCOME_CODES.items()]
     lines += [f"local TURN_MARK, TURN_ARGS = '{TURN_MARK.decode()}', {TURN_ARGS}"]
+    lines += [f"local ENTRY_EVENTS = {ENTRY_EVENTS}"]
     return "\n".join(lines) + "\n"
 
 
@@ -120,20 +129,33 @@ def decode_job(job_id: str, fields: list[Any]) -> Job | None:
     )
 
 
-def decode_entries(entries: list[Any] | None) -> list[tuple[tuple[int, int], Event]]:
-    """Stream entries ``[id, [field, value, ...]]`` written as ``n``/``d``, each
-    with its id as a sortable pair (see ``policy.parse_event_id``)."""
+def decode_entries(
+    entries: list[Any] | None, after: tuple[int, int] = (0, 0)
+) -> list[tuple[tuple[int, int], Event]]:
+    """The events past ``after`` in stream entries ``[id, [n, name, d, data, ...]]``,
+    each with its id as a sortable pair (see ``ENTRY_EVENTS``)."""
     out = []
     loads = orjson.loads
     for entry_id, values in entries or ():
+        # Redis made the id: "<ms>-<seq>", no need to check it.
+        ms_text, _, seq_text = entry_id.partition(b"-")
+        ms, seq = int(ms_text), int(seq_text)
         if len(values) == 4 and values[0] == b"n" and values[2] == b"d":
-            name, data = values[1], values[3]  # as add_event writes them: every event
-        else:
+            if (ms, seq) > after:  # one event, as most entries hold
+                event = Event(entry_id.decode(), values[1].decode(), loads(values[3]))
+                out.append(((ms, seq), event))
+        elif len(values) % 4 == 0 and set(values[0::4]) == {b"n"} and set(values[2::4]) == {b"d"}:
+            seq -= len(values) // 4 - 1
+            for k in range(0, len(values), 4):
+                if (ms, seq) > after:
+                    event = Event(f"{ms}-{seq}", values[k + 1].decode(), loads(values[k + 3]))
+                    out.append(((ms, seq), event))
+                seq += 1
+        elif (ms, seq) > after:
+            # Not how flowqd writes them, but a valid entry all the same.
             fields = dict(zip(values[0::2], values[1::2], strict=True))
             name, data = fields.get(b"n", b""), fields.get(b"d", b"null")
-        # Redis made the id: "<ms>-<seq>", no need to check it.
-        ms, _, seq = entry_id.partition(b"-")
-        out.append(((int(ms), int(seq)), Event(entry_id.decode(), name.decode(), loads(data))))
+            out.append(((ms, seq), Event(entry_id.decode(), name.decode(), loads(data))))
     return out
 
 

@@ -16,8 +16,8 @@ backlog with ``XRANGE`` from its cursor (one pooled command per page) until
 it has caught up, then rejoins the shared feed (and marks its job dirty, so
 whatever arrived during the switch is read). A watcher joining others of
 the same job starts lagging: its replay is its own reading, not theirs.
-Each watcher's cursor is the id of the last entry put in its buffer;
-entries at or before it are never delivered again, so an XREAD that raced
+Each watcher's cursor is the id of the last event put in its buffer;
+events at or before it are never delivered again, so an XREAD that raced
 a watcher's own XRANGE delivers nothing twice. A shared read that started
 past a watcher's cursor (it rejoined while the read was under way) is not
 offered to it, since it would skip what lies between: the next pass reads
@@ -62,9 +62,9 @@ class _Watcher:
     def wake(self) -> None:
         self.woken.set()
 
-    def offer(self, entries: list[tuple[tuple[int, int], Event]]) -> None:
-        self.cut = len(entries) >= BATCH
-        for key, event in entries:
+    def offer(self, events: list[tuple[tuple[int, int], Event]], cut: bool) -> None:
+        self.cut = cut
+        for key, event in events:
             if key <= self.cursor:
                 continue
             if len(self.buffer) >= BUFFER:
@@ -167,7 +167,7 @@ class EventHub:
                 await backoff.wait()  # as in watch(): the caller's deadline bounds it
                 continue
             last = decode_entries(reply)
-            watcher.cursor = resume_point(watcher.cursor, last[0][0] if last else None)
+            watcher.cursor = resume_point(watcher.cursor, last[-1][0] if last else None)
             return
 
     async def _retried_after(self, watcher: _Watcher) -> bool:
@@ -183,7 +183,7 @@ class EventHub:
     async def _catch_up(self, watcher: _Watcher) -> None:
         page = await self._range(watcher.job_id, watcher.cursor, BATCH)
         # Called with an empty buffer and BATCH <= BUFFER: the page always fits.
-        watcher.offer(page)
+        watcher.offer(page, len(page) >= BATCH)
         if len(page) < BATCH:
             watcher.lagging = False
             self._mark([watcher.job_id])
@@ -191,15 +191,12 @@ class EventHub:
     async def _range(
         self, job_id: str, after: tuple[int, int], count: int
     ) -> list[tuple[tuple[int, int], Event]]:
+        # Every entry read holds at least one event past ``after`` (its last):
+        # ``count`` entries hold at least ``count`` events, if there are so many.
         reply = await self._redis.execute(
-            b"XRANGE",
-            self._keys.events(job_id),
-            f"({after[0]}-{after[1]}",
-            b"+",
-            b"COUNT",
-            count,
+            b"XRANGE", self._keys.events(job_id), f"({after[0]}-{after[1]}", b"+", b"COUNT", count
         )
-        return decode_entries(reply)
+        return decode_entries(reply, after)[:count]
 
     def _mark(self, job_ids: Iterable[str]) -> None:
         watched = self._watchers
@@ -273,10 +270,11 @@ class EventHub:
         for reply in checked(await self._redis.pipeline(commands)):
             for key, entries in reply or ():
                 job_id = key[prefix_len:].decode()
-                decoded = decode_entries(entries)
-                if len(decoded) >= BATCH:
-                    self._dirty.add(job_id)  # more to read: next pass
                 read_from = starts[job_id]
+                decoded = decode_entries(entries, read_from)
+                cut = len(entries) >= BATCH
+                if cut:
+                    self._dirty.add(job_id)  # more to read: next pass
                 for watcher in list(self._watchers.get(job_id, ())):
                     if watcher.lagging:
                         continue
@@ -287,6 +285,6 @@ class EventHub:
                         # from its cursor.
                         self._dirty.add(job_id)
                         continue
-                    watcher.offer(decoded)
+                    watcher.offer(decoded, cut)
         if self._dirty:
             self._kick.set()

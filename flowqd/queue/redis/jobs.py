@@ -42,6 +42,8 @@ class RedisJobs:
             for spec in specs[start : start + ENQUEUE_CHUNK]:
                 job_id = spec.job_id or new_job_id()
                 ids.append(job_id)
+                # A new random id needs no lookup (enqueue.lua).
+                chosen = b"1" if spec.job_id else b""
                 args += (
                     job_id,
                     spec.flow_id,
@@ -53,6 +55,7 @@ class RedisJobs:
                     spec.owner or b"",
                     spec.trace or b"",
                     spec.priority or b"",
+                    chosen,
                 )
             calls.append(enqueue.call(args))
         if not calls:
