@@ -5,22 +5,34 @@ A record's facts beyond its message (``job_id``, ``flow``, ``queue``,
 ``route``, ``status``, ``key``, ``remote``) are passed with ``extra=``: the
 JSON format makes each one a field, the text format appends ``name=value``
 pairs to the line, so both say the same thing.
+
+Lines go to stderr through ``BatchingHandler``: a worker logs two lines a job,
+and under load they are written in batches (a WARNING or worse, and a line
+after a quiet spell, at once; an info line waits at most ``FLUSH_EVERY_S``).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
+import threading
 import time
+import weakref
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 
 from flowqd.config import LogConfig
 
 LOG_EVERY_S = 60.0
+# A worker logs two lines a job; a write(2) a line cost more than making the
+# line. Under load, info lines wait in memory this long at most (what a
+# kill -9 can lose), or until this many characters wait, and go in one write.
+FLUSH_EVERY_S = 0.1
+FLUSH_CHARS = 64 * 1024
 
 # Libraries whose info lines are noise to an operator (httpx logs every
 # request, hypercorn.error every connection); WARNING unless log.level is debug.
@@ -86,7 +98,11 @@ def log_stalled(
             )
 
 
-_RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+# A record that carries its extra fields (also set as its attributes, for any
+# handler) as one dict under this attribute: its formatter need not pick them
+# out of the record's twenty-odd attributes. The worker's job lines do.
+FIELDS = "flowqd_fields"
+_RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", FIELDS}
 # The access log says these in its message ("GET /route 200"): a text line
 # does not repeat them; a JSON line has them as fields.
 _TEXT_IN_MESSAGE = frozenset({"method", "route", "status"})
@@ -99,18 +115,29 @@ class _Timestamps:
     def __init__(self) -> None:
         self._second = -1
         self._prefix = ""
+        self._millis = -1  # and the whole stamp while the millisecond lasts
+        self._stamp = ""
 
     def __call__(self, record: logging.LogRecord) -> str:
         second = int(record.created)
+        millis = int(record.msecs)
+        if millis == self._millis and second == self._second:
+            return self._stamp
         if second != self._second:
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             self._second = second
-        return f"{self._prefix}.{int(record.msecs):03d}Z"
+        self._millis = millis
+        self._stamp = f"{self._prefix}.{millis:03d}Z"
+        return self._stamp
 
 
 def extras(record: logging.LogRecord) -> dict[str, Any]:
     """The fields a record was given with ``extra=``."""
-    return {k: v for k, v in record.__dict__.items() if k not in _RESERVED}
+    attributes = record.__dict__
+    fields: dict[str, Any] | None = attributes.get(FIELDS)
+    if fields is not None:
+        return fields
+    return {k: v for k, v in attributes.items() if k not in _RESERVED}
 
 
 class JsonFormatter(logging.Formatter):
@@ -135,11 +162,14 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+def _plain(text: str) -> bool:
+    """Whether ``text`` reads unquoted after ``key=``."""
+    return bool(text) and " " not in text and '"' not in text and "=" not in text
+
+
 def _text_value(value: object) -> str:
     text = value if isinstance(value, str) else str(value)
-    if not text or " " in text or '"' in text or "=" in text:
-        return orjson.dumps(text).decode()
-    return text
+    return text if _plain(text) else orjson.dumps(text).decode()
 
 
 class TextFormatter(logging.Formatter):
@@ -153,10 +183,17 @@ class TextFormatter(logging.Formatter):
         line = f"{self._ts(record)} {record.levelname:<7} {record.name}: {record.getMessage()}"
         fields = extras(record)
         if fields:
-            pairs = " ".join(
-                f"{k}={_text_value(v)}" for k, v in fields.items() if k not in _TEXT_IN_MESSAGE
-            )
-            line = f"{line} {pairs}" if pairs else line
+            pairs = [line]
+            for k, v in fields.items():
+                if k in _TEXT_IN_MESSAGE:
+                    continue
+                # What _text_value would say, without its call for the common values.
+                kind = type(v)
+                if kind is int or kind is float or (kind is str and _plain(v)):
+                    pairs.append(f"{k}={v}")
+                else:
+                    pairs.append(f"{k}={_text_value(v)}")
+            line = " ".join(pairs)
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         elif record.exc_text:
@@ -166,8 +203,139 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+class BatchingHandler(logging.StreamHandler[TextIO]):
+    """A stream handler that writes lines in batches when they come fast.
+
+    A line is written at once when nothing was written for ``FLUSH_EVERY_S``
+    (a quiet process's lines are not delayed), and a WARNING or worse is
+    written at once with every line before it. Otherwise the line waits until
+    ``FLUSH_CHARS`` wait, or at most ``FLUSH_EVERY_S`` for a thread that
+    writes what waits (started at the first line that waits). ``flush()``
+    writes what waits: the daemon calls it when it stops, however it stops,
+    and ``logging.shutdown`` at interpreter exit.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self._waiting: list[str] = []
+        self._chars = 0
+        self._written = -math.inf  # time.monotonic() of the last write
+        self._due = threading.Event()  # set while lines wait
+        self._flusher: threading.Thread | None = None
+        self._closed = False
+        _batching.add(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        # Called under self.lock (Handler.handle), as flush() and the flusher are.
+        waiting = self._waiting
+        if record.levelno >= logging.WARNING:
+            waiting.append(line)
+            self._write_waiting()
+            return
+        if not waiting:
+            now = time.monotonic()
+            if now - self._written >= FLUSH_EVERY_S:
+                self._write(line + "\n", now)
+                return
+            self._due.set()
+            if self._flusher is None:
+                self._start_flusher()
+        waiting.append(line)
+        self._chars += len(line)
+        if self._chars >= FLUSH_CHARS:
+            self._write_waiting()
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        # Handler.handle without its two method calls around the lock (a worker
+        # sends two records a job); with filters, as it was.
+        if self.filters:
+            return bool(super().handle(record))
+        with self._locked():
+            self.emit(record)
+        return True
+
+    def flush(self) -> None:
+        with self._locked():
+            self._write_waiting()
+            super().flush()
+
+    def close(self) -> None:
+        with self._locked():
+            self._write_waiting()
+            self._closed = True
+            self._due.set()  # the flusher wakes and ends
+        super().close()
+
+    def _write_waiting(self) -> None:
+        if self._waiting:
+            text = "\n".join(self._waiting) + "\n"
+            self._waiting = []
+            self._chars = 0
+            self._due.clear()
+            self._write(text, time.monotonic())
+
+    def _write(self, text: str, now: float) -> None:
+        self._written = now
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except Exception:
+            # stderr is closed or gone: there is nowhere left to say so, and
+            # the flusher thread must live on for the lines that follow.
+            pass
+
+    def _start_flusher(self) -> None:
+        self._flusher = threading.Thread(
+            target=self._run_flusher, name="flowqd.logs.flusher", daemon=True
+        )
+        self._flusher.start()
+
+    def _run_flusher(self) -> None:
+        while not self._closed:
+            self._due.wait()
+            time.sleep(FLUSH_EVERY_S)
+            with self._locked():
+                self._write_waiting()
+
+    def _forget_flusher(self) -> None:
+        # The lines that waited are the parent's to write, and the thread is not here.
+        self._waiting = []
+        self._chars = 0
+        self._flusher = None
+        self._due.clear()
+
+    def _locked(self) -> threading.RLock:
+        assert self.lock is not None  # created by Handler.__init__
+        return self.lock
+
+
+_batching: weakref.WeakSet[BatchingHandler] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    for handler in _batching:
+        handler._forget_flusher()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+def flush_logs() -> None:
+    """Write the log lines that wait in a batch (at shutdown, before a traceback)."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+
+
 def setup_logging(config: LogConfig) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    for old in logging.getLogger().handlers:
+        if isinstance(old, BatchingHandler):
+            old.close()
+    handler = BatchingHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if config.format == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

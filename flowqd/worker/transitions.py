@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from flowqd.jobs import Claimed, Job, Outcome, OutcomeKind
+from flowqd.logs import FIELDS
 from flowqd.queue import policy
 
 log = logging.getLogger("flowqd.worker")
@@ -37,6 +38,7 @@ def _info(message: str, args: tuple[Any, ...], fields: dict[str, Any]) -> None:
     attributes["msg"] = message
     attributes["args"] = args
     attributes.update(fields)
+    attributes[FIELDS] = fields  # the formatter's shortcut to them
     record.__dict__ = attributes
     log.handle(record)
 
