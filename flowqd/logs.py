@@ -8,7 +8,9 @@ pairs to the line, so both say the same thing.
 
 Lines go to stderr through ``BatchingHandler``: a worker logs two lines a job,
 and under load they are written in batches (a WARNING or worse, and a line
-after a quiet spell, at once; an info line waits at most ``FLUSH_EVERY_S``).
+after a quiet spell, at once; an info line waits at most ``FLUSH_EVERY_S``,
+and in a trio run with ``FlushWhenIdle`` only until the process has nothing
+to do).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 import orjson
+import trio
 
 from flowqd.config import LogConfig
 
@@ -110,17 +113,18 @@ _TEXT_IN_MESSAGE = frozenset({"method", "route", "status"})
 
 class _Timestamps:
     """ISO-8601 UTC with milliseconds; the part down to the second is reused
-    while the second lasts (a job line costs no strftime)."""
+    while the second lasts, the whole stamp while the millisecond lasts (a
+    job line costs no strftime)."""
 
     def __init__(self) -> None:
         self._second = -1
         self._prefix = ""
-        self._millis = -1  # and the whole stamp while the millisecond lasts
+        self._millis = -1
         self._stamp = ""
 
-    def __call__(self, record: logging.LogRecord) -> str:
-        second = int(record.created)
-        millis = int(record.msecs)
+    def __call__(self, created: float) -> str:
+        second = int(created)
+        millis = int((created - second) * 1000)  # LogRecord.msecs
         if millis == self._millis and second == self._second:
             return self._stamp
         if second != self._second:
@@ -140,26 +144,45 @@ def extras(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in attributes.items() if k not in _RESERVED}
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, msg, the extra fields, exc."""
+class LineFormatter(logging.Formatter):
+    """A formatter that also makes a line without a record (``BatchingHandler.emit_fields``)."""
 
     def __init__(self) -> None:
         super().__init__()
         self._ts = _Timestamps()
 
+    def line(
+        self, created: float, level: str, logger: str, message: str, fields: dict[str, Any]
+    ) -> str:
+        """The line of a record of these, without a traceback."""
+        raise NotImplementedError
+
+
+class JsonFormatter(LineFormatter):
+    """One JSON object per line: ts, level, logger, msg, the extra fields, exc."""
+
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "ts": self._ts(record),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        entry.update(extras(record))
+        entry = self._entry(
+            record.created, record.levelname, record.name, record.getMessage(), extras(record)
+        )
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         elif record.exc_text:
             entry["exc"] = record.exc_text
         return orjson.dumps(entry, default=str).decode()
+
+    def line(
+        self, created: float, level: str, logger: str, message: str, fields: dict[str, Any]
+    ) -> str:
+        entry = self._entry(created, level, logger, message, fields)
+        return orjson.dumps(entry, default=str).decode()
+
+    def _entry(
+        self, created: float, level: str, logger: str, message: str, fields: dict[str, Any]
+    ) -> dict[str, Any]:
+        entry = {"ts": self._ts(created), "level": level.lower(), "logger": logger, "msg": message}
+        entry.update(fields)
+        return entry
 
 
 def _plain(text: str) -> bool:
@@ -172,28 +195,13 @@ def _text_value(value: object) -> str:
     return text if _plain(text) else orjson.dumps(text).decode()
 
 
-class TextFormatter(logging.Formatter):
+class TextFormatter(LineFormatter):
     """``ts LEVEL logger: message key=value ...``, then the traceback if any."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._ts = _Timestamps()
-
     def format(self, record: logging.LogRecord) -> str:
-        line = f"{self._ts(record)} {record.levelname:<7} {record.name}: {record.getMessage()}"
-        fields = extras(record)
-        if fields:
-            pairs = [line]
-            for k, v in fields.items():
-                if k in _TEXT_IN_MESSAGE:
-                    continue
-                # What _text_value would say, without its call for the common values.
-                kind = type(v)
-                if kind is int or kind is float or (kind is str and _plain(v)):
-                    pairs.append(f"{k}={v}")
-                else:
-                    pairs.append(f"{k}={_text_value(v)}")
-            line = " ".join(pairs)
+        line = self.line(
+            record.created, record.levelname, record.name, record.getMessage(), extras(record)
+        )
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         elif record.exc_text:
@@ -201,6 +209,26 @@ class TextFormatter(logging.Formatter):
         if record.stack_info:
             line += "\n" + self.formatStack(record.stack_info)
         return line
+
+    def line(
+        self, created: float, level: str, logger: str, message: str, fields: dict[str, Any]
+    ) -> str:
+        line = f"{self._ts(created)} {level:<7} {logger}: {message}"
+        if not fields:
+            return line
+        pairs = [line]
+        for k, v in fields.items():
+            if k in _TEXT_IN_MESSAGE:
+                continue
+            # What _text_value says, inline for the common values (two lines a job).
+            kind = v.__class__
+            if kind is str:
+                if not v or " " in v or '"' in v or "=" in v:
+                    v = orjson.dumps(v).decode()
+            elif kind is not int and kind is not float:
+                v = _text_value(v)
+            pairs.append(f"{k}={v}")
+        return " ".join(pairs)
 
 
 class BatchingHandler(logging.StreamHandler[TextIO]):
@@ -231,9 +259,23 @@ class BatchingHandler(logging.StreamHandler[TextIO]):
         except Exception:
             self.handleError(record)
             return
-        # Called under self.lock (Handler.handle), as flush() and the flusher are.
+        self._add(line, record.levelno)  # under self.lock (Handler.handle)
+
+    def emit_fields(
+        self, level: int, logger: str, message: str, fields: dict[str, Any], created: float
+    ) -> None:
+        """The line of a record of these (no traceback), without making the record:
+        for a caller that ``direct_handler`` gave this handler to."""
+        formatter = self.formatter
+        assert isinstance(formatter, LineFormatter)  # see direct_handler
+        line = formatter.line(created, logging.getLevelName(level), logger, message, fields)
+        with self._locked():
+            self._add(line, level)
+
+    def _add(self, line: str, level: int) -> None:
+        # Called under self.lock, as flush() and the flusher are.
         waiting = self._waiting
-        if record.levelno >= logging.WARNING:
+        if level >= logging.WARNING:
             waiting.append(line)
             self._write_waiting()
             return
@@ -317,12 +359,61 @@ class BatchingHandler(logging.StreamHandler[TextIO]):
 _batching: weakref.WeakSet[BatchingHandler] = weakref.WeakSet()
 
 
+def direct_handler(logger: logging.Logger, level: int) -> BatchingHandler | None:
+    """The one handler ``logger``'s lines at ``level`` reach, if it is flowqd's own
+    and nothing filters on the way: its ``emit_fields`` then writes what a record
+    would have written, without the record. None otherwise (another handler, a
+    filter, pytest's capture): make the record.
+
+    The worker writes two lines a job; a LogRecord, Logger.handle and
+    Formatter.format cost three times the line itself. The caller checked
+    ``logger.isEnabledFor(level)``.
+    """
+    found: BatchingHandler | None = None
+    node: logging.Logger | None = logger
+    while node is not None:
+        if node.filters or node.disabled:
+            return None
+        for handler in node.handlers:
+            if (
+                found is not None
+                or not isinstance(handler, BatchingHandler)
+                or handler.__class__ is not BatchingHandler  # a subclass may write otherwise
+                or handler.filters
+                or level < handler.level
+                or not isinstance(handler.formatter, LineFormatter)
+            ):
+                return None
+            found = handler
+        if not node.propagate:
+            break
+        node = node.parent
+    return found
+
+
 def _after_fork() -> None:
     for handler in _batching:
         handler._forget_flusher()
 
 
 os.register_at_fork(after_in_child=_after_fork)
+
+
+class FlushWhenIdle(trio.abc.Instrument):
+    """Writes the lines that wait as soon as the trio run has nothing to do (it
+    is about to wait for I/O or a timer): lines wait only while the process is
+    busy, and a line is on stderr before the process waits for what follows
+    from it (a Redis reply, a client's next request)."""
+
+    def before_io_wait(self, timeout: float) -> None:
+        if timeout > 0:
+            for handler in _active:
+                if handler._waiting:
+                    handler.flush()
+
+
+# The handlers setup_logging installed (FlushWhenIdle looks at these).
+_active: list[BatchingHandler] = []
 
 
 def flush_logs() -> None:
@@ -336,6 +427,7 @@ def setup_logging(config: LogConfig) -> None:
         if isinstance(old, BatchingHandler):
             old.close()
     handler = BatchingHandler(sys.stderr)
+    _active[:] = [handler]
     handler.setFormatter(JsonFormatter() if config.format == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -3,10 +3,11 @@
 Each line carries the job's facts as fields (``job_id``, ``flow``, ``queue``,
 ``worker``, ``attempt``, and ``duration_ms`` once it ran), so a collector
 filters on them instead of parsing messages. The worker logs two of these a
-job, so they are built cheaply: one level check per call, and a record made
-by copying a template's attributes (``_record``) instead of ``Logger.info``,
-which also looks up the caller's frame, thread and process; the handlers see
-an ordinary ``LogRecord``.
+job, so they are built cheaply: one level check per call; when flowqd's own
+handler is the only one (``logs.direct_handler``) it gets the line's parts
+without a record, and otherwise a record is made by copying a template's
+attributes (``_info``) instead of ``Logger.info``, which also looks up the
+caller's frame, thread and process: other handlers see an ordinary ``LogRecord``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 from typing import Any
 
 from flowqd.jobs import Claimed, Job, Outcome, OutcomeKind
-from flowqd.logs import FIELDS
+from flowqd.logs import FIELDS, direct_handler
 from flowqd.queue import policy
 
 log = logging.getLogger("flowqd.worker")
@@ -29,9 +30,13 @@ _STARTED: float = getattr(logging, "_startTime", time.time())
 
 def _info(message: str, args: tuple[Any, ...], fields: dict[str, Any]) -> None:
     """``log.info(message, *args, extra=fields)`` for a caller that checked the level."""
+    now = time.time()
+    handler = direct_handler(log, logging.INFO)
+    if handler is not None:
+        handler.emit_fields(logging.INFO, log.name, message % args, fields, now)
+        return
     record = logging.LogRecord.__new__(logging.LogRecord)
     attributes = _TEMPLATE.copy()
-    now = time.time()
     attributes["created"] = now
     attributes["msecs"] = (now - int(now)) * 1000
     attributes["relativeCreated"] = (now - _STARTED) * 1000
