@@ -30,13 +30,18 @@ _STARTED: float = getattr(logging, "_startTime", time.time())
 
 def _info(message: str, args: tuple[Any, ...], fields: dict[str, Any]) -> None:
     """``log.info(message, *args, extra=fields)`` for a caller that checked the level."""
-    now = time.time()
     handler = direct_handler(log, logging.INFO)
     if handler is not None:
-        handler.emit_fields(logging.INFO, log.name, message % args, fields, now)
-        return
+        handler.emit_fields(logging.INFO, log.name, message % args, fields, time.time())
+    else:
+        _record(message, args, fields)
+
+
+def _record(message: str, args: tuple[Any, ...], fields: dict[str, Any]) -> None:
+    """``_info`` by way of a LogRecord: for handlers other than flowqd's own."""
     record = logging.LogRecord.__new__(logging.LogRecord)
     attributes = _TEMPLATE.copy()
+    now = time.time()
     attributes["created"] = now
     attributes["msecs"] = (now - int(now)) * 1000
     attributes["relativeCreated"] = (now - _STARTED) * 1000
@@ -61,13 +66,16 @@ def _fields(job: Job, worker: str, queue: str) -> dict[str, Any]:
 def claimed(jobs: list[Claimed], worker: str, queue: str) -> None:
     if not log.isEnabledFor(logging.INFO):
         return
+    message = "job %s claimed (flow %s, attempt %d of %d)"
+    handler = direct_handler(log, logging.INFO)  # once for the batch
     for item in jobs:
         job = item.job
-        _info(
-            "job %s claimed (flow %s, attempt %d of %d)",
-            (job.id, job.flow_id, job.attempts, job.max_attempts),
-            _fields(job, worker, queue),
-        )
+        args = (job.id, job.flow_id, job.attempts, job.max_attempts)
+        fields = _fields(job, worker, queue)
+        if handler is not None:
+            handler.emit_fields(logging.INFO, log.name, message % args, fields, time.time())
+        else:
+            _record(message, args, fields)
 
 
 def ended(
