@@ -162,13 +162,14 @@ class _Run:
             for upstream in node.upstream:
                 await self.done[upstream].wait()
         identity = {"node": node.id, "type": node.type, "label": node.label}
-        self.emit("node_start", identity)
+        self.emit("node_start", node.start_doc if self.encoded else identity)
         started = time.time()
         values: dict[str, Any] = {}
         error: str | None = None
         trace = ""
         output: Any = None
         doc: Any = None
+        finished = b""  # the output as JSON, once it passed the checks
         ctx: NodeContext | None = None
         # No scope at all without a node timeout: most nodes have none.
         scope = trio.move_on_after(node.timeout_s) if node.timeout_s is not None else _NO_SCOPE
@@ -219,6 +220,7 @@ class _Run:
                     if len(data) > self.small_enough:
                         error = self._too_large(node, len(data))
                     doc = _Fragment(_exact(data)) if self.encoded else output
+                    finished = data
         if self.redactor is not None:
             error = self.redactor.text(error) if error is not None else None
             trace = self.redactor.text(trace)
@@ -252,8 +254,12 @@ class _Run:
         self.records.append(record)
         self.outputs[node.id] = output
         self.docs[node.id] = doc
-        end = {**identity, "status": "FINISHED", "output": doc}
-        self.emit("node_end", end if usage is None else {**end, "usage": usage})
+        if usage is None and self.encoded:
+            # What dumps of the dict below would say, without making the dict.
+            self.emit("node_end", _Fragment(node.finished_prefix + finished + b"}"))
+        else:
+            end = {**identity, "status": "FINISHED", "output": doc}
+            self.emit("node_end", end if usage is None else {**end, "usage": usage})
         if self.done:
             self.done[node.id].set()
 
