@@ -23,7 +23,7 @@ import threading
 import time
 import weakref
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import orjson
 import trio
@@ -101,6 +101,11 @@ def log_stalled(
             )
 
 
+_LEVEL_NAMES = {
+    level: logging.getLevelName(level)
+    for level in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)
+}
+
 # A record that carries its extra fields (also set as its attributes, for any
 # handler) as one dict under this attribute: its formatter need not pick them
 # out of the record's twenty-odd attributes. The worker's job lines do.
@@ -119,19 +124,23 @@ class _Timestamps:
     def __init__(self) -> None:
         self._second = -1
         self._prefix = ""
-        self._millis = -1
         self._stamp = ""
+        # The millisecond [_from, _until) that _stamp says.
+        self._from = self._until = -1.0
 
     def __call__(self, created: float) -> str:
+        if self._from <= created < self._until:
+            return self._stamp
         second = int(created)
         millis = int((created - second) * 1000)  # LogRecord.msecs
-        if millis == self._millis and second == self._second:
-            return self._stamp
         if second != self._second:
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             self._second = second
-        self._millis = millis
         self._stamp = f"{self._prefix}.{millis:03d}Z"
+        # Times surely inside this millisecond say the same (a microsecond off
+        # its edges, where rounding could say the next or the last one).
+        self._from = second + millis / 1000 + 1e-6
+        self._until = second + (millis + 1) / 1000 - 1e-6
         return self._stamp
 
 
@@ -195,6 +204,9 @@ def _text_value(value: object) -> str:
     return text if _plain(text) else orjson.dumps(text).decode()
 
 
+_PADDED = {name: f"{name:<7}" for name in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")}
+
+
 class TextFormatter(LineFormatter):
     """``ts LEVEL logger: message key=value ...``, then the traceback if any."""
 
@@ -213,7 +225,8 @@ class TextFormatter(LineFormatter):
     def line(
         self, created: float, level: str, logger: str, message: str, fields: dict[str, Any]
     ) -> str:
-        line = f"{self._ts(created)} {level:<7} {logger}: {message}"
+        padded = _PADDED.get(level) or f"{level:<7}"
+        line = f"{self._ts(created)} {padded} {logger}: {message}"
         if not fields:
             return line
         pairs = [line]
@@ -266,9 +279,8 @@ class BatchingHandler(logging.StreamHandler[TextIO]):
     ) -> None:
         """The line of a record of these (no traceback), without making the record:
         for a caller that ``direct_handler`` gave this handler to."""
-        formatter = self.formatter
-        assert isinstance(formatter, LineFormatter)  # see direct_handler
-        line = formatter.line(created, logging.getLevelName(level), logger, message, fields)
+        formatter = cast(LineFormatter, self.formatter)  # see direct_handler
+        line = formatter.line(created, _LEVEL_NAMES[level], logger, message, fields)
         with self._locked():
             self._add(line, level)
 
