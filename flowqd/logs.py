@@ -261,7 +261,9 @@ class BatchingHandler(logging.StreamHandler[TextIO]):
         self._waiting: list[str] = []
         self._chars = 0
         self._written = -math.inf  # time.monotonic() of the last write
-        self._due = threading.Event()  # set while lines wait
+        # Set while lines wait (or waited since the flusher last looked): the
+        # flusher clears it, at most once per FLUSH_EVERY_S, not per batch.
+        self._due = threading.Event()
         self._flusher: threading.Thread | None = None
         self._closed = False
         _batching.add(self)
@@ -296,7 +298,8 @@ class BatchingHandler(logging.StreamHandler[TextIO]):
             if now - self._written >= FLUSH_EVERY_S:
                 self._write(line + "\n", now)
                 return
-            self._due.set()
+            if not self._due.is_set():
+                self._due.set()
             if self._flusher is None:
                 self._start_flusher()
         waiting.append(line)
@@ -330,7 +333,6 @@ class BatchingHandler(logging.StreamHandler[TextIO]):
             text = "\n".join(self._waiting) + "\n"
             self._waiting = []
             self._chars = 0
-            self._due.clear()
             self._write(text, time.monotonic())
 
     def _write(self, text: str, now: float) -> None:
@@ -355,6 +357,7 @@ class BatchingHandler(logging.StreamHandler[TextIO]):
             time.sleep(FLUSH_EVERY_S)
             with self._locked():
                 self._write_waiting()
+                self._due.clear()
 
     def _forget_flusher(self) -> None:
         # The lines that waited are the parent's to write, and the thread is not here.
