@@ -364,7 +364,7 @@ class BatchingHandler(logging.StreamHandler[TextIO]):
         self._waiting = []
         self._chars = 0
         self._flusher = None
-        self._due.clear()
+        self._due = threading.Event()  # its lock may have been held at the fork
 
     def _locked(self) -> threading.RLock:
         assert self.lock is not None  # created by Handler.__init__
@@ -396,7 +396,8 @@ def direct_handler(logger: logging.Logger, level: int) -> BatchingHandler | None
                 or handler.__class__ is not BatchingHandler  # a subclass may write otherwise
                 or handler.filters
                 or level < handler.level
-                or not isinstance(handler.formatter, LineFormatter)
+                # Its own line() says what format() would; a subclass's may not.
+                or handler.formatter.__class__ not in (TextFormatter, JsonFormatter)
             ):
                 return None
             found = handler
