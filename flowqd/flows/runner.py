@@ -89,7 +89,7 @@ async def run_flow(
     await trio.lowlevel.checkpoint_if_cancelled()
     if run.failure is not None:
         raise run.failure
-    return FlowResult(output=run.docs[answer], nodes=run.records)
+    return FlowResult(run.docs[answer], run.records)
 
 
 class _Run:
@@ -161,8 +161,7 @@ class _Run:
         if self.done:
             for upstream in node.upstream:
                 await self.done[upstream].wait()
-        identity = {"node": node.id, "type": node.type, "label": node.label}
-        self.emit("node_start", node.start_doc if self.encoded else identity)
+        self.emit("node_start", node.start_doc if self.encoded else _identity(node))
         started = time.time()
         values: dict[str, Any] = {}
         error: str | None = None
@@ -242,7 +241,7 @@ class _Run:
         if error is not None:
             record["error"] = error
             self.records.append(record)
-            end = {**identity, "status": "ERROR", "error": error}
+            end = {**_identity(node), "status": "ERROR", "error": error}
             self.emit("node_end", end if usage is None else {**end, "usage": usage})
             if self.failure is None:
                 self.failure = NodeFailed(
@@ -258,7 +257,7 @@ class _Run:
             # What dumps of the dict below would say, without making the dict.
             self.emit("node_end", _Fragment(node.finished_prefix + finished + b"}"))
         else:
-            end = {**identity, "status": "FINISHED", "output": doc}
+            end = {**_identity(node), "status": "FINISHED", "output": doc}
             self.emit("node_end", end if usage is None else {**end, "usage": usage})
         if self.done:
             self.done[node.id].set()
@@ -319,6 +318,11 @@ class _Run:
                 )
             value = value[key]
         return value
+
+
+def _identity(node: CompiledNode) -> dict[str, Any]:
+    """What node_start says, and node_end with more."""
+    return {"node": node.id, "type": node.type, "label": node.label}
 
 
 class _NoScope:
