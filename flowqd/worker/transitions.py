@@ -85,7 +85,8 @@ def ended(
     if not log.isEnabledFor(logging.INFO):
         return
     fields = _fields(job, worker, queue)
-    fields["duration_ms"] = round(seconds * 1000, 3)
+    # Microseconds: round() to an int and a division cost a fifth of round(x, 3).
+    fields["duration_ms"] = round(seconds * 1_000_000) / 1000
     kind = outcome.kind
     if kind is OutcomeKind.COMPLETED:
         _info("job %s succeeded", (job.id,), fields)
