@@ -43,7 +43,7 @@ from flowqd.errors import (
 )
 from flowqd.flows import FlowStore
 from flowqd.health import HealthApp
-from flowqd.logs import LOG_EVERY_S, ThrottledLog, setup_logging
+from flowqd.logs import LOG_EVERY_S, FlushWhenIdle, ThrottledLog, flush_logs, setup_logging
 from flowqd.metrics import Registry
 from flowqd.metrics_share import child_env, run_metrics_share
 from flowqd.notify import Notifier
@@ -98,7 +98,7 @@ def run(config: Config, argv: Sequence[str] = ()) -> int:
     tracing.setup(config.role)  # only if the OTEL_* variables ask for traces
     code = 1
     try:
-        code = trio.run(_main, config, argv)
+        code = trio.run(_main, config, argv, instruments=[FlushWhenIdle()])
     except* STARTUP_ERRORS as group:
         for exc in _leaves(group):
             for line in str(exc).splitlines():
@@ -112,7 +112,12 @@ def run(config: Config, argv: Sequence[str] = ()) -> int:
         # A signal arriving during interpreter teardown would kill us with
         # 143 after a clean stop; from here on signals have nothing to stop.
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-        tracing.shutdown()  # the spans still buffered, within tracing.FLUSH_DEADLINE_S
+        try:
+            tracing.shutdown()  # the spans still buffered, within tracing.FLUSH_DEADLINE_S
+        finally:
+            # The info lines still batched (logs.BatchingHandler), before a
+            # traceback of whatever ends the process is printed after them.
+            flush_logs()
     return code
 
 

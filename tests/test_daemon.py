@@ -76,7 +76,8 @@ async def test_worker_readiness_follows_redis(
                 await trio.to_thread.run_sync(own_redis_server.start)
                 # 200 once the worker claims again, which takes a retry, not at once.
                 await poll(lambda: _readyz_is(client, daemon.health, 200))
-                assert "broker reachable again, taking jobs" in daemon.text()
+                # Info lines may wait a moment in the log batch (logs.BatchingHandler).
+                await daemon.wait_for_log("broker reachable again, taking jobs")
             daemon.signal(signal.SIGTERM)
             assert await daemon.wait(10) == 0
 
@@ -180,6 +181,7 @@ async def test_worker_started_while_redis_is_down_comes_up_and_waits(
                 assert down.json()["reason"].startswith("broker unreachable")
                 await trio.to_thread.run_sync(own_redis_server.start)
                 await poll(lambda: _readyz_is(client, daemon.health, 200))
-                assert "broker reachable again, taking jobs" in daemon.text()
+                # Info lines may wait a moment in the log batch (logs.BatchingHandler).
+                await daemon.wait_for_log("broker reachable again, taking jobs")
             daemon.signal(signal.SIGTERM)
             assert await daemon.wait(10) == 0

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
+import orjson
 
 from flowqd.errors import FlowqdError
 from flowqd.executors.base import Executor, Tool
@@ -33,6 +34,10 @@ def _upstream(node: CompiledNode) -> tuple[str, ...]:
     return tuple(seen)
 
 
+def _identity(node: CompiledNode) -> bytes:
+    return orjson.dumps({"node": node.id, "type": node.type, "label": node.label})
+
+
 @attrs.frozen(eq=False)
 class CompiledNode:
     id: str
@@ -52,6 +57,17 @@ class CompiledNode:
     # its "when". Computed once: the runner reads it for every node of every job.
     upstream: tuple[str, ...] = attrs.field(
         init=False, default=attrs.Factory(_upstream, takes_self=True)
+    )
+    # Its node_start event's data as JSON, and its node_end event's up to the
+    # output, when finished: the runner writes them for every node of every job.
+    start_doc: orjson.Fragment = attrs.field(
+        init=False, default=attrs.Factory(lambda n: orjson.Fragment(_identity(n)), takes_self=True)
+    )
+    finished_prefix: bytes = attrs.field(
+        init=False,
+        default=attrs.Factory(
+            lambda n: _identity(n)[:-1] + b',"status":"FINISHED","output":', takes_self=True
+        ),
     )
 
 

@@ -89,7 +89,7 @@ async def run_flow(
     await trio.lowlevel.checkpoint_if_cancelled()
     if run.failure is not None:
         raise run.failure
-    return FlowResult(output=run.docs[answer], nodes=run.records)
+    return FlowResult(run.docs[answer], run.records)
 
 
 class _Run:
@@ -161,14 +161,14 @@ class _Run:
         if self.done:
             for upstream in node.upstream:
                 await self.done[upstream].wait()
-        identity = {"node": node.id, "type": node.type, "label": node.label}
-        self.emit("node_start", identity)
+        self.emit("node_start", node.start_doc if self.encoded else _identity(node))
         started = time.time()
         values: dict[str, Any] = {}
         error: str | None = None
         trace = ""
         output: Any = None
         doc: Any = None
+        finished = b""  # the output as JSON, once it passed the checks
         ctx: NodeContext | None = None
         # No scope at all without a node timeout: most nodes have none.
         scope = trio.move_on_after(node.timeout_s) if node.timeout_s is not None else _NO_SCOPE
@@ -219,6 +219,7 @@ class _Run:
                     if len(data) > self.small_enough:
                         error = self._too_large(node, len(data))
                     doc = _Fragment(_exact(data)) if self.encoded else output
+                    finished = data
         if self.redactor is not None:
             error = self.redactor.text(error) if error is not None else None
             trace = self.redactor.text(trace)
@@ -240,7 +241,7 @@ class _Run:
         if error is not None:
             record["error"] = error
             self.records.append(record)
-            end = {**identity, "status": "ERROR", "error": error}
+            end = {**_identity(node), "status": "ERROR", "error": error}
             self.emit("node_end", end if usage is None else {**end, "usage": usage})
             if self.failure is None:
                 self.failure = NodeFailed(
@@ -252,8 +253,12 @@ class _Run:
         self.records.append(record)
         self.outputs[node.id] = output
         self.docs[node.id] = doc
-        end = {**identity, "status": "FINISHED", "output": doc}
-        self.emit("node_end", end if usage is None else {**end, "usage": usage})
+        if usage is None and self.encoded:
+            # What dumps of the dict below would say, without making the dict.
+            self.emit("node_end", _Fragment(node.finished_prefix + finished + b"}"))
+        else:
+            end = {**_identity(node), "status": "FINISHED", "output": doc}
+            self.emit("node_end", end if usage is None else {**end, "usage": usage})
         if self.done:
             self.done[node.id].set()
 
@@ -313,6 +318,11 @@ class _Run:
                 )
             value = value[key]
         return value
+
+
+def _identity(node: CompiledNode) -> dict[str, Any]:
+    """What node_start says, and node_end with more."""
+    return {"node": node.id, "type": node.type, "label": node.label}
 
 
 class _NoScope:

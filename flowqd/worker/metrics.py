@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
+
 import attrs
 
 from flowqd.metrics import Counter, Gauge, Histogram, Registry
@@ -50,6 +52,28 @@ class WorkerMetrics:
     running: Gauge = attrs.field(init=False)
     renewals: Counter = attrs.field(init=False)
     flushes: Counter = attrs.field(init=False)
+    # The duration histogram's series by outcome (Histogram.series' lists).
+    _durations: dict[str, list[float]] = attrs.field(init=False, factory=dict)
+
+    def job_ended(self, outcome: str, seconds: float) -> None:
+        """``duration.observe(seconds, outcome=outcome)``: once a job, so the series is
+        looked up by outcome alone, not by sorting labels."""
+        series = self._durations.get(outcome)
+        if series is None:
+            self.duration.observe(seconds, outcome=outcome)
+            labels = (
+                {"outcome": outcome}
+                if self.queue is None
+                else {"outcome": outcome, "queue": self.queue}
+            )
+            self._durations[outcome] = self.duration.series[tuple(sorted(labels.items()))]
+            return
+        buckets = Histogram.BUCKETS
+        index = bisect_left(buckets, seconds)
+        if index < len(buckets):
+            series[index] += 1
+        series[-2] += seconds
+        series[-1] += 1
 
     def __attrs_post_init__(self) -> None:
         add = self.registry.add

@@ -61,7 +61,7 @@ class Outbox:
         kind = outcome.kind.value
         # Counted here, added to the counter once per kind per flush.
         self._finished[kind] = self._finished.get(kind, 0) + 1
-        self.metrics.duration.observe(seconds, outcome=kind)
+        self.metrics.job_ended(kind, seconds)
 
     def forget(self, job_id: str) -> None:
         """The job's lock went to another worker: nothing of it is to be reported."""

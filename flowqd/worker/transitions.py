@@ -3,10 +3,11 @@
 Each line carries the job's facts as fields (``job_id``, ``flow``, ``queue``,
 ``worker``, ``attempt``, and ``duration_ms`` once it ran), so a collector
 filters on them instead of parsing messages. The worker logs two of these a
-job, so they are built cheaply: one level check per call, and a record made
-by copying a template's attributes (``_record``) instead of ``Logger.info``,
-which also looks up the caller's frame, thread and process; the handlers see
-an ordinary ``LogRecord``.
+job, so they are built cheaply: one level check per call; when flowqd's own
+handler is the only one (``logs.direct_handler``) it gets the line's parts
+without a record, and otherwise a record is made by copying a template's
+attributes (``_info``) instead of ``Logger.info``, which also looks up the
+caller's frame, thread and process: other handlers see an ordinary ``LogRecord``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 from typing import Any
 
 from flowqd.jobs import Claimed, Job, Outcome, OutcomeKind
+from flowqd.logs import FIELDS, direct_handler
 from flowqd.queue import policy
 
 log = logging.getLogger("flowqd.worker")
@@ -28,6 +30,15 @@ _STARTED: float = getattr(logging, "_startTime", time.time())
 
 def _info(message: str, args: tuple[Any, ...], fields: dict[str, Any]) -> None:
     """``log.info(message, *args, extra=fields)`` for a caller that checked the level."""
+    handler = direct_handler(log, logging.INFO)
+    if handler is not None:
+        handler.emit_fields(logging.INFO, log.name, message % args, fields, time.time())
+    else:
+        _record(message, args, fields)
+
+
+def _record(message: str, args: tuple[Any, ...], fields: dict[str, Any]) -> None:
+    """``_info`` by way of a LogRecord: for handlers other than flowqd's own."""
     record = logging.LogRecord.__new__(logging.LogRecord)
     attributes = _TEMPLATE.copy()
     now = time.time()
@@ -37,6 +48,7 @@ def _info(message: str, args: tuple[Any, ...], fields: dict[str, Any]) -> None:
     attributes["msg"] = message
     attributes["args"] = args
     attributes.update(fields)
+    attributes[FIELDS] = fields  # the formatter's shortcut to them
     record.__dict__ = attributes
     log.handle(record)
 
@@ -54,13 +66,16 @@ def _fields(job: Job, worker: str, queue: str) -> dict[str, Any]:
 def claimed(jobs: list[Claimed], worker: str, queue: str) -> None:
     if not log.isEnabledFor(logging.INFO):
         return
+    message = "job %s claimed (flow %s, attempt %d of %d)"
+    handler = direct_handler(log, logging.INFO)  # once for the batch
     for item in jobs:
         job = item.job
-        _info(
-            "job %s claimed (flow %s, attempt %d of %d)",
-            (job.id, job.flow_id, job.attempts, job.max_attempts),
-            _fields(job, worker, queue),
-        )
+        args = (job.id, job.flow_id, job.attempts, job.max_attempts)
+        fields = _fields(job, worker, queue)
+        if handler is not None:
+            handler.emit_fields(logging.INFO, log.name, message % args, fields, time.time())
+        else:
+            _record(message, args, fields)
 
 
 def ended(
@@ -70,7 +85,8 @@ def ended(
     if not log.isEnabledFor(logging.INFO):
         return
     fields = _fields(job, worker, queue)
-    fields["duration_ms"] = round(seconds * 1000, 3)
+    # Microseconds: round() to an int and a division cost a fifth of round(x, 3).
+    fields["duration_ms"] = round(seconds * 1_000_000) / 1000
     kind = outcome.kind
     if kind is OutcomeKind.COMPLETED:
         _info("job %s succeeded", (job.id,), fields)

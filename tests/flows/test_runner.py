@@ -505,3 +505,32 @@ async def test_run_executor_checks_emitted_events_as_the_runner_does() -> None:
         NodeError, match=r"'progress' event whose data is not JSON: set at \$\.seen"
     ):
         await run_executor(executor("e", emits_a_set))
+
+
+async def test_an_encoded_run_writes_node_events_as_a_plain_one_with_labels(
+    executors: dict[str, Executor],
+) -> None:
+    # node_start and node_end are written from JSON made once per node (with its label).
+    flow = compile_flow(
+        {
+            "id": "f",
+            "output": "out",
+            "nodes": [{"id": "out", "type": "echo", "label": 'Grüße "à" {x}'}],
+        },
+        executors,
+    )
+    plain, encoded = Recorder(), Recorder()
+    for recorder, flag in ((plain, False), (encoded, True)):
+        await run_flow(
+            flow,
+            job_id="j",
+            inputs={"question": "Ann"},
+            emit=recorder,
+            credential=no_credentials,
+            encoded=flag,
+        )
+    assert [n for _t, n, _d in encoded.events] == ["node_start", "node_end"]
+    assert orjson.dumps([d for _t, _n, d in encoded.events]) == orjson.dumps(
+        [d for _t, _n, d in plain.events]
+    )
+    assert plain.events[0][2]["label"] == 'Grüße "à" {x}'
