@@ -37,10 +37,14 @@ _OUTCOME_CODES = {
     OutcomeKind.CANCELLED: b"x",
     OutcomeKind.REQUEUE: b"r",
 }
-# A completed outcome's last argument when a conversation turn follows it, in
-# this many more arguments (flush.lua's add_turn).
-TURN_MARK = b"t"
+# The code of a completed outcome followed by a conversation turn, in
+# TURN_ARGS more arguments (flush.lua's add_turn).
+TURN_CODE = b"t"
 TURN_ARGS = 7
+# Arguments per outcome by code, the turn's not counted (flush_args's layout).
+OUTCOME_ARITY = {b"c": 5, TURN_CODE: 5, b"f": 7, b"x": 5, b"r": 4}
+# flush_args writes these codes as literals.
+assert list(_OUTCOME_CODES.values()) == [b"c", b"f", b"x", b"r"]
 _DEFAULT_MEMORY = MemoryConfig()
 # Events one stream entry holds at most (common.lua's write_events). An
 # entry ``<ms>-<seq>`` of n events gives event k (from 0) the id
@@ -61,7 +65,12 @@ def lua_names() -> str:
         f"local EV_{name.upper()} = '{name}'" for name in (END, ERROR, CANCELLED, RETRIED, PROGRESS)
     ]
     lines += [f"local O_{kind.name} = '{code.decode()}'" for kind, code in _OUTCOME_CODES.items()]
-    lines += [f"local TURN_MARK, TURN_ARGS = '{TURN_MARK.decode()}', {TURN_ARGS}"]
+    lines += [f"local O_TURN, TURN_ARGS = '{TURN_CODE.decode()}', {TURN_ARGS}"]
+    arity = ", ".join(
+        f"['{code.decode()}'] = {n + (TURN_ARGS if code == TURN_CODE else 0)}"
+        for code, n in OUTCOME_ARITY.items()
+    )
+    lines += [f"local OUTCOME_ARITY = {{{arity}}}"]
     lines += [f"local ENTRY_EVENTS = {ENTRY_EVENTS}"]
     return "\n".join(lines) + "\n"
 
@@ -197,34 +206,37 @@ def flush_args(
     args[0] = runs
     for outcome in outcomes:
         kind = outcome.kind
-        stored: bytes | str = b""
-        event_data = b""
+        nodes = dumps(outcome.nodes) if outcome.nodes else b""
+        # Each kind carries only what flush.lua reads of it (OUTCOME_ARITY).
         if kind == OutcomeKind.COMPLETED:
             stored = dumps(outcome.result)
+            turn = turn_args(outcome.turn, memory) if outcome.turn is not None else ()
+            if turn:
+                args += (outcome.job_id, outcome.token, TURN_CODE, nodes, stored, *turn)
+            else:
+                args += (outcome.job_id, outcome.token, b"c", nodes, stored)
         elif kind == OutcomeKind.FAILED:
             error = outcome.error or {"message": "job failed"}
-            stored = dumps(error)
-            event_data = dumps(policy.error_event_data(error))
+            args += (
+                outcome.job_id,
+                outcome.token,
+                b"f",
+                nodes,
+                dumps(error),
+                dumps(policy.error_event_data(error)),
+                # The retry delay's jitter; '' for a failure not to be retried.
+                repr(policy.jitter()) if outcome.retry else b"",
+            )
         elif kind == OutcomeKind.CANCELLED:
-            stored = policy.cancel_reason(outcome.error)
-        last: Any = repr(policy.jitter()) if kind == OutcomeKind.FAILED else b""
-        turn: tuple[Any, ...] = ()
-        if outcome.turn is not None and kind == OutcomeKind.COMPLETED:
-            turn = turn_args(outcome.turn, memory)
-            if turn:
-                last = TURN_MARK
-        args += (
-            outcome.job_id,
-            outcome.token,
-            _OUTCOME_CODES[kind],
-            stored,
-            event_data,
-            dumps(outcome.nodes) if outcome.nodes else b"",
-            b"1" if outcome.retry else b"0",
-            last,
-        )
-        if turn:
-            args += turn
+            args += (
+                outcome.job_id,
+                outcome.token,
+                b"x",
+                nodes,
+                policy.cancel_reason(outcome.error),
+            )
+        else:
+            args += (outcome.job_id, outcome.token, b"r", nodes)
     return args
 
 
