@@ -30,6 +30,27 @@ from flowqd.queue.keys import JOB_FIELDS
 from flowqd.queue.turns import conversation_name, encode_turn
 
 _N_FIELDS = len(JOB_FIELDS)
+# The fields claim.lua reads of a waiting job, st and cx last (the script
+# replies with the others, then sat). A waiting job has no res or ft (only
+# terminal() sets them, and retry.lua deletes them), and the claim sets sat,
+# wk and st itself.
+CLAIM_FIELDS = (
+    "flow",
+    "ver",
+    "in",
+    "att",
+    "max",
+    "to",
+    "own",
+    "ct",
+    "tc",
+    "pri",
+    "err",
+    "nodes",
+    "prog",
+    "st",
+    "cx",
+)
 _STATUSES = {status.value.encode(): status for status in JobStatus}
 _OUTCOME_CODES = {
     OutcomeKind.COMPLETED: b"c",
@@ -72,6 +93,8 @@ def lua_names() -> str:
     )
     lines += [f"local OUTCOME_ARITY = {{{arity}}}"]
     lines += [f"local ENTRY_EVENTS = {ENTRY_EVENTS}"]
+    lines += ["local CLAIM_FIELDS = {" + ", ".join(f"'{f}'" for f in CLAIM_FIELDS) + "}"]
+    lines += [f"local C_{f.upper()} = {i}" for i, f in enumerate(CLAIM_FIELDS, 1)]
     return "\n".join(lines) + "\n"
 
 
@@ -168,15 +191,41 @@ def decode_entries(
     return out
 
 
-def decode_claim(reply: Any) -> list[Claimed] | None:
-    """The claim script's reply (id, token, fields, ...); None while the queue is paused."""
+def decode_claim(reply: Any, worker: str) -> list[Claimed] | None:
+    """The claim script's reply (id, token, fields, ...) for ``worker``, the
+    claimer; None while the queue is paused. The jobs are what ``decode_job``
+    gives for the records the script has just written."""
     if reply is None:
         return None
     claimed: list[Claimed] = []
+    loads = orjson.loads
+    active = JobStatus.ACTIVE
     for i in range(0, len(reply), 3):
-        job_id = reply[i].decode()
-        job = decode_job(job_id, reply[i + 2])
-        assert job is not None  # the script has just written it
+        (flow, ver, inputs, att, mx, timeout, owner, ct, tc, pri, err, nodes, prog, sat) = reply[
+            i + 2
+        ]
+        job = Job(
+            reply[i].decode(),
+            flow.decode(),
+            int(ver),
+            loads(inputs),
+            active,
+            att,
+            int(mx),
+            float(timeout) if timeout else None,
+            owner.decode() if owner else None,
+            int(ct) / 1000.0,
+            sat / 1000.0,
+            None,
+            None,
+            loads(err) if err else None,
+            loads(nodes) if nodes else [],
+            worker,
+            False,
+            tc.decode() if tc else None,
+            int(pri) if pri else 0,
+            loads(prog) if prog else None,
+        )
         claimed.append(Claimed(job, reply[i + 1].decode()))
     return claimed
 
