@@ -200,12 +200,11 @@ def decode_claim(reply: Any, worker: str) -> list[Claimed] | None:
     claimed: list[Claimed] = []
     loads = orjson.loads
     active = JobStatus.ACTIVE
-    for i in range(0, len(reply), 3):
-        (flow, ver, inputs, att, mx, timeout, owner, ct, tc, pri, err, nodes, prog, sat) = reply[
-            i + 2
-        ]
+    # The script's own values (att, sat) come back as integers.
+    for job_id, token, fields in zip(reply[0::3], reply[1::3], reply[2::3], strict=True):
+        flow, ver, inputs, att, mx, timeout, owner, ct, tc, pri, err, nodes, prog, sat = fields
         job = Job(
-            reply[i].decode(),
+            job_id.decode(),
             flow.decode(),
             int(ver),
             loads(inputs),
@@ -226,7 +225,7 @@ def decode_claim(reply: Any, worker: str) -> list[Claimed] | None:
             int(pri) if pri else 0,
             loads(prog) if prog else None,
         )
-        claimed.append(Claimed(job, reply[i + 1].decode()))
+        claimed.append(Claimed(job, token.decode()))
     return claimed
 
 
