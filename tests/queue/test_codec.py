@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
-from flowqd.jobs import Event, parse_event_id
-from flowqd.queue.redis.codec import decode_entries
+from flowqd.jobs import (
+    ConversationKey,
+    Event,
+    Outcome,
+    OutcomeKind,
+    Turn,
+    TurnWrite,
+    parse_event_id,
+)
+from flowqd.queue.redis.codec import (
+    OUTCOME_ARITY,
+    TURN_ARGS,
+    TURN_CODE,
+    decode_entries,
+    flush_args,
+)
 
 
 def test_entries_decode_with_sortable_ids_in_either_field_order() -> None:
@@ -41,3 +55,38 @@ def test_an_entry_of_several_events_gives_each_an_id_below_its_own() -> None:
     # Past an id within an entry: the rest of that entry, then the next ones.
     assert [e for _, e in decode_entries(entries[1:], (7, 1))] == events[2:]
     assert [e for _, e in decode_entries(entries[1:], (7, 3))] == events[4:]
+
+
+def test_each_outcome_kind_carries_its_arity_of_flush_arguments() -> None:
+    # flush.lua steps over outcomes by OUTCOME_ARITY: flush_args must match it.
+    key = ConversationKey("flow", "session", None)
+    turn = TurnWrite(key, Turn("j-t", None, "question", "answer", 1.0))
+    outcomes = [
+        Outcome("j-c", "tok", OutcomeKind.COMPLETED, result={"a": 1}, nodes=[{"id": "n"}]),
+        Outcome("j-t", "tok", OutcomeKind.COMPLETED, result=1, turn=turn),
+        Outcome("j-f", "tok", OutcomeKind.FAILED, error={"message": "no"}),
+        Outcome("j-g", "tok", OutcomeKind.FAILED, retry=False),
+        Outcome("j-x", "tok", OutcomeKind.CANCELLED),
+        Outcome("j-r", "tok", OutcomeKind.REQUEUE),
+    ]
+    args = flush_args([], outcomes)
+    assert args[0] == 0  # no event runs
+    i, seen = 1, []
+    while i < len(args):
+        seen.append((args[i], args[i + 2]))
+        i += OUTCOME_ARITY[args[i + 2]] + (TURN_ARGS if args[i + 2] == TURN_CODE else 0)
+    assert i == len(args)
+    assert seen == [
+        ("j-c", b"c"),
+        ("j-t", TURN_CODE),
+        ("j-f", b"f"),
+        ("j-g", b"f"),
+        ("j-x", b"x"),
+        ("j-r", b"r"),
+    ]
+    # A completed job: id, token, code, nodes, result.
+    assert args[1:6] == ["j-c", "tok", b"c", b'[{"id":"n"}]', b'{"a":1}']
+    # A failure to retry carries its jitter, one not to retry ''.
+    failed = args.index("j-f")
+    assert float(args[failed + 6]) >= 0
+    assert args[args.index("j-g") + 6] == b""

@@ -914,3 +914,35 @@ async def test_unknown_job(broker: Broker) -> None:
 async def test_ping(broker: Broker) -> None:
     with trio.fail_after(10):
         await broker.ping()
+
+
+async def test_a_claimed_job_is_its_record_as_read_back(broker: Broker) -> None:
+    # The claim's reply is decoded apart from get_job's: both give the same Job,
+    # fresh, after a retried failure (error, nodes, progress) and after a requeue.
+    trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    with trio.fail_after(10):
+        [job_id] = await broker.jobs.enqueue(
+            [spec(1, owner="k1", timeout_s=2.5, trace=trace, priority=3, max_attempts=3)]
+        )
+        first = await claim_one(broker)
+        assert first.job == await broker.jobs.get_job(job_id)
+        assert first.job.status == JobStatus.ACTIVE and first.job.worker == "w1"
+
+        nodes = [{"id": "n1", "status": "error"}]
+        progress = EmittedEvent(job_id, "progress", {"done": 1})
+        failure = Outcome(
+            job_id, first.token, OutcomeKind.FAILED, error={"message": "boom"}, nodes=nodes
+        )
+        assert await broker.work.flush([progress], [failure]) == [True]
+        await broker.jobs.promote(job_id)
+        second = await claim_one(broker, "w2")
+        assert second.job == await broker.jobs.get_job(job_id)
+        assert second.job.attempts == 2 and second.job.worker == "w2"
+        assert second.job.error is not None and second.job.nodes == nodes
+        assert second.job.progress == {"done": 1}
+
+        requeue = Outcome(job_id, second.token, OutcomeKind.REQUEUE, nodes=nodes)
+        assert await broker.work.flush([], [requeue]) == [True]
+        third = await claim_one(broker)
+        assert third.job == await broker.jobs.get_job(job_id)
+        assert third.job.attempts == 2 and third.job.nodes == nodes

@@ -1,6 +1,7 @@
 -- Move up to N waiting jobs to active, each locked with its own token.
 -- Args: worker id, N, lock ttl ms, token base. Returns nil while paused,
--- else a flat list: id, token, {JOB_FIELDS values}, ...
+-- else a flat list: id, token, {CLAIM_FIELDS values but the last two, then
+-- sat}, ... (codec.decode_claim).
 if redis.call('EXISTS', K_PAUSED) == 1 then return false end
 local worker, want, ttl, base = ARGV[A], tonumber(ARGV[A + 1]), tonumber(ARGV[A + 2]), ARGV[A + 3]
 local now = now_ms()
@@ -31,28 +32,28 @@ while got < want do
   if not ids then break end
   for _, id in ipairs(ids) do
     local jk = job_key(id)
-    local f = redis.call('HMGET', jk, unpack(JOB_FIELDS))
+    local f = redis.call('HMGET', jk, unpack(CLAIM_FIELDS))
     -- Anything but a waiting job is a stale entry: dropped.
-    if f[F_ST] == S_WAITING then
-      if f[F_CX] then
+    if f[C_ST] == S_WAITING then
+      if f[C_CX] then
         -- Cancelled while it was being put back: it never runs again.
-        finish_cancelled(id, f[F_CX], now)
+        finish_cancelled(id, f[C_CX], now)
       else
         got = got + 1
         local token = base .. ':' .. got
         local attempts, attempts_text = 1, '1'
-        if f[F_ATT] then
-          attempts = tonumber(f[F_ATT]) + 1
+        if f[C_ATT] then
+          attempts = tonumber(f[C_ATT]) + 1
           attempts_text = tostring(attempts)
         end
         redis.call('HSET', jk, 'st', S_ACTIVE, 'att', attempts_text, 'sat', now_text(), 'wk', worker,
           'tok', token)
         locks[#locks + 1] = deadline
         locks[#locks + 1] = id
-        f[F_ST] = S_ACTIVE
-        f[F_ATT] = attempts
-        f[F_SAT] = now
-        f[F_WK] = worker
+        f[C_ATT] = attempts
+        -- st and cx are known (active, absent): sat in st's place, cx cut off.
+        f[C_ST] = now
+        f[C_CX] = nil
         out[#out + 1] = id
         out[#out + 1] = token
         out[#out + 1] = f

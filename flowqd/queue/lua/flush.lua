@@ -1,9 +1,11 @@
 -- Append events, then record outcomes. Args: R (event runs), per run: job
--- id, event count C, then C pairs (name, data); then per outcome (8): id,
--- token, kind (c f x r), stored (result JSON / error JSON / cancel reason),
--- event data (error event JSON), nodes JSON or '', retry '1'/'0', jitter in
--- [0, 1) (failures only) or, for a completed outcome with a conversation
--- turn, TURN_MARK followed by TURN_ARGS more (see add_turn).
+-- id, event count C, then C pairs (name, data); then per outcome
+-- (OUTCOME_ARITY[kind] arguments): id, token, kind, nodes JSON or '', then
+-- by kind: completed (c) the result JSON; completed with a conversation
+-- turn (O_TURN) the result JSON and TURN_ARGS more (see add_turn); failed
+-- (f) the error JSON, the error event's JSON, and the retry delay's jitter
+-- in [0, 1) or '' when it is not to be retried; cancelled (x) the reason;
+-- requeue (r) nothing more.
 -- A run's last 'progress' event also goes on the job record (field prog).
 -- Returns 1/0 per outcome (0: token is not the job's current one: refused).
 local now = now_ms()
@@ -68,8 +70,7 @@ while o <= #ARGV do
   if read[id] == nil then
     read[id] = redis.call('HMGET', job_key(id), 'st', 'tok', 'att', 'max', 'cx', 'pri', 'ev')
   end
-  o = o + 8
-  if ARGV[o - 1] == TURN_MARK then o = o + TURN_ARGS end
+  o = o + OUTCOME_ARITY[ARGV[o + 2]]
 end
 local live = {}
 -- Jobs getting their first events in this call, whose record needs ``ev``.
@@ -105,8 +106,7 @@ local results = {}
 local unlocked = {}  -- left active: removed from K_ACTIVE at once, at the end
 local rang = false
 while i <= #ARGV do
-  local id, token, kind = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local stored, event_data, nodes = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
+  local id, token, kind, nodes, stored = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local jk = job_key(id)
   -- Read above, unless an earlier outcome of this call changed the job.
   local f = read[id]
@@ -123,24 +123,25 @@ while i <= #ARGV do
     local extra = {}
     if nodes ~= '' then extra = {'nodes', nodes} end
     local cx = f[5]
-    if kind == O_COMPLETED then
+    if kind == O_COMPLETED or kind == O_TURN then
       extra[#extra + 1] = 'res'
       extra[#extra + 1] = stored
       terminal(id, S_COMPLETED, EV_END, stored, now, extra)
-      if ARGV[i + 7] == TURN_MARK then add_turn(i + 8) end
+      if kind == O_TURN then add_turn(i + 5) end
     elseif kind == O_FAILED then
       extra[#extra + 1] = 'err'
       extra[#extra + 1] = stored
       local att = tonumber(f[3])
-      if ARGV[i + 6] == '1' and not cx and att < tonumber(f[4]) then
+      local jitter = ARGV[i + 6]
+      if jitter ~= '' and not cx and att < tonumber(f[4]) then
         -- policy.retry_delay_s
         local delay = math.min(CFG.backoff_ms * 2 ^ math.min(att - 1, RETRY_EXPONENT_CAP),
           RETRY_DELAY_CAP_MS)
-        delay = math.floor(delay * (1 + JITTER_SHARE * tonumber(ARGV[i + 7])))
+        delay = math.floor(delay * (1 + JITTER_SHARE * tonumber(jitter)))
         redis.call('HSET', jk, 'st', S_DELAYED, 'ev', '1', unpack(extra))
         redis.call('ZADD', K_DELAYED, now + delay, id)
       else
-        terminal(id, S_FAILED, EV_ERROR, event_data, now, extra)
+        terminal(id, S_FAILED, EV_ERROR, ARGV[i + 5], now, extra)
       end
     elseif kind == O_CANCELLED then
       if #extra > 0 then redis.call('HSET', jk, unpack(extra)) end
@@ -161,8 +162,7 @@ while i <= #ARGV do
       rang = true
     end
   end
-  i = i + 8
-  if ARGV[i - 1] == TURN_MARK then i = i + TURN_ARGS end
+  i = i + OUTCOME_ARITY[kind]
 end
 for id, _ in pairs(first_events) do redis.call('HSET', job_key(id), 'ev', '1') end
 call_in_parts('ZREM', K_ACTIVE, unlocked, 1000)

@@ -30,6 +30,27 @@ from flowqd.queue.keys import JOB_FIELDS
 from flowqd.queue.turns import conversation_name, encode_turn
 
 _N_FIELDS = len(JOB_FIELDS)
+# The fields claim.lua reads of a waiting job, st and cx last (the script
+# replies with the others, then sat). A waiting job has no res or ft (only
+# terminal() sets them, and retry.lua deletes them), and the claim sets sat,
+# wk and st itself.
+CLAIM_FIELDS = (
+    "flow",
+    "ver",
+    "in",
+    "att",
+    "max",
+    "to",
+    "own",
+    "ct",
+    "tc",
+    "pri",
+    "err",
+    "nodes",
+    "prog",
+    "st",
+    "cx",
+)
 _STATUSES = {status.value.encode(): status for status in JobStatus}
 _OUTCOME_CODES = {
     OutcomeKind.COMPLETED: b"c",
@@ -37,10 +58,14 @@ _OUTCOME_CODES = {
     OutcomeKind.CANCELLED: b"x",
     OutcomeKind.REQUEUE: b"r",
 }
-# A completed outcome's last argument when a conversation turn follows it, in
-# this many more arguments (flush.lua's add_turn).
-TURN_MARK = b"t"
+# The code of a completed outcome followed by a conversation turn, in
+# TURN_ARGS more arguments (flush.lua's add_turn).
+TURN_CODE = b"t"
 TURN_ARGS = 7
+# Arguments per outcome by code, the turn's not counted (flush_args's layout).
+OUTCOME_ARITY = {b"c": 5, TURN_CODE: 5, b"f": 7, b"x": 5, b"r": 4}
+# flush_args writes these codes as literals.
+assert list(_OUTCOME_CODES.values()) == [b"c", b"f", b"x", b"r"]
 _DEFAULT_MEMORY = MemoryConfig()
 # Events one stream entry holds at most (common.lua's write_events). An
 # entry ``<ms>-<seq>`` of n events gives event k (from 0) the id
@@ -61,8 +86,15 @@ def lua_names() -> str:
         f"local EV_{name.upper()} = '{name}'" for name in (END, ERROR, CANCELLED, RETRIED, PROGRESS)
     ]
     lines += [f"local O_{kind.name} = '{code.decode()}'" for kind, code in _OUTCOME_CODES.items()]
-    lines += [f"local TURN_MARK, TURN_ARGS = '{TURN_MARK.decode()}', {TURN_ARGS}"]
+    lines += [f"local O_TURN, TURN_ARGS = '{TURN_CODE.decode()}', {TURN_ARGS}"]
+    arity = ", ".join(
+        f"['{code.decode()}'] = {n + (TURN_ARGS if code == TURN_CODE else 0)}"
+        for code, n in OUTCOME_ARITY.items()
+    )
+    lines += [f"local OUTCOME_ARITY = {{{arity}}}"]
     lines += [f"local ENTRY_EVENTS = {ENTRY_EVENTS}"]
+    lines += ["local CLAIM_FIELDS = {" + ", ".join(f"'{f}'" for f in CLAIM_FIELDS) + "}"]
+    lines += [f"local C_{f.upper()} = {i}" for i, f in enumerate(CLAIM_FIELDS, 1)]
     return "\n".join(lines) + "\n"
 
 
@@ -159,16 +191,41 @@ def decode_entries(
     return out
 
 
-def decode_claim(reply: Any) -> list[Claimed] | None:
-    """The claim script's reply (id, token, fields, ...); None while the queue is paused."""
+def decode_claim(reply: Any, worker: str) -> list[Claimed] | None:
+    """The claim script's reply (id, token, fields, ...) for ``worker``, the
+    claimer; None while the queue is paused. The jobs are what ``decode_job``
+    gives for the records the script has just written."""
     if reply is None:
         return None
     claimed: list[Claimed] = []
-    for i in range(0, len(reply), 3):
-        job_id = reply[i].decode()
-        job = decode_job(job_id, reply[i + 2])
-        assert job is not None  # the script has just written it
-        claimed.append(Claimed(job, reply[i + 1].decode()))
+    loads = orjson.loads
+    active = JobStatus.ACTIVE
+    # The script's own values (att, sat) come back as integers.
+    for job_id, token, fields in zip(reply[0::3], reply[1::3], reply[2::3], strict=True):
+        flow, ver, inputs, att, mx, timeout, owner, ct, tc, pri, err, nodes, prog, sat = fields
+        job = Job(
+            job_id.decode(),
+            flow.decode(),
+            int(ver),
+            loads(inputs),
+            active,
+            att,
+            int(mx),
+            float(timeout) if timeout else None,
+            owner.decode() if owner else None,
+            int(ct) / 1000.0,
+            sat / 1000.0,
+            None,
+            None,
+            loads(err) if err else None,
+            loads(nodes) if nodes else [],
+            worker,
+            False,
+            tc.decode() if tc else None,
+            int(pri) if pri else 0,
+            loads(prog) if prog else None,
+        )
+        claimed.append(Claimed(job, token.decode()))
     return claimed
 
 
@@ -197,34 +254,37 @@ def flush_args(
     args[0] = runs
     for outcome in outcomes:
         kind = outcome.kind
-        stored: bytes | str = b""
-        event_data = b""
+        nodes = dumps(outcome.nodes) if outcome.nodes else b""
+        # Each kind carries only what flush.lua reads of it (OUTCOME_ARITY).
         if kind == OutcomeKind.COMPLETED:
             stored = dumps(outcome.result)
+            turn = turn_args(outcome.turn, memory) if outcome.turn is not None else ()
+            if turn:
+                args += (outcome.job_id, outcome.token, TURN_CODE, nodes, stored, *turn)
+            else:
+                args += (outcome.job_id, outcome.token, b"c", nodes, stored)
         elif kind == OutcomeKind.FAILED:
             error = outcome.error or {"message": "job failed"}
-            stored = dumps(error)
-            event_data = dumps(policy.error_event_data(error))
+            args += (
+                outcome.job_id,
+                outcome.token,
+                b"f",
+                nodes,
+                dumps(error),
+                dumps(policy.error_event_data(error)),
+                # The retry delay's jitter; '' for a failure not to be retried.
+                repr(policy.jitter()) if outcome.retry else b"",
+            )
         elif kind == OutcomeKind.CANCELLED:
-            stored = policy.cancel_reason(outcome.error)
-        last: Any = repr(policy.jitter()) if kind == OutcomeKind.FAILED else b""
-        turn: tuple[Any, ...] = ()
-        if outcome.turn is not None and kind == OutcomeKind.COMPLETED:
-            turn = turn_args(outcome.turn, memory)
-            if turn:
-                last = TURN_MARK
-        args += (
-            outcome.job_id,
-            outcome.token,
-            _OUTCOME_CODES[kind],
-            stored,
-            event_data,
-            dumps(outcome.nodes) if outcome.nodes else b"",
-            b"1" if outcome.retry else b"0",
-            last,
-        )
-        if turn:
-            args += turn
+            args += (
+                outcome.job_id,
+                outcome.token,
+                b"x",
+                nodes,
+                policy.cancel_reason(outcome.error),
+            )
+        else:
+            args += (outcome.job_id, outcome.token, b"r", nodes)
     return args
 
 
