@@ -265,7 +265,8 @@ class BatchingHandler(logging.StreamHandler[TextIO]):
         # flusher clears it, at most once per FLUSH_EVERY_S, not per batch.
         self._due = threading.Event()
         self._flusher: threading.Thread | None = None
-        self._closed = False
+        # Set by close(): the flusher's wait between batches ends at once.
+        self._stopping = threading.Event()
         _batching.add(self)
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -324,7 +325,7 @@ class BatchingHandler(logging.StreamHandler[TextIO]):
     def close(self) -> None:
         with self._locked():
             self._write_waiting()
-            self._closed = True
+            self._stopping.set()
             self._due.set()  # the flusher wakes and ends
         super().close()
 
@@ -352,9 +353,10 @@ class BatchingHandler(logging.StreamHandler[TextIO]):
         self._flusher.start()
 
     def _run_flusher(self) -> None:
-        while not self._closed:
+        while not self._stopping.is_set():
             self._due.wait()
-            time.sleep(FLUSH_EVERY_S)
+            if self._stopping.wait(FLUSH_EVERY_S):
+                return  # close() wrote what waited
             with self._locked():
                 self._write_waiting()
                 self._due.clear()
@@ -364,7 +366,9 @@ class BatchingHandler(logging.StreamHandler[TextIO]):
         self._waiting = []
         self._chars = 0
         self._flusher = None
-        self._due = threading.Event()  # its lock may have been held at the fork
+        # Their locks may have been held at the fork.
+        self._due = threading.Event()
+        self._stopping = threading.Event()
 
     def _locked(self) -> threading.RLock:
         assert self.lock is not None  # created by Handler.__init__
