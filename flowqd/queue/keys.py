@@ -37,8 +37,11 @@ FIXED: tuple[tuple[str, str, str], ...] = (
 )
 # Per-object keys: suffix + id (+ tail).
 # hash, fields in JOB_FIELDS plus "tok" (lock token), "stl" (stall count),
-# "psc" (a prioritised job's score in K_WAIT_HIGH/K_WAIT_LOW) and "ev" (set
-# once its events stream has entries: common.lua's fresh)
+# "psc" (a prioritised job's score in K_WAIT_HIGH/K_WAIT_LOW), "ev" (set
+# once it has events: common.lua's fresh) and "evs" (the events of a job that
+# got them all in the call that ended it, as one packed stream entry, in
+# place of a stream: common.lua's pack_entry; moved to the stream if the job
+# is retried)
 JOB = "job:"
 EVENTS = "events:"  # stream, entries {n: name, d: orjson data}
 WORKER = "worker:"  # string, orjson WorkerInfo, PX heartbeat ttl

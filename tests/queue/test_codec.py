@@ -16,7 +16,9 @@ from flowqd.queue.redis.codec import (
     TURN_ARGS,
     TURN_CODE,
     decode_entries,
+    decode_job_events,
     flush_args,
+    unpack_entry,
 )
 
 
@@ -55,6 +57,37 @@ def test_an_entry_of_several_events_gives_each_an_id_below_its_own() -> None:
     # Past an id within an entry: the rest of that entry, then the next ones.
     assert [e for _, e in decode_entries(entries[1:], (7, 1))] == events[2:]
     assert [e for _, e in decode_entries(entries[1:], (7, 3))] == events[4:]
+
+
+def test_a_record_packed_entry_unpacks_as_the_stream_entry_it_replaces() -> None:
+    # Lengths in bytes; separators and digits inside values are only values.
+    data = '"h\u00e9;1:2"'.encode()
+    packed = b"9-1;7:started4:null5:token" + str(len(data)).encode() + b":" + data
+    [(entry_id, values)] = unpack_entry(packed)
+    assert entry_id == b"9-1"
+    assert values == [b"n", b"started", b"d", b"null", b"n", b"token", b"d", data]
+    assert [e for _, e in decode_entries(unpack_entry(packed))] == [
+        Event("9-0", "started", None),
+        Event("9-1", "token", "h\u00e9;1:2"),
+    ]
+    assert unpack_entry(None) == []
+
+
+def test_job_events_read_across_a_retry_that_moved_the_record_entry() -> None:
+    packed = b"9-1;7:started4:null3:end1:1"
+    # Read before the retry: the record's entry. Then the stream, after it:
+    # the same entry moved there, and what the retry added.
+    stream = [[b"9-1", [b"n", b"started", b"d", b"null", b"n", b"end", b"d", b"1"]]]
+    stream.append([b"12-0", [b"n", b"retried", b"d", b"2"]])
+    expected = [
+        Event("9-0", "started", None),
+        Event("9-1", "end", 1),
+        Event("12-0", "retried", 2),
+    ]
+    assert [e for _, e in decode_job_events(packed, stream)] == expected
+    assert [e for _, e in decode_job_events(packed, stream[1:], (9, 1))] == expected[2:]
+    assert [e for _, e in decode_job_events(packed, None, (9, 0))] == expected[1:2]
+    assert [e for _, e in decode_job_events(None, stream)] == expected
 
 
 def test_each_outcome_kind_carries_its_arity_of_flush_arguments() -> None:

@@ -14,12 +14,20 @@ import trio.testing
 
 from flowqd.config import Config, QueueConfig, RedisConfig
 from flowqd.errors import BrokerUnavailable
-from flowqd.jobs import Claimed, EmittedEvent, Event, JobStatus
+from flowqd.jobs import Claimed, EmittedEvent, Event, JobStatus, parse_event_id
 from flowqd.queue import Broker, open_broker
 from flowqd.queue.keys import prefix_of
 from flowqd.redis import Redis, open_redis
 from tests.queue.conftest import node_of_queue, redis_config
-from tests.queue.helpers import claim_one, done, spec, terminal, wait_until, watch_events
+from tests.queue.helpers import (
+    claim_one,
+    done,
+    failed,
+    spec,
+    terminal,
+    wait_until,
+    watch_events,
+)
 from tests.redisproc import free_port
 
 
@@ -328,9 +336,12 @@ async def test_finished_job_expires_by_age(
 ) -> None:
     with trio.fail_after(10):
         async with open_running() as broker:
+            # Events in an earlier flush than the end's: they are in a stream,
+            # which expires with the record.
             [job_id] = await broker.jobs.enqueue([spec()])
             claimed = await claim_one(broker)
-            await broker.work.flush([EmittedEvent(job_id, "t", 1)], [done(claimed)])
+            await broker.work.flush([EmittedEvent(job_id, "t", 1)], [])
+            await broker.work.flush([], [done(claimed)])
             events = await broker.jobs.read_events(job_id)
             assert len(terminal(events)) == 1
             prefix = prefix_of(config.queue.name)
@@ -338,23 +349,96 @@ async def test_finished_job_expires_by_age(
             stream_ttl = await raw.execute(b"PTTL", f"{prefix}events:{job_id}")
             expected = config.queue.remove_on_age_s * 1000
             assert expected - 5000 < ttl <= expected and expected - 5000 < stream_ttl <= expected
+            # All in the flush that ends it: the record holds them, no stream.
+            [job_id] = await broker.jobs.enqueue([spec()])
+            claimed = await claim_one(broker)
+            await broker.work.flush([EmittedEvent(job_id, "t", 1)], [done(claimed)])
+            assert [e.name for e in await broker.jobs.read_events(job_id)] == ["t", "end"]
+            assert await raw.execute(b"EXISTS", f"{prefix}events:{job_id}") == 0
+            ttl = await raw.execute(b"PTTL", f"{prefix}job:{job_id}")
+            assert expected - 5000 < ttl <= expected
 
 
 async def test_a_flush_writes_one_entry_per_job(
     open_running: Callable[..., Any], config: Config, raw: Redis
 ) -> None:
-    """Its events, the terminal one too, in one stream entry; the last event has its id."""
+    """Its events, the terminal one too, in one stream entry; the last event has its id.
+    A job whose every event comes in the flush that ends it has that entry in
+    its record instead of a stream."""
     with trio.fail_after(10):
         async with open_running() as broker:
+            prefix = prefix_of(config.queue.name)
+            [job_id] = await broker.jobs.enqueue([spec()])
+            claimed = await claim_one(broker)
+            await broker.work.flush([EmittedEvent(job_id, "started", 1)], [])
+            emitted = [EmittedEvent(job_id, name, 1) for name in ("a", "b")]
+            await broker.work.flush(emitted, [done(claimed, "r")])
+            key = f"{prefix}events:{job_id}"
+            [_, [entry_id, _]] = await raw.execute(b"XRANGE", key, b"-", b"+")
+            events = await broker.jobs.read_events(job_id)
+            assert [e.name for e in events] == ["started", "a", "b", "end"]
+            assert events[-1].id == entry_id.decode()
+
             [job_id] = await broker.jobs.enqueue([spec()])
             claimed = await claim_one(broker)
             emitted = [EmittedEvent(job_id, name, 1) for name in ("started", "a", "b")]
             await broker.work.flush(emitted, [done(claimed, "r")])
-            key = f"{prefix_of(config.queue.name)}events:{job_id}"
-            [[entry_id, _]] = await raw.execute(b"XRANGE", key, b"-", b"+")
+            assert await raw.execute(b"EXISTS", f"{prefix}events:{job_id}") == 0
+            packed = await raw.execute(b"HGET", f"{prefix}job:{job_id}", b"evs")
             events = await broker.jobs.read_events(job_id)
             assert [e.name for e in events] == ["started", "a", "b", "end"]
-            assert events[-1].id == entry_id.decode()
+            assert packed.startswith(events[-1].id.encode() + b";")
+
+
+async def test_events_held_in_the_record_replay_resume_and_survive_a_retry(
+    open_running: Callable[..., Any], config: Config, raw: Redis
+) -> None:
+    """A job ended in the flush that brought all its events keeps them in its record:
+    read whole or from any id, watched late, and, once retried, moved to the stream
+    under the same ids, ahead of ``retried``."""
+    odd = {"text": "h\u00e9 ; 12:3 \n", "n": [1, 2]}
+    with trio.fail_after(10):
+        async with open_running() as broker:
+            prefix = prefix_of(config.queue.name)
+            [job_id] = await broker.jobs.enqueue([spec()])
+            claimed = await claim_one(broker)
+            emitted = [EmittedEvent(job_id, name, odd) for name in ("started", "a", "b")]
+            await broker.work.flush(emitted, [failed(claimed, retry=False)])
+            assert await raw.execute(b"EXISTS", f"{prefix}events:{job_id}") == 0
+            events = await broker.jobs.read_events(job_id)
+            assert [(e.name, e.data) for e in events[:3]] == [
+                (n, odd) for n in ("started", "a", "b")
+            ]
+            assert [e.name for e in events] == ["started", "a", "b", "error"]
+            for n, event in enumerate(events):
+                assert await broker.jobs.read_events(job_id, after=event.id) == events[n + 1 :]
+            # Past the end a watch waits for a retry: up to the end only.
+            for n, event in enumerate(events[:-1]):
+                assert [e async for e in watch_events(broker.jobs, job_id, after=event.id)] == (
+                    events[n + 1 :]
+                )
+            assert [e async for e in watch_events(broker.jobs, job_id)] == events
+
+            await broker.jobs.retry(job_id)
+            assert await raw.execute(b"HGET", f"{prefix}job:{job_id}", b"evs") is None
+            moved = await broker.jobs.read_events(job_id)
+            assert moved[:4] == events and moved[4].name == "retried"
+            assert await raw.execute(b"XLEN", f"{prefix}events:{job_id}") == 2
+            claimed = await claim_one(broker)
+            await broker.work.flush([EmittedEvent(job_id, "started", 2)], [done(claimed, "r")])
+            final = await broker.jobs.read_events(job_id)
+            assert [e.name for e in final] == [
+                "started",
+                "a",
+                "b",
+                "error",
+                "retried",
+                "started",
+                "end",
+            ]
+            assert [e.id for e in final] == sorted({e.id for e in final}, key=parse_event_id)
+            for n, event in enumerate(final):
+                assert await broker.jobs.read_events(job_id, after=event.id) == final[n + 1 :]
 
 
 async def test_an_entry_of_several_events_goes_past_a_later_stream_top(

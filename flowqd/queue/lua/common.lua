@@ -49,9 +49,10 @@ end
 -- Streams whose job ended in this call: they expire with it, once written.
 local expiring = {}
 
--- Jobs whose stream the caller knows to be empty: their record has no
--- ``ev`` field, which every script that appends to a stream sets (terminal()
--- and retry.lua in an HSET they make anyway, flush.lua otherwise).
+-- Jobs the caller knows to have no events yet: their record has no ``ev``
+-- field, which every script that appends events sets (terminal() and
+-- retry.lua in an HSET they make anyway, flush.lua otherwise). Their
+-- events stream is empty, and the record has no ``evs``.
 local fresh = {}
 
 -- An entry of n > 1 events takes an id <ms>-<seq> with seq >= n - 1 above
@@ -83,19 +84,57 @@ end
 local function write_events()
   local per_entry = 4 * ENTRY_EVENTS
   for _, id in ipairs(touched_list) do
+    -- false: packed into the job's record by terminal(), no stream at all.
     local fields = pending[id]
-    local key = events_key(id)
-    local ms, seq = nil, nil
-    for first = 1, #fields, per_entry do
-      local last = math.min(first + per_entry - 1, #fields)
-      local added = add_entry(key, fields, first, last, ms, seq, fresh[id])
-      if last < #fields then
-        ms, seq = string.match(added, '^(%d+)-(%d+)$')
-        seq = tonumber(seq)
+    if fields then
+      local key = events_key(id)
+      local ms, seq = nil, nil
+      for first = 1, #fields, per_entry do
+        local last = math.min(first + per_entry - 1, #fields)
+        local added = add_entry(key, fields, first, last, ms, seq, fresh[id])
+        if last < #fields then
+          ms, seq = string.match(added, '^(%d+)-(%d+)$')
+          seq = tonumber(seq)
+        end
       end
+      if expiring[id] then redis.call('PEXPIRE', key, AGE_MS_TEXT) end
     end
-    if expiring[id] then redis.call('PEXPIRE', key, AGE_MS_TEXT) end
   end
+end
+
+-- A job's events as the one stream entry add_entry would write to its empty
+-- stream, packed into a string for the record's ``evs`` field (codec.unpack_entry):
+-- "<id>;" then "<byte length>:<value>" for each name and data in turn. Nil
+-- when they take more than one entry.
+local function pack_entry(fields)
+  local n = #fields / 4
+  if n > ENTRY_EVENTS then return nil end
+  local parts = {now_text(), '-', n - 1, ';'}
+  for k = 2, #fields, 2 do
+    local value = fields[k]
+    parts[#parts + 1] = #value
+    parts[#parts + 1] = ':'
+    parts[#parts + 1] = value
+  end
+  return table.concat(parts)
+end
+
+-- The inverse, for a script that appends to a stream whose job's record
+-- holds its events (retry.lua): the entry goes to the stream first, so ids
+-- stay ordered and nothing is read twice.
+local function unpack_entry_to_stream(id, packed)
+  local sep = string.find(packed, ';', 1, true)
+  local fields, at = {}, sep + 1
+  while at <= #packed do
+    local colon = string.find(packed, ':', at, true)
+    local start = colon + 1
+    local stop = start + tonumber(string.sub(packed, at, colon - 1)) - 1
+    fields[#fields + 1] = (#fields % 4 == 0) and 'n' or 'd'
+    fields[#fields + 1] = string.sub(packed, start, stop)
+    at = stop + 1
+  end
+  redis.call('XADD', events_key(id), string.sub(packed, 1, sep - 1), unpack(fields))
+  redis.call('HDEL', job_key(id), 'evs')
 end
 
 local function ring_workers()
@@ -170,8 +209,21 @@ local function terminal(id, status, event, data, now, fields)
   local jk = job_key(id)
   local finished = now
   if now == clock_ms then finished = now_text() end
-  redis.call('HSET', jk, 'st', status, 'ft', finished, 'ev', '1', unpack(fields or {}))
+  fields = fields or {}
   add_event(id, event, data)
+  -- A job whose every event comes in this call (the usual short job) keeps
+  -- them in its record, not in a stream: no stream created, expired and
+  -- deleted per job, which cost Redis a third of its work per job.
+  -- Nothing appends to a job after its terminal event within a call.
+  if fresh[id] then
+    local packed = pack_entry(pending[id])
+    if packed then
+      fields[#fields + 1] = 'evs'
+      fields[#fields + 1] = packed
+      pending[id] = false
+    end
+  end
+  redis.call('HSET', jk, 'st', status, 'ft', finished, 'ev', '1', unpack(fields))
   local adds = to_finish[status]
   if not adds then
     adds = {}

@@ -118,6 +118,7 @@ while i <= #ARGV do
     results[#results + 1] = 1
     live[id] = nil
     unlocked[#unlocked + 1] = id
+    if not f[7] then fresh[id] = true end  -- no events before this call's
     -- Every branch below sets ev: terminal() or its own HSET.
     first_events[id] = nil
     local extra = {}

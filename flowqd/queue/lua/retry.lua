@@ -1,13 +1,15 @@
 -- Put failed or cancelled jobs back in wait. Attempts go on (max grows when
--- all were used), stalls start again, and the stream is kept: 'retried' goes
--- right after the earlier run's terminal event.
+-- all were used), stalls start again, and the events are kept: 'retried' goes
+-- right after the earlier run's terminal event (in the stream, where the
+-- events held in the record go first).
 -- Args: id, or '' and a limit: the oldest `limit` failed jobs.
 -- Returns {1 or 0, the job's fields} for an id (false: unknown), {count} for failed jobs.
 local function reopen(id, status)
   local jk = job_key(id)
   redis.call('ZREM', finished_key(status), id)
+  local f = redis.call('HMGET', jk, 'att', 'max', 'pri', 'evs')
+  if f[4] then unpack_entry_to_stream(id, f[4]) end
   redis.call('HDEL', jk, 'res', 'err', 'nodes', 'cx', 'sat', 'ft', 'wk', 'tok', 'prog')
-  local f = redis.call('HMGET', jk, 'att', 'max', 'pri')
   local att = tonumber(f[1] or '0')
   local max = math.max(tonumber(f[2]), att + 1)
   redis.call('HSET', jk, 'st', S_WAITING, 'stl', 0, 'max', max, 'ev', '1')

@@ -191,6 +191,41 @@ def decode_entries(
     return out
 
 
+def unpack_entry(packed: bytes | None) -> list[tuple[bytes, list[bytes]]]:
+    """The stream entry a job record's ``evs`` field packs (common.lua's
+    pack_entry), as XRANGE gives entries; none for None."""
+    if packed is None:
+        return []
+    entry_id, _, rest = packed.partition(b";")
+    values: list[bytes] = []
+    at, end = 0, len(rest)
+    while at < end:
+        colon = rest.index(b":", at)
+        start = colon + 1
+        at = start + int(rest[at:colon])
+        values += (_MARKERS[len(values) // 2 % 2], rest[start:at])
+    return [(entry_id, values)]
+
+
+_MARKERS = (b"n", b"d")
+
+
+def decode_job_events(
+    packed: bytes | None, entries: list[Any] | None, after: tuple[int, int] = (0, 0)
+) -> list[tuple[tuple[int, int], Event]]:
+    """A job's events past ``after`` from its record's ``evs`` read first, then its
+    stream: a retry may have moved that entry into the stream in between, and
+    then its events are read from the stream alone."""
+    streamed = decode_entries(entries, after)
+    if packed is None:
+        return streamed
+    held = decode_entries(unpack_entry(packed), after)
+    if streamed:
+        first = streamed[0][0]
+        held = [pair for pair in held if pair[0] < first]
+    return held + streamed
+
+
 def decode_claim(reply: Any, worker: str) -> list[Claimed] | None:
     """The claim script's reply (id, token, fields, ...) for ``worker``, the
     claimer; None while the queue is paused. The jobs are what ``decode_job``

@@ -1,7 +1,10 @@
 """Event delivery for the Redis backend: one subscription and one reader for all watchers.
 
 Streams are the record, pub/sub only a doorbell. Every script that appends
-to job streams publishes the job ids on the queue's events channel. The hub
+to job streams publishes the job ids on the queue's events channel. A job
+whose every event came in the call that ended it has no stream: its record
+holds them as one packed entry (field ``evs``, keys.py), read with the
+stream, first, in the same pipeline (``codec.decode_job_events``). The hub
 holds one subscription to it and one reader task; a ring marks the rung jobs
 "dirty", and the reader reads every dirty stream that has watchers with one
 non-blocking ``XREAD`` (per batch of streams, all in one pipeline), from the
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import AsyncGenerator, Iterable
+from typing import Any
 
 import orjson
 import trio
@@ -37,7 +41,7 @@ from flowqd.errors import BrokerUnavailable
 from flowqd.jobs import RETRIED, Event, through_terminal
 from flowqd.queue.keys import QueueKeys
 from flowqd.queue.policy import resume_point
-from flowqd.queue.redis.codec import checked, decode_entries
+from flowqd.queue.redis.codec import checked, decode_job_events
 from flowqd.redis import Arg, Redis
 
 BUFFER = 256  # events a watcher may have waiting before it reads for itself
@@ -83,6 +87,9 @@ class EventHub:
         self._keys = keys
         self._watchers: dict[str, set[_Watcher]] = {}
         self._dirty: set[str] = set()
+        # Watched jobs whose stream was found to have entries: their record
+        # never holds events (only a job without any may), so it is not read.
+        self._streamed: set[str] = set()
         self._kick = trio.Event()
         self.rings = 0  # doorbell messages received (for statistics)
         self._first_watcher = trio.Event()
@@ -148,6 +155,7 @@ class EventHub:
                 watchers.discard(watcher)
                 if not watchers:
                     del self._watchers[job_id]
+                    self._streamed.discard(job_id)
 
     async def read(self, job_id: str, after: tuple[int, int], count: int) -> list[Event]:
         return [event for _, event in await self._range(job_id, after, count)]
@@ -160,13 +168,25 @@ class EventHub:
         backoff = Backoff(initial=0.05, maximum=1.0)
         while True:
             try:
-                reply = await self._redis.execute(
-                    b"XREVRANGE", self._keys.events(watcher.job_id), b"+", b"-", b"COUNT", 1
+                packed, reply = checked(
+                    await self._redis.pipeline(
+                        [
+                            (b"HGET", self._keys.job(watcher.job_id), b"evs"),
+                            (
+                                b"XREVRANGE",
+                                self._keys.events(watcher.job_id),
+                                b"+",
+                                b"-",
+                                b"COUNT",
+                                1,
+                            ),
+                        ]
+                    )
                 )
             except BrokerUnavailable:
                 await backoff.wait()  # as in watch(): the caller's deadline bounds it
                 continue
-            last = decode_entries(reply)
+            last = decode_job_events(packed, reply)
             watcher.cursor = resume_point(watcher.cursor, last[-1][0] if last else None)
             return
 
@@ -193,10 +213,22 @@ class EventHub:
     ) -> list[tuple[tuple[int, int], Event]]:
         # Every entry read holds at least one event past ``after`` (its last):
         # ``count`` entries hold at least ``count`` events, if there are so many.
-        reply = await self._redis.execute(
-            b"XRANGE", self._keys.events(job_id), f"({after[0]}-{after[1]}", b"+", b"COUNT", count
+        packed, entries = checked(
+            await self._redis.pipeline(
+                [
+                    (b"HGET", self._keys.job(job_id), b"evs"),
+                    (
+                        b"XRANGE",
+                        self._keys.events(job_id),
+                        f"({after[0]}-{after[1]}",
+                        b"+",
+                        b"COUNT",
+                        count,
+                    ),
+                ]
+            )
         )
-        return decode_entries(reply, after)[:count]
+        return decode_job_events(packed, entries, after)[:count]
 
     def _mark(self, job_ids: Iterable[str]) -> None:
         watched = self._watchers
@@ -252,7 +284,11 @@ class EventHub:
                 requests.append((job_id, min(feeding)))
         if not requests:
             return
-        commands: list[tuple[Arg, ...]] = []
+        # The records first, then the streams: see decode_job_events.
+        unstreamed = [job_id for job_id, _ in requests if job_id not in self._streamed]
+        commands: list[tuple[Arg, ...]] = [
+            (b"HGET", self._keys.job(job_id), b"evs") for job_id in unstreamed
+        ]
         for start in range(0, len(requests), STREAMS_PER_XREAD):
             chunk = requests[start : start + STREAMS_PER_XREAD]
             commands.append(
@@ -267,24 +303,34 @@ class EventHub:
             )
         prefix_len = len(self._keys.events(""))
         starts = dict(requests)
-        for reply in checked(await self._redis.pipeline(commands)):
-            for key, entries in reply or ():
-                job_id = key[prefix_len:].decode()
-                read_from = starts[job_id]
-                decoded = decode_entries(entries, read_from)
-                cut = len(entries) >= BATCH
-                if cut:
-                    self._dirty.add(job_id)  # more to read: next pass
-                for watcher in list(self._watchers.get(job_id, ())):
-                    if watcher.lagging:
-                        continue
-                    if watcher.cursor < read_from:
-                        # It rejoined behind this read's start while the read
-                        # was under way: entries between its cursor and the
-                        # start are not in this reply. The next pass reads
-                        # from its cursor.
-                        self._dirty.add(job_id)
-                        continue
-                    watcher.offer(decoded, cut)
+        replies = checked(await self._redis.pipeline(commands))
+        held = dict(zip(unstreamed, replies, strict=False))
+        found: list[tuple[str, list[Any] | None]] = [
+            (key[prefix_len:].decode(), entries)
+            for reply in replies[len(unstreamed) :]
+            for key, entries in reply or ()
+        ]
+        for job_id, _ in found:
+            self._streamed.add(job_id)
+            # The stream holds all: a retry moved the record's entry into it.
+            held.pop(job_id, None)
+        found += [(job_id, None) for job_id, packed in held.items() if packed is not None]
+        for job_id, entries in found:
+            read_from = starts[job_id]
+            decoded = decode_job_events(held.get(job_id), entries, read_from)
+            cut = entries is not None and len(entries) >= BATCH
+            if cut:
+                self._dirty.add(job_id)  # more to read: next pass
+            for watcher in list(self._watchers.get(job_id, ())):
+                if watcher.lagging:
+                    continue
+                if watcher.cursor < read_from:
+                    # It rejoined behind this read's start while the read
+                    # was under way: entries between its cursor and the
+                    # start are not in this reply. The next pass reads
+                    # from its cursor.
+                    self._dirty.add(job_id)
+                    continue
+                watcher.offer(decoded, cut)
         if self._dirty:
             self._kick.set()
