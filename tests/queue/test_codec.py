@@ -60,9 +60,8 @@ def test_an_entry_of_several_events_gives_each_an_id_below_its_own() -> None:
 
 
 def test_a_record_packed_entry_unpacks_as_the_stream_entry_it_replaces() -> None:
-    # Lengths in bytes; separators and digits inside values are only values.
     data = '"h\u00e9;1:2"'.encode()
-    packed = b"9-1;7:started4:null5:token" + str(len(data)).encode() + b":" + data
+    packed = b"\0".join([b"9-1", b"started", b"null", b"token", data])
     [(entry_id, values)] = unpack_entry(packed)
     assert entry_id == b"9-1"
     assert values == [b"n", b"started", b"d", b"null", b"n", b"token", b"d", data]
@@ -74,7 +73,7 @@ def test_a_record_packed_entry_unpacks_as_the_stream_entry_it_replaces() -> None
 
 
 def test_job_events_read_across_a_retry_that_moved_the_record_entry() -> None:
-    packed = b"9-1;7:started4:null3:end1:1"
+    packed = b"9-1\0started\0null\0end\x001"
     # Read before the retry: the record's entry. Then the stream, after it:
     # the same entry moved there, and what the retry added.
     stream = [[b"9-1", [b"n", b"started", b"d", b"null", b"n", b"end", b"d", b"1"]]]

@@ -387,7 +387,7 @@ async def test_a_flush_writes_one_entry_per_job(
             packed = await raw.execute(b"HGET", f"{prefix}job:{job_id}", b"evs")
             events = await broker.jobs.read_events(job_id)
             assert [e.name for e in events] == ["started", "a", "b", "end"]
-            assert packed.startswith(events[-1].id.encode() + b";")
+            assert packed.startswith(events[-1].id.encode() + b"\0")
 
 
 async def test_events_held_in_the_record_replay_resume_and_survive_a_retry(
@@ -439,6 +439,14 @@ async def test_events_held_in_the_record_replay_resume_and_survive_a_retry(
             assert [e.id for e in final] == sorted({e.id for e in final}, key=parse_event_id)
             for n, event in enumerate(final):
                 assert await broker.jobs.read_events(job_id, after=event.id) == final[n + 1 :]
+
+            # A name with a NUL byte cannot be packed: the job gets a stream.
+            [job_id] = await broker.jobs.enqueue([spec()])
+            claimed = await claim_one(broker)
+            await broker.work.flush([EmittedEvent(job_id, "a\0b", odd)], [done(claimed, "r")])
+            assert await raw.execute(b"EXISTS", f"{prefix}events:{job_id}") == 1
+            events = await broker.jobs.read_events(job_id)
+            assert [(e.name, e.data) for e in events] == [("a\0b", odd), ("end", "r")]
 
 
 async def test_an_entry_of_several_events_goes_past_a_later_stream_top(

@@ -103,37 +103,45 @@ local function write_events()
 end
 
 -- A job's events as the one stream entry add_entry would write to its empty
--- stream, packed into a string for the record's ``evs`` field (codec.unpack_entry):
--- "<id>;" then "<byte length>:<value>" for each name and data in turn. Nil
--- when they take more than one entry.
+-- stream, packed into a string for the record's ``evs`` field
+-- (codec.unpack_entry): its id, then each event's name and data, joined by
+-- NUL bytes. Nil when they take more than one entry, or a name holds a NUL
+-- (data is JSON text, which never does). No number is turned into text on
+-- the way: Redis 7.0's Lua does that with sprintf.
+local SEQ_TEXT = {}
+for n = 1, ENTRY_EVENTS do SEQ_TEXT[n] = tostring(n - 1) end
 local function pack_entry(fields)
   local n = #fields / 4
   if n > ENTRY_EVENTS then return nil end
-  local parts = {now_text(), '-', n - 1, ';'}
-  for k = 2, #fields, 2 do
-    local value = fields[k]
-    parts[#parts + 1] = #value
-    parts[#parts + 1] = ':'
-    parts[#parts + 1] = value
+  local parts = {now_text() .. '-' .. SEQ_TEXT[n]}
+  for k = 2, #fields, 4 do
+    local name = fields[k]
+    if string.find(name, '\0', 1, true) then return nil end
+    parts[#parts + 1] = name
+    parts[#parts + 1] = fields[k + 2]
   end
-  return table.concat(parts)
+  return table.concat(parts, '\0')
 end
 
 -- The inverse, for a script that appends to a stream whose job's record
 -- holds its events (retry.lua): the entry goes to the stream first, so ids
 -- stay ordered and nothing is read twice.
 local function unpack_entry_to_stream(id, packed)
-  local sep = string.find(packed, ';', 1, true)
-  local fields, at = {}, sep + 1
-  while at <= #packed do
-    local colon = string.find(packed, ':', at, true)
-    local start = colon + 1
-    local stop = start + tonumber(string.sub(packed, at, colon - 1)) - 1
-    fields[#fields + 1] = (#fields % 4 == 0) and 'n' or 'd'
-    fields[#fields + 1] = string.sub(packed, start, stop)
-    at = stop + 1
+  local values, at = {}, 1
+  while true do
+    local nul = string.find(packed, '\0', at, true)
+    values[#values + 1] = string.sub(packed, at, (nul or 0) - 1)
+    if not nul then break end
+    at = nul + 1
   end
-  redis.call('XADD', events_key(id), string.sub(packed, 1, sep - 1), unpack(fields))
+  local fields = {}
+  for k = 2, #values, 2 do
+    fields[#fields + 1] = 'n'
+    fields[#fields + 1] = values[k]
+    fields[#fields + 1] = 'd'
+    fields[#fields + 1] = values[k + 1]
+  end
+  redis.call('XADD', events_key(id), values[1], unpack(fields))
   redis.call('HDEL', job_key(id), 'evs')
 end
 

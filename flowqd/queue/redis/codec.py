@@ -193,21 +193,15 @@ def decode_entries(
 
 def unpack_entry(packed: bytes | None) -> list[tuple[bytes, list[bytes]]]:
     """The stream entry a job record's ``evs`` field packs (common.lua's
-    pack_entry), as XRANGE gives entries; none for None."""
+    pack_entry: id, then names and data, joined by NUL), as XRANGE gives
+    entries; none for None."""
     if packed is None:
         return []
-    entry_id, _, rest = packed.partition(b";")
-    values: list[bytes] = []
-    at, end = 0, len(rest)
-    while at < end:
-        colon = rest.index(b":", at)
-        start = colon + 1
-        at = start + int(rest[at:colon])
-        values += (_MARKERS[len(values) // 2 % 2], rest[start:at])
-    return [(entry_id, values)]
-
-
-_MARKERS = (b"n", b"d")
+    entry_id, *values = packed.split(b"\0")
+    fields: list[bytes] = []
+    for name, data in zip(values[0::2], values[1::2], strict=True):
+        fields += (b"n", name, b"d", data)
+    return [(entry_id, fields)]
 
 
 def decode_job_events(
