@@ -25,7 +25,6 @@ local function now_text()
   if not clock_text then clock_text = string.format('%.0f', now_ms()) end
   return clock_text
 end
-local AGE_MS_TEXT = ARGV[2]
 
 -- Events this call appends, per job (fields n, d, n, d, ...), in the order
 -- added; written by write_events() as one stream entry per job of up to
@@ -45,9 +44,6 @@ local function add_event(id, name, data)
   fields[#fields + 1] = 'd'
   fields[#fields + 1] = data
 end
-
--- Streams whose job ended in this call: they expire with it, once written.
-local expiring = {}
 
 -- Jobs the caller knows to have no events yet: their record has no ``ev``
 -- field, which every script that appends events sets (terminal() and
@@ -97,7 +93,6 @@ local function write_events()
           seq = tonumber(seq)
         end
       end
-      if expiring[id] then redis.call('PEXPIRE', key, AGE_MS_TEXT) end
     end
   end
 end
@@ -210,9 +205,9 @@ local function call_in_parts(command, key, members, per_call)
 end
 
 -- End a job: status, finish time (plus the caller's ``fields``), the one
--- terminal event, finished set, expiry. Its ``tok`` stays: every token check
--- also wants status ``active``. The finished sets are written, and trimmed
--- by count, in announce().
+-- terminal event, finished set. Its ``tok`` stays: every token check also
+-- wants status ``active``. The finished sets are written, and trimmed by
+-- count and age, in announce(). No TTL: see forget_older().
 local function terminal(id, status, event, data, now, fields)
   local jk = job_key(id)
   local finished = now
@@ -239,31 +234,57 @@ local function terminal(id, status, event, data, now, fields)
   end
   adds[#adds + 1] = finish_score(now)
   adds[#adds + 1] = id
-  redis.call('PEXPIRE', jk, AGE_MS_TEXT)
-  expiring[id] = true
 end
 
-local function trim_finished()
-  for status, adds in pairs(to_finish) do
-    call_in_parts('ZADD', finished_key(status), adds, 1000)
-  end
-  if CFG.keep <= 0 then return end
-  for status, _ in pairs(to_finish) do
-    local set = finished_key(status)
-    local excess = redis.call('ZCARD', set) - CFG.keep
-    if excess > 0 then
-      local old = redis.call('ZPOPMIN', set, excess)
-      local doomed = {}
-      for i = 1, #old, 2 do
-        doomed[#doomed + 1] = job_key(old[i])
-        doomed[#doomed + 1] = events_key(old[i])
-        if #doomed >= 500 then
-          redis.call('DEL', unpack(doomed))
-          doomed = {}
-        end
-      end
-      if #doomed > 0 then redis.call('DEL', unpack(doomed)) end
+-- Delete finished jobs' records and streams: ids[first], ids[first + step], ...
+local function forget(ids, first, step)
+  local doomed = {}
+  for i = first, #ids, step do
+    doomed[#doomed + 1] = job_key(ids[i])
+    doomed[#doomed + 1] = events_key(ids[i])
+    if #doomed >= 500 then
+      redis.call('DEL', unpack(doomed))
+      doomed = {}
     end
+  end
+  if #doomed > 0 then redis.call('DEL', unpack(doomed)) end
+end
+
+-- Forget up to ``limit`` jobs of a finished set that ended at or before
+-- ``cutoff`` (ms), oldest first; returns how many. Removal by age
+-- (queue.remove_on_age_s) is this, run by every call that finishes jobs
+-- (for as many as it finishes, and some) and by the stalled check (until
+-- none is left), not a TTL per record and stream: a PEXPIRE per job cost
+-- Redis more than a tenth of its work per job. As with BullMQ's removal by
+-- age, a job may outlive its age while no worker runs (the finished sets
+-- grow only when workers finish jobs).
+local function forget_older(status, cutoff, limit)
+  local set = finished_key(status)
+  local ids = redis.call('ZRANGEBYSCORE', set, '-inf', cutoff, 'LIMIT', 0, limit)
+  if #ids > 0 then
+    call_in_parts('ZREM', set, ids, 1000)
+    forget(ids, 1, 1)
+  end
+  return #ids
+end
+
+local FINISHED = {S_COMPLETED, S_FAILED, S_CANCELLED}
+
+local function trim_finished()
+  local finished = 0
+  for status, adds in pairs(to_finish) do
+    local set = finished_key(status)
+    call_in_parts('ZADD', set, adds, 1000)
+    finished = finished + #adds / 2
+    if CFG.keep > 0 then
+      local excess = redis.call('ZCARD', set) - CFG.keep
+      if excess > 0 then forget(redis.call('ZPOPMIN', set, excess), 1, 2) end
+    end
+  end
+  if finished > 0 then
+    -- Every set: a status that rarely ends a job is not left to the stalled check.
+    local cutoff = now_ms() - CFG.age_ms
+    for _, status in ipairs(FINISHED) do forget_older(status, cutoff, finished + 16) end
   end
 end
 

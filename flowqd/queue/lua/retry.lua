@@ -13,6 +13,7 @@ local function reopen(id, status)
   local att = tonumber(f[1] or '0')
   local max = math.max(tonumber(f[2]), att + 1)
   redis.call('HSET', jk, 'st', S_WAITING, 'stl', 0, 'max', max, 'ev', '1')
+  -- Records written before removal by age was forget_older() had a TTL.
   redis.call('PERSIST', jk)
   redis.call('PERSIST', events_key(id))
   add_event(id, EV_RETRIED, cjson.encode({attempt = att + 1}))

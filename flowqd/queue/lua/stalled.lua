@@ -1,14 +1,16 @@
 -- Stalled check: jobs whose lock deadline passed go back to wait (attempt
--- counted) or, past max_stalled, fail. Also trims finished sets by age.
+-- counted) or, past max_stalled, fail. Also forgets finished jobs by age.
 -- Args: check key ttl ms (0: this caller already won this round), limit.
--- Returns -1 if another process runs this round, else {number of stalled
--- jobs handled, ids requeued, ids failed (past max_stalled), ids cancelled}
--- (the caller logs them).
+-- Returns -1 if another process runs this round, else {the most jobs handled
+-- of any one kind (stalled, or aged of one status: the caller calls again
+-- while it is `limit`), ids requeued, ids failed (past max_stalled), ids
+-- cancelled} (the caller logs them).
 if ARGV[A] ~= '0' then
   if not redis.call('SET', K_STALLED_CHECK, '1', 'NX', 'PX', ARGV[A]) then return -1 end
 end
 local now = now_ms()
-local ids = redis.call('ZRANGEBYSCORE', K_ACTIVE, '-inf', now, 'LIMIT', 0, tonumber(ARGV[A + 1]))
+local limit = tonumber(ARGV[A + 1])
+local ids = redis.call('ZRANGEBYSCORE', K_ACTIVE, '-inf', now, 'LIMIT', 0, limit)
 local rang = false
 local requeued, failed, cancelled = {}, {}, {}
 for _, id in ipairs(ids) do
@@ -33,9 +35,10 @@ for _, id in ipairs(ids) do
   end
 end
 if rang then ring_workers() end
-local cutoff = now - CFG.age_ms
-for _, status in ipairs({S_COMPLETED, S_FAILED, S_CANCELLED}) do
-  redis.call('ZREMRANGEBYSCORE', finished_key(status), '-inf', cutoff)
+-- Removal by age, for the times no flush runs (forget_older).
+local cutoff, aged = now - CFG.age_ms, 0
+for _, status in ipairs(FINISHED) do
+  aged = math.max(aged, forget_older(status, cutoff, limit))
 end
 announce()
-return {#ids, requeued, failed, cancelled}
+return {math.max(#ids, aged), requeued, failed, cancelled}
