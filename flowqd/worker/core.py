@@ -25,6 +25,7 @@ from flowqd.executors._egress import install as install_outbound
 from flowqd.flows import FlowStore, NodeFailed, run_flow
 from flowqd.flows.runner import bounded_traceback
 from flowqd.jobs import EmittedEvent, Job, Outcome, OutcomeKind, WorkerInfo
+from flowqd.logs import SharedFields
 from flowqd.queue.roles import Conversations, WorkQueue
 from flowqd.worker import memory, transitions
 from flowqd.worker.held import Held, StopReason
@@ -105,8 +106,11 @@ class Worker:
     _broker_ok: bool = attrs.field(default=True, kw_only=True)
     _claim_problem: str = attrs.field(init=False, default="")
     _started_at: float = attrs.field(init=False, factory=time.time)
+    # The queue and worker fields of its job lines (transitions.py).
+    _line_fields: SharedFields = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
+        self._line_fields = transitions.shared_fields(self.id, self.config.queue.name)
         self._outbox = Outbox(self.work, self.metrics, self._held, self._stop)
         self._timeouts = Timeouts(self._held, self._stop)
         self.metrics.running.read = lambda: len(self._held)
@@ -228,7 +232,7 @@ class Worker:
                 self._broker_ok = True
             backoff.reset()
             if claimed:
-                transitions.claimed(claimed, self.id, self.config.queue.name)
+                transitions.claimed(claimed, self._line_fields)
                 for item in claimed:
                     held = Held(item)
                     self._held[item.job.id] = held
@@ -279,9 +283,7 @@ class Worker:
                 self._log_ended(job, outcome, seconds)
 
     def _log_ended(self, job: Job, outcome: Outcome, seconds: float) -> None:
-        transitions.ended(
-            job, outcome, seconds, self.id, self.config.queue.name, self.config.queue.backoff_s
-        )
+        transitions.ended(job, outcome, seconds, self._line_fields, self.config.queue.backoff_s)
 
     def _timeout_of(self, job: Job) -> float:
         return job.timeout_s or self.config.worker.job_timeout_s
