@@ -108,6 +108,9 @@ class Worker:
     _started_at: float = attrs.field(init=False, factory=time.time)
     # The queue and worker fields of its job lines (transitions.py).
     _line_fields: SharedFields = attrs.field(init=False)
+    # The trio run's clock, set by run(): trio.current_time() is two more calls
+    # to it, and a job reads it twice.
+    _clock: trio.abc.Clock = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._line_fields = transitions.shared_fields(self.id, self.config.queue.name)
@@ -131,6 +134,7 @@ class Worker:
     ) -> None:
         """Take and run jobs until ``shutdown`` is set, then drain and return."""
         _tune_gc()
+        self._clock = trio.lowlevel.current_clock()
         install_outbound(self.config)  # [egress] and limits for the http and llm nodes' requests
         wc = self.config.worker
         async with trio.open_nursery() as nursery:
@@ -243,7 +247,8 @@ class Worker:
 
     async def _run_job(self, held: Held, scope: trio.CancelScope) -> None:
         job = held.claimed.job
-        started = trio.current_time()
+        clock = self._clock
+        started = clock.current_time()
         outcome: Outcome | None = None
         traced = tracing.current
         span = None if traced is None else traced.start_job(job, self.id, self.config.queue.name)
@@ -278,7 +283,7 @@ class Worker:
                 self._held.pop(job.id, None)
                 self._outbox.forget(job.id)
             else:
-                seconds = trio.current_time() - started
+                seconds = clock.current_time() - started
                 self._outbox.add(outcome, seconds)
                 self._log_ended(job, outcome, seconds)
 
