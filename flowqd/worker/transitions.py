@@ -4,10 +4,12 @@ Each line carries the job's facts as fields (``job_id``, ``flow``, ``queue``,
 ``worker``, ``attempt``, and ``duration_ms`` once it ran), so a collector
 filters on them instead of parsing messages. The worker logs two of these a
 job, so they are built cheaply: one level check per call; when flowqd's own
-handler is the only one (``logs.direct_handler``) it gets the line's parts
-without a record, and otherwise a record is made by copying a template's
-attributes (``_info``) instead of ``Logger.info``, which also looks up the
-caller's frame, thread and process: other handlers see an ordinary ``LogRecord``.
+handler is the only one (``logs.direct_handler``) its formatter makes the
+line from the job's values (``job_line``, with the worker's ``queue`` and
+``worker`` pairs made once: ``SharedFields``) without a record, and otherwise
+a record is made by copying a template's attributes (``_record``) instead of
+``Logger.info``, which also looks up the caller's frame, thread and process:
+other handlers see an ordinary ``LogRecord``.
 """
 
 from __future__ import annotations
