@@ -153,6 +153,21 @@ def extras(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in attributes.items() if k not in _RESERVED}
 
 
+class SharedFields:
+    """Fields that every line of one source carries alike, in this order (a
+    worker's ``queue`` and ``worker`` on its job lines), with the text format's
+    ``name=value`` pairs of them made once."""
+
+    __slots__ = ("fields", "text")
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.fields = fields
+        # With its leading space, as TextFormatter.line joins pairs.
+        self.text = "".join(
+            f" {k}={_text_value(v)}" for k, v in fields.items() if k not in _TEXT_IN_MESSAGE
+        )
+
+
 class LineFormatter(logging.Formatter):
     """A formatter that also makes a line without a record (``BatchingHandler.emit_fields``)."""
 
@@ -165,6 +180,24 @@ class LineFormatter(logging.Formatter):
     ) -> str:
         """The line of a record of these, without a traceback."""
         raise NotImplementedError
+
+    def job_line(
+        self,
+        created: float,
+        logger: str,
+        message: str,
+        job_id: str,
+        flow: str,
+        shared: SharedFields,
+        attempt: int,
+        duration_ms: float | None = None,
+    ) -> str:
+        """``line`` at INFO with the fields job_id, flow, ``shared``'s, attempt, and
+        duration_ms unless None, in that order: the worker's two lines a job."""
+        fields = {"job_id": job_id, "flow": flow, **shared.fields, "attempt": attempt}
+        if duration_ms is not None:
+            fields["duration_ms"] = duration_ms
+        return self.line(created, "INFO", logger, message, fields)
 
 
 class JsonFormatter(LineFormatter):
@@ -243,6 +276,35 @@ class TextFormatter(LineFormatter):
             pairs.append(f"{k}={v}")
         return " ".join(pairs)
 
+    def job_line(
+        self,
+        created: float,
+        logger: str,
+        message: str,
+        job_id: str,
+        flow: str,
+        shared: SharedFields,
+        attempt: int,
+        duration_ms: float | None = None,
+    ) -> str:
+        # What line() makes of these fields in one f-string: a per-field loop
+        # cost twice the rest of the line (and repr is str for a float).
+        if attempt.__class__ is not int or (
+            duration_ms is not None and duration_ms.__class__ is not float
+        ):
+            return super().job_line(
+                created, logger, message, job_id, flow, shared, attempt, duration_ms
+            )
+        if not job_id or " " in job_id or '"' in job_id or "=" in job_id:
+            job_id = orjson.dumps(job_id).decode()
+        if not flow or " " in flow or '"' in flow or "=" in flow:
+            flow = orjson.dumps(flow).decode()
+        line = (
+            f"{self._ts(created)} INFO    {logger}: {message} job_id={job_id} flow={flow}"
+            f"{shared.text} attempt={attempt}"
+        )
+        return line if duration_ms is None else f"{line} duration_ms={duration_ms!r}"
+
 
 class BatchingHandler(logging.StreamHandler[TextIO]):
     """A stream handler that writes lines in batches when they come fast.
@@ -286,6 +348,18 @@ class BatchingHandler(logging.StreamHandler[TextIO]):
         line = formatter.line(created, _LEVEL_NAMES[level], logger, message, fields)
         with self._locked():
             self._add(line, level)
+
+    def emit_lines(self, level: int, lines: Sequence[str]) -> None:
+        """Lines this handler's ``line_formatter`` made, without records: for a
+        caller that ``direct_handler`` gave this handler to."""
+        with self._locked():
+            for line in lines:
+                self._add(line, level)
+
+    @property
+    def line_formatter(self) -> LineFormatter:
+        """Its formatter, once ``direct_handler`` said it is a LineFormatter."""
+        return cast(LineFormatter, self.formatter)
 
     def _add(self, line: str, level: int) -> None:
         # Called under self.lock, as flush() and the flusher are.

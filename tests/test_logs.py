@@ -114,3 +114,28 @@ def test_no_direct_line_past_a_filter_another_handler_or_a_level(
     handler.setLevel(logging.NOTSET)
     handler.setFormatter(logging.Formatter())
     assert logs.direct_handler(log, logging.INFO) is None
+
+
+@pytest.mark.parametrize("formatter", [TextFormatter(), JsonFormatter()])
+@pytest.mark.parametrize(
+    ("job_id", "flow", "attempt", "duration_ms"),
+    [
+        ("0194c3a8abcd", "greet", 1, 0.125),
+        ("0194c3a8abcd", "greet", 2, None),
+        ("id with spaces", 'a "quoted" flow', 3, 1000.0),
+        ("", "a=b", 1, 12.5),
+        ("x", "y", True, 1),  # not an int and a float: the generic way, same line
+    ],
+)
+def test_a_job_line_is_the_line_of_its_fields(
+    formatter: LineFormatter, job_id: str, flow: str, attempt: int, duration_ms: float | None
+) -> None:
+    shared = logs.SharedFields({"queue": "q 1", "worker": "host:1:abcdef", "route": "/r"})
+    fields = {"job_id": job_id, "flow": flow, **shared.fields, "attempt": attempt}
+    if duration_ms is not None:
+        fields["duration_ms"] = duration_ms
+    created = 1733400000.1234
+    expected = formatter.line(created, "INFO", "flowqd.worker", "job ran", fields)
+    assert expected == formatter.job_line(
+        created, "flowqd.worker", "job ran", job_id, flow, shared, attempt, duration_ms
+    )

@@ -93,6 +93,27 @@ async def run_flow(
 
 
 class _Run:
+    # One a job, its attributes read all through the job's nodes.
+    __slots__ = (
+        "credential",
+        "docs",
+        "done",
+        "emit",
+        "encoded",
+        "failure",
+        "flow",
+        "history",
+        "inputs",
+        "job_id",
+        "limits",
+        "nursery",
+        "outputs",
+        "records",
+        "redactor",
+        "small_enough",
+        "trace",
+    )
+
     def __init__(
         self,
         flow: CompiledFlow,

@@ -13,8 +13,10 @@ from flowqd.redis._client import open_redis as open_redis
 from flowqd.redis._connection import Connection as Connection
 from flowqd.redis._pubsub import Subscription as Subscription
 from flowqd.redis._script import Arg as Arg
+from flowqd.redis._script import Packed as Packed
 from flowqd.redis._script import Script as Script
 from flowqd.redis._script import ScriptCall as ScriptCall
+from flowqd.redis._script import bulk as bulk
 from flowqd.redis._url import Target as Target
 from flowqd.redis._url import parse_target as parse_target
 
@@ -23,12 +25,14 @@ __all__ = [
     "Backoff",
     "Connection",
     "Dedicated",
+    "Packed",
     "Redis",
     "RedisStatistics",
     "Script",
     "ScriptCall",
     "Subscription",
     "Target",
+    "bulk",
     "open_redis",
     "parse_target",
 ]

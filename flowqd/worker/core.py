@@ -25,6 +25,7 @@ from flowqd.executors._egress import install as install_outbound
 from flowqd.flows import FlowStore, NodeFailed, run_flow
 from flowqd.flows.runner import bounded_traceback
 from flowqd.jobs import EmittedEvent, Job, Outcome, OutcomeKind, WorkerInfo
+from flowqd.logs import SharedFields
 from flowqd.queue.roles import Conversations, WorkQueue
 from flowqd.worker import memory, transitions
 from flowqd.worker.held import Held, StopReason
@@ -105,8 +106,14 @@ class Worker:
     _broker_ok: bool = attrs.field(default=True, kw_only=True)
     _claim_problem: str = attrs.field(init=False, default="")
     _started_at: float = attrs.field(init=False, factory=time.time)
+    # The queue and worker fields of its job lines (transitions.py).
+    _line_fields: SharedFields = attrs.field(init=False)
+    # The trio run's clock, set by run(): trio.current_time() is two more calls
+    # to it, and a job reads it twice.
+    _clock: trio.abc.Clock = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
+        self._line_fields = transitions.shared_fields(self.id, self.config.queue.name)
         self._outbox = Outbox(self.work, self.metrics, self._held, self._stop)
         self._timeouts = Timeouts(self._held, self._stop)
         self.metrics.running.read = lambda: len(self._held)
@@ -127,6 +134,7 @@ class Worker:
     ) -> None:
         """Take and run jobs until ``shutdown`` is set, then drain and return."""
         _tune_gc()
+        self._clock = trio.lowlevel.current_clock()
         install_outbound(self.config)  # [egress] and limits for the http and llm nodes' requests
         wc = self.config.worker
         async with trio.open_nursery() as nursery:
@@ -228,7 +236,7 @@ class Worker:
                 self._broker_ok = True
             backoff.reset()
             if claimed:
-                transitions.claimed(claimed, self.id, self.config.queue.name)
+                transitions.claimed(claimed, self._line_fields)
                 for item in claimed:
                     held = Held(item)
                     self._held[item.job.id] = held
@@ -239,7 +247,8 @@ class Worker:
 
     async def _run_job(self, held: Held, scope: trio.CancelScope) -> None:
         job = held.claimed.job
-        started = trio.current_time()
+        clock = self._clock
+        started = clock.current_time()
         outcome: Outcome | None = None
         traced = tracing.current
         span = None if traced is None else traced.start_job(job, self.id, self.config.queue.name)
@@ -274,14 +283,12 @@ class Worker:
                 self._held.pop(job.id, None)
                 self._outbox.forget(job.id)
             else:
-                seconds = trio.current_time() - started
+                seconds = clock.current_time() - started
                 self._outbox.add(outcome, seconds)
                 self._log_ended(job, outcome, seconds)
 
     def _log_ended(self, job: Job, outcome: Outcome, seconds: float) -> None:
-        transitions.ended(
-            job, outcome, seconds, self.id, self.config.queue.name, self.config.queue.backoff_s
-        )
+        transitions.ended(job, outcome, seconds, self._line_fields, self.config.queue.backoff_s)
 
     def _timeout_of(self, job: Job) -> float:
         return job.timeout_s or self.config.worker.job_timeout_s

@@ -60,6 +60,7 @@ class WorkerMetrics:
         looked up by outcome alone, not by sorting labels."""
         series = self._durations.get(outcome)
         if series is None:
+            outcome = str(outcome)  # the label a plain str, if given an OutcomeKind
             self.duration.observe(seconds, outcome=outcome)
             labels = (
                 {"outcome": outcome}

@@ -47,7 +47,7 @@ class Outbox:
     outcomes: list[Outcome] = attrs.field(init=False, factory=list)
     # Set when there is something to write; the flusher replaces it.
     wanted: trio.Event = attrs.field(init=False, factory=trio.Event)
-    _finished: dict[str, int] = attrs.field(init=False, factory=dict)  # jobs by outcome
+    _finished: dict[OutcomeKind, int] = attrs.field(init=False, factory=dict)  # jobs by outcome
     # Jobs with an event or outcome the backend could not encode, and why:
     # their outcome becomes a failure saying so.
     _unstorable: dict[str, str] = attrs.field(init=False, factory=dict)
@@ -58,7 +58,8 @@ class Outbox:
         """A job's outcome after ``seconds`` of running, to be written after its events."""
         self.outcomes.append(outcome)
         self.wanted.set()
-        kind = outcome.kind.value
+        # The member, not its .value (an enum property): a StrEnum is its value.
+        kind = outcome.kind
         # Counted here, added to the counter once per kind per flush.
         self._finished[kind] = self._finished.get(kind, 0) + 1
         self.metrics.job_ended(kind, seconds)
@@ -108,7 +109,7 @@ class Outbox:
         if self._finished:
             finished, self._finished = self._finished, {}
             for kind, count in finished.items():
-                self.metrics.jobs.inc(count, outcome=kind)
+                self.metrics.jobs.inc(count, outcome=kind.value)
         events, outcomes = self.events, self.outcomes
         if not events and not outcomes:
             return

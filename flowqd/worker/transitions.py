@@ -4,10 +4,12 @@ Each line carries the job's facts as fields (``job_id``, ``flow``, ``queue``,
 ``worker``, ``attempt``, and ``duration_ms`` once it ran), so a collector
 filters on them instead of parsing messages. The worker logs two of these a
 job, so they are built cheaply: one level check per call; when flowqd's own
-handler is the only one (``logs.direct_handler``) it gets the line's parts
-without a record, and otherwise a record is made by copying a template's
-attributes (``_info``) instead of ``Logger.info``, which also looks up the
-caller's frame, thread and process: other handlers see an ordinary ``LogRecord``.
+handler is the only one (``logs.direct_handler``) its formatter makes the
+line from the job's values (``job_line``, with the worker's ``queue`` and
+``worker`` pairs made once: ``SharedFields``) without a record, and otherwise
+a record is made by copying a template's attributes (``_record``) instead of
+``Logger.info``, which also looks up the caller's frame, thread and process:
+other handlers see an ordinary ``LogRecord``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import time
 from typing import Any
 
 from flowqd.jobs import Claimed, Job, Outcome, OutcomeKind
-from flowqd.logs import FIELDS, direct_handler
+from flowqd.logs import FIELDS, SharedFields, direct_handler
 from flowqd.queue import policy
 
 log = logging.getLogger("flowqd.worker")
@@ -53,53 +55,75 @@ def _record(message: str, args: tuple[Any, ...], fields: dict[str, Any]) -> None
     log.handle(record)
 
 
-def _fields(job: Job, worker: str, queue: str) -> dict[str, Any]:
-    return {
-        "job_id": job.id,
-        "flow": job.flow_id,
-        "queue": queue,
-        "worker": worker,
-        "attempt": job.attempts,
-    }
+def shared_fields(worker: str, queue: str) -> SharedFields:
+    """The fields every line of ``worker`` (taking jobs from ``queue``) carries."""
+    return SharedFields({"queue": queue, "worker": worker})
 
 
-def claimed(jobs: list[Claimed], worker: str, queue: str) -> None:
+def _fields(job: Job, shared: SharedFields) -> dict[str, Any]:
+    return {"job_id": job.id, "flow": job.flow_id, **shared.fields, "attempt": job.attempts}
+
+
+def claimed(jobs: list[Claimed], shared: SharedFields) -> None:
     if not log.isEnabledFor(logging.INFO):
         return
     message = "job %s claimed (flow %s, attempt %d of %d)"
     handler = direct_handler(log, logging.INFO)  # once for the batch
+    if handler is None:
+        for item in jobs:
+            job = item.job
+            args = (job.id, job.flow_id, job.attempts, job.max_attempts)
+            _record(message, args, _fields(job, shared))
+        return
+    line = handler.line_formatter.job_line
+    name = log.name
+    now = time.time()  # the batch was claimed at once
+    lines = []
     for item in jobs:
         job = item.job
-        args = (job.id, job.flow_id, job.attempts, job.max_attempts)
-        fields = _fields(job, worker, queue)
-        if handler is not None:
-            handler.emit_fields(logging.INFO, log.name, message % args, fields, time.time())
-        else:
-            _record(message, args, fields)
+        job_id, flow, attempt = job.id, job.flow_id, job.attempts
+        text = message % (job_id, flow, attempt, job.max_attempts)
+        lines.append(line(now, name, text, job_id, flow, shared, attempt))
+    handler.emit_lines(logging.INFO, lines)
 
 
 def ended(
-    job: Job, outcome: Outcome, seconds: float, worker: str, queue: str, backoff_s: float
+    job: Job, outcome: Outcome, seconds: float, shared: SharedFields, backoff_s: float
 ) -> None:
     """How ``job``'s run ended: succeeded, failed, retried (and when), cancelled or requeued."""
     if not log.isEnabledFor(logging.INFO):
         return
-    fields = _fields(job, worker, queue)
     # Microseconds: round() to an int and a division cost a fifth of round(x, 3).
-    fields["duration_ms"] = round(seconds * 1_000_000) / 1000
+    duration_ms = round(seconds * 1_000_000) / 1000
     kind = outcome.kind
     if kind is OutcomeKind.COMPLETED:
-        _info("job %s succeeded", (job.id,), fields)
+        message = "job %s succeeded"
     elif kind is OutcomeKind.FAILED:
+        fields = _fields(job, shared)
+        fields["duration_ms"] = duration_ms
         _failed(job, outcome, fields, backoff_s)
+        return
     elif kind is OutcomeKind.CANCELLED:
-        _info("job %s cancelled", (job.id,), fields)
+        message = "job %s cancelled"
     else:
-        _info(
-            "job %s requeued: the worker is shutting down (the attempt is not counted)",
-            (job.id,),
-            fields,
-        )
+        message = "job %s requeued: the worker is shutting down (the attempt is not counted)"
+    handler = direct_handler(log, logging.INFO)
+    if handler is None:
+        fields = _fields(job, shared)
+        fields["duration_ms"] = duration_ms
+        _record(message, (job.id,), fields)
+        return
+    line = handler.line_formatter.job_line(
+        time.time(),
+        log.name,
+        message % (job.id,),
+        job.id,
+        job.flow_id,
+        shared,
+        job.attempts,
+        duration_ms,
+    )
+    handler.emit_lines(logging.INFO, (line,))
 
 
 def _failed(job: Job, outcome: Outcome, fields: dict[str, Any], backoff_s: float) -> None:

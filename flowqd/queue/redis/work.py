@@ -34,7 +34,7 @@ from flowqd.jobs import Claimed, EmittedEvent, Outcome, OutcomeKind, WorkerInfo
 from flowqd.logs import ThrottledLog
 from flowqd.queue.redis import maintenance
 from flowqd.queue.redis.backend import RedisBackend
-from flowqd.queue.redis.codec import checked, decode_claim, flush_args
+from flowqd.queue.redis.codec import checked, decode_claim, flush_args, flush_packed
 from flowqd.redis import Arg, ScriptCall
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ class RedisWork:
         if not events and not outcomes:
             await trio.lowlevel.checkpoint()
             return []
-        args = flush_args(events, outcomes, self._backend.memory)
+        args = flush_packed(events, outcomes, self._backend.memory)
         with trio.CancelScope(shield=True):
             try:
                 results = await self._backend.scripts.flush(args, durable=True)
