@@ -62,15 +62,21 @@ local function add_turn(t)
 end
 
 -- The fields each outcome's check needs, read once per job before the
--- events, which reuse them (appending events changes none of them).
+-- events, which reuse them (appending events changes none of them): st,
+-- tok, cx, ev, and for a failure or a requeue att, max, pri too (a field
+-- the record lacks costs Redis a scan of the whole record).
+local CHECK = {'st', 'tok', 'cx', 'ev'}
+local CHECK_ALL = {'st', 'tok', 'cx', 'ev', 'att', 'max', 'pri'}
 local read = {}
 local o = first_outcome
 while o <= #ARGV do
-  local id = ARGV[o]
+  local id, kind = ARGV[o], ARGV[o + 2]
   if read[id] == nil then
-    read[id] = redis.call('HMGET', job_key(id), 'st', 'tok', 'att', 'max', 'cx', 'pri', 'ev')
+    local fields = CHECK
+    if kind == O_FAILED or kind == O_REQUEUE then fields = CHECK_ALL end
+    read[id] = redis.call('HMGET', job_key(id), unpack(fields))
   end
-  o = o + OUTCOME_ARITY[ARGV[o + 2]]
+  o = o + OUTCOME_ARITY[kind]
 end
 local live = {}
 -- Jobs getting their first events in this call, whose record needs ``ev``.
@@ -83,10 +89,10 @@ for _ = 1, n_runs do
   if ok == nil then
     -- Never after the terminal event.
     local f = read[id]
-    if not f then f = redis.call('HMGET', job_key(id), 'st', 'ev') end
+    if not f then f = redis.call('HMGET', job_key(id), unpack(CHECK)) end
     ok = f[1] == S_ACTIVE
     live[id] = ok
-    if ok and not f[#f] then
+    if ok and not f[4] then
       fresh[id] = true
       first_events[id] = true
     end
@@ -110,7 +116,7 @@ while i <= #ARGV do
   local jk = job_key(id)
   -- Read above, unless an earlier outcome of this call changed the job.
   local f = read[id]
-  if not f then f = redis.call('HMGET', jk, 'st', 'tok', 'att', 'max', 'cx', 'pri', 'ev') end
+  if not f then f = redis.call('HMGET', jk, unpack(CHECK_ALL)) end
   read[id] = false
   if f[1] ~= S_ACTIVE or f[2] ~= token then
     results[#results + 1] = 0
@@ -118,12 +124,12 @@ while i <= #ARGV do
     results[#results + 1] = 1
     live[id] = nil
     unlocked[#unlocked + 1] = id
-    if not f[7] then fresh[id] = true end  -- no events before this call's
+    if not f[4] then fresh[id] = true end  -- no events before this call's
     -- Every branch below sets ev: terminal() or its own HSET.
     first_events[id] = nil
     local extra = {}
     if nodes ~= '' then extra = {'nodes', nodes} end
-    local cx = f[5]
+    local cx = f[3]
     if kind == O_COMPLETED or kind == O_TURN then
       extra[#extra + 1] = 'res'
       extra[#extra + 1] = stored
@@ -132,9 +138,9 @@ while i <= #ARGV do
     elseif kind == O_FAILED then
       extra[#extra + 1] = 'err'
       extra[#extra + 1] = stored
-      local att = tonumber(f[3])
+      local att = tonumber(f[5])
       local jitter = ARGV[i + 6]
-      if jitter ~= '' and not cx and att < tonumber(f[4]) then
+      if jitter ~= '' and not cx and att < tonumber(f[6]) then
         -- policy.retry_delay_s
         local delay = math.min(CFG.backoff_ms * 2 ^ math.min(att - 1, RETRY_EXPONENT_CAP),
           RETRY_DELAY_CAP_MS)
@@ -158,8 +164,8 @@ while i <= #ARGV do
     else
       -- Requeue (shutdown drain): next in line, the attempt not counted.
       redis.call('HDEL', jk, 'tok')
-      redis.call('HSET', jk, 'st', S_WAITING, 'att', tonumber(f[3]) - 1, 'ev', '1', unpack(extra))
-      to_wait(id, f[6], true)
+      redis.call('HSET', jk, 'st', S_WAITING, 'att', tonumber(f[5]) - 1, 'ev', '1', unpack(extra))
+      to_wait(id, f[7], true)
       rang = true
     end
   end
