@@ -1,14 +1,21 @@
 """Enqueue and drain: no-op jobs through one real `flowqd --role worker` process.
 
-    .venv/bin/python bench/drain.py [--jobs 20000] [--replicas 1] [--wait-replicas 1]
-                                    [--priorities 10]
+    .venv/bin/python bench/drain.py [--jobs 20000] [--concurrency 50] [--keep 10000]
+                                    [--replicas 1] [--wait-replicas 1] [--priorities 10]
 
 Starts its own redis-server and worker. The queue is paused while the jobs
 are enqueued (so the enqueue figures are the producer's alone): 2,000 one at
 a time, then half of the rest in bulk calls of ``--batch`` jobs one after
 another (``enqueue_bulk_serial``), the other half from two producers at once
 (``enqueue_bulk``, the figure issue 9's target reads). Then the worker
-is started and becomes ready, then the queue is resumed and the drain timed.
+is started (``worker.concurrency`` = ``--concurrency``, 50 by default: the
+figure issue 15's drain target is read at) and becomes ready, then the queue
+is resumed and the drain timed, until nothing waits or runs. Retention is the
+daemon's default (``--keep``, queue.remove_on_count, 10,000), so the records
+of most jobs are deleted during the drain and Redis's figure includes that;
+``--keep 0`` keeps every job. (Until 2026-12-06 this bench ran with the
+equivalent of ``--concurrency 10000 --keep 0``: figures quoted before then
+are those.)
 Each job is one `echo` node with every event a job normally writes
 (started, node_start, node_end, and the terminal `end`). Worker CPU comes from
 /proc (user + system) between resume and the last completion; Redis CPU
@@ -97,8 +104,9 @@ async def bench(
     py_spy: str | None = None,
     extra_env: dict[str, str] | None = None,
     priorities: int = 0,
+    keep: int = 0,
 ) -> dict[str, float]:
-    env = {"REDIS_URL": url, "QUEUE_NAME": "bench-drain", "REMOVE_ON_COUNT": str(jobs)}
+    env = {"REDIS_URL": url, "QUEUE_NAME": "bench-drain", "REMOVE_ON_COUNT": str(keep or jobs)}
     env.update(extra_env or {})
     config = load_config(environ=env, overrides=["redis.command_timeout_s=60"])
     results: dict[str, float] = {}
@@ -180,8 +188,15 @@ async def bench(
             await redis.execute(b"CONFIG", b"RESETSTAT")
             await broker.control.resume()
             # Polling the counts costs the worker nothing, unlike 20k watchers.
-            while (await broker.control.counts())[JobStatus.COMPLETED] < jobs:  # noqa: ASYNC110
+            # Drained: nothing waiting or running (with retention by count,
+            # completed jobs beyond --keep are gone, so they cannot be counted).
+            while True:
+                counts = await broker.control.counts()
+                if counts[JobStatus.WAITING] == counts[JobStatus.ACTIVE] == 0:
+                    break
                 await trio.sleep(0.02)
+            if counts[JobStatus.COMPLETED] != min(keep or jobs, jobs):
+                raise SystemExit(f"drained, but not every job completed: {counts}")
             wall, cpu = time.perf_counter() - t0, cpu_seconds(pid) - cpu0
             redis_info_cpu = await redis_cpu_seconds(redis) - redis_info_cpu0
             redis_proc_cpu = cpu_seconds(redis_pid) - redis_cpu0
@@ -247,11 +262,27 @@ def main() -> None:
         default=0,
         help="give the jobs N priorities, interleaved (0: none, the FIFO list)",
     )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=50,
+        help="worker.concurrency (the drain target is read at 50; the worker's default is 10000)",
+    )
+    parser.add_argument(
+        "--keep",
+        type=int,
+        default=10000,
+        help="queue.remove_on_count (default: the daemon's own); 0 keeps every job,"
+        " so no record is deleted during the drain",
+    )
     args = parser.parse_args()
     server = RedisServer()
     server.start()
     replicas = start_replicas(server, max(args.replicas, args.wait_replicas))
-    extra = {"FLOWQD_REDIS__WAIT_REPLICAS": str(args.wait_replicas)}
+    extra = {
+        "FLOWQD_REDIS__WAIT_REPLICAS": str(args.wait_replicas),
+        "FLOWQD_WORKER__CONCURRENCY": str(args.concurrency),
+    }
     try:
         results = trio.run(
             bench,
@@ -262,6 +293,7 @@ def main() -> None:
             args.py_spy,
             extra,
             args.priorities,
+            args.keep,
         )
     finally:
         for replica in replicas:
