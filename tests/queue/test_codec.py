@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flowqd.jobs import (
     ConversationKey,
+    EmittedEvent,
     Event,
     Outcome,
     OutcomeKind,
@@ -12,6 +13,7 @@ from flowqd.jobs import (
     parse_event_id,
 )
 from flowqd.queue.redis.codec import (
+    ENTRY_EVENTS,
     OUTCOME_ARITY,
     TURN_ARGS,
     TURN_CODE,
@@ -116,9 +118,50 @@ def test_each_outcome_kind_carries_its_arity_of_flush_arguments() -> None:
         ("j-x", b"x"),
         ("j-r", b"r"),
     ]
-    # A completed job: id, token, code, nodes, result.
-    assert args[1:6] == ["j-c", "tok", b"c", b'[{"id":"n"}]', b'{"a":1}']
+    # A completed job: id, token, code, held events (none), nodes, result.
+    assert args[1:7] == ["j-c", "tok", b"c", b"", b'[{"id":"n"}]', b'{"a":1}']
     # A failure to retry carries its jitter, one not to retry ''.
     failed = args.index("j-f")
-    assert float(args[failed + 6]) >= 0
-    assert args[args.index("j-g") + 6] == b""
+    assert float(args[failed + 7]) >= 0
+    assert args[args.index("j-g") + 7] == b""
+
+
+def test_a_finishing_jobs_events_are_held_in_its_first_outcome() -> None:
+    events = [
+        EmittedEvent("a", "started", {"attempt": 1}),
+        EmittedEvent("b", "started", {"attempt": 1}),
+        EmittedEvent("a", "token", "x"),
+        EmittedEvent("p", "progress", {"done": 1}),
+        EmittedEvent("p", "token", "y"),
+        EmittedEvent("n", "bad\0name", 1),
+        *[EmittedEvent("many", "token", k) for k in range(ENTRY_EVENTS)],
+    ]
+    outcomes = [
+        Outcome(job_id, "tok", OutcomeKind.COMPLETED, result=1)
+        for job_id in ("a", "p", "n", "many", "a")
+    ]
+    args = flush_args(events, outcomes)
+    # b has no outcome here; p, n and many cannot be held (a progress event,
+    # a NUL in a name, more than one entry holds): all stay runs, in order.
+    runs, i = [], 1
+    for _ in range(args[0]):
+        count = args[i + 1]
+        runs.append((args[i], args[i + 2 : i + 2 + 2 * count : 2]))
+        i += 2 + 2 * count
+    assert runs == [
+        ("b", ["started"]),
+        ("p", ["progress", "token"]),
+        ("n", ["bad\0name"]),
+        ("many", ["token"] * ENTRY_EVENTS),
+    ]
+    held = []
+    while i < len(args):
+        held.append((args[i], args[i + 3]))
+        i += OUTCOME_ARITY[args[i + 2]]
+    assert held == [
+        ("a", b'-2\0started\0{"attempt":1}\0token\0"x"'),
+        ("p", b""),
+        ("n", b""),
+        ("many", b""),
+        ("a", b""),
+    ]

@@ -473,6 +473,54 @@ async def test_requeue_does_not_count_attempt(broker: Broker) -> None:
         assert again.job.id == job_id and again.job.attempts == 1
 
 
+async def test_events_flushed_with_an_outcome_come_before_it_whatever_it_is(
+    open_test_broker: BrokerFactory,
+) -> None:
+    # Redis sends a finishing job's events inside its outcome (codec._held):
+    # every outcome, taken or refused, must treat them as separate events.
+    def two(job_id: str) -> list[EmittedEvent]:
+        return [EmittedEvent(job_id, "started", {"n": 1}), EmittedEvent(job_id, "node", "a")]
+
+    async def names(job_id: str) -> list[str]:
+        return [e.name for e in await broker.jobs.read_events(job_id)]
+
+    with trio.fail_after(10):
+        async with open_test_broker(max_attempts=2) as broker:
+            for kind, status, last in (
+                (OutcomeKind.COMPLETED, JobStatus.COMPLETED, ["end"]),
+                (OutcomeKind.FAILED, JobStatus.FAILED, ["error"]),
+                (OutcomeKind.CANCELLED, JobStatus.CANCELLED, ["cancelled"]),
+                (OutcomeKind.FAILED, JobStatus.DELAYED, []),  # to be retried
+                (OutcomeKind.REQUEUE, JobStatus.WAITING, []),
+            ):
+                [job_id] = await broker.jobs.enqueue([spec()])
+                claimed = await claim_one(broker)
+                retry = status == JobStatus.DELAYED
+                outcome = Outcome(job_id, claimed.token, kind, error={"message": "m"}, retry=retry)
+                assert await broker.work.flush(two(job_id), [outcome]) == [True]
+                job = await broker.jobs.get_job(job_id)
+                assert job is not None and job.status == status
+                events = await broker.jobs.read_events(job_id)
+                assert [e.name for e in events] == ["started", "node", *last]
+                assert events[0].data == {"n": 1} and events[1].data == "a"
+                resumed = await broker.jobs.read_events(job_id, after=events[0].id)
+                assert resumed == events[1:]
+                if status in (JobStatus.DELAYED, JobStatus.WAITING):
+                    await broker.jobs.delete_job(job_id)
+
+            # Refused while another worker holds the job: its events still
+            # go on, as events flushed alone would; after the end, none does.
+            [job_id] = await broker.jobs.enqueue([spec()])
+            claimed = await claim_one(broker)
+            stale = Outcome(job_id, "not-the-token", OutcomeKind.COMPLETED, result=0)
+            assert await broker.work.flush(two(job_id), [stale]) == [False]
+            assert await names(job_id) == ["started", "node"]
+            assert await broker.work.flush(two(job_id), [stale, done(claimed, 1)]) == [False, True]
+            assert await names(job_id) == ["started", "node"] * 2 + ["end"]
+            assert await broker.work.flush(two(job_id), [done(claimed, 2)]) == [False]
+            assert await names(job_id) == ["started", "node"] * 2 + ["end"]
+
+
 async def test_pause_and_resume(broker: Broker) -> None:
     with trio.fail_after(10):
         assert not await broker.control.is_paused()

@@ -18,6 +18,7 @@ from flowqd.errors import BrokerUnavailable
 from flowqd.jobs import Claimed, EmittedEvent, Event, JobStatus, parse_event_id
 from flowqd.queue import Broker, open_broker
 from flowqd.queue.keys import prefix_of
+from flowqd.queue.redis import events as events_module
 from flowqd.redis import Redis, open_redis
 from tests.queue.conftest import node_of_queue, redis_config
 from tests.queue.helpers import (
@@ -193,6 +194,40 @@ async def test_many_watchers_share_one_subscription(open_running: Callable[..., 
                 await wait_until(subscribed)
                 await broker.work.flush([], [done(c) for c in claimed])
             assert received == {j: ["t", "end"] for j in ids}
+
+
+async def test_a_job_ended_with_all_its_events_in_one_flush_rings_its_watchers(
+    open_running: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only the doorbell may wake the reader: no re-read once a second.
+    monkeypatch.setattr(events_module, "SAFETY_INTERVAL_S", 3600.0)
+    with trio.fail_after(10):
+        async with open_running() as broker:
+            ids = await broker.jobs.enqueue([spec(0), spec(1)])
+            claimed = await broker.work.claim("w1", 2, lock_ttl_s=30, block_s=1)
+            seen: dict[str, list[str]] = {job_id: [] for job_id in ids}
+            first = trio.Event()
+            async with trio.open_nursery() as nursery:
+                for job_id in ids:
+
+                    async def watcher(job_id: str = job_id) -> None:
+                        async for event in watch_events(broker.jobs, job_id):
+                            seen[job_id].append(event.name)
+                            first.set()
+
+                    nursery.start_soon(watcher)
+                # Once the first job's event arrives, the reader has read both
+                # jobs (in that pass or before) and waits for a ring.
+                while not first.is_set():
+                    await broker.work.flush([EmittedEvent(ids[0], "token", 0)], [])
+                    with trio.move_on_after(0.05):
+                        await first.wait()
+                assert seen[ids[1]] == []
+                # The second has had no event: all of them come with its end.
+                emitted = [EmittedEvent(ids[1], name, 1) for name in ("a", "b")]
+                end = [done(c) for c in claimed]
+                await broker.work.flush(emitted, end)
+            assert seen[ids[1]] == ["a", "b", "end"]
 
 
 async def test_watchers_joining_while_events_flow_miss_nothing(

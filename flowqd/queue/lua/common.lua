@@ -140,6 +140,19 @@ local function unpack_entry_to_stream(id, packed)
   redis.call('HDEL', job_key(id), 'evs')
 end
 
+-- Appends the events a flush held in one argument for a job
+-- (codec._held): '-<k>', then NUL, name, NUL, data for each.
+local function add_held(id, held)
+  local at = string.find(held, '\0', 1, true) + 1
+  while true do
+    local gap = string.find(held, '\0', at, true)
+    local stop = string.find(held, '\0', gap + 1, true)
+    add_event(id, string.sub(held, at, gap - 1), string.sub(held, gap + 1, (stop or 0) - 1))
+    if not stop then return end
+    at = stop + 1
+  end
+end
+
 local function ring_workers()
   redis.call('ZADD', K_MARKER, 0, MARKER_MEMBER)
 end
@@ -208,23 +221,33 @@ end
 -- terminal event, finished set. Its ``tok`` stays: every token check also
 -- wants status ``active``. The finished sets are written, and trimmed by
 -- count and age, in announce(). No TTL: see forget_older().
-local function terminal(id, status, event, data, now, fields)
+local function terminal(id, status, event, data, now, fields, held)
   local jk = job_key(id)
   local finished = now
   if now == clock_ms then finished = now_text() end
   fields = fields or {}
-  add_event(id, event, data)
   -- A job whose every event comes in this call (the usual short job) keeps
   -- them in its record, not in a stream: a stream created and deleted per
   -- job cost Redis about an eighth of its work per job (bench/drain.py),
   -- and 4 KB each on Redis 7.0.
   -- Nothing appends to a job after its terminal event within a call.
-  if fresh[id] then
-    local packed = pack_entry(pending[id])
-    if packed then
-      fields[#fields + 1] = 'evs'
-      fields[#fields + 1] = packed
-      pending[id] = false
+  if held and fresh[id] and not pending[id] then
+    -- pack_entry's string, made of the caller's (codec._held) in one go;
+    -- announced as add_event's would be, with nothing for write_events.
+    fields[#fields + 1] = 'evs'
+    fields[#fields + 1] = now_text() .. held .. '\0' .. event .. '\0' .. data
+    pending[id] = false
+    touched_list[#touched_list + 1] = id
+  else
+    if held then add_held(id, held) end
+    add_event(id, event, data)
+    if fresh[id] then
+      local packed = pack_entry(pending[id])
+      if packed then
+        fields[#fields + 1] = 'evs'
+        fields[#fields + 1] = packed
+        pending[id] = false
+      end
     end
   end
   redis.call('HSET', jk, 'st', status, 'ft', finished, 'ev', '1', unpack(fields))
@@ -289,10 +312,10 @@ local function trim_finished()
   end
 end
 
-local function finish_cancelled(id, reason, now)
+local function finish_cancelled(id, reason, now, held)
   local err = cjson.encode({message = CANCELLED_MESSAGE_PREFIX .. reason, reason = reason})
   terminal(id, S_CANCELLED, EV_CANCELLED, cjson.encode({reason = reason}), now,
-    {'cx', reason, 'err', err})
+    {'cx', reason, 'err', err}, held)
 end
 
 -- Every script that may end jobs ends with this.

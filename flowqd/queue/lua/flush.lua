@@ -1,6 +1,7 @@
 -- Append events, then record outcomes. Args: R (event runs), per run: job
 -- id, event count C, then C pairs (name, data); then per outcome
--- (OUTCOME_ARITY[kind] arguments): id, token, kind, nodes JSON or '', then
+-- (OUTCOME_ARITY[kind] arguments): id, token, kind, the job's events held
+-- in one argument or '' (codec._held: they are in no run), nodes JSON or '', then
 -- by kind: completed (c) the result JSON; completed with a conversation
 -- turn (O_TURN) the result JSON and TURN_ARGS more (see add_turn); failed
 -- (f) the error JSON, the error event's JSON, and the retry delay's jitter
@@ -112,14 +113,24 @@ local results = {}
 local unlocked = {}  -- left active: removed from K_ACTIVE at once, at the end
 local rang = false
 while i <= #ARGV do
-  local id, token, kind, nodes, stored = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  local id, token, kind, held, nodes = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  local stored = ARGV[i + 5]
   local jk = job_key(id)
   -- Read above, unless an earlier outcome of this call changed the job.
   local f = read[id]
   if not f then f = redis.call('HMGET', jk, unpack(CHECK_ALL)) end
   read[id] = false
+  if held == '' then held = nil end
   if f[1] ~= S_ACTIVE or f[2] ~= token then
     results[#results + 1] = 0
+    -- Held events go where a run's would: to an active job, whoever holds it.
+    if held and f[1] == S_ACTIVE then
+      if not f[4] then
+        fresh[id] = true
+        first_events[id] = true
+      end
+      add_held(id, held)
+    end
   else
     results[#results + 1] = 1
     live[id] = nil
@@ -133,14 +144,15 @@ while i <= #ARGV do
     if kind == O_COMPLETED or kind == O_TURN then
       extra[#extra + 1] = 'res'
       extra[#extra + 1] = stored
-      terminal(id, S_COMPLETED, EV_END, stored, now, extra)
-      if kind == O_TURN then add_turn(i + 5) end
+      terminal(id, S_COMPLETED, EV_END, stored, now, extra, held)
+      if kind == O_TURN then add_turn(i + 6) end
     elseif kind == O_FAILED then
       extra[#extra + 1] = 'err'
       extra[#extra + 1] = stored
       local att = tonumber(f[5])
-      local jitter = ARGV[i + 6]
+      local jitter = ARGV[i + 7]
       if jitter ~= '' and not cx and att < tonumber(f[6]) then
+        if held then add_held(id, held) end
         -- policy.retry_delay_s
         local delay = math.min(CFG.backoff_ms * 2 ^ math.min(att - 1, RETRY_EXPONENT_CAP),
           RETRY_DELAY_CAP_MS)
@@ -148,7 +160,7 @@ while i <= #ARGV do
         redis.call('HSET', jk, 'st', S_DELAYED, 'ev', '1', unpack(extra))
         redis.call('ZADD', K_DELAYED, now + delay, id)
       else
-        terminal(id, S_FAILED, EV_ERROR, ARGV[i + 5], now, extra)
+        terminal(id, S_FAILED, EV_ERROR, ARGV[i + 6], now, extra, held)
       end
     elseif kind == O_CANCELLED then
       if #extra > 0 then redis.call('HSET', jk, unpack(extra)) end
@@ -157,12 +169,13 @@ while i <= #ARGV do
         reason = stored
         if reason == '' then reason = DEFAULT_CANCEL_REASON end
       end
-      finish_cancelled(id, reason, now)
+      finish_cancelled(id, reason, now, held)
     elseif cx then
       if #extra > 0 then redis.call('HSET', jk, unpack(extra)) end
-      finish_cancelled(id, cx, now)
+      finish_cancelled(id, cx, now, held)
     else
       -- Requeue (shutdown drain): next in line, the attempt not counted.
+      if held then add_held(id, held) end
       redis.call('HDEL', jk, 'tok')
       redis.call('HSET', jk, 'st', S_WAITING, 'att', tonumber(f[5]) - 1, 'ev', '1', unpack(extra))
       to_wait(id, f[7], true)

@@ -64,7 +64,7 @@ _OUTCOME_CODES = {
 TURN_CODE = b"t"
 TURN_ARGS = 7
 # Arguments per outcome by code, the turn's not counted (flush_args's layout).
-OUTCOME_ARITY = {b"c": 5, TURN_CODE: 5, b"f": 7, b"x": 5, b"r": 4}
+OUTCOME_ARITY = {b"c": 6, TURN_CODE: 6, b"f": 8, b"x": 6, b"r": 5}
 # flush_args writes these codes as literals.
 assert list(_OUTCOME_CODES.values()) == [b"c", b"f", b"x", b"r"]
 _DEFAULT_MEMORY = MemoryConfig()
@@ -269,6 +269,7 @@ def flush_args(
 ) -> list[Any]:
     """The flush script's arguments (see ``lua/flush.lua``); ``memory`` bounds the turns."""
     dumps = orjson.dumps
+    events, held = _held(events, outcomes)
     # Events as runs of one job's consecutive events: job id and count
     # once per run (a job's events mostly come together), then name and
     # data per event.
@@ -288,20 +289,22 @@ def flush_args(
     for outcome in outcomes:
         kind = outcome.kind
         nodes = dumps(outcome.nodes) if outcome.nodes else b""
+        own = held.pop(outcome.job_id, b"")
         # Each kind carries only what flush.lua reads of it (OUTCOME_ARITY).
         if kind == OutcomeKind.COMPLETED:
             stored = dumps(outcome.result)
             turn = turn_args(outcome.turn, memory) if outcome.turn is not None else ()
             if turn:
-                args += (outcome.job_id, outcome.token, TURN_CODE, nodes, stored, *turn)
+                args += (outcome.job_id, outcome.token, TURN_CODE, own, nodes, stored, *turn)
             else:
-                args += (outcome.job_id, outcome.token, b"c", nodes, stored)
+                args += (outcome.job_id, outcome.token, b"c", own, nodes, stored)
         elif kind == OutcomeKind.FAILED:
             error = outcome.error or {"message": "job failed"}
             args += (
                 outcome.job_id,
                 outcome.token,
                 b"f",
+                own,
                 nodes,
                 dumps(error),
                 dumps(policy.error_event_data(error)),
@@ -313,11 +316,12 @@ def flush_args(
                 outcome.job_id,
                 outcome.token,
                 b"x",
+                own,
                 nodes,
                 policy.cancel_reason(outcome.error),
             )
         else:
-            args += (outcome.job_id, outcome.token, b"r", nodes)
+            args += (outcome.job_id, outcome.token, b"r", own, nodes)
     return args
 
 
@@ -331,6 +335,7 @@ def flush_packed(
     than this. The worker's flushes go this way; keep the two alike (a test
     compares them)."""
     dumps = orjson.dumps
+    events, held = _held(events, outcomes)
     # Events as runs of one job's consecutive events: job id and count
     # once per run (a job's events mostly come together), then name and
     # data per event. parts[0] is the number of runs; a run's first part,
@@ -367,6 +372,7 @@ def flush_packed(
     for outcome in outcomes:
         kind = outcome.kind
         nodes = dumps(outcome.nodes) if outcome.nodes else b""
+        own = held.pop(outcome.job_id, b"")
         # Each kind carries only what flush.lua reads of it (OUTCOME_ARITY).
         if kind == OutcomeKind.COMPLETED:
             stored = dumps(outcome.result)
@@ -374,24 +380,27 @@ def flush_packed(
             if not turn:
                 job_id, token = outcome.job_id.encode(), outcome.token.encode()
                 parts.append(
-                    b"$%d\r\n%b\r\n$%d\r\n%b\r\n$1\r\nc\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
+                    b"$%d\r\n%b\r\n$%d\r\n%b\r\n$1\r\nc\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
                     % (
                         len(job_id),
                         job_id,
                         len(token),
                         token,
+                        len(own),
+                        own,
                         len(nodes),
                         nodes,
                         len(stored),
                         stored,
                     )
                 )
-                count += 5
+                count += 6
                 continue
             args: tuple[Any, ...] = (
                 outcome.job_id,
                 outcome.token,
                 TURN_CODE,
+                own,
                 nodes,
                 stored,
                 *turn,
@@ -402,6 +411,7 @@ def flush_packed(
                 outcome.job_id,
                 outcome.token,
                 b"f",
+                own,
                 nodes,
                 dumps(error),
                 dumps(policy.error_event_data(error)),
@@ -413,14 +423,54 @@ def flush_packed(
                 outcome.job_id,
                 outcome.token,
                 b"x",
+                own,
                 nodes,
                 policy.cancel_reason(outcome.error),
             )
         else:
-            args = (outcome.job_id, outcome.token, b"r", nodes)
+            args = (outcome.job_id, outcome.token, b"r", own, nodes)
         parts += map(bulk, args)
         count += len(args)
     return [Packed(count, b"".join(parts))]
+
+
+def _held(
+    events: Sequence[EmittedEvent], outcomes: Sequence[Outcome]
+) -> tuple[Sequence[EmittedEvent], dict[str, bytes]]:
+    """The events to send as runs, and per job with an outcome in this flush
+    its events held in one argument of its first outcome: ``-<k>`` then
+    NUL, name, NUL, data for each of its k events, in order. The usual short
+    job ends in the flush that carries its events, and flush.lua packs them
+    with the terminal event into the record's ``evs`` as they come: one
+    argument and one string per job instead of a run's 2 + 2k arguments and
+    the tables it builds of them (Redis's Lua was most of its work per job).
+    Held only where the record can take them all in one entry (fewer than
+    ``ENTRY_EVENTS``), no name holds a NUL (JSON data never does) and none
+    is progress (the record keeps the last one, which a run finds)."""
+    if not outcomes:
+        return events, {}
+    per_job: dict[str, list[EmittedEvent]] = {outcome.job_id: [] for outcome in outcomes}
+    runs: list[EmittedEvent] = []
+    for event in events:
+        own = per_job.get(event.job_id)
+        if own is None:
+            runs.append(event)
+        else:
+            own.append(event)
+    dumps = orjson.dumps
+    held: dict[str, bytes] = {}
+    for job_id, own in per_job.items():
+        if not own:
+            continue
+        if len(own) < ENTRY_EVENTS and all(
+            event.name != PROGRESS and "\0" not in event.name for event in own
+        ):
+            held[job_id] = b"-%d" % len(own) + b"".join(
+                [b"\0%b\0%b" % (event.name.encode(), dumps(event.data)) for event in own]
+            )
+        else:
+            runs += own
+    return runs, held
 
 
 def _run_head(job_id: str, events: int) -> bytes:
