@@ -97,7 +97,14 @@ def lua_names() -> str:
     )
     lines += [f"local OUTCOME_ARITY = {{{arity}}}"]
     lines += [f"local ENTRY_EVENTS = {ENTRY_EVENTS}"]
-    lines += ["local CLAIM_FIELDS = {" + ", ".join(f"'{f}'" for f in CLAIM_FIELDS) + "}"]
+    lines += [
+        "local CLAIM_AT = {"
+        + ", ".join(f"['{f}'] = {i}" for i, f in enumerate(CLAIM_FIELDS, 1))
+        + "}"
+    ]
+    # A claimed record's CLAIM_FIELDS values as HMGET would give them, all absent.
+    empty = ", ".join(["false"] * len(CLAIM_FIELDS))
+    lines += [f"local function claim_slots() return {{{empty}}} end"]
     lines += [f"local C_{f.upper()} = {i}" for i, f in enumerate(CLAIM_FIELDS, 1)]
     return "\n".join(lines) + "\n"
 
