@@ -38,7 +38,7 @@ FIXED: tuple[tuple[str, str, str], ...] = (
 # Per-object keys: suffix + id (+ tail).
 # hash, fields in JOB_FIELDS plus "tok" (lock token), "stl" (stall count),
 # "psc" (a prioritised job's score in K_WAIT_HIGH/K_WAIT_LOW), "ev" (set
-# once it has events: common.lua's fresh) and "evs" (the events of a job that
+# once a job that may run again has events: common.lua's fresh) and "evs" (the events of a job that
 # got them all in the call that ended it, as one packed stream entry, in
 # place of a stream: common.lua's pack_entry; moved to the stream if the job
 # is retried; over 64 bytes it makes the hash a hash table, 1.3 KB against a

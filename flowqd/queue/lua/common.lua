@@ -46,9 +46,11 @@ local function add_event(id, name, data)
 end
 
 -- Jobs the caller knows to have no events yet: their record has no ``ev``
--- field, which every script that appends events sets (terminal() and
--- retry.lua in an HSET they make anyway, flush.lua otherwise). Their
--- events stream is empty, and the record has no ``evs``.
+-- field, which every script that appends events to a job that may run
+-- again sets (retry.lua in an HSET it makes anyway, flush.lua otherwise).
+-- A finished job's is never read, so terminal() writes none: retry.lua
+-- sets it when it puts the job back. Their events stream is empty, and
+-- the record has no ``evs``.
 local fresh = {}
 
 -- An entry of n > 1 events takes an id <ms>-<seq> with seq >= n - 1 above
@@ -250,7 +252,7 @@ local function terminal(id, status, event, data, now, fields, held)
       end
     end
   end
-  redis.call('HSET', jk, 'st', status, 'ft', finished, 'ev', '1', unpack(fields))
+  redis.call('HSET', jk, 'st', status, 'ft', finished, unpack(fields))
   local adds = to_finish[status]
   if not adds then
     adds = {}

@@ -136,7 +136,8 @@ while i <= #ARGV do
     live[id] = nil
     unlocked[#unlocked + 1] = id
     if not f[4] then fresh[id] = true end  -- no events before this call's
-    -- Every branch below sets ev: terminal() or its own HSET.
+    -- Every branch below sets ev with its own HSET or ends the job
+    -- (terminal(): a finished job's ev is never read).
     first_events[id] = nil
     local extra = {}
     if nodes ~= '' then extra = {'nodes', nodes} end
