@@ -454,7 +454,7 @@ def _held(
     Held only where the record can take them all in one entry (fewer than
     ``ENTRY_EVENTS``), no name holds a NUL (JSON data never does) and none
     is progress (the record keeps the last one, which a run finds)."""
-    if not outcomes:
+    if not events or not outcomes:
         return events, {}
     per_job: dict[str, list[EmittedEvent]] = {outcome.job_id: [] for outcome in outcomes}
     runs: list[EmittedEvent] = []
