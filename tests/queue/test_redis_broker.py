@@ -366,6 +366,38 @@ async def test_job_record_is_small(
             assert sum(len(v) for v in fields) < 300
 
 
+async def test_jobs_ended_together_keep_their_order_in_exact_scores(
+    open_running: Callable[..., Any], raw: Redis, queue_name: str
+) -> None:
+    """The scripts write a finished set's scores as text (common.lua's
+    finish_score): jobs ended in one call, more of them than its table of
+    fractions holds, and in the next call, get scores 1/1024 ms apart, exact,
+    in the order they ended; the finish clock keeps the last one."""
+    from flowqd.queue.redis.codec import FINISH_STEPS_TEXT
+
+    n = FINISH_STEPS_TEXT + 6
+    with trio.fail_after(20):
+        async with open_running() as broker:
+            ids = await broker.jobs.enqueue([spec(i) for i in range(n + 3)])
+            claimed = await broker.work.claim("w1", n + 3, lock_ttl_s=30, block_s=0)
+            assert [c.job.id for c in claimed] == ids
+            # The clock ahead of Redis's, as after a flush in the same ms.
+            prefix = prefix_of(queue_name)
+            now_ms = int((await raw.execute(b"TIME"))[0]) * 1000
+            await raw.execute(b"SET", prefix + "finish-clock", str(now_ms + 60_000))
+            assert await broker.work.flush([], [done(c) for c in claimed[:n]]) == [True] * n
+            assert await broker.work.flush([], [done(c) for c in claimed[n:]]) == [True] * 3
+            reply = await raw.execute(b"ZRANGE", prefix + "completed", 0, -1, b"WITHSCORES")
+            members = [m.decode() for m in reply[0::2]]
+            scores = [float(s) for s in reply[1::2]]
+            assert members == ids
+            base = now_ms + 60_000
+            assert scores == [base + (k + 1) / 1024 for k in range(n + 3)]
+            assert float(await raw.execute(b"GET", prefix + "finish-clock")) == scores[-1]
+            listed = await broker.jobs.list_jobs(JobStatus.COMPLETED, limit=n + 3)
+            assert [j.id for j in listed] == ids[::-1]
+
+
 async def test_finished_jobs_go_by_age_at_the_next_finish(config: Config, raw: Redis) -> None:
     """Removal by age has no TTL per record or stream: every flush that ends jobs
     forgets those past ``remove_on_age_s`` (the stalled check, 30 s away here,

@@ -1,12 +1,13 @@
 -- Move up to N waiting jobs to active, each locked with its own token.
 -- Args: worker id, N, lock ttl ms, token base. Returns nil while paused,
--- else a flat list: id, token, {CLAIM_FIELDS values but the last two, then
--- sat}, ... (codec.decode_claim).
+-- else a flat list: the claim time (ms), then per job its id, token,
+-- attempt and its record as HGETALL gave it before the claim wrote st, att,
+-- sat, wk and tok (codec.decode_claim).
 if redis.call('EXISTS', K_PAUSED) == 1 then return false end
 local worker, want, ttl, base = ARGV[A], tonumber(ARGV[A + 1]), tonumber(ARGV[A + 2]), ARGV[A + 3]
 local now = now_ms()
 local deadline = string.format('%.0f', now + ttl)
-local out = {}
+local out = {now}
 local locks = {}  -- (deadline, id) pairs for K_ACTIVE: one ZADD at the end
 local got = 0
 -- The next n ids in claim order: higher priorities, then the FIFO list of
@@ -32,39 +33,45 @@ while got < want do
   if not ids then break end
   for _, id in ipairs(ids) do
     local jk = job_key(id)
-    -- HGETALL, not HMGET of CLAIM_FIELDS: a waiting record lacks most of
-    -- them, and each field it lacks costs HMGET a scan of the whole record
-    -- (bench/drain.py: ~1 us a job).
+    -- HGETALL, not HMGET of the fields decode_claim reads: a waiting record
+    -- lacks most of them, and each field it lacks costs HMGET a scan of the
+    -- whole record (bench/drain.py: ~1 us a job).
     local all = redis.call('HGETALL', jk)
-    local f = claim_slots()
+    -- Passed back as it came: mapping it to named slots in Lua, and
+    -- returning the slots it lacks, cost Redis more than the pairs.
+    local st, cx, att = nil, nil, nil
     for k = 1, #all, 2 do
-      local at = CLAIM_AT[all[k]]
-      if at then f[at] = all[k + 1] end
+      local name = all[k]
+      if name == 'st' then
+        st = all[k + 1]
+      elseif name == 'cx' then
+        cx = all[k + 1]
+      elseif name == 'att' then
+        att = all[k + 1]
+      end
     end
     -- Anything but a waiting job is a stale entry: dropped.
-    if f[C_ST] == S_WAITING then
-      if f[C_CX] then
+    if st == S_WAITING then
+      if cx then
         -- Cancelled while it was being put back: it never runs again.
-        finish_cancelled(id, f[C_CX], now)
+        finish_cancelled(id, cx, now)
       else
         got = got + 1
-        local token = base .. ':' .. got
+        -- %d, not a number in the concatenation, which Lua formats with %.14g.
+        local token = base .. string.format(':%d', got)
         local attempts, attempts_text = 1, '1'
-        if f[C_ATT] then
-          attempts = tonumber(f[C_ATT]) + 1
+        if att then
+          attempts = tonumber(att) + 1
           attempts_text = tostring(attempts)
         end
         redis.call('HSET', jk, 'st', S_ACTIVE, 'att', attempts_text, 'sat', now_text(), 'wk', worker,
           'tok', token)
         locks[#locks + 1] = deadline
         locks[#locks + 1] = id
-        f[C_ATT] = attempts
-        -- st and cx are known (active, absent): sat in st's place, cx cut off.
-        f[C_ST] = now
-        f[C_CX] = nil
         out[#out + 1] = id
         out[#out + 1] = token
-        out[#out + 1] = f
+        out[#out + 1] = attempts
+        out[#out + 1] = all
       end
     end
   end

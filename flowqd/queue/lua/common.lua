@@ -196,7 +196,12 @@ end
 -- Scores of the finished sets: the finish time in ms, made strictly
 -- increasing (in 1/1024 ms steps) so that jobs ending in the same
 -- millisecond keep their order and retention by count drops the oldest.
-local finish_clock = nil
+-- Returned as text: redis.call formats a number argument with %.17g, which
+-- for a fractional score was the costliest step of a finished job's ZADD
+-- (callgrind of redis-server during bench/drain.py: ~2.5% of its work).
+-- Whole ms plus k/1024 is exact in a double, and so in this text, which
+-- is also what K_FINISH_CLOCK keeps (finish_text).
+local finish_clock, finish_text = nil, nil
 local function finish_score(now)
   if not finish_clock then
     finish_clock = tonumber(redis.call('GET', K_FINISH_CLOCK) or '0')
@@ -204,7 +209,13 @@ local function finish_score(now)
   local score = now
   if score <= finish_clock then score = finish_clock + 1 / 1024 end
   finish_clock = score
-  return score
+  local whole = math.floor(score)
+  local text = now_text()
+  if whole ~= clock_ms then text = string.format('%d', whole) end
+  local steps = (score - whole) * 1024
+  if steps ~= 0 then text = text .. (STEP_TEXT[steps] or string.format('.%010d', steps * 9765625)) end
+  finish_text = text
+  return text
 end
 
 -- Per finished set, the (score, id) pairs this call adds: one ZADD per set
@@ -223,36 +234,38 @@ end
 -- terminal event, finished set. Its ``tok`` stays: every token check also
 -- wants status ``active``. The finished sets are written, and trimmed by
 -- count and age, in announce(). No TTL: see forget_older().
-local function terminal(id, status, event, data, now, fields, held)
-  local jk = job_key(id)
+local NO_FIELDS = {}
+local function terminal(id, status, event, data, now, fields, held, jk)
+  jk = jk or job_key(id)
   local finished = now
   if now == clock_ms then finished = now_text() end
-  fields = fields or {}
   -- A job whose every event comes in this call (the usual short job) keeps
   -- them in its record, not in a stream: a stream created and deleted per
   -- job cost Redis about an eighth of its work per job (bench/drain.py),
   -- and 4 KB each on Redis 7.0.
   -- Nothing appends to a job after its terminal event within a call.
+  local evs = nil
   if held and fresh[id] and not pending[id] then
     -- pack_entry's string, made of the caller's (codec._held) in one go;
     -- announced as add_event's would be, with nothing for write_events.
-    fields[#fields + 1] = 'evs'
-    fields[#fields + 1] = now_text() .. held .. '\0' .. event .. '\0' .. data
+    evs = now_text() .. held .. '\0' .. event .. '\0' .. data
     pending[id] = false
     touched_list[#touched_list + 1] = id
   else
     if held then add_held(id, held) end
     add_event(id, event, data)
     if fresh[id] then
-      local packed = pack_entry(pending[id])
-      if packed then
-        fields[#fields + 1] = 'evs'
-        fields[#fields + 1] = packed
-        pending[id] = false
-      end
+      evs = pack_entry(pending[id])
+      if evs then pending[id] = false end
     end
   end
-  redis.call('HSET', jk, 'st', status, 'ft', finished, unpack(fields))
+  -- evs as an argument of its own, not appended to ``fields``: a table
+  -- that grows is rehashed.
+  if evs then
+    redis.call('HSET', jk, 'st', status, 'ft', finished, 'evs', evs, unpack(fields or NO_FIELDS))
+  else
+    redis.call('HSET', jk, 'st', status, 'ft', finished, unpack(fields or NO_FIELDS))
+  end
   local adds = to_finish[status]
   if not adds then
     adds = {}
@@ -330,7 +343,7 @@ end
 local function announce()
   write_events()
   trim_finished()
-  if finish_clock then redis.call('SET', K_FINISH_CLOCK, finish_clock) end
+  if finish_text then redis.call('SET', K_FINISH_CLOCK, finish_text) end
   if #touched_list > 0 then
     redis.call('PUBLISH', CH_EVENTS, cjson.encode(touched_list))
   end

@@ -10,6 +10,7 @@
 -- A run's last 'progress' event also goes on the job record (field prog).
 -- Returns 1/0 per outcome (0: token is not the job's current one: refused).
 local now = now_ms()
+local n_args = #ARGV  -- a binary search each time it is asked
 local n_runs = tonumber(ARGV[A])
 local first_outcome = A + 1
 for _ = 1, n_runs do first_outcome = first_outcome + 2 + 2 * tonumber(ARGV[first_outcome + 1]) end
@@ -69,13 +70,16 @@ end
 local CHECK = {'st', 'tok', 'cx', 'ev'}
 local CHECK_ALL = {'st', 'tok', 'cx', 'ev', 'att', 'max', 'pri'}
 local read = {}
+local keys = {}  -- job id -> its record's key, made once (a concatenation is a new string)
 local o = first_outcome
-while o <= #ARGV do
+while o <= n_args do
   local id, kind = ARGV[o], ARGV[o + 2]
   if read[id] == nil then
     local fields = CHECK
     if kind == O_FAILED or kind == O_REQUEUE then fields = CHECK_ALL end
-    read[id] = redis.call('HMGET', job_key(id), unpack(fields))
+    local jk = job_key(id)
+    keys[id] = jk
+    read[id] = redis.call('HMGET', jk, unpack(fields))
   end
   o = o + OUTCOME_ARITY[kind]
 end
@@ -112,10 +116,10 @@ end
 local results = {}
 local unlocked = {}  -- left active: removed from K_ACTIVE at once, at the end
 local rang = false
-while i <= #ARGV do
+while i <= n_args do
   local id, token, kind, held, nodes = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local stored = ARGV[i + 5]
-  local jk = job_key(id)
+  local jk = keys[id]
   -- Read above, unless an earlier outcome of this call changed the job.
   local f = read[id]
   if not f then f = redis.call('HMGET', jk, unpack(CHECK_ALL)) end
@@ -133,54 +137,58 @@ while i <= #ARGV do
     end
   else
     results[#results + 1] = 1
-    live[id] = nil
+    -- Setting an absent key, even to nil, adds it to the table.
+    if live[id] then live[id] = nil end
     unlocked[#unlocked + 1] = id
     if not f[4] then fresh[id] = true end  -- no events before this call's
     -- Every branch below sets ev with its own HSET or ends the job
     -- (terminal(): a finished job's ev is never read).
-    first_events[id] = nil
-    local extra = {}
-    if nodes ~= '' then extra = {'nodes', nodes} end
+    if first_events[id] then first_events[id] = nil end
     local cx = f[3]
     if kind == O_COMPLETED or kind == O_TURN then
-      extra[#extra + 1] = 'res'
-      extra[#extra + 1] = stored
-      terminal(id, S_COMPLETED, EV_END, stored, now, extra, held)
+      -- Made whole: a table that grows is rehashed.
+      local fields
+      if nodes ~= '' then fields = {'res', stored, 'nodes', nodes} else fields = {'res', stored} end
+      terminal(id, S_COMPLETED, EV_END, stored, now, fields, held, jk)
       if kind == O_TURN then add_turn(i + 6) end
-    elseif kind == O_FAILED then
-      extra[#extra + 1] = 'err'
-      extra[#extra + 1] = stored
-      local att = tonumber(f[5])
-      local jitter = ARGV[i + 7]
-      if jitter ~= '' and not cx and att < tonumber(f[6]) then
-        if held then add_held(id, held) end
-        -- policy.retry_delay_s
-        local delay = math.min(CFG.backoff_ms * 2 ^ math.min(att - 1, RETRY_EXPONENT_CAP),
-          RETRY_DELAY_CAP_MS)
-        delay = math.floor(delay * (1 + JITTER_SHARE * tonumber(jitter)))
-        redis.call('HSET', jk, 'st', S_DELAYED, 'ev', '1', unpack(extra))
-        redis.call('ZADD', K_DELAYED, now + delay, id)
-      else
-        terminal(id, S_FAILED, EV_ERROR, ARGV[i + 6], now, extra, held)
-      end
-    elseif kind == O_CANCELLED then
-      if #extra > 0 then redis.call('HSET', jk, unpack(extra)) end
-      local reason = cx
-      if not reason then
-        reason = stored
-        if reason == '' then reason = DEFAULT_CANCEL_REASON end
-      end
-      finish_cancelled(id, reason, now, held)
-    elseif cx then
-      if #extra > 0 then redis.call('HSET', jk, unpack(extra)) end
-      finish_cancelled(id, cx, now, held)
     else
-      -- Requeue (shutdown drain): next in line, the attempt not counted.
-      if held then add_held(id, held) end
-      redis.call('HDEL', jk, 'tok')
-      redis.call('HSET', jk, 'st', S_WAITING, 'att', tonumber(f[5]) - 1, 'ev', '1', unpack(extra))
-      to_wait(id, f[7], true)
-      rang = true
+      local extra = {}
+      if nodes ~= '' then extra = {'nodes', nodes} end
+      if kind == O_FAILED then
+        extra[#extra + 1] = 'err'
+        extra[#extra + 1] = stored
+        local att = tonumber(f[5])
+        local jitter = ARGV[i + 7]
+        if jitter ~= '' and not cx and att < tonumber(f[6]) then
+          if held then add_held(id, held) end
+          -- policy.retry_delay_s
+          local delay = math.min(CFG.backoff_ms * 2 ^ math.min(att - 1, RETRY_EXPONENT_CAP),
+            RETRY_DELAY_CAP_MS)
+          delay = math.floor(delay * (1 + JITTER_SHARE * tonumber(jitter)))
+          redis.call('HSET', jk, 'st', S_DELAYED, 'ev', '1', unpack(extra))
+          redis.call('ZADD', K_DELAYED, now + delay, id)
+        else
+          terminal(id, S_FAILED, EV_ERROR, ARGV[i + 6], now, extra, held)
+        end
+      elseif kind == O_CANCELLED then
+        if #extra > 0 then redis.call('HSET', jk, unpack(extra)) end
+        local reason = cx
+        if not reason then
+          reason = stored
+          if reason == '' then reason = DEFAULT_CANCEL_REASON end
+        end
+        finish_cancelled(id, reason, now, held)
+      elseif cx then
+        if #extra > 0 then redis.call('HSET', jk, unpack(extra)) end
+        finish_cancelled(id, cx, now, held)
+      else
+        -- Requeue (shutdown drain): next in line, the attempt not counted.
+        if held then add_held(id, held) end
+        redis.call('HDEL', jk, 'tok')
+        redis.call('HSET', jk, 'st', S_WAITING, 'att', tonumber(f[5]) - 1, 'ev', '1', unpack(extra))
+        to_wait(id, f[7], true)
+        rang = true
+      end
     end
   end
   i = i + OUTCOME_ARITY[kind]

@@ -31,27 +31,6 @@ from flowqd.queue.turns import conversation_name, encode_turn
 from flowqd.redis import Packed, bulk
 
 _N_FIELDS = len(JOB_FIELDS)
-# The fields claim.lua reads of a waiting job, st and cx last (the script
-# replies with the others, then sat). A waiting job has no res or ft (only
-# terminal() sets them, and retry.lua deletes them), and the claim sets sat,
-# wk and st itself.
-CLAIM_FIELDS = (
-    "flow",
-    "ver",
-    "in",
-    "att",
-    "max",
-    "to",
-    "own",
-    "ct",
-    "tc",
-    "pri",
-    "err",
-    "nodes",
-    "prog",
-    "st",
-    "cx",
-)
 _STATUSES = {status.value.encode(): status for status in JobStatus}
 _OUTCOME_CODES = {
     OutcomeKind.COMPLETED: b"c",
@@ -79,6 +58,7 @@ _EVENT_NAMES_KEPT = 256
 # and reading a stream past an event id (XREAD, XRANGE ``(``) yields every
 # entry holding a later event; ``decode_entries`` drops the earlier ones.
 ENTRY_EVENTS = 16
+FINISH_STEPS_TEXT = 64
 
 
 def lua_names() -> str:
@@ -97,15 +77,14 @@ def lua_names() -> str:
     )
     lines += [f"local OUTCOME_ARITY = {{{arity}}}"]
     lines += [f"local ENTRY_EVENTS = {ENTRY_EVENTS}"]
-    lines += [
-        "local CLAIM_AT = {"
-        + ", ".join(f"['{f}'] = {i}" for i, f in enumerate(CLAIM_FIELDS, 1))
-        + "}"
-    ]
-    # A claimed record's CLAIM_FIELDS values as HMGET would give them, all absent.
-    empty = ", ".join(["false"] * len(CLAIM_FIELDS))
-    lines += [f"local function claim_slots() return {{{empty}}} end"]
-    lines += [f"local C_{f.upper()} = {i}" for i, f in enumerate(CLAIM_FIELDS, 1)]
+    # The sequence numbers an entry's id may end with, as text: Lua turns a
+    # number into text with sprintf, each call anew.
+    seq = ", ".join(f"'{n}'" for n in range(ENTRY_EVENTS))
+    lines += [f"local SEQ_TEXT = {{{seq}}}"]
+    # The fractions k/1024 of common.lua's finish_score, as text, for the
+    # jobs one call usually ends.
+    steps = ", ".join(f"'.{k * 9765625:010d}'" for k in range(1, FINISH_STEPS_TEXT + 1))
+    lines += [f"local STEP_TEXT = {{{steps}}}"]
     return "\n".join(lines) + "\n"
 
 
@@ -232,29 +211,34 @@ def decode_job_events(
 
 
 def decode_claim(reply: Any, worker: str) -> list[Claimed] | None:
-    """The claim script's reply (id, token, fields, ...) for ``worker``, the
-    claimer; None while the queue is paused. The jobs are what ``decode_job``
-    gives for the records the script has just written."""
+    """The claim script's reply (claim time, then id, token, attempt, record pairs,
+    ...) for ``worker``, the claimer; None while the queue is paused. The jobs
+    are what ``decode_job`` gives for the records the script has just written."""
     if reply is None:
         return None
     claimed: list[Claimed] = []
     loads = orjson.loads
     active = JobStatus.ACTIVE
-    # The script's own values (att, sat) come back as integers.
-    for job_id, token, fields in zip(reply[0::3], reply[1::3], reply[2::3], strict=True):
-        flow, ver, inputs, att, mx, timeout, owner, ct, tc, pri, err, nodes, prog, sat = fields
+    # The script's own values (claim time, attempt) come back as integers.
+    started = reply[0] / 1000.0
+    for at in range(1, len(reply), 4):
+        job_id, token, att, pairs = reply[at : at + 4]
+        fields = dict(zip(pairs[0::2], pairs[1::2], strict=True))
+        get = fields.get
+        timeout, owner, tc, pri = get(b"to"), get(b"own"), get(b"tc"), get(b"pri")
+        err, nodes, prog = get(b"err"), get(b"nodes"), get(b"prog")
         job = Job(
             job_id.decode(),
-            flow.decode(),
-            int(ver),
-            loads(inputs),
+            fields[b"flow"].decode(),
+            int(fields[b"ver"]),
+            loads(fields[b"in"]),
             active,
             att,
-            int(mx),
+            int(fields[b"max"]),
             float(timeout) if timeout else None,
             owner.decode() if owner else None,
-            int(ct) / 1000.0,
-            sat / 1000.0,
+            int(fields[b"ct"]) / 1000.0,
+            started,
             None,
             None,
             loads(err) if err else None,
