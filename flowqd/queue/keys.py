@@ -17,6 +17,11 @@ FIXED: tuple[tuple[str, str, str], ...] = (
     ("K_WAIT_LOW", "wait-low", "zset waiting job id -> (level, seq) score, priority < 0"),
     ("K_PRIORITY_SEQ", "priority-seq", "string INCR: FIFO order within one priority"),
     ("K_ACTIVE", "active", "zset job id -> lock deadline (ms, Redis clock)"),
+    (
+        "K_LOCKS",
+        "locks",
+        "hash active job id -> its lock token, then codec.EVENTFUL_MARK once it has events",
+    ),
     ("K_DELAYED", "delayed", "zset job id -> due time (ms)"),
     ("K_COMPLETED", "completed", "zset job id -> finish time (ms)"),
     ("K_FAILED", "failed", "zset job id -> finish time (ms)"),
@@ -36,7 +41,7 @@ FIXED: tuple[tuple[str, str, str], ...] = (
     ("CH_CANCEL", "ch:cancel", "channel: id of an active job to cancel"),
 )
 # Per-object keys: suffix + id (+ tail).
-# hash, fields in JOB_FIELDS plus "tok" (lock token), "stl" (stall count),
+# hash, fields in JOB_FIELDS plus "stl" (stall count),
 # "psc" (a prioritised job's score in K_WAIT_HIGH/K_WAIT_LOW), "ev" (set
 # once a job that may run again has events: common.lua's fresh) and "evs" (the events of a job that
 # got them all in the call that ended it, as one packed stream entry, in
@@ -76,6 +81,16 @@ JOB_FIELDS: tuple[str, ...] = (
     "prog",  # latest progress report (JSON), absent until the first
 )
 MARKER_MEMBER = "m"
+# K_ACTIVE and K_LOCKS each keep one entry no job has (member KEEPER at
+# +inf; field KEEPER_FIELD with value KEEPER), longer than Redis's
+# zset/hash-max-listpack-value (64 bytes), so that they stay a skiplist and a
+# hash table. Redis's compact encoding, which it gives them up to 128 entries
+# (a worker at concurrency 50 holds that many), makes every ZADD, ZREM, HSET,
+# HMGET and HDEL on them a scan of the whole key: ~7% of Redis's work per job
+# at concurrency 50 (bench/redis_cost.py). Readers of K_ACTIVE skip +inf.
+KEEPER = "not a job: keeps this key in Redis's hashed encoding (flowqd/queue/keys.py)"
+KEEPER_FIELD = "~"
+assert len(KEEPER) > 64
 
 
 def prefix_of(queue: str) -> str:
@@ -111,6 +126,10 @@ class QueueKeys:
     @property
     def active(self) -> str:
         return self.fixed("K_ACTIVE")
+
+    @property
+    def locks(self) -> str:
+        return self.fixed("K_LOCKS")
 
     @property
     def delayed(self) -> str:
@@ -207,5 +226,6 @@ def lua_prelude() -> str:
         "local JOB_FIELDS = {" + ", ".join(f"'{f}'" for f in JOB_FIELDS) + "}",
         *(f"local F_{f.upper()} = {i}" for i, f in enumerate(JOB_FIELDS, 1)),
         f"local MARKER_MEMBER = '{MARKER_MEMBER}'",
+        f"local KEEPER, KEEPER_FIELD = \"{KEEPER}\", '{KEEPER_FIELD}'",
     ]
     return "\n".join(lines) + "\n"

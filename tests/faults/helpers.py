@@ -26,6 +26,7 @@ from flowqd.jobs import TERMINAL_EVENTS, Event, Job, JobSpec, JobStatus
 from flowqd.plugins import collect_executors, load_plugins
 from flowqd.queue import Broker, open_broker
 from flowqd.queue.keys import QueueKeys
+from flowqd.queue.redis.codec import EVENTFUL_MARK
 from flowqd.redis import Redis, open_redis
 from tests.daemonproc import Daemon
 
@@ -132,8 +133,8 @@ class Observer:
 
     async def token(self, job_id: str) -> str | None:
         """The job's current lock token (what a worker must show to finish it)."""
-        raw = await self.redis.execute(b"HGET", self.keys.job(job_id), b"tok")
-        return None if raw is None else bytes(raw).decode()
+        raw = await self.redis.execute(b"HGET", self.keys.locks, job_id)
+        return None if raw is None else bytes(raw).decode().removesuffix(EVENTFUL_MARK)
 
     async def in_finished_sets(self, job_id: str) -> list[str]:
         """Which outcome sets hold the job: exactly one for a finished job."""

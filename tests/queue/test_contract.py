@@ -412,6 +412,29 @@ async def test_max_stalled_fails_job(
             assert job.error is not None and job.error["reason"] == "stalled"
 
 
+async def test_a_stalled_jobs_worker_can_add_nothing_to_it_once_it_waits_again(
+    open_test_broker: BrokerFactory, clock: trio.testing.MockClock | None
+) -> None:
+    # Events go to an active job only: once the stalled check has put it
+    # back, its last holder's events and outcome are dropped.
+    with trio.fail_after(10):
+        async with open_test_broker(max_stalled=5, stalled_interval_s=0.1) as broker:
+            [job_id] = await broker.jobs.enqueue([spec()])
+            claimed = await claim_one(broker, lock_ttl_s=0.2)
+
+            async def waiting() -> bool:
+                job = await broker.jobs.get_job(job_id)
+                return job is not None and job.status == JobStatus.WAITING
+
+            await wait_until(waiting)
+            late = [EmittedEvent(job_id, "late", 1)]
+            assert await broker.work.flush(late, []) == []
+            assert await broker.work.flush(late, [done(claimed)]) == [False]
+            assert await broker.jobs.read_events(job_id) == []
+            again = await claim_one(broker)
+            assert again.job.id == job_id and again.job.attempts == 2
+
+
 async def test_stalled_cancelled_job_ends_cancelled(
     open_test_broker: BrokerFactory, clock: trio.testing.MockClock | None
 ) -> None:

@@ -15,7 +15,15 @@ import trio.testing
 
 from flowqd.config import Config, QueueConfig, RedisConfig
 from flowqd.errors import BrokerUnavailable
-from flowqd.jobs import Claimed, EmittedEvent, Event, JobStatus, parse_event_id
+from flowqd.jobs import (
+    Claimed,
+    EmittedEvent,
+    Event,
+    JobStatus,
+    Outcome,
+    OutcomeKind,
+    parse_event_id,
+)
 from flowqd.queue import Broker, open_broker
 from flowqd.queue.keys import prefix_of
 from flowqd.queue.redis import events as events_module
@@ -364,6 +372,41 @@ async def test_job_record_is_small(
             job_key = prefix_of(queue_name) + "job:" + job_id
             fields = await raw.execute(b"HGETALL", job_key)
             assert sum(len(v) for v in fields) < 300
+
+
+async def test_locks_hold_the_active_jobs_in_hashed_keys(
+    open_running: Callable[..., Any], raw: Redis, queue_name: str
+) -> None:
+    """K_LOCKS holds each active job's token and nothing else but keys.KEEPER,
+    which keeps it and K_ACTIVE in Redis's hashed encoding even with a few
+    jobs; counts and listings do not see the keeper."""
+    from flowqd.queue.keys import KEEPER, KEEPER_FIELD, QueueKeys
+
+    keys = QueueKeys(queue_name)
+    with trio.fail_after(10):
+        async with open_running() as broker:
+            ids = await broker.jobs.enqueue([spec(i) for i in range(4)])
+            claimed = await broker.work.claim("w1", 4, lock_ttl_s=30, block_s=0)
+            assert await raw.execute(b"OBJECT", b"ENCODING", keys.active) == b"skiplist"
+            assert await raw.execute(b"OBJECT", b"ENCODING", keys.locks) == b"hashtable"
+            locks = await raw.execute(b"HGETALL", keys.locks)
+            assert dict(zip(locks[0::2], locks[1::2], strict=True)) == {
+                KEEPER_FIELD.encode(): KEEPER.encode(),
+                **{c.job.id.encode(): c.token.encode() for c in claimed},
+            }
+            assert (await broker.control.counts())[JobStatus.ACTIVE] == 4
+            listed = await broker.jobs.list_jobs(JobStatus.ACTIVE, limit=10)
+            assert sorted(j.id for j in listed) == sorted(ids)
+            # Each way out of active takes the lock: completed, failed, put back.
+            requeue = Outcome(claimed[2].job.id, claimed[2].token, OutcomeKind.REQUEUE)
+            outcomes = [done(claimed[0]), failed(claimed[1]), requeue]
+            assert await broker.work.flush([], outcomes) == [True] * 3
+            assert sorted(await raw.execute(b"HKEYS", keys.locks)) == sorted(
+                [KEEPER_FIELD.encode(), claimed[3].job.id.encode()]
+            )
+            assert (await broker.control.counts())[JobStatus.ACTIVE] == 1
+            listed = await broker.jobs.list_jobs(JobStatus.ACTIVE, limit=10)
+            assert [j.id for j in listed] == [claimed[3].job.id]
 
 
 async def test_jobs_ended_together_keep_their_order_in_exact_scores(

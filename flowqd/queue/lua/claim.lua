@@ -1,14 +1,15 @@
--- Move up to N waiting jobs to active, each locked with its own token.
+-- Move up to N waiting jobs to active, each locked with its own token (K_LOCKS).
 -- Args: worker id, N, lock ttl ms, token base. Returns nil while paused,
 -- else a flat list: the claim time (ms), then per job its id, token,
 -- attempt and its record as HGETALL gave it before the claim wrote st, att,
--- sat, wk and tok (codec.decode_claim).
+-- sat and wk (codec.decode_claim).
 if redis.call('EXISTS', K_PAUSED) == 1 then return false end
 local worker, want, ttl, base = ARGV[A], tonumber(ARGV[A + 1]), tonumber(ARGV[A + 2]), ARGV[A + 3]
 local now = now_ms()
 local deadline = string.format('%.0f', now + ttl)
 local out = {now}
-local locks = {}  -- (deadline, id) pairs for K_ACTIVE: one ZADD at the end
+local deadlines = {}  -- (deadline, id) pairs for K_ACTIVE: one ZADD at the end
+local locks = {}  -- (id, token) pairs for K_LOCKS: one HSET at the end
 local got = 0
 -- The next n ids in claim order: higher priorities, then the FIFO list of
 -- priority 0, then lower priorities; nil when none waits.
@@ -39,7 +40,7 @@ while got < want do
     local all = redis.call('HGETALL', jk)
     -- Passed back as it came: mapping it to named slots in Lua, and
     -- returning the slots it lacks, cost Redis more than the pairs.
-    local st, cx, att = nil, nil, nil
+    local st, cx, att, ev = nil, nil, nil, nil
     for k = 1, #all, 2 do
       local name = all[k]
       if name == 'st' then
@@ -48,6 +49,8 @@ while got < want do
         cx = all[k + 1]
       elseif name == 'att' then
         att = all[k + 1]
+      elseif name == 'ev' then
+        ev = true
       end
     end
     -- Anything but a waiting job is a stale entry: dropped.
@@ -64,10 +67,11 @@ while got < want do
           attempts = tonumber(att) + 1
           attempts_text = tostring(attempts)
         end
-        redis.call('HSET', jk, 'st', S_ACTIVE, 'att', attempts_text, 'sat', now_text(), 'wk', worker,
-          'tok', token)
-        locks[#locks + 1] = deadline
+        redis.call('HSET', jk, 'st', S_ACTIVE, 'att', attempts_text, 'sat', now_text(), 'wk', worker)
+        deadlines[#deadlines + 1] = deadline
+        deadlines[#deadlines + 1] = id
         locks[#locks + 1] = id
+        if ev then locks[#locks + 1] = token .. EVENTFUL_MARK else locks[#locks + 1] = token end
         out[#out + 1] = id
         out[#out + 1] = token
         out[#out + 1] = attempts
@@ -76,7 +80,13 @@ while got < want do
     end
   end
 end
-call_in_parts('ZADD', K_ACTIVE, locks, 1000)
+if #locks > 0 then
+  -- Before the jobs: keys.KEEPER keeps both keys out of Redis's compact encoding.
+  redis.call('ZADD', K_ACTIVE, 'NX', 'inf', KEEPER)
+  redis.call('HSETNX', K_LOCKS, KEEPER_FIELD, KEEPER)
+  call_in_parts('ZADD', K_ACTIVE, deadlines, 1000)
+  call_in_parts('HSET', K_LOCKS, locks, 1000)
+end
 -- More waiting: wake the next idle worker too.
 if redis.call('LLEN', K_WAIT) > 0 or redis.call('ZCARD', K_WAIT_HIGH) > 0
     or redis.call('ZCARD', K_WAIT_LOW) > 0 then

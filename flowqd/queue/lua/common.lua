@@ -45,9 +45,36 @@ local function add_event(id, name, data)
   fields[#fields + 1] = data
 end
 
+-- Locks: K_LOCKS holds each active job's token, and nothing for any other
+-- job, so one HMGET checks a whole flush's jobs (a read of each job's record
+-- cost Redis more than the rest of the check). The token is followed by
+-- EVENTFUL_MARK once the job has events (the record's ``ev``, mirrored).
+-- The values of ``ids``' locks, false where a job has none (is not active).
+local function read_locks(ids)
+  local values = {}
+  for start = 1, #ids, 1000 do
+    local part = redis.call('HMGET', K_LOCKS, unpack(ids, start, math.min(start + 999, #ids)))
+    for k = 1, #part do values[start + k - 1] = part[k] end
+  end
+  return values
+end
+
+-- Whether a lock's value is ``token``'s, with or without the mark.
+local function holds(value, token)
+  if value == token then return true end
+  return value and #value == #token + 1 and string.sub(value, 1, -2) == token or false
+end
+
+-- Whether a job whose lock has this value has no events yet.
+local EVENTFUL_BYTE = string.byte(EVENTFUL_MARK)
+local function eventless(value)
+  return string.byte(value, -1) ~= EVENTFUL_BYTE
+end
+
 -- Jobs the caller knows to have no events yet: their record has no ``ev``
--- field, which every script that appends events to a job that may run
--- again sets (retry.lua in an HSET it makes anyway, flush.lua otherwise).
+-- field (nor their lock the mark), which every script that appends events
+-- to a job that may run again sets (retry.lua in an HSET it makes anyway,
+-- flush.lua otherwise; claim.lua marks the lock of a job whose record has it).
 -- A finished job's is never read, so terminal() writes none: retry.lua
 -- sets it when it puts the job back. Their events stream is empty, and
 -- the record has no ``evs``.

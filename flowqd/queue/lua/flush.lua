@@ -63,46 +63,47 @@ local function add_turn(t)
   redis.call('PEXPIRE', index, ttl)
 end
 
--- The fields each outcome's check needs, read once per job before the
--- events, which reuse them (appending events changes none of them): st,
--- tok, cx, ev, and for a failure or a requeue att, max, pri too (a field
--- the record lacks costs Redis a scan of the whole record).
-local CHECK = {'st', 'tok', 'cx', 'ev'}
-local CHECK_ALL = {'st', 'tok', 'cx', 'ev', 'att', 'max', 'pri'}
-local read = {}
-local keys = {}  -- job id -> its record's key, made once (a concatenation is a new string)
-local o = first_outcome
-while o <= n_args do
-  local id, kind = ARGV[o], ARGV[o + 2]
-  if read[id] == nil then
-    local fields = CHECK
-    if kind == O_FAILED or kind == O_REQUEUE then fields = CHECK_ALL end
-    local jk = job_key(id)
-    keys[id] = jk
-    read[id] = redis.call('HMGET', jk, unpack(fields))
+-- Every job this call names, in runs or outcomes: their locks, read at
+-- once (common.lua's read_locks). A job is active while it has one.
+local named, ids = {}, {}
+do
+  local k = A + 1
+  for _ = 1, n_runs do
+    local id = ARGV[k]
+    if not named[id] then
+      named[id] = true
+      ids[#ids + 1] = id
+    end
+    k = k + 2 + 2 * tonumber(ARGV[k + 1])
   end
-  o = o + OUTCOME_ARITY[kind]
+  while k <= n_args do
+    local id = ARGV[k]
+    if not named[id] then
+      named[id] = true
+      ids[#ids + 1] = id
+    end
+    k = k + OUTCOME_ARITY[ARGV[k + 2]]
+  end
 end
-local live = {}
--- Jobs getting their first events in this call, whose record needs ``ev``.
+local lock = {}  -- job id -> its lock's value; false once this call ends the hold
+do
+  local values = read_locks(ids)
+  for k = 1, #ids do lock[ids[k]] = values[k] end
+end
+-- Jobs getting their first events in this call, whose record needs ``ev``
+-- and lock the mark.
 local first_events = {}
 local i = A + 1
 for _ = 1, n_runs do
   local id, count = ARGV[i], tonumber(ARGV[i + 1])
   i = i + 2
-  local ok = live[id]
-  if ok == nil then
-    -- Never after the terminal event.
-    local f = read[id]
-    if not f then f = redis.call('HMGET', job_key(id), unpack(CHECK)) end
-    ok = f[1] == S_ACTIVE
-    live[id] = ok
-    if ok and not f[4] then
+  -- Never after the terminal event: to an active job, whoever holds it.
+  local held_by = lock[id]
+  if held_by then
+    if not fresh[id] and not first_events[id] and eventless(held_by) then
       fresh[id] = true
       first_events[id] = true
     end
-  end
-  if ok then
     local progress = nil
     for e = i, i + 2 * count - 1, 2 do
       add_event(id, ARGV[e], ARGV[e + 1])
@@ -114,22 +115,18 @@ for _ = 1, n_runs do
 end
 
 local results = {}
-local unlocked = {}  -- left active: removed from K_ACTIVE at once, at the end
+local unlocked = {}  -- left active: removed from K_ACTIVE and K_LOCKS at once, at the end
 local rang = false
 while i <= n_args do
   local id, token, kind, held, nodes = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local stored = ARGV[i + 5]
-  local jk = keys[id]
-  -- Read above, unless an earlier outcome of this call changed the job.
-  local f = read[id]
-  if not f then f = redis.call('HMGET', jk, unpack(CHECK_ALL)) end
-  read[id] = false
+  local held_by = lock[id]
   if held == '' then held = nil end
-  if f[1] ~= S_ACTIVE or f[2] ~= token then
+  if not holds(held_by, token) then
     results[#results + 1] = 0
     -- Held events go where a run's would: to an active job, whoever holds it.
-    if held and f[1] == S_ACTIVE then
-      if not f[4] then
+    if held and held_by then
+      if not fresh[id] and not first_events[id] and eventless(held_by) then
         fresh[id] = true
         first_events[id] = true
       end
@@ -137,14 +134,14 @@ while i <= n_args do
     end
   else
     results[#results + 1] = 1
-    -- Setting an absent key, even to nil, adds it to the table.
-    if live[id] then live[id] = nil end
+    lock[id] = false
     unlocked[#unlocked + 1] = id
-    if not f[4] then fresh[id] = true end  -- no events before this call's
+    local jk = job_key(id)
+    -- No events before this call's (fresh may already say so: a run of this call).
+    if eventless(held_by) then fresh[id] = true end
     -- Every branch below sets ev with its own HSET or ends the job
     -- (terminal(): a finished job's ev is never read).
     if first_events[id] then first_events[id] = nil end
-    local cx = f[3]
     if kind == O_COMPLETED or kind == O_TURN then
       -- Made whole: a table that grows is rehashed.
       local fields
@@ -152,14 +149,18 @@ while i <= n_args do
       terminal(id, S_COMPLETED, EV_END, stored, now, fields, held, jk)
       if kind == O_TURN then add_turn(i + 6) end
     else
+      -- What the other outcomes need of the record (a field it lacks costs
+      -- Redis a scan of the whole record: these are the rare outcomes).
+      local f = redis.call('HMGET', jk, 'cx', 'att', 'max', 'pri')
+      local cx = f[1]
       local extra = {}
       if nodes ~= '' then extra = {'nodes', nodes} end
       if kind == O_FAILED then
         extra[#extra + 1] = 'err'
         extra[#extra + 1] = stored
-        local att = tonumber(f[5])
+        local att = tonumber(f[2])
         local jitter = ARGV[i + 7]
-        if jitter ~= '' and not cx and att < tonumber(f[6]) then
+        if jitter ~= '' and not cx and att < tonumber(f[3]) then
           if held then add_held(id, held) end
           -- policy.retry_delay_s
           local delay = math.min(CFG.backoff_ms * 2 ^ math.min(att - 1, RETRY_EXPONENT_CAP),
@@ -168,7 +169,7 @@ while i <= n_args do
           redis.call('HSET', jk, 'st', S_DELAYED, 'ev', '1', unpack(extra))
           redis.call('ZADD', K_DELAYED, now + delay, id)
         else
-          terminal(id, S_FAILED, EV_ERROR, ARGV[i + 6], now, extra, held)
+          terminal(id, S_FAILED, EV_ERROR, ARGV[i + 6], now, extra, held, jk)
         end
       elseif kind == O_CANCELLED then
         if #extra > 0 then redis.call('HSET', jk, unpack(extra)) end
@@ -184,17 +185,23 @@ while i <= n_args do
       else
         -- Requeue (shutdown drain): next in line, the attempt not counted.
         if held then add_held(id, held) end
-        redis.call('HDEL', jk, 'tok')
-        redis.call('HSET', jk, 'st', S_WAITING, 'att', tonumber(f[5]) - 1, 'ev', '1', unpack(extra))
-        to_wait(id, f[7], true)
+        redis.call('HSET', jk, 'st', S_WAITING, 'att', tonumber(f[2]) - 1, 'ev', '1', unpack(extra))
+        to_wait(id, f[4], true)
         rang = true
       end
     end
   end
   i = i + OUTCOME_ARITY[kind]
 end
-for id, _ in pairs(first_events) do redis.call('HSET', job_key(id), 'ev', '1') end
+local marked = {}
+for id, _ in pairs(first_events) do
+  redis.call('HSET', job_key(id), 'ev', '1')
+  marked[#marked + 1] = id
+  marked[#marked + 1] = lock[id] .. EVENTFUL_MARK
+end
+call_in_parts('HSET', K_LOCKS, marked, 1000)
 call_in_parts('ZREM', K_ACTIVE, unlocked, 1000)
+call_in_parts('HDEL', K_LOCKS, unlocked, 1000)
 if rang then ring_workers() end
 announce()
 return results

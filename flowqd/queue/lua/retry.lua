@@ -9,7 +9,7 @@ local function reopen(id, status)
   redis.call('ZREM', finished_key(status), id)
   local f = redis.call('HMGET', jk, 'att', 'max', 'pri', 'evs')
   if f[4] then unpack_entry_to_stream(id, f[4]) end
-  redis.call('HDEL', jk, 'res', 'err', 'nodes', 'cx', 'sat', 'ft', 'wk', 'tok', 'prog')
+  redis.call('HDEL', jk, 'res', 'err', 'nodes', 'cx', 'sat', 'ft', 'wk', 'prog')
   local att = tonumber(f[1] or '0')
   local max = math.max(tonumber(f[2]), att + 1)
   redis.call('HSET', jk, 'st', S_WAITING, 'stl', 0, 'max', max, 'ev', '1')

@@ -18,7 +18,7 @@ for _, id in ipairs(ids) do
   local jk = job_key(id)
   local f = redis.call('HMGET', jk, 'st', 'cx', 'pri')
   if f[1] == S_ACTIVE then
-    redis.call('HDEL', jk, 'tok')
+    redis.call('HDEL', K_LOCKS, id)
     local stalls = redis.call('HINCRBY', jk, 'stl', 1)
     if f[2] then
       finish_cancelled(id, f[2], now)

@@ -59,6 +59,9 @@ _EVENT_NAMES_KEPT = 256
 # entry holding a later event; ``decode_entries`` drops the earlier ones.
 ENTRY_EVENTS = 16
 FINISH_STEPS_TEXT = 64
+# After the token in K_LOCKS once the job has events (a stream, or events of
+# an earlier attempt): tokens (claim.lua) never end with it.
+EVENTFUL_MARK = "+"
 
 
 def lua_names() -> str:
@@ -77,6 +80,7 @@ def lua_names() -> str:
     )
     lines += [f"local OUTCOME_ARITY = {{{arity}}}"]
     lines += [f"local ENTRY_EVENTS = {ENTRY_EVENTS}"]
+    lines += [f"local EVENTFUL_MARK = '{EVENTFUL_MARK}'"]
     # The sequence numbers an entry's id may end with, as text: Lua turns a
     # number into text with sprintf, each call anew.
     seq = ", ".join(f"'{n}'" for n in range(ENTRY_EVENTS))

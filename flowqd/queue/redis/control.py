@@ -45,7 +45,7 @@ class RedisControl:
                     (b"ZCARD", k.wait_high),
                     (b"LLEN", k.wait),
                     (b"ZCARD", k.delayed),
-                    (b"ZCARD", k.active),
+                    (b"ZCOUNT", k.active, b"-inf", b"(+inf"),  # not keys.KEEPER
                     *((b"ZCARD", k.finished(s.value)) for s in _FINISHED),
                 ]
             )

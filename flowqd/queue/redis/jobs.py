@@ -92,11 +92,13 @@ class RedisJobs:
         last = offset + limit - 1
         if status == JobStatus.WAITING:
             raw = await self._backend.scripts.list_waiting((offset, limit))
+        elif status == JobStatus.ACTIVE:
+            # Below +inf: not keys.KEEPER.
+            raw = await redis.execute(
+                b"ZREVRANGEBYSCORE", keys.active, b"(+inf", b"-inf", b"LIMIT", offset, limit
+            )
         else:
-            key = {
-                JobStatus.ACTIVE: keys.active,
-                JobStatus.DELAYED: keys.delayed,
-            }.get(status) or keys.finished(status.value)
+            key = keys.delayed if status == JobStatus.DELAYED else keys.finished(status.value)
             raw = await redis.execute(b"ZREVRANGE", key, offset, last)
         ids = [r.decode() for r in raw]
         if not ids:
