@@ -1,4 +1,4 @@
-"""Redis's instructions per job in the claim and flush scripts, counted by callgrind.
+"""Redis's instructions per job to claim and finish no-op jobs, counted by callgrind.
 
     .venv/bin/python bench/redis_cost.py [--jobs 20000] [--batch 50] [--keep 10000]
                                          [--redis-server PATH] [--top 0]
@@ -7,19 +7,19 @@ CPU seconds on a shared machine swing 10-30% between runs (bench/drain.py);
 instructions do not: run twice, the counts here agree within a fraction of
 a percent, so a change to a script can be weighed in one run each. Starts
 redis-server under ``valgrind --tool=callgrind`` (Debian's valgrind, which
-brings callgrind_control), enqueues ``--jobs`` no-op jobs, then claims them
-all in calls of ``--batch`` and flushes them in calls of ``--batch``, each
-job with the events and outcome a worker sends for the one-node ``echo``
-flow (started, node_start, node_end, then completed with its node record),
-with retention at ``--keep`` as in bench/drain.py. Instrumentation is on
-only around each phase, so each count is that script's work alone, its
-redis.call commands included. Prints instructions per job for the claim,
-the flush and both; ``--top N`` also lists the N functions with the most
-instructions of each phase (inclusive). Redis under callgrind runs some 50
-times slower: 20,000 jobs take about half a minute. Debian's redis-server
-has no symbols for its static functions (Lua's among them); a build of the
-same version from source (``make``, whose -O2 -g keeps them) is what
-``--redis-server`` is for.
+brings callgrind_control), enqueues ``--jobs`` no-op jobs, then, with
+instrumentation on, works through them as one worker at concurrency
+``--batch`` does (bench/drain.py's target, 50): claims a batch, then flushes
+it with the events and outcome a worker sends for the one-node ``echo`` flow
+(started, node_start, node_end, then completed with its node record), so
+the active set and the locks hold what they hold during a drain. Retention
+is ``--keep``, as in bench/drain.py. Prints instructions per job (the
+scripts' redis.call commands included); ``--top N`` also lists the N
+functions with the most instructions (inclusive). Redis under callgrind runs
+some 50 times slower: 20,000 jobs take about half a minute. Debian's
+redis-server has no symbols for its static functions (Lua's among them); a
+build of the same version from source (``make``) is what ``--redis-server``
+is for.
 """
 
 from __future__ import annotations
@@ -96,21 +96,17 @@ async def run(url: str, pid: int, jobs: int, batch: int, keep: int) -> None:
                 for i in range(start, min(jobs, start + 1000))
             ]
             await broker.jobs.enqueue(specs)
-        claimed: list[list[Claimed]] = []
-        callgrind_control(pid, "-i", "on")
-        while got := await broker.work.claim(WORKER, batch, lock_ttl_s=600, block_s=0):
-            claimed.append(got)
-        callgrind_control(pid, "-i", "off")
-        callgrind_control(pid, "-d", "claim")
-        if sum(map(len, claimed)) != jobs:
-            raise SystemExit(f"claimed {sum(map(len, claimed))} of {jobs} jobs")
+        done = 0
         now = time.time()
         callgrind_control(pid, "-i", "on")
-        for got in claimed:
-            if not all(await broker.work.flush(*worker_flush(got, now))):
+        while batch_ := await broker.work.claim(WORKER, batch, lock_ttl_s=600, block_s=0):
+            if not all(await broker.work.flush(*worker_flush(batch_, now))):
                 raise SystemExit("a flush was refused")
+            done += len(batch_)
         callgrind_control(pid, "-i", "off")
-        callgrind_control(pid, "-d", "flush")
+        callgrind_control(pid, "-d")
+        if done != jobs:
+            raise SystemExit(f"claimed and finished {done} of {jobs} jobs")
         nursery.cancel_scope.cancel()
 
 
@@ -175,20 +171,14 @@ def main() -> None:
             trio.run(run, server.url, server.proc.pid, args.jobs, args.batch, args.keep)
         finally:
             server.close()
-        # Dumps are numbered in order: the claim's first.
-        dumps = sorted(Path(tmp).glob("callgrind.out.*"), key=lambda p: int(p.suffix[1:]))
-        if len(dumps) != 2:
-            raise SystemExit(f"expected two callgrind dumps, found {len(dumps)}")
-        texts = {"claim": annotate(dumps[0]), "flush": annotate(dumps[1])}
-    counts = {phase: total(text) / args.jobs for phase, text in texts.items()}
-    print(f"{'script':8} {'instructions/job':>18}")
-    for phase, count in counts.items():
-        print(f"{phase:8} {count:18,.0f}")
-    print(f"{'both':8} {sum(counts.values()):18,.0f}")
-    for phase, text in texts.items():
-        if args.top:
-            print(f"\n{phase}: costliest functions, instructions per job (inclusive)")
-            print("\n".join(top(text, args.jobs, args.top)))
+        dumps = list(Path(tmp).glob("callgrind.out.*"))
+        if len(dumps) != 1:
+            raise SystemExit(f"expected one callgrind dump, found {len(dumps)}")
+        text = annotate(dumps[0])
+    print(f"instructions per job: {total(text) / args.jobs:,.0f}")
+    if args.top:
+        print("costliest functions, instructions per job (inclusive):")
+        print("\n".join(top(text, args.jobs, args.top)))
 
 
 if __name__ == "__main__":
