@@ -8,12 +8,16 @@ local worker, want, ttl, base = ARGV[A], tonumber(ARGV[A + 1]), tonumber(ARGV[A 
 local now = now_ms()
 local deadline = string.format('%.0f', now + ttl)
 local out = {now}
-local deadlines = {}  -- (deadline, id) pairs for K_ACTIVE: one ZADD at the end
-local locks = {}  -- (id, token) pairs for K_LOCKS: one HSET at the end
+-- (deadline, id) pairs for K_ACTIVE and (id, token) pairs for K_LOCKS: one
+-- ZADD and one HSET at the end, keys.KEEPER first (again: a no-op once
+-- there), which keeps both keys out of Redis's compact encoding.
+local deadlines = {'inf', KEEPER}
+local locks = {KEEPER_FIELD, KEEPER}
 local got = 0
 -- The next n ids in claim order: higher priorities, then the FIFO list of
 -- priority 0, then lower priorities; nil when none waits.
 local function next_ids(n)
+  n = int_text(n)
   for _, set in ipairs({K_WAIT_HIGH, false, K_WAIT_LOW}) do
     if set then
       local popped = redis.call('ZPOPMIN', set, n)
@@ -80,10 +84,7 @@ while got < want do
     end
   end
 end
-if #locks > 0 then
-  -- Before the jobs: keys.KEEPER keeps both keys out of Redis's compact encoding.
-  redis.call('ZADD', K_ACTIVE, 'NX', 'inf', KEEPER)
-  redis.call('HSETNX', K_LOCKS, KEEPER_FIELD, KEEPER)
+if got > 0 then
   call_in_parts('ZADD', K_ACTIVE, deadlines, 1000)
   call_in_parts('HSET', K_LOCKS, locks, 1000)
 end
