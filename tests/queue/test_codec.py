@@ -1,11 +1,14 @@
-"""Decoding what Redis hands back: stream entries."""
+"""Decoding what Redis hands back (stream entries, claimed records) and packing flushes."""
 
 from __future__ import annotations
+
+import attrs
 
 from flowqd.jobs import (
     ConversationKey,
     EmittedEvent,
     Event,
+    JobStatus,
     Outcome,
     OutcomeKind,
     Turn,
@@ -17,6 +20,7 @@ from flowqd.queue.redis.codec import (
     OUTCOME_ARITY,
     TURN_ARGS,
     TURN_CODE,
+    decode_claim,
     decode_entries,
     decode_job_events,
     flush_args,
@@ -165,3 +169,30 @@ def test_a_finishing_jobs_events_are_held_in_its_first_outcome() -> None:
         ("many", b""),
         ("a", b""),
     ]
+
+
+def test_claimed_records_decode_by_position_or_by_name_alike() -> None:
+    """decode_claim reads a new job's record (enqueue.lua's six fields, in the
+    order written) by position, and any other by name: the same record in
+    another order (a hash table's), and one with every optional field."""
+    new = [b"flow", b"f", b"ver", b"2", b"in", b'{"q":1}', b"st", b"waiting"]
+    new += [b"max", b"3", b"ct", b"1700000000000"]
+    shuffled = [*new[6:], *new[:6]]
+    full = [*new, b"to", b"1.5", b"own", b"k1", b"tc", b"tr", b"pri", b"-2"]
+    full += [b"err", b'{"message":"no"}', b"nodes", b'[{"id":"n"}]', b"prog", b"7"]
+    reply = [1700000000500]
+    for n, pairs in enumerate((new, shuffled, full)):
+        reply += [f"j{n}".encode(), f"t:{n}".encode(), n + 1, pairs]
+    a, b, c = decode_claim(reply, "w1") or []
+    assert a.job == attrs.evolve(b.job, id="j0", attempts=1)
+    assert (a.token, b.token, c.token) == ("t:0", "t:1", "t:2")
+    for claimed in (a, b, c):
+        job = claimed.job
+        assert (job.flow_id, job.flow_version, job.inputs) == ("f", 2, {"q": 1})
+        assert (job.status, job.max_attempts, job.worker) == (JobStatus.ACTIVE, 3, "w1")
+        assert (job.created_at, job.started_at) == (1700000000.0, 1700000000.5)
+    assert (a.job.timeout_s, a.job.owner, a.job.trace, a.job.priority) == (None, None, None, 0)
+    assert (a.job.error, a.job.nodes, a.job.progress) == (None, [], None)
+    assert (c.job.timeout_s, c.job.owner, c.job.trace, c.job.priority) == (1.5, "k1", "tr", -2)
+    assert (c.job.error, c.job.nodes, c.job.progress) == ({"message": "no"}, [{"id": "n"}], 7)
+    assert c.job.attempts == 3

@@ -214,6 +214,13 @@ def decode_job_events(
     return held + streamed
 
 
+# A new job's record as enqueue.lua writes it: HGETALL gives a record Redis
+# keeps compact (a listpack, as for short inputs) in the order its fields were
+# written. decode_claim reads such a one by position: a dict per job cost the
+# worker ~0.5 us of its ~30.
+_NEW_RECORD = [b"flow", b"ver", b"in", b"st", b"max", b"ct"]
+
+
 def decode_claim(reply: Any, worker: str) -> list[Claimed] | None:
     """The claim script's reply (claim time, then id, token, attempt, record pairs,
     ...) for ``worker``, the claimer; None while the queue is paused. The jobs
@@ -227,21 +234,27 @@ def decode_claim(reply: Any, worker: str) -> list[Claimed] | None:
     started = reply[0] / 1000.0
     for at in range(1, len(reply), 4):
         job_id, token, att, pairs = reply[at : at + 4]
-        fields = dict(zip(pairs[0::2], pairs[1::2], strict=True))
-        get = fields.get
-        timeout, owner, tc, pri = get(b"to"), get(b"own"), get(b"tc"), get(b"pri")
-        err, nodes, prog = get(b"err"), get(b"nodes"), get(b"prog")
+        if pairs[0::2] == _NEW_RECORD:
+            flow, ver, inputs, mx, ct = pairs[1], pairs[3], pairs[5], pairs[9], pairs[11]
+            timeout = owner = tc = pri = err = nodes = prog = None
+        else:
+            fields = dict(zip(pairs[0::2], pairs[1::2], strict=True))
+            flow, ver, inputs = fields[b"flow"], fields[b"ver"], fields[b"in"]
+            mx, ct = fields[b"max"], fields[b"ct"]
+            get = fields.get
+            timeout, owner, tc, pri = get(b"to"), get(b"own"), get(b"tc"), get(b"pri")
+            err, nodes, prog = get(b"err"), get(b"nodes"), get(b"prog")
         job = Job(
             job_id.decode(),
-            fields[b"flow"].decode(),
-            int(fields[b"ver"]),
-            loads(fields[b"in"]),
+            flow.decode(),
+            int(ver),
+            loads(inputs),
             active,
             att,
-            int(fields[b"max"]),
+            int(mx),
             float(timeout) if timeout else None,
             owner.decode() if owner else None,
-            int(fields[b"ct"]) / 1000.0,
+            int(ct) / 1000.0,
             started,
             None,
             None,
