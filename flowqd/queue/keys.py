@@ -86,7 +86,7 @@ MARKER_MEMBER = "m"
 # zset/hash-max-listpack-value (64 bytes), so that they stay a skiplist and a
 # hash table. Redis's compact encoding, which it gives them up to 128 entries
 # (a worker at concurrency 50 holds that many), makes every ZADD, ZREM, HSET,
-# HMGET and HDEL on them a scan of the whole key: ~7% of Redis's work per job
+# HMGET and HDEL on them a scan of the whole key: ~8% of Redis's work per job
 # at concurrency 50 (bench/redis_cost.py). Readers of K_ACTIVE skip +inf.
 KEEPER = "not a job: keeps this key in Redis's hashed encoding (flowqd/queue/keys.py)"
 KEEPER_FIELD = "~"

@@ -241,7 +241,7 @@ local function finish_score(now)
   finish_clock = score
   local whole = math.floor(score)
   local text = now_text()
-  if whole ~= clock_ms then text = string.format('%d', whole) end
+  if whole ~= clock_ms then text = int_text(whole) end
   local steps = (score - whole) * 1024
   if steps ~= 0 then text = text .. (STEP_TEXT[steps] or string.format('.%010d', steps * 9765625)) end
   finish_text = text
@@ -261,9 +261,9 @@ local function call_in_parts(command, key, members, per_call)
 end
 
 -- End a job: status, finish time (plus the caller's ``fields``), the one
--- terminal event, finished set. Its ``tok`` stays: every token check also
--- wants status ``active``. The finished sets are written, and trimmed by
--- count and age, in announce(). No TTL: see forget_older().
+-- terminal event, finished set. Its lock in K_LOCKS is the caller's to
+-- drop. The finished sets are written, and trimmed by count and age, in
+-- announce(). No TTL: see forget_older().
 local NO_FIELDS = {}
 local function terminal(id, status, event, data, now, fields, held, jk)
   jk = jk or job_key(id)

@@ -12,8 +12,20 @@
 local now = now_ms()
 local n_args = #ARGV  -- a binary search each time it is asked
 local n_runs = tonumber(ARGV[A])
+-- Every job this call names, in runs or outcomes, once each: their locks
+-- are read at once below (common.lua's read_locks).
+local named, ids = {}, {}
+local function name_job(id)
+  if not named[id] then
+    named[id] = true
+    ids[#ids + 1] = id
+  end
+end
 local first_outcome = A + 1
-for _ = 1, n_runs do first_outcome = first_outcome + 2 + 2 * tonumber(ARGV[first_outcome + 1]) end
+for _ = 1, n_runs do
+  name_job(ARGV[first_outcome])
+  first_outcome = first_outcome + 2 + 2 * tonumber(ARGV[first_outcome + 1])
+end
 
 -- The arguments after an outcome's TURN_MARK: flow id, conversation name
 -- (owner/session), the encoded turn (cut to fit by flush_args), then
@@ -63,29 +75,16 @@ local function add_turn(t)
   redis.call('PEXPIRE', index, ttl)
 end
 
--- Every job this call names, in runs or outcomes: their locks, read at
--- once (common.lua's read_locks). A job is active while it has one.
-local named, ids = {}, {}
 do
-  local k = A + 1
-  for _ = 1, n_runs do
-    local id = ARGV[k]
-    if not named[id] then
-      named[id] = true
-      ids[#ids + 1] = id
-    end
-    k = k + 2 + 2 * tonumber(ARGV[k + 1])
-  end
+  local k = first_outcome
   while k <= n_args do
-    local id = ARGV[k]
-    if not named[id] then
-      named[id] = true
-      ids[#ids + 1] = id
-    end
+    name_job(ARGV[k])
     k = k + OUTCOME_ARITY[ARGV[k + 2]]
   end
 end
-local lock = {}  -- job id -> its lock's value; false once this call ends the hold
+-- Job id -> its lock's value (a job is active while it has one); false once
+-- this call ends the hold.
+local lock = {}
 do
   local values = read_locks(ids)
   for k = 1, #ids do lock[ids[k]] = values[k] end
