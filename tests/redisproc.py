@@ -122,6 +122,26 @@ def redis_command(port: int, *args: str | bytes | int, timeout: float = 2.0) -> 
             reader.feed(data)
 
 
+def redis_commands(
+    port: int, *commands: tuple[str | bytes | int, ...], timeout: float = 2.0
+) -> list[Any]:
+    """Several commands on one connection (as redis_command), their replies in order."""
+    reader = hiredis.Reader()
+    replies: list[Any] = []
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(b"".join(pack_command(args) for args in commands))
+        while len(replies) < len(commands):
+            reply = reader.gets()
+            if reply is not False:
+                replies.append(reply)
+                continue
+            data = s.recv(65536)
+            if not data:
+                raise ConnectionError(f"redis-server on port {port} closed the connection")
+            reader.feed(data)
+    return replies
+
+
 def _ok(reply: Any) -> None:
     if isinstance(reply, hiredis.ReplyError):
         raise RuntimeError(f"redis-server answered {reply}")

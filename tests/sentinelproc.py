@@ -24,7 +24,7 @@ import hiredis
 import trio
 
 from flowqd.redis._script import pack_command
-from tests.redisproc import RedisServer, free_port, redis_command
+from tests.redisproc import RedisServer, free_port, redis_command, redis_commands
 
 MASTER = "mymaster"
 SENTINEL_PASSWORD = "sentinel-secret"
@@ -196,6 +196,18 @@ class SentinelTopology:
         except (OSError, KeyError, ValueError) as exc:
             return [repr(exc)]
 
+    @staticmethod
+    def _acknowledges_writes(primary: int) -> bool:
+        """A write on ``primary`` is acknowledged to WAIT by its replica. After a
+        diskless full sync a replica shows as online before the primary sends
+        it any write (that starts with the replica's first ACK, which may come
+        a second later), and until then WAIT counts it out. PUBLISH is
+        replicated and makes no key."""
+        replies = redis_commands(
+            primary, ("PUBLISH", "sentinelproc:probe", "1"), ("WAIT", 1, 200), timeout=2.0
+        )
+        return bool(replies[1] == 1)
+
     def _problems(self) -> list[str]:
         found: list[str] = []
         live = [s for s in self.sentinels if s.proc is not None]
@@ -212,6 +224,8 @@ class SentinelTopology:
                 # that WAIT does not count it.
                 if info.get("role") != "master" or "state=online" not in info.get("slave0", ""):
                     found.append(f"{node.port}: {info.get('role')}, {info.get('slave0')}")
+                elif not self._acknowledges_writes(node.port):
+                    found.append(f"{node.port}: its replica acknowledges no write yet")
             elif info.get("role") != "slave" or info.get("master_link_status") != "up":
                 found.append(f"{node.port}: {info.get('role')} {info.get('master_link_status')}")
             elif info.get("master_port") != str(primary):

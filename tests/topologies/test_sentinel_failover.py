@@ -162,7 +162,11 @@ async def test_kill_9_of_the_primary_under_load(
             switched = [d for d in (main, worker) if "+switch-master" in d.text()]
     report(record, wait_replicas, len(ids) - len(kept), finished, events, switched)
     assert len(ids) == JOBS
-    check_api(record)
+    try:
+        check_api(record)
+    except AssertionError:
+        print(sentinels.logs(), "\n--- main\n", main.text()[-6000:])
+        raise
     if wait_replicas:
         assert len(kept) == len(ids), "acknowledged jobs lost despite wait_replicas = 1"
     for job, job_events, sets in zip(finished, events, where, strict=True):
