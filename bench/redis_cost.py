@@ -1,7 +1,7 @@
 """Redis's instructions per job to claim and finish no-op jobs, counted by callgrind.
 
     .venv/bin/python bench/redis_cost.py [--jobs 20000] [--batch 50] [--keep 10000]
-                                         [--redis-server PATH] [--top 0]
+                                         [--redis-server PATH] [--top 0] [--save FILE]
 
 CPU seconds on a shared machine swing 10-30% between runs (bench/drain.py);
 instructions do not: run twice, the counts here agree within a fraction of
@@ -149,6 +149,7 @@ def main() -> None:
     parser.add_argument("--keep", type=int, default=10000, help="queue.remove_on_count")
     parser.add_argument("--redis-server", default=shutil.which("redis-server") or "redis-server")
     parser.add_argument("--top", type=int, default=0, help="list the N costliest functions")
+    parser.add_argument("--save", type=Path, help="keep callgrind's dump here (callgrind_annotate)")
     args = parser.parse_args()
     for tool in ("valgrind", "callgrind_control", "callgrind_annotate"):
         if shutil.which(tool) is None:
@@ -175,6 +176,8 @@ def main() -> None:
         if len(dumps) != 1:
             raise SystemExit(f"expected one callgrind dump, found {len(dumps)}")
         text = annotate(dumps[0])
+        if args.save:
+            shutil.copyfile(dumps[0], args.save)
     print(f"instructions per job: {total(text) / args.jobs:,.0f}")
     if args.top:
         print("costliest functions, instructions per job (inclusive):")
