@@ -171,17 +171,18 @@ def test_a_finishing_jobs_events_are_held_in_its_first_outcome() -> None:
     ]
 
 
-def test_claimed_records_decode_by_position_or_by_name_alike() -> None:
+def test_claimed_records_decode_joined_or_in_pairs_alike() -> None:
     """decode_claim reads a new job's record (enqueue.lua's six fields, in the
-    order written) by position, and any other by name: the same record in
-    another order (a hash table's), and one with every optional field."""
+    order written) joined by NULs in one string, and any other as pairs: the
+    same record in another order (a hash table's), and one with every
+    optional field."""
     new = [b"flow", b"f", b"ver", b"2", b"in", b'{"q":1}', b"st", b"waiting"]
     new += [b"max", b"3", b"ct", b"1700000000000"]
     shuffled = [*new[6:], *new[:6]]
     full = [*new, b"to", b"1.5", b"own", b"k1", b"tc", b"tr", b"pri", b"-2"]
     full += [b"err", b'{"message":"no"}', b"nodes", b'[{"id":"n"}]', b"prog", b"7"]
     reply = [1700000000500]
-    for n, pairs in enumerate((new, shuffled, full)):
+    for n, pairs in enumerate((b"\0".join(new), shuffled, full)):
         reply += [f"j{n}".encode(), f"t:{n}".encode(), n + 1, pairs]
     a, b, c = decode_claim(reply, "w1") or []
     assert a.job == attrs.evolve(b.job, id="j0", attempts=1)

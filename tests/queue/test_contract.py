@@ -14,6 +14,7 @@ import trio.testing
 
 from flowqd.jobs import (
     EmittedEvent,
+    JobSpec,
     JobStatus,
     Outcome,
     OutcomeKind,
@@ -115,6 +116,29 @@ async def test_trace_context_travels_with_the_job(broker: Broker) -> None:
         ]
         claimed = await broker.work.claim("w1", 3, lock_ttl_s=30, block_s=1)
         assert [c.job.trace for c in claimed] == [None, traced, None]
+
+
+async def test_inputs_of_any_characters_reach_the_worker_intact(broker: Broker) -> None:
+    """NULs, every control character and non-ASCII text in the inputs and the
+    owner reach the worker as sent: on a job's first claim (whose record the
+    Redis claim passes back joined by NULs) and after a requeue (as pairs)."""
+    text = "".join(map(chr, range(32))) + "\x7f é ✓ \U0001f600 \\0"
+    inputs = {"q": text, text: [text, {"k": text}], "n": 1}
+    with trio.fail_after(10):
+        [plain, owned] = await broker.jobs.enqueue(
+            [JobSpec("f", 1, inputs), JobSpec("f", 1, inputs, owner=text)]
+        )
+        first = await broker.work.claim("w1", 2, lock_ttl_s=30, block_s=1)
+        assert [(c.job.id, c.job.inputs, c.job.owner) for c in first] == [
+            (plain, inputs, None),
+            (owned, inputs, text),
+        ]
+        requeue = [Outcome(c.job.id, c.token, OutcomeKind.REQUEUE) for c in first]
+        assert await broker.work.flush([], requeue) == [True, True]
+        again = await broker.work.claim("w1", 2, lock_ttl_s=30, block_s=1)
+        assert sorted((c.job.id, c.job.inputs == inputs, c.job.owner) for c in again) == sorted(
+            [(plain, True, None), (owned, True, text)]
+        )
 
 
 async def test_duplicate_job_id_makes_one_job(broker: Broker) -> None:

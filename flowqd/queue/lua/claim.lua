@@ -2,7 +2,8 @@
 -- Args: worker id, N, lock ttl ms, token base. Returns nil while paused,
 -- else a flat list: the claim time (ms), then per job its id, token,
 -- attempt and its record as HGETALL gave it before the claim wrote st, att,
--- sat and wk (codec.decode_claim).
+-- sat and wk: its pairs, or a new job's joined by NULs in one string
+-- (codec.decode_claim).
 if redis.call('EXISTS', K_PAUSED) == 1 then return false end
 local worker, want, ttl, base = ARGV[A], tonumber(ARGV[A + 1]), tonumber(ARGV[A + 2]), ARGV[A + 3]
 local now = now_ms()
@@ -45,16 +46,29 @@ while got < want do
     -- Passed back as it came: mapping it to named slots in Lua, and
     -- returning the slots it lacks, cost Redis more than the pairs.
     local st, cx, att, ev = nil, nil, nil, nil
-    for k = 1, #all, 2 do
-      local name = all[k]
-      if name == 'st' then
-        st = all[k + 1]
-      elseif name == 'cx' then
-        cx = all[k + 1]
-      elseif name == 'att' then
-        att = all[k + 1]
-      elseif name == 'ev' then
-        ev = true
+    local record = all
+    if #all == 12 and all[1] == 'flow' and all[3] == 'ver' and all[5] == 'in'
+        and all[7] == 'st' and all[9] == 'max' and all[11] == 'ct'
+        and not string.find(all[6], '\0', 1, true) and not string.find(all[2], '\0', 1, true) then
+      -- A job's record as enqueue.lua wrote it (its fields in the order
+      -- written, which HGETALL keeps for a listpack), whose flow id and
+      -- inputs hold no NUL (the other values are numbers and the status):
+      -- the pairs go back as one string joined by NULs (codec.decode_claim).
+      -- Each element of a reply costs Redis more than its share of the join.
+      st = all[8]
+      record = table.concat(all, '\0')
+    else
+      for k = 1, #all, 2 do
+        local name = all[k]
+        if name == 'st' then
+          st = all[k + 1]
+        elseif name == 'cx' then
+          cx = all[k + 1]
+        elseif name == 'att' then
+          att = all[k + 1]
+        elseif name == 'ev' then
+          ev = true
+        end
       end
     end
     -- Anything but a waiting job is a stale entry: dropped.
@@ -79,7 +93,7 @@ while got < want do
         out[#out + 1] = id
         out[#out + 1] = token
         out[#out + 1] = attempts
-        out[#out + 1] = all
+        out[#out + 1] = record
       end
     end
   end

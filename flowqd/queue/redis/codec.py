@@ -214,13 +214,6 @@ def decode_job_events(
     return held + streamed
 
 
-# A new job's record as enqueue.lua writes it: HGETALL gives a record Redis
-# keeps compact (a listpack, as for short inputs) in the order its fields were
-# written. decode_claim reads such a one by position: a dict per job cost the
-# worker ~0.5 us of its ~30.
-_NEW_RECORD = [b"flow", b"ver", b"in", b"st", b"max", b"ct"]
-
-
 def decode_claim(reply: Any, worker: str) -> list[Claimed] | None:
     """The claim script's reply (claim time, then id, token, attempt, record pairs,
     ...) for ``worker``, the claimer; None while the queue is paused. The jobs
@@ -234,7 +227,9 @@ def decode_claim(reply: Any, worker: str) -> list[Claimed] | None:
     started = reply[0] / 1000.0
     for at in range(1, len(reply), 4):
         job_id, token, att, pairs = reply[at : at + 4]
-        if pairs[0::2] == _NEW_RECORD:
+        if type(pairs) is bytes:
+            # A new job's record, its pairs joined by NULs (claim.lua).
+            pairs = pairs.split(b"\0")
             flow, ver, inputs, mx, ct = pairs[1], pairs[3], pairs[5], pairs[9], pairs[11]
             timeout = owner = tc = pri = err = nodes = prog = None
         else:
