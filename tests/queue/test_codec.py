@@ -181,12 +181,14 @@ def test_claimed_records_decode_joined_or_in_pairs_alike() -> None:
     shuffled = [*new[6:], *new[:6]]
     full = [*new, b"to", b"1.5", b"own", b"k1", b"tc", b"tr", b"pri", b"-2"]
     full += [b"err", b'{"message":"no"}', b"nodes", b'[{"id":"n"}]', b"prog", b"7"]
+    full += [b"att", b"2"]
     reply = [1700000000500]
     for n, pairs in enumerate((b"\0".join(new), shuffled, full)):
-        reply += [f"j{n}".encode(), f"t:{n}".encode(), n + 1, pairs]
-    a, b, c = decode_claim(reply, "w1") or []
-    assert a.job == attrs.evolve(b.job, id="j0", attempts=1)
-    assert (a.token, b.token, c.token) == ("t:0", "t:1", "t:2")
+        reply += [f"j{n}".encode(), pairs]
+    a, b, c = decode_claim(reply, "w1", "t") or []
+    assert a.job == attrs.evolve(b.job, id="j0")
+    assert (a.token, b.token, c.token) == ("t:j0", "t:j1", "t:j2")
+    assert (a.job.attempts, b.job.attempts) == (1, 1)
     for claimed in (a, b, c):
         job = claimed.job
         assert (job.flow_id, job.flow_version, job.inputs) == ("f", 2, {"q": 1})

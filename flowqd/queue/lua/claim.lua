@@ -1,9 +1,10 @@
--- Move up to N waiting jobs to active, each locked with its own token (K_LOCKS).
+-- Move up to N waiting jobs to active, each locked with its own token (K_LOCKS):
+-- the call's token base (new for each call), ':' and the job's id.
 -- Args: worker id, N, lock ttl ms, token base. Returns nil while paused,
--- else a flat list: the claim time (ms), then per job its id, token,
--- attempt and its record as HGETALL gave it before the claim wrote st, att,
--- sat and wk: its pairs, or a new job's joined by NULs in one string
--- (codec.decode_claim).
+-- else a flat list: the claim time (ms), then per job its id and its record
+-- as HGETALL gave it before the claim wrote st, att, sat and wk: its pairs,
+-- or a new job's joined by NULs in one string (codec.decode_claim, which
+-- makes the token and the attempt, att + 1, the same way).
 if redis.call('EXISTS', K_PAUSED) == 1 then return false end
 local worker, want, ttl, base = ARGV[A], tonumber(ARGV[A + 1]), tonumber(ARGV[A + 2]), ARGV[A + 3]
 local now = now_ms()
@@ -78,21 +79,16 @@ while got < want do
         finish_cancelled(id, cx, now)
       else
         got = got + 1
-        -- %d, not a number in the concatenation, which Lua formats with %.14g.
-        local token = base .. string.format(':%d', got)
-        local attempts, attempts_text = 1, '1'
-        if att then
-          attempts = tonumber(att) + 1
-          attempts_text = tostring(attempts)
-        end
-        redis.call('HSET', jk, 'st', S_ACTIVE, 'att', attempts_text, 'sat', now_text(), 'wk', worker)
+        -- Not a count: Lua formats a number for a string with sprintf.
+        local token = base .. ':' .. id
+        local attempts = '1'
+        if att then attempts = tostring(tonumber(att) + 1) end
+        redis.call('HSET', jk, 'st', S_ACTIVE, 'att', attempts, 'sat', now_text(), 'wk', worker)
         deadlines[#deadlines + 1] = deadline
         deadlines[#deadlines + 1] = id
         locks[#locks + 1] = id
         if ev then locks[#locks + 1] = token .. EVENTFUL_MARK else locks[#locks + 1] = token end
         out[#out + 1] = id
-        out[#out + 1] = token
-        out[#out + 1] = attempts
         out[#out + 1] = record
       end
     end

@@ -214,38 +214,40 @@ def decode_job_events(
     return held + streamed
 
 
-def decode_claim(reply: Any, worker: str) -> list[Claimed] | None:
-    """The claim script's reply (claim time, then id, token, attempt, record pairs,
-    ...) for ``worker``, the claimer; None while the queue is paused. The jobs
-    are what ``decode_job`` gives for the records the script has just written."""
+def decode_claim(reply: Any, worker: str, token_base: str) -> list[Claimed] | None:
+    """The claim script's reply (claim time, then id and record, ...) to the call
+    by ``worker`` with ``token_base``; None while the queue is paused. The jobs
+    are what ``decode_job`` gives for the records the script has just written,
+    with the tokens it gave them."""
     if reply is None:
         return None
     claimed: list[Claimed] = []
     loads = orjson.loads
     active = JobStatus.ACTIVE
-    # The script's own values (claim time, attempt) come back as integers.
+    prefix = token_base + ":"
+    # The script's own value (claim time) comes back as an integer.
     started = reply[0] / 1000.0
-    for at in range(1, len(reply), 4):
-        job_id, token, att, pairs = reply[at : at + 4]
+    for at in range(1, len(reply), 2):
+        job_id, pairs = reply[at].decode(), reply[at + 1]
         if type(pairs) is bytes:
             # A new job's record, its pairs joined by NULs (claim.lua).
             pairs = pairs.split(b"\0")
             flow, ver, inputs, mx, ct = pairs[1], pairs[3], pairs[5], pairs[9], pairs[11]
-            timeout = owner = tc = pri = err = nodes = prog = None
+            timeout = owner = tc = pri = err = nodes = prog = att = None
         else:
             fields = dict(zip(pairs[0::2], pairs[1::2], strict=True))
             flow, ver, inputs = fields[b"flow"], fields[b"ver"], fields[b"in"]
             mx, ct = fields[b"max"], fields[b"ct"]
             get = fields.get
             timeout, owner, tc, pri = get(b"to"), get(b"own"), get(b"tc"), get(b"pri")
-            err, nodes, prog = get(b"err"), get(b"nodes"), get(b"prog")
+            err, nodes, prog, att = get(b"err"), get(b"nodes"), get(b"prog"), get(b"att")
         job = Job(
-            job_id.decode(),
+            job_id,
             flow.decode(),
             int(ver),
             loads(inputs),
             active,
-            att,
+            int(att) + 1 if att else 1,
             int(mx),
             float(timeout) if timeout else None,
             owner.decode() if owner else None,
@@ -261,7 +263,7 @@ def decode_claim(reply: Any, worker: str) -> list[Claimed] | None:
             int(pri) if pri else 0,
             loads(prog) if prog else None,
         )
-        claimed.append(Claimed(job, token.decode()))
+        claimed.append(Claimed(job, prefix + job_id))
     return claimed
 
 

@@ -60,11 +60,12 @@ class RedisWork:
             return []
         # One token base for both claims below: the second runs only when the
         # first claimed nothing, so no token is ever issued twice.
-        args = (worker_id, max_jobs, max(1, round(lock_ttl_s * 1000)), uuid.uuid4().hex)
+        base = uuid.uuid4().hex
+        args = (worker_id, max_jobs, max(1, round(lock_ttl_s * 1000)), base)
         if not self._drained or block_s <= 0:
             with trio.CancelScope(shield=True):
                 reply = await self._backend.scripts.claim(args)
-            claimed = decode_claim(reply, worker_id)
+            claimed = decode_claim(reply, worker_id, base)
             await self._hand_over(claimed)
             self._drained = claimed is None or len(claimed) < max_jobs
             if claimed or block_s <= 0:
@@ -73,7 +74,7 @@ class RedisWork:
         # doorbell before claiming again. That saves a script call per job
         # at low load and is always safe: whatever puts jobs in ``wait``
         # rings, and a claim that leaves jobs there rings again.
-        claimed = decode_claim(await self._wait_and_claim(args, block_s), worker_id)
+        claimed = decode_claim(await self._wait_and_claim(args, block_s), worker_id, base)
         await self._hand_over(claimed)
         self._drained = claimed is None or len(claimed) < max_jobs
         return claimed or []
@@ -142,7 +143,7 @@ class RedisWork:
                                 await backend.redis.unblock(connection)
                         await done.wait()
                         if replies and not isinstance(replies[1], Exception):
-                            claimed = decode_claim(replies[1], str(args[0]))
+                            claimed = decode_claim(replies[1], str(args[0]), str(args[3]))
                             if claimed:
                                 await self._put_back(claimed)
         if cancelled is not None:
