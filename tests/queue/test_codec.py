@@ -173,7 +173,8 @@ def test_a_finishing_jobs_events_are_held_in_its_first_outcome() -> None:
 
 def test_claimed_records_decode_joined_or_in_pairs_alike() -> None:
     """decode_claim reads a new job's record (enqueue.lua's six fields, in the
-    order written) joined by NULs in one string, and any other as pairs: the
+    order written) as its values but st joined by NULs in one string, and any
+    other as pairs: the
     same record in another order (a hash table's), and one with every
     optional field."""
     new = [b"flow", b"f", b"ver", b"2", b"in", b'{"q":1}', b"st", b"waiting"]
@@ -183,7 +184,8 @@ def test_claimed_records_decode_joined_or_in_pairs_alike() -> None:
     full += [b"err", b'{"message":"no"}', b"nodes", b'[{"id":"n"}]', b"prog", b"7"]
     full += [b"att", b"2"]
     reply = [1700000000500]
-    for n, pairs in enumerate((b"\0".join(new), shuffled, full)):
+    joined = b"\0".join([b"f", b"2", b'{"q":1}', b"3", b"1700000000000"])  # all but st
+    for n, pairs in enumerate((joined, shuffled, full)):
         reply += [f"j{n}".encode(), pairs]
     a, b, c = decode_claim(reply, "w1", "t") or []
     assert a.job == attrs.evolve(b.job, id="j0")

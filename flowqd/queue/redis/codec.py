@@ -230,9 +230,8 @@ def decode_claim(reply: Any, worker: str, token_base: str) -> list[Claimed] | No
     for at in range(1, len(reply), 2):
         job_id, pairs = reply[at].decode(), reply[at + 1]
         if type(pairs) is bytes:
-            # A new job's record, its pairs joined by NULs (claim.lua).
-            pairs = pairs.split(b"\0")
-            flow, ver, inputs, mx, ct = pairs[1], pairs[3], pairs[5], pairs[9], pairs[11]
+            # A new job's record: flow, ver, in, max and ct joined by NULs (claim.lua).
+            flow, ver, inputs, mx, ct = pairs.split(b"\0")
             timeout = owner = tc = pri = err = nodes = prog = att = None
         else:
             fields = dict(zip(pairs[0::2], pairs[1::2], strict=True))
